@@ -1,0 +1,3 @@
+//! mailgate: a programmable SMTP relay gateway.
+
+pub mod smtp;

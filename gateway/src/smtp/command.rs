@@ -1,0 +1,381 @@
+//! The SMTP command parser (RFC 5321 section 4.1): one command line, without
+//! its CRLF, in; a typed command or a `ProtocolError` out. Verbs and
+//! parameter keywords are case-insensitive.
+
+use super::address::{AddressError, Mailbox, ReversePath, parse_path};
+use super::reply::{EnhancedCode, Reply};
+
+/// One parsed command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `EHLO domain`
+    Ehlo(String),
+    /// `HELO domain`
+    Helo(String),
+    /// `MAIL FROM:<reverse-path> [parameters]`
+    Mail(ReversePath, MailParameters),
+    /// `RCPT TO:<forward-path> [parameters]`
+    Rcpt(Mailbox, RcptParameters),
+    /// `DATA`
+    Data,
+    /// `RSET`
+    Rset,
+    /// `NOOP [string]`
+    Noop,
+    /// `QUIT`
+    Quit,
+    /// `VRFY string`
+    Vrfy,
+    /// `HELP [string]`
+    Help,
+    /// A command RFC 5321 or an extension defines that this server does not
+    /// offer (EXPN, TURN, ETRN, and for now STARTTLS, AUTH and BDAT).
+    NotImplemented,
+}
+
+/// The body type declared by `BODY=` (RFC 6152).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum BodyType {
+    /// No `BODY=` or `BODY=7BIT`.
+    #[default]
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
+}
+
+/// Parameters of MAIL FROM that this server offers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MailParameters {
+    /// `SIZE=n` (RFC 1870): the client's estimate of the message size.
+    pub size: Option<u64>,
+    /// `BODY=` (RFC 6152).
+    pub body: BodyType,
+    /// `SMTPUTF8` (RFC 6531): the transaction may use UTF-8 addresses and headers.
+    pub smtputf8: bool,
+}
+
+/// Parameters of RCPT TO. None are offered yet (DSN's NOTIFY and ORCPT come
+/// with the delivery engine), so any parameter is refused with 555.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RcptParameters {}
+
+/// A command that cannot be carried out as sent. Each variant maps to one
+/// reply; none of them ends the connection.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The verb is not known (500 5.5.2).
+    #[error("unrecognized command")]
+    Unrecognized,
+    /// The arguments do not follow the command's syntax (501 5.5.4).
+    #[error("syntax error: {0}")]
+    Syntax(&'static str),
+    /// The reverse-path of MAIL is malformed (501 5.1.7).
+    #[error("bad sender address: {0}")]
+    BadSender(AddressError),
+    /// The forward-path of RCPT is malformed (501 5.1.3).
+    #[error("bad recipient address: {0}")]
+    BadRecipient(AddressError),
+    /// A MAIL or RCPT parameter this server does not offer (555 5.5.4).
+    #[error("unsupported parameter {0}")]
+    UnknownParameter(String),
+}
+
+impl ProtocolError {
+    /// The reply that answers this error.
+    pub fn reply(&self) -> Reply {
+        match self {
+            Self::Unrecognized => Reply::unknown_command(),
+            Self::Syntax(text) => Reply::syntax(text),
+            Self::BadSender(e) => Reply::new(
+                501,
+                EnhancedCode::new(5, 1, 7),
+                format!("Bad sender address syntax: {e}"),
+            ),
+            Self::BadRecipient(e) => Reply::new(
+                501,
+                EnhancedCode::new(5, 1, 3),
+                format!("Bad recipient address syntax: {e}"),
+            ),
+            Self::UnknownParameter(name) => Reply::unknown_parameter(name),
+        }
+    }
+}
+
+impl Command {
+    /// Parses one command line (without CRLF).
+    pub fn parse(line: &[u8]) -> Result<Self, ProtocolError> {
+        let (verb, args) = split_verb(line);
+        let verb = verb.to_ascii_uppercase();
+        let args = std::str::from_utf8(args).map_err(|_| ProtocolError::Syntax("invalid UTF-8"))?;
+        match verb.as_slice() {
+            b"EHLO" => parse_hello(args, "EHLO hostname").map(Self::Ehlo),
+            b"HELO" => parse_hello(args, "HELO hostname").map(Self::Helo),
+            b"MAIL" => parse_mail(args),
+            b"RCPT" => parse_rcpt(args),
+            b"DATA" => no_args(args, "DATA takes no arguments").map(|()| Self::Data),
+            b"RSET" => no_args(args, "RSET takes no arguments").map(|()| Self::Rset),
+            b"QUIT" => no_args(args, "QUIT takes no arguments").map(|()| Self::Quit),
+            b"NOOP" => Ok(Self::Noop),
+            b"HELP" => Ok(Self::Help),
+            b"VRFY" if args.trim().is_empty() => Err(ProtocolError::Syntax("VRFY address")),
+            b"VRFY" => Ok(Self::Vrfy),
+            b"EXPN" | b"TURN" | b"ETRN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"SEND" | b"SOML"
+            | b"SAML" => Ok(Self::NotImplemented),
+            _ => Err(ProtocolError::Unrecognized),
+        }
+    }
+
+    /// The verb, upper case, for logs and metrics labels (a bounded set).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::Ehlo(_) => "EHLO",
+            Self::Helo(_) => "HELO",
+            Self::Mail(..) => "MAIL",
+            Self::Rcpt(..) => "RCPT",
+            Self::Data => "DATA",
+            Self::Rset => "RSET",
+            Self::Noop => "NOOP",
+            Self::Quit => "QUIT",
+            Self::Vrfy => "VRFY",
+            Self::Help => "HELP",
+            Self::NotImplemented => "OTHER",
+        }
+    }
+}
+
+fn split_verb(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b' ') {
+        Some(i) => (&line[..i], &line[i + 1..]),
+        None => (line, &[]),
+    }
+}
+
+fn no_args(args: &str, message: &'static str) -> Result<(), ProtocolError> {
+    if args.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(ProtocolError::Syntax(message))
+    }
+}
+
+/// EHLO/HELO take one domain or address literal. Real clients send odd
+/// names (bare hostnames, underscores); anything printable in one word is
+/// taken, as Postfix does.
+fn parse_hello(args: &str, usage: &'static str) -> Result<String, ProtocolError> {
+    let name = args.trim();
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ProtocolError::Syntax(usage));
+    }
+    Ok(name.to_owned())
+}
+
+/// Strips a case-insensitive keyword such as `FROM:`.
+fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
+    let head = args.get(..keyword.len())?;
+    head.eq_ignore_ascii_case(keyword)
+        .then(|| &args[keyword.len()..])
+}
+
+/// Splits `<path> params` or a bare `path params` into the path text and
+/// the parameter text. A space after the colon is tolerated (common in
+/// practice, accepted by Postfix); `>` inside a quoted local part does not
+/// end the path.
+fn split_path(rest: &str) -> Result<(&str, &str), &'static str> {
+    let rest = rest.trim_start_matches(' ');
+    let Some(inner) = rest.strip_prefix('<') else {
+        let end = rest.find(' ').unwrap_or(rest.len());
+        return Ok((&rest[..end], &rest[end..]));
+    };
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in inner.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Ok((&inner[..i], &inner[i + 1..])),
+            _ => {}
+        }
+    }
+    Err("unterminated <path>")
+}
+
+/// Splits ESMTP parameters (`KEYWORD[=value]`, RFC 5321 section 4.1.2).
+fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, ProtocolError> {
+    if !text.is_empty() && !text.starts_with(' ') {
+        return Err(ProtocolError::Syntax("expected a space after the path"));
+    }
+    let mut params = Vec::new();
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let (keyword, value) = match word.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (word, None),
+        };
+        let valid_keyword = keyword
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+            && keyword.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid_keyword {
+            return Err(ProtocolError::Syntax("bad parameter"));
+        }
+        if value.is_some_and(|v| v.is_empty() || v.bytes().any(|b| !(33..=126).contains(&b))) {
+            return Err(ProtocolError::Syntax("bad parameter value"));
+        }
+        let keyword = keyword.to_ascii_uppercase();
+        if params.iter().any(|(k, _)| *k == keyword) {
+            return Err(ProtocolError::Syntax("duplicate parameter"));
+        }
+        params.push((keyword, value));
+    }
+    Ok(params)
+}
+
+fn parse_mail(args: &str) -> Result<Command, ProtocolError> {
+    let rest = strip_keyword(args, "FROM:").ok_or(ProtocolError::Syntax("MAIL FROM:<address>"))?;
+    let (path, params) = split_path(rest).map_err(ProtocolError::Syntax)?;
+    let reverse_path = if path.is_empty() {
+        ReversePath::Null
+    } else {
+        ReversePath::Mailbox(parse_path(path).map_err(ProtocolError::BadSender)?)
+    };
+    let mut parsed = MailParameters::default();
+    for (keyword, value) in parameters(params)? {
+        match (keyword.as_str(), value) {
+            ("SIZE", Some(v)) => {
+                let size = v
+                    .parse()
+                    .map_err(|_| ProtocolError::Syntax("SIZE=<octets>"))?;
+                parsed.size = Some(size);
+            }
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => parsed.body = BodyType::SevenBit,
+            ("BODY", Some(v)) if v.eq_ignore_ascii_case("8BITMIME") => {
+                parsed.body = BodyType::EightBitMime;
+            }
+            ("BODY", Some(v)) => return Err(ProtocolError::UnknownParameter(format!("BODY={v}"))),
+            ("SMTPUTF8", None) => parsed.smtputf8 = true,
+            ("SIZE" | "BODY", None) => return Err(ProtocolError::Syntax("parameter needs a value")),
+            ("SMTPUTF8", Some(_)) => return Err(ProtocolError::Syntax("SMTPUTF8 takes no value")),
+            _ => return Err(ProtocolError::UnknownParameter(keyword)),
+        }
+    }
+    Ok(Command::Mail(reverse_path, parsed))
+}
+
+fn parse_rcpt(args: &str) -> Result<Command, ProtocolError> {
+    let rest = strip_keyword(args, "TO:").ok_or(ProtocolError::Syntax("RCPT TO:<address>"))?;
+    let (path, params) = split_path(rest).map_err(ProtocolError::Syntax)?;
+    // RFC 5321 section 4.5.1: <Postmaster> without a domain must be accepted.
+    let forward_path = if path.eq_ignore_ascii_case("postmaster") {
+        Mailbox::parse("postmaster@localhost").map_err(ProtocolError::BadRecipient)?
+    } else if path.is_empty() {
+        return Err(ProtocolError::BadRecipient(AddressError::Syntax("empty forward-path")));
+    } else {
+        parse_path(path).map_err(ProtocolError::BadRecipient)?
+    };
+    if let Some((keyword, _)) = parameters(params)?.into_iter().next() {
+        return Err(ProtocolError::UnknownParameter(keyword));
+    }
+    Ok(Command::Rcpt(forward_path, RcptParameters::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mailbox(text: &str) -> Mailbox {
+        Mailbox::parse(text).unwrap()
+    }
+
+    #[test]
+    fn parses_valid_commands() {
+        let cases: Vec<(&str, Command)> = vec![
+            ("EHLO client.test", Command::Ehlo("client.test".into())),
+            ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
+            ("HeLo x", Command::Helo("x".into())),
+            ("MAIL FROM:<>", Command::Mail(ReversePath::Null, MailParameters::default())),
+            (
+                "mail from:<a@b.test>",
+                Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
+            ),
+            (
+                "MAIL FROM: <a@b.test>",
+                Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
+            ),
+            (
+                "MAIL FROM:a@b.test",
+                Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
+            ),
+            (
+                "MAIL FROM:<a@b.test> SIZE=1000 BODY=8BITMIME SMTPUTF8",
+                Command::Mail(
+                    ReversePath::Mailbox(mailbox("a@b.test")),
+                    MailParameters {
+                        size: Some(1000),
+                        body: BodyType::EightBitMime,
+                        smtputf8: true,
+                    },
+                ),
+            ),
+            (
+                "MAIL FROM:<a@b.test> body=7bit",
+                Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
+            ),
+            ("RCPT TO:<c@d.test>", Command::Rcpt(mailbox("c@d.test"), RcptParameters::default())),
+            ("rcpt to:<Postmaster>", Command::Rcpt(mailbox("postmaster@localhost"), RcptParameters::default())),
+            ("RCPT TO:<@hop.test:c@d.test>", Command::Rcpt(mailbox("c@d.test"), RcptParameters::default())),
+            ("RCPT TO:<\"odd>name\"@d.test>", Command::Rcpt(mailbox("\"odd>name\"@d.test"), RcptParameters::default())),
+            ("DATA", Command::Data),
+            ("rset", Command::Rset),
+            ("NOOP", Command::Noop),
+            ("NOOP anything here", Command::Noop),
+            ("QUIT", Command::Quit),
+            ("VRFY someone", Command::Vrfy),
+            ("HELP", Command::Help),
+            ("HELP MAIL", Command::Help),
+            ("EXPN list", Command::NotImplemented),
+            ("STARTTLS", Command::NotImplemented),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(Command::parse(line.as_bytes()), Ok(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn reports_each_error_with_its_reply() {
+        let cases: Vec<(&[u8], u16, &str)> = vec![
+            (b"FOO", 500, "5.5.2"),
+            (b"", 500, "5.5.2"),
+            (b"EHLO", 501, "5.5.4"),
+            (b"EHLO a b", 501, "5.5.4"),
+            (b"MAIL <a@b.test>", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test>SIZE=1", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> SIZE=abc", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> SIZE", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> SIZE=1 SIZE=2", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> SMTPUTF8=yes", 501, "5.5.4"),
+            (b"MAIL FROM:<not an address>", 501, "5.1.7"),
+            (b"MAIL FROM:<a@b.test> RET=HDRS", 555, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> BODY=BINARYMIME", 555, "5.5.4"),
+            (b"RCPT TO:<>", 501, "5.1.3"),
+            (b"RCPT TO:<user>", 501, "5.1.3"),
+            (b"RCPT TO:<c@d.test> NOTIFY=NEVER", 555, "5.5.4"),
+            (b"RCPT <c@d.test>", 501, "5.5.4"),
+            (b"DATA now", 501, "5.5.4"),
+            (b"QUIT x", 501, "5.5.4"),
+            (b"VRFY", 501, "5.5.4"),
+            (b"EHLO \xff\xfe", 501, "5.5.4"),
+        ];
+        for (line, code, enhanced) in cases {
+            let error = Command::parse(line).expect_err(&String::from_utf8_lossy(line));
+            let reply = error.reply();
+            assert_eq!(
+                (reply.code(), reply.enhanced().map(|e| e.to_string())),
+                (code, Some(enhanced.to_owned())),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! The RFC 5321 server dialogue as an explicit state machine that does no
+//! I/O. The driver (`server::connection`) feeds it command lines and the
+//! outcomes of what it asked for (a stage check, a DATA transfer, a spool
+//! commit); each call returns the next `Step` for the driver to carry out.
+//! Sequence errors, recipient caps, size and line limits live here so that
+//! transcript tests cover them without sockets.
+
+use std::mem;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::address::{Mailbox, ReversePath};
+use super::command::{Command, MailParameters};
+use super::data::{DataOutcome, DataPolicy, DataReader, MessageInfo};
+use super::extensions::ehlo_keywords;
+use super::reply::Reply;
+use super::trace::Trace;
+
+/// The longest command line, CRLF included (RFC 5321 section 4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+
+/// Extra octets a MAIL command may use for the parameters we advertise
+/// (SIZE, BODY and SMTPUTF8: RFC 1870 section 3, RFC 6152, RFC 6531 each
+/// raise the limit).
+const MAIL_PARAMETER_ALLOWANCE: usize = 64;
+
+/// Settings the state machine needs, fixed for a listener.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our host name, for the greeting, EHLO reply and trace header.
+    pub hostname: String,
+    /// Recipients accepted per transaction before 452 4.5.3.
+    pub max_recipients: usize,
+    /// Size limit and line policies for DATA.
+    pub data: DataPolicy,
+}
+
+/// Where the connection comes from and arrived.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The client's address and port.
+    pub peer: SocketAddr,
+    /// Our address and port.
+    pub local: SocketAddr,
+    /// The name of the listener that accepted the connection.
+    pub listener: Arc<str>,
+}
+
+/// Which greeting command the client used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HelloKind {
+    /// `HELO`: plain SMTP.
+    Helo,
+    /// `EHLO`: extended SMTP.
+    Ehlo,
+}
+
+/// The client's greeting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// HELO or EHLO.
+    pub kind: HelloKind,
+    /// The name it gave.
+    pub name: String,
+}
+
+/// A mail transaction: from MAIL to the end of DATA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// The reverse-path of MAIL FROM.
+    pub reverse_path: ReversePath,
+    /// The parameters of MAIL FROM.
+    pub parameters: MailParameters,
+    /// Recipients accepted so far, in order.
+    pub recipients: Vec<Mailbox>,
+    /// Recipients refused so far; decides 554 over 503 at DATA (RFC 2920 section 3.1).
+    refused: usize,
+}
+
+/// An SMTP stage whose outcome the driver decides (policy, plugins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// A client connected; nothing has been sent yet.
+    Connect,
+    /// EHLO or HELO; see `Session::pending_hello`.
+    Helo,
+    /// MAIL FROM; see `Session::transaction`.
+    Mail,
+    /// RCPT TO; see `Session::pending_recipient`.
+    Rcpt,
+    /// The message has been received; see `Session::message`.
+    Data,
+}
+
+impl Stage {
+    /// Lower-case name, for logs and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Helo => "helo",
+            Self::Mail => "mail",
+            Self::Rcpt => "rcpt",
+            Self::Data => "data",
+        }
+    }
+}
+
+/// What the driver decided about a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The stage succeeds with its usual reply.
+    Proceed,
+    /// The stage fails with this 4xx or 5xx reply; the session goes on.
+    Refuse(Reply),
+    /// Send this reply and close the connection.
+    Disconnect(Reply),
+}
+
+/// How committing the message to the spool went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueOutcome {
+    /// Durably spooled under this queue id.
+    Queued(String),
+    /// Not spooled (I/O error); the client should retry.
+    Failed,
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+#[must_use]
+pub enum Step {
+    /// Send the reply, then go on reading commands.
+    Reply(Reply),
+    /// Send the reply, flush, and close the connection.
+    Close(Reply),
+    /// Decide this stage, then call `Session::decide`.
+    Check(Stage),
+    /// Send the 354 reply, then stream the message through the reader
+    /// until it reports the end, then call `Session::data_end`.
+    ReceiveData(Reply, DataReader),
+    /// Commit the message and envelope to the spool, then call `Session::queued`.
+    Queue,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Banner sent; waiting for EHLO/HELO.
+    Greeted,
+    /// Greeted, no transaction open.
+    Ready(Hello),
+    /// MAIL accepted, no recipient yet.
+    Mail(Hello, Transaction),
+    /// At least one recipient accepted; DATA allowed.
+    Rcpt(Hello, Transaction),
+    /// The driver is streaming the message.
+    Data(Hello, Transaction),
+    /// A stage is out with the driver.
+    Pending(Pending),
+    /// QUIT, a disconnect decision or a fatal error: nothing more is read.
+    Closing,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Connect,
+    Helo(Hello),
+    Mail(Hello, Transaction),
+    Rcpt(Hello, Transaction, Mailbox),
+    Data(Hello, Transaction, MessageInfo),
+    Queue(Hello, Transaction, MessageInfo),
+}
+
+/// One SMTP server session.
+#[derive(Debug)]
+pub struct Session {
+    state: State,
+    config: Arc<SessionConfig>,
+    connection: ConnectionInfo,
+}
+
+impl Session {
+    /// A new session; the first step is always `Check(Stage::Connect)`.
+    pub fn new(config: Arc<SessionConfig>, connection: ConnectionInfo) -> (Self, Step) {
+        let session = Self {
+            state: State::Pending(Pending::Connect),
+            config,
+            connection,
+        };
+        (session, Step::Check(Stage::Connect))
+    }
+
+    /// Handles one command line, without its CRLF.
+    pub fn command(&mut self, line: &[u8]) -> Step {
+        if line.len() + 2 > line_limit(line) {
+            return Step::Reply(Reply::line_too_long());
+        }
+        let command = match Command::parse(line) {
+            Ok(command) => command,
+            Err(error) => return Step::Reply(error.reply()),
+        };
+        let state = mem::replace(&mut self.state, State::Closing);
+        let (state, step) = self.on_command(state, command);
+        self.state = state;
+        step
+    }
+
+    /// The driver saw a command line longer than it buffers.
+    pub fn line_too_long(&mut self) -> Step {
+        Step::Reply(Reply::line_too_long())
+    }
+
+    /// The client was silent past the timeout.
+    pub fn timeout(&mut self) -> Step {
+        self.state = State::Closing;
+        Step::Close(Reply::timeout(&self.config.hostname))
+    }
+
+    /// The gateway is shutting down (at a command boundary).
+    pub fn shutdown(&mut self) -> Step {
+        self.state = State::Closing;
+        Step::Close(Reply::unavailable(&self.config.hostname))
+    }
+
+    fn on_command(&self, state: State, command: Command) -> (State, Step) {
+        use State as S;
+        let reply = |state: State, reply: Reply| (state, Step::Reply(reply));
+        match (state, command) {
+            (state @ (S::Data(..) | S::Pending(_) | S::Closing), _) => {
+                // The driver only sends commands when the session awaits one.
+                (state, Step::Reply(Reply::local_error()))
+            }
+            (_, Command::Ehlo(name)) => greeting(HelloKind::Ehlo, name),
+            (_, Command::Helo(name)) => greeting(HelloKind::Helo, name),
+            (S::Greeted, Command::Mail(..)) => reply(S::Greeted, Reply::bad_sequence("send HELO/EHLO first")),
+            (S::Ready(hello), Command::Mail(reverse_path, parameters)) => {
+                self.mail(hello, reverse_path, parameters)
+            }
+            (state @ (S::Mail(..) | S::Rcpt(..)), Command::Mail(..)) => {
+                reply(state, Reply::bad_sequence("nested MAIL command"))
+            }
+            (state @ (S::Greeted | S::Ready(_)), Command::Rcpt(..) | Command::Data) => {
+                reply(state, Reply::bad_sequence("need MAIL command"))
+            }
+            (S::Mail(hello, txn) | S::Rcpt(hello, txn), Command::Rcpt(rcpt, _)) => self.rcpt(hello, txn, rcpt),
+            (S::Mail(hello, txn), Command::Data) => {
+                let answer = if txn.refused > 0 {
+                    Reply::no_valid_recipients()
+                } else {
+                    Reply::bad_sequence("need RCPT command")
+                };
+                reply(S::Mail(hello, txn), answer)
+            }
+            (S::Rcpt(hello, txn), Command::Data) => (
+                S::Data(hello, txn),
+                Step::ReceiveData(Reply::start_data(), DataReader::new(self.config.data)),
+            ),
+            (S::Greeted, Command::Rset) => reply(S::Greeted, Reply::ok()),
+            (S::Ready(hello) | S::Mail(hello, _) | S::Rcpt(hello, _), Command::Rset) => {
+                reply(S::Ready(hello), Reply::ok())
+            }
+            (state, Command::Noop) => reply(state, Reply::ok()),
+            (state, Command::Vrfy) => reply(state, Reply::cannot_verify()),
+            (state, Command::Help) => reply(state, Reply::help()),
+            (state, Command::NotImplemented) => reply(state, Reply::not_implemented()),
+            (_, Command::Quit) => (S::Closing, Step::Close(Reply::closing())),
+        }
+    }
+
+    fn mail(&self, hello: Hello, reverse_path: ReversePath, parameters: MailParameters) -> (State, Step) {
+        if parameters.size.is_some_and(|size| size > self.config.data.max_bytes) {
+            return (State::Ready(hello), Step::Reply(Reply::message_too_big()));
+        }
+        if !parameters.smtputf8 && !reverse_path.is_ascii() {
+            return (State::Ready(hello), Step::Reply(Reply::needs_smtputf8()));
+        }
+        let txn = Transaction {
+            reverse_path,
+            parameters,
+            recipients: Vec::new(),
+            refused: 0,
+        };
+        (State::Pending(Pending::Mail(hello, txn)), Step::Check(Stage::Mail))
+    }
+
+    fn rcpt(&self, hello: Hello, mut txn: Transaction, rcpt: Mailbox) -> (State, Step) {
+        let refuse = if txn.recipients.len() >= self.config.max_recipients {
+            Some(Reply::too_many_recipients())
+        } else if !txn.parameters.smtputf8 && !rcpt.is_ascii() {
+            Some(Reply::needs_smtputf8())
+        } else {
+            None
+        };
+        match refuse {
+            Some(reply) => {
+                txn.refused += 1;
+                (after_recipient(hello, txn), Step::Reply(reply))
+            }
+            None => (State::Pending(Pending::Rcpt(hello, txn, rcpt)), Step::Check(Stage::Rcpt)),
+        }
+    }
+
+    /// The driver's decision about the pending stage.
+    pub fn decide(&mut self, decision: Decision) -> Step {
+        let state = mem::replace(&mut self.state, State::Closing);
+        let State::Pending(pending) = state else {
+            self.state = state;
+            return Step::Reply(Reply::local_error());
+        };
+        let (state, step) = self.on_decision(pending, decision);
+        self.state = state;
+        step
+    }
+
+    fn on_decision(&self, pending: Pending, decision: Decision) -> (State, Step) {
+        use Pending as P;
+        let refuse = match decision {
+            Decision::Disconnect(reply) => return (State::Closing, Step::Close(reply)),
+            Decision::Refuse(reply) => reply,
+            Decision::Proceed => return self.proceed(pending),
+        };
+        let state = match pending {
+            // A refused connection is closed (DESIGN section 3: 421 or 554, then close).
+            P::Connect => return (State::Closing, Step::Close(refuse)),
+            P::Helo(_) => State::Greeted,
+            P::Mail(hello, _) | P::Data(hello, ..) => State::Ready(hello),
+            P::Rcpt(hello, mut txn, _) => {
+                txn.refused += 1;
+                after_recipient(hello, txn)
+            }
+            P::Queue(..) => return (State::Pending(pending), Step::Reply(Reply::local_error())),
+        };
+        (state, Step::Reply(refuse))
+    }
+
+    fn proceed(&self, pending: Pending) -> (State, Step) {
+        use Pending as P;
+        let host = &self.config.hostname;
+        match pending {
+            P::Connect => (State::Greeted, Step::Reply(Reply::greeting(host))),
+            P::Helo(hello) => {
+                let reply = match hello.kind {
+                    HelloKind::Ehlo => {
+                        Reply::ehlo(host, &hello.name, ehlo_keywords(self.config.data.max_bytes))
+                    }
+                    HelloKind::Helo => Reply::helo(host),
+                };
+                (State::Ready(hello), Step::Reply(reply))
+            }
+            P::Mail(hello, txn) => (State::Mail(hello, txn), Step::Reply(Reply::sender_ok())),
+            P::Rcpt(hello, mut txn, rcpt) => {
+                txn.recipients.push(rcpt);
+                (State::Rcpt(hello, txn), Step::Reply(Reply::recipient_ok()))
+            }
+            P::Data(hello, txn, info) => (State::Pending(P::Queue(hello, txn, info)), Step::Queue),
+            P::Queue(..) => (State::Pending(pending), Step::Reply(Reply::local_error())),
+        }
+    }
+
+    /// The DATA transfer ended; `outcome` comes from the reader.
+    pub fn data_end(&mut self, outcome: DataOutcome) -> Step {
+        let state = mem::replace(&mut self.state, State::Closing);
+        let State::Data(hello, txn) = state else {
+            self.state = state;
+            return Step::Reply(Reply::local_error());
+        };
+        let (state, step) = match outcome {
+            DataOutcome::Complete(info) => (
+                State::Pending(Pending::Data(hello, txn, info)),
+                Step::Check(Stage::Data),
+            ),
+            DataOutcome::TooBig => (State::Ready(hello), Step::Reply(Reply::message_too_big())),
+            DataOutcome::BareLineEnding => (State::Ready(hello), Step::Reply(Reply::bare_line_ending())),
+            DataOutcome::LineTooLong => (State::Ready(hello), Step::Reply(Reply::line_too_long_in_data())),
+        };
+        self.state = state;
+        step
+    }
+
+    /// The spool commit finished.
+    pub fn queued(&mut self, outcome: QueueOutcome) -> Step {
+        let state = mem::replace(&mut self.state, State::Closing);
+        let State::Pending(Pending::Queue(hello, ..)) = state else {
+            self.state = state;
+            return Step::Reply(Reply::local_error());
+        };
+        self.state = State::Ready(hello);
+        match outcome {
+            QueueOutcome::Queued(id) => Step::Reply(Reply::queued(&id)),
+            QueueOutcome::Failed => Step::Reply(Reply::local_error()),
+        }
+    }
+
+    /// Where the connection comes from.
+    pub fn connection(&self) -> &ConnectionInfo {
+        &self.connection
+    }
+
+    /// The greeting in effect, or the one being decided at the helo stage.
+    pub fn hello(&self) -> Option<&Hello> {
+        match &self.state {
+            State::Ready(h) | State::Mail(h, _) | State::Rcpt(h, _) | State::Data(h, _) => Some(h),
+            State::Pending(
+                Pending::Helo(h)
+                | Pending::Mail(h, _)
+                | Pending::Rcpt(h, ..)
+                | Pending::Data(h, ..)
+                | Pending::Queue(h, ..),
+            ) => Some(h),
+            State::Greeted | State::Closing | State::Pending(Pending::Connect) => None,
+        }
+    }
+
+    /// The open transaction, including one whose MAIL is being decided.
+    pub fn transaction(&self) -> Option<&Transaction> {
+        match &self.state {
+            State::Mail(_, t) | State::Rcpt(_, t) | State::Data(_, t) => Some(t),
+            State::Pending(
+                Pending::Mail(_, t) | Pending::Rcpt(_, t, _) | Pending::Data(_, t, _) | Pending::Queue(_, t, _),
+            ) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The recipient whose RCPT is being decided.
+    pub fn pending_recipient(&self) -> Option<&Mailbox> {
+        match &self.state {
+            State::Pending(Pending::Rcpt(_, _, rcpt)) => Some(rcpt),
+            _ => None,
+        }
+    }
+
+    /// Facts about the received message, from the data stage until it is queued.
+    pub fn message(&self) -> Option<MessageInfo> {
+        match &self.state {
+            State::Pending(Pending::Data(_, _, info) | Pending::Queue(_, _, info)) => Some(*info),
+            _ => None,
+        }
+    }
+
+    /// The `Received:` header for the message now being received.
+    pub fn trace_header(&self, id: &str, date: SystemTime) -> String {
+        let hello = self.hello();
+        let txn = self.transaction();
+        let protocol = match (hello.map(|h| h.kind), txn.is_some_and(|t| t.parameters.smtputf8)) {
+            (Some(HelloKind::Ehlo), true) => "UTF8SMTP",
+            (Some(HelloKind::Ehlo), false) => "ESMTP",
+            _ => "SMTP",
+        };
+        let recipient = match txn.map(|t| t.recipients.as_slice()) {
+            Some([only]) => Some(only),
+            _ => None,
+        };
+        Trace {
+            helo: hello.map_or("unknown", |h| h.name.as_str()),
+            peer: self.connection.peer.ip(),
+            host: &self.config.hostname,
+            protocol,
+            id,
+            recipient,
+            date,
+        }
+        .header()
+    }
+}
+
+/// EHLO/HELO: a new greeting also resets any transaction (RFC 5321 section 4.1.4).
+fn greeting(kind: HelloKind, name: String) -> (State, Step) {
+    (
+        State::Pending(Pending::Helo(Hello { kind, name })),
+        Step::Check(Stage::Helo),
+    )
+}
+
+/// The state after a RCPT was refused: recipients accepted before still stand.
+fn after_recipient(hello: Hello, txn: Transaction) -> State {
+    if txn.recipients.is_empty() {
+        State::Mail(hello, txn)
+    } else {
+        State::Rcpt(hello, txn)
+    }
+}
+
+fn line_limit(line: &[u8]) -> usize {
+    let is_mail = line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL");
+    if is_mail {
+        MAX_COMMAND_LINE + MAIL_PARAMETER_ALLOWANCE
+    } else {
+        MAX_COMMAND_LINE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::smtp::data::{BareLineEndings, Feed, LongLines};
+
+    /// A queued message as the transcript driver saw it.
+    #[derive(Debug)]
+    struct Queued {
+        reverse_path: String,
+        recipients: Vec<String>,
+        content: Vec<u8>,
+    }
+
+    fn config() -> Arc<SessionConfig> {
+        Arc::new(SessionConfig {
+            hostname: "mx.test".into(),
+            max_recipients: 3,
+            data: DataPolicy {
+                max_bytes: 100,
+                bare_line_endings: BareLineEndings::Normalize,
+                long_lines: LongLines::Reject,
+            },
+        })
+    }
+
+    /// Drives a session from client bytes, the way `server::connection`
+    /// does, deciding stages with `policy`; returns what the server wrote
+    /// and what it queued.
+    fn transcript(input: &[u8], policy: impl Fn(Stage, &Session) -> Decision) -> (String, Vec<Queued>) {
+        let connection = ConnectionInfo {
+            peer: "192.0.2.1:4000".parse().unwrap(),
+            local: "192.0.2.2:25".parse().unwrap(),
+            listener: "test".into(),
+        };
+        let (mut session, mut step) = Session::new(config(), connection);
+        let mut output = Vec::new();
+        let mut queued = Vec::new();
+        let mut content = Vec::new();
+        let mut rest = input;
+        loop {
+            step = match step {
+                Step::Reply(reply) => {
+                    reply.write_to(&mut output);
+                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+                    let line = &rest[..end];
+                    rest = &rest[end + 2..];
+                    session.command(line)
+                }
+                Step::Close(reply) => {
+                    reply.write_to(&mut output);
+                    break;
+                }
+                Step::Check(stage) => session.decide(policy(stage, &session)),
+                Step::ReceiveData(reply, mut reader) => {
+                    reply.write_to(&mut output);
+                    content.clear();
+                    match reader.feed(rest, &mut content) {
+                        Feed::Done { consumed } => rest = &rest[consumed..],
+                        Feed::More => break,
+                    }
+                    session.data_end(reader.outcome())
+                }
+                Step::Queue => {
+                    let txn = session.transaction().unwrap();
+                    queued.push(Queued {
+                        reverse_path: txn.reverse_path.to_string(),
+                        recipients: txn.recipients.iter().map(ToString::to_string).collect(),
+                        content: content.clone(),
+                    });
+                    session.queued(QueueOutcome::Queued(format!("Q{}", queued.len())))
+                }
+            };
+        }
+        (String::from_utf8(output).unwrap(), queued)
+    }
+
+    fn proceed(_: Stage, _: &Session) -> Decision {
+        Decision::Proceed
+    }
+
+    /// Asserts the replies, one per line, code and enhanced code only.
+    fn assert_codes(output: &str, expected: &[&str]) {
+        let got: Vec<String> = output
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| {
+                let mut parts = l.splitn(3, ' ');
+                let code = parts.next().unwrap_or("");
+                match parts.next() {
+                    Some(enh) if enh.chars().next().is_some_and(|c| c.is_ascii_digit()) && enh.contains('.') => {
+                        format!("{code} {enh}")
+                    }
+                    _ => code.to_owned(),
+                }
+            })
+            .collect();
+        assert_eq!(got, expected, "full output:\n{output}");
+    }
+
+    #[test]
+    fn full_transaction_is_queued() {
+        let (out, queued) = transcript(
+            b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n",
+            proceed,
+        );
+        assert!(out.starts_with("220 mx.test ESMTP mailgate\r\n250-mx.test greets client.test\r\n250-PIPELINING\r\n250-SIZE 100\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"));
+        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]);
+        assert!(out.contains("250 2.0.0 Ok: queued as Q1\r\n"));
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].reverse_path, "a@x.test");
+        assert_eq!(queued[0].recipients, ["b@y.test"]);
+        assert_eq!(queued[0].content, b"Subject: hi\r\n\r\nbody\r\n");
+    }
+
+    #[test]
+    fn helo_gives_a_plain_reply() {
+        let (out, _) = transcript(b"HELO client.test\r\nQUIT\r\n", proceed);
+        assert_eq!(out, "220 mx.test ESMTP mailgate\r\n250 mx.test\r\n221 2.0.0 Bye\r\n");
+    }
+
+    #[test]
+    fn commands_out_of_sequence_get_503() {
+        let (out, _) = transcript(
+            b"MAIL FROM:<a@x.test>\r\nEHLO c\r\nRCPT TO:<b@y.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\nDATA\r\nMAIL FROM:<a@x.test>\r\nQUIT\r\n",
+            proceed,
+        );
+        assert_codes(
+            &out,
+            &["220", "503 5.5.1", "250", "503 5.5.1", "503 5.5.1", "250 2.1.0", "503 5.5.1", "503 5.5.1", "221 2.0.0"],
+        );
+        assert!(out.contains("503 5.5.1 Error: send HELO/EHLO first"));
+        assert!(out.contains("503 5.5.1 Error: need MAIL command"));
+        assert!(out.contains("503 5.5.1 Error: need RCPT command"));
+        assert!(out.contains("503 5.5.1 Error: nested MAIL command"));
+    }
+
+    #[test]
+    fn unknown_syntax_and_parameter_errors() {
+        let (out, _) = transcript(
+            b"EHLO c\r\nFROB\r\nMAIL FROM:<a@x.test> RET=FULL\r\nMAIL TO:<a@x.test>\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test> NOTIFY=NEVER\r\nRCPT TO:<nobody>\r\nEXPN list\r\nQUIT\r\n",
+            proceed,
+        );
+        assert_codes(
+            &out,
+            &["220", "250", "500 5.5.2", "555 5.5.4", "501 5.5.4", "250 2.1.0", "555 5.5.4", "501 5.1.3", "502 5.5.1", "221 2.0.0"],
+        );
+    }
+
+    #[test]
+    fn commands_are_case_insensitive() {
+        let (out, queued) = transcript(
+            b"ehlo c\r\nmail from:<a@x.test>\r\nrcpt to:<b@y.test>\r\ndata\r\nx\r\n.\r\nquit\r\n",
+            proceed,
+        );
+        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]);
+        assert_eq!(queued.len(), 1);
+    }
+
+    #[test]
+    fn rset_noop_vrfy_help() {
+        let (out, _) = transcript(
+            b"RSET\r\nNOOP\r\nEHLO c\r\nMAIL FROM:<a@x.test>\r\nRSET\r\nRCPT TO:<b@y.test>\r\nVRFY a\r\nHELP\r\nQUIT\r\n",
+            proceed,
+        );
+        assert_codes(
+            &out,
+            &["220", "250 2.0.0", "250 2.0.0", "250", "250 2.1.0", "250 2.0.0", "503 5.5.1", "252 2.0.0", "214 2.0.0", "221 2.0.0"],
+        );
+    }
+
+    #[test]
+    fn recipient_cap_gives_452() {
+        let (out, queued) = transcript(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<1@y.test>\r\nRCPT TO:<2@y.test>\r\nRCPT TO:<3@y.test>\r\nRCPT TO:<4@y.test>\r\nDATA\r\nx\r\n.\r\n",
+            proceed,
+        );
+        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3", "354", "250 2.0.0"]);
+        assert_eq!(queued[0].recipients.len(), 3);
+    }
+
+    #[test]
+    fn size_limits_at_mail_and_in_data() {
+        let mut input = b"EHLO c\r\nMAIL FROM:<a@x.test> SIZE=101\r\nMAIL FROM:<a@x.test> SIZE=100\r\nRCPT TO:<b@y.test>\r\nDATA\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 200));
+        input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+        let (out, queued) = transcript(&input, proceed);
+        assert_codes(&out, &["220", "250", "552 5.3.4", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "250 2.0.0"]);
+        assert!(queued.is_empty());
+    }
+
+    #[test]
+    fn overlong_command_line_gets_500_and_session_survives() {
+        let mut input = b"NOOP ".to_vec();
+        input.extend(std::iter::repeat_n(b'a', 600));
+        input.extend_from_slice(b"\r\nNOOP\r\n");
+        let (out, _) = transcript(&input, proceed);
+        assert_codes(&out, &["220", "500 5.5.6", "250 2.0.0"]);
+        // A MAIL line may use the parameter allowance.
+        let mut line = format!("MAIL FROM:<{}@x.test> SIZE=10 BODY=8BITMIME SMTPUTF8", "a".repeat(200));
+        line.push_str(&" ".repeat(540 - line.len()));
+        let (out, _) = transcript(format!("EHLO c\r\n{line}\r\n").as_bytes(), proceed);
+        assert_codes(&out, &["220", "250", "250 2.1.0"]);
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let (out, queued) = transcript(
+            "EHLO c\r\nMAIL FROM:<jos\u{e9}@x.test>\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<jos\u{e9}@y.test>\r\nRSET\r\nMAIL FROM:<jos\u{e9}@x.test> SMTPUTF8\r\nRCPT TO:<jos\u{e9}@y.test>\r\nDATA\r\nx\r\n.\r\n".as_bytes(),
+            proceed,
+        );
+        assert_codes(&out, &["220", "250", "553 5.6.7", "250 2.1.0", "553 5.6.7", "250 2.0.0", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
+        assert_eq!(queued[0].recipients, ["jos\u{e9}@y.test"]);
+    }
+
+    #[test]
+    fn pipelined_commands_are_answered_in_order() {
+        let (out, queued) = transcript(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n1\r\n.\r\nMAIL FROM:<d@x.test>\r\nRCPT TO:<e@y.test>\r\nDATA\r\n2\r\n.\r\nQUIT\r\n",
+            proceed,
+        );
+        assert_codes(
+            &out,
+            &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+        );
+        assert_eq!(queued.len(), 2);
+        assert_eq!(queued[1].content, b"2\r\n");
+    }
+
+    #[test]
+    fn data_after_all_recipients_refused_gets_554() {
+        let policy = |stage: Stage, session: &Session| match stage {
+            Stage::Rcpt if session.pending_recipient().is_some_and(|r| r.domain() == "blocked.test") => {
+                Decision::Refuse(Reply::relay_denied())
+            }
+            _ => Decision::Proceed,
+        };
+        let (out, queued) = transcript(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@blocked.test>\r\nDATA\r\nRCPT TO:<b@ok.test>\r\nRCPT TO:<c@blocked.test>\r\nDATA\r\nx\r\n.\r\n",
+            policy,
+        );
+        assert_codes(&out, &["220", "250", "250 2.1.0", "554 5.7.1", "554 5.5.1", "250 2.1.5", "554 5.7.1", "354", "250 2.0.0"]);
+        assert_eq!(queued[0].recipients, ["b@ok.test"]);
+    }
+
+    #[test]
+    fn refusals_and_disconnects_at_each_stage() {
+        let refuse_data = |stage: Stage, _: &Session| match stage {
+            Stage::Data => Decision::Refuse(Reply::new(550, crate::smtp::reply::EnhancedCode::new(5, 7, 1), "no")),
+            _ => Decision::Proceed,
+        };
+        let (out, queued) = transcript(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@x.test>\r\n",
+            refuse_data,
+        );
+        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "354", "550 5.7.1", "250 2.1.0"]);
+        assert!(queued.is_empty());
+
+        let refuse_connect = |_: Stage, _: &Session| Decision::Refuse(Reply::unavailable("mx.test"));
+        let (out, _) = transcript(b"EHLO c\r\n", refuse_connect);
+        assert_codes(&out, &["421 4.3.2"]);
+
+        let drop_on_mail = |stage: Stage, _: &Session| match stage {
+            Stage::Mail => Decision::Disconnect(Reply::new(421, crate::smtp::reply::EnhancedCode::new(4, 7, 0), "bye")),
+            _ => Decision::Proceed,
+        };
+        let (out, _) = transcript(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nNOOP\r\n", drop_on_mail);
+        assert_codes(&out, &["220", "250", "421 4.7.0"]);
+    }
+
+    #[test]
+    fn ehlo_resets_the_transaction() {
+        let (out, _) = transcript(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nEHLO d\r\nRCPT TO:<b@y.test>\r\n", proceed);
+        assert_codes(&out, &["220", "250", "250 2.1.0", "250", "503 5.5.1"]);
+    }
+
+    #[test]
+    fn trace_header_names_single_recipient_and_protocol() {
+        let connection = ConnectionInfo {
+            peer: "[2001:db8::1]:4000".parse().unwrap(),
+            local: "[2001:db8::2]:25".parse().unwrap(),
+            listener: "test".into(),
+        };
+        let (mut session, _) = Session::new(config(), connection);
+        let _ = session.decide(Decision::Proceed);
+        let _ = session.command(b"EHLO c.test");
+        let _ = session.decide(Decision::Proceed);
+        let _ = session.command(b"MAIL FROM:<a@x.test> SMTPUTF8");
+        let _ = session.decide(Decision::Proceed);
+        let _ = session.command(b"RCPT TO:<b@y.test>");
+        let _ = session.decide(Decision::Proceed);
+        let header = session.trace_header("ID1", std::time::UNIX_EPOCH);
+        assert!(header.starts_with("Received: from c.test ([IPv6:2001:db8::1])\r\n\tby mx.test (mailgate) with UTF8SMTP id ID1\r\n\tfor <b@y.test>;"), "{header}");
+    }
+}
