@@ -1,3 +1,107 @@
 //! mailgate: a programmable SMTP relay gateway.
+//!
+//! `run` is the entry point shared by the binary and the end-to-end tests:
+//! it opens the spool, recovers queued mail, serves the listeners and runs
+//! the delivery engine until the shutdown token is cancelled.
 
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod queue;
+pub mod server;
+pub mod shutdown;
 pub mod smtp;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::spawn_blocking;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use config::Config;
+use queue::{Spool, SpoolError};
+use server::{BoundListener, Inbound};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {address} (listener {name}): {source}")]
+    Bind {
+        /// The listener's name.
+        name: String,
+        /// The address.
+        address: SocketAddr,
+        /// The error.
+        source: io::Error,
+    },
+    /// The spool could not be opened or read.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Binds every configured listener (before any other start-up work, so a
+/// port conflict is reported at once).
+pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, StartError> {
+    let mut bound = Vec::with_capacity(config.listeners.len());
+    for listener in &config.listeners {
+        let socket = TcpListener::bind(listener.address).await.map_err(|source| StartError::Bind {
+            name: listener.name.to_string(),
+            address: listener.address,
+            source,
+        })?;
+        bound.push(BoundListener {
+            name: Arc::clone(&listener.name),
+            socket,
+        });
+    }
+    Ok(bound)
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then drains: sessions
+/// finish at their next command boundary, deliveries in flight get the
+/// grace period, everything else stays spooled.
+pub async fn run(config: Config, listeners: Vec<BoundListener>, shutdown: CancellationToken) -> Result<(), StartError> {
+    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let scanned = {
+        let spool = Arc::clone(&spool);
+        spawn_blocking(move || spool.scan()).await.map_err(|_| SpoolError::Cancelled)??
+    };
+    let (recovered, problems) = scanned;
+    for problem in problems {
+        error!(error = %problem, "spool entry set aside in corrupt/");
+    }
+    info!(messages = recovered.len(), spool = %config.spool_dir.display(), "spool opened");
+
+    let (queue, inbox) = queue::handoff();
+    let inbound = Arc::new(Inbound {
+        connections: Arc::new(Semaphore::new(config.server.max_connections.get())),
+        settings: config.server,
+        spool: Arc::clone(&spool),
+        queue,
+    });
+    let tracker = TaskTracker::new();
+    for listener in listeners {
+        if let Ok(address) = listener.socket.local_addr() {
+            info!(listener = %listener.name, %address, "listening");
+        }
+        tracker.spawn(server::serve(listener, Arc::clone(&inbound), shutdown.clone(), tracker.clone()));
+    }
+    drop(inbound);
+    tracker.spawn(delivery::run(spool, Arc::new(config.delivery), inbox, recovered, shutdown.clone()));
+
+    shutdown.cancelled().await;
+    info!(grace_period = ?config.shutdown_grace_period, "shutting down");
+    tracker.close();
+    if tokio::time::timeout(config.shutdown_grace_period, tracker.wait()).await.is_ok() {
+        info!("drained; stopped");
+    } else {
+        warn!(tasks = tracker.len(), "grace period over; work still in flight stays spooled");
+    }
+    Ok(())
+}

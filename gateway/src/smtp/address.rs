@@ -215,6 +215,44 @@ impl From<ReversePath> for String {
     }
 }
 
+/// A pattern over domains, as routes and accepted domains use them:
+/// `example.com` (that domain), `*.example.com` (its subdomains, not itself)
+/// or `*` (every domain). Matching ignores ASCII case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DomainPattern {
+    /// `*`
+    Any,
+    /// `example.com`
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`.
+    Subdomains(String),
+}
+
+impl DomainPattern {
+    /// Parses the pattern text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let lower = text.to_lowercase();
+        if lower == "*" {
+            return Ok(Self::Any);
+        }
+        let (domain, pattern) = match lower.strip_prefix("*.") {
+            Some(rest) => (rest.to_owned(), Self::Subdomains(format!(".{rest}"))),
+            None => (lower.clone(), Self::Exact(lower.clone())),
+        };
+        check_domain(&domain).map_err(|e| format!("invalid domain pattern {text:?}: {e}"))?;
+        Ok(pattern)
+    }
+
+    /// True when `domain` (lower case) matches.
+    pub fn matches(&self, domain: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Exact(d) => d == domain,
+            Self::Subdomains(suffix) => domain.ends_with(suffix.as_str()),
+        }
+    }
+}
+
 /// Parses the inside of `<...>` of a path, dropping an RFC 5321 source route
 /// (`@a,@b:`), which section 4.1.1.3 says to accept and ignore.
 pub fn parse_path(inner: &str) -> Result<Mailbox, AddressError> {
@@ -283,6 +321,19 @@ mod tests {
     fn overlong_path_is_refused() {
         let text = format!("{}@example.com", "a".repeat(250));
         assert_eq!(parse_path(&text), Err(AddressError::TooLong));
+    }
+
+    #[test]
+    fn domain_patterns_match() {
+        let exact = DomainPattern::parse("Example.COM").unwrap();
+        let subs = DomainPattern::parse("*.example.com").unwrap();
+        let any = DomainPattern::parse("*").unwrap();
+        assert!(exact.matches("example.com") && !exact.matches("a.example.com"));
+        assert!(subs.matches("a.example.com") && subs.matches("b.a.example.com"));
+        assert!(!subs.matches("example.com") && !subs.matches("badexample.com"));
+        assert!(any.matches("anything.test"));
+        assert!(DomainPattern::parse("bad domain").is_err());
+        assert!(DomainPattern::parse("*.").is_err());
     }
 
     #[test]

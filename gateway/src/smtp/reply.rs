@@ -99,6 +99,25 @@ impl Reply {
         }
     }
 
+    /// A reply as read from a server: its code, the enhanced code if the
+    /// first line starts with one of the same class, and the text lines.
+    pub fn parsed(code: u16, mut lines: Vec<String>) -> Self {
+        let first = lines.first().map(String::as_str).unwrap_or("");
+        let (word, rest) = first.split_once(' ').unwrap_or((first, ""));
+        let enhanced = EnhancedCode::parse(word).filter(|e| u16::from(e.class()) == code / 100);
+        if enhanced.is_some() {
+            let rest = rest.to_owned();
+            if let Some(line) = lines.first_mut() {
+                *line = rest;
+            }
+        }
+        Self {
+            code,
+            enhanced,
+            lines: if lines.is_empty() { vec![String::new()] } else { lines.into_iter().map(sanitize).collect() },
+        }
+    }
+
     /// The three-digit reply code.
     pub fn code(&self) -> u16 {
         self.code

@@ -1,0 +1,319 @@
+//! The configuration: one TOML file, read into raw serde structs and
+//! converted once into validated types (parse, don't validate). Every error
+//! names the file, line, column and key; semantic errors are all reported in
+//! one pass. Relative paths are taken relative to the configuration file.
+
+mod error;
+mod raw;
+mod units;
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use error::{ConfigError, Problem};
+pub use raw::LogFormat;
+use raw::{RawConfig, RawRoute};
+
+use crate::delivery::route::{NextHop, Route, RouteTable};
+use crate::delivery::{ClientTimeouts, DeliverySettings};
+use crate::queue::RetrySchedule;
+use crate::server::policy::RelayPolicy;
+use crate::server::{ListenerConfig, ServerSettings};
+use crate::smtp::address::DomainPattern;
+use crate::smtp::data::DataPolicy;
+use crate::smtp::session::SessionConfig;
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Our host name.
+    pub hostname: String,
+    /// The spool directory.
+    pub spool_dir: PathBuf,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// How long shutdown waits for work in flight.
+    pub shutdown_grace_period: Duration,
+    /// Addresses to listen on.
+    pub listeners: Vec<ListenerConfig>,
+    /// Inbound settings.
+    pub server: ServerSettings,
+    /// Outbound settings.
+    pub delivery: DeliverySettings,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_source(path, &source)
+    }
+
+    /// Validates `source` as if read from `path`.
+    pub fn from_source(path: &Path, source: &str) -> Result<Self, ConfigError> {
+        let invalid = |problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        };
+        let raw: RawConfig =
+            toml::from_str(source).map_err(|e| invalid(vec![Problem::at(source, e.span(), e.message())]))?;
+        let mut check = Checker {
+            source,
+            base: path.parent().unwrap_or(Path::new(".")).to_owned(),
+            problems: Vec::new(),
+        };
+        let config = check.convert(path, raw);
+        if check.problems.is_empty() {
+            Ok(config)
+        } else {
+            check.problems.sort_by_key(|p| (p.line, p.column));
+            Err(invalid(check.problems))
+        }
+    }
+}
+
+/// Collects problems while converting, so all are reported at once.
+struct Checker<'a> {
+    source: &'a str,
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem<T>(&mut self, at: &Spanned<T>, reason: impl Into<String>) {
+        let span = at.span();
+        let span = (span.end > 0).then_some(span);
+        self.problems.push(Problem::at(self.source, span, reason));
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn convert(&mut self, path: &Path, raw: RawConfig) -> Config {
+        let hostname = raw.server.hostname.clone().unwrap_or_else(system_hostname);
+        if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.problems.push(Problem::at(self.source, None, format!("`server.hostname`: invalid host name {hostname:?}")));
+        }
+        let listeners = self.listeners(&raw);
+        let server = self.server_settings(&raw, hostname.clone());
+        let delivery = self.delivery_settings(&raw, hostname.clone());
+        Config {
+            path: path.to_owned(),
+            hostname,
+            spool_dir: self.resolve(&raw.server.spool_dir),
+            log_format: raw.server.log_format,
+            shutdown_grace_period: raw.server.shutdown_grace_period.0,
+            listeners,
+            server,
+            delivery,
+        }
+    }
+
+    fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
+        if raw.listeners.is_empty() {
+            self.problems.push(Problem::at(self.source, None, "at least one [[listener]] is required"));
+        }
+        let mut names = HashSet::new();
+        let mut listeners = Vec::new();
+        for listener in &raw.listeners {
+            let inner = listener.get_ref();
+            if !names.insert(inner.name.clone()) {
+                self.problem(listener, format!("duplicate listener name {:?}", inner.name));
+            }
+            listeners.push(ListenerConfig {
+                name: Arc::from(inner.name.as_str()),
+                address: inner.address,
+            });
+        }
+        listeners
+    }
+
+    fn server_settings(&mut self, raw: &RawConfig, hostname: String) -> ServerSettings {
+        let smtp = &raw.smtp;
+        let max_recipients = *smtp.max_recipients.get_ref();
+        if max_recipients < 100 {
+            self.problem(
+                &smtp.max_recipients,
+                "must be at least 100 (RFC 5321 section 4.5.3.1.8)",
+            );
+        }
+        let mut accepted_domains = Vec::new();
+        for pattern in &raw.relay.accepted_domains {
+            match DomainPattern::parse(pattern.get_ref()) {
+                Ok(p) => accepted_domains.push(p),
+                Err(e) => self.problem(pattern, e),
+            }
+        }
+        let max_connections = NonZeroUsize::new(raw.server.max_connections).unwrap_or_else(|| {
+            self.problems.push(Problem::at(self.source, None, "`server.max_connections` must be at least 1"));
+            NonZeroUsize::MIN
+        });
+        ServerSettings {
+            session: Arc::new(SessionConfig {
+                hostname,
+                max_recipients,
+                data: DataPolicy {
+                    max_bytes: smtp.max_message_bytes,
+                    bare_line_endings: smtp.bare_line_endings,
+                    long_lines: smtp.long_lines,
+                },
+            }),
+            command_timeout: smtp.command_timeout.0,
+            data_timeout: smtp.data_timeout.0,
+            max_connections,
+            relay: RelayPolicy::new(accepted_domains, raw.relay.trusted_networks.clone()),
+        }
+    }
+
+    fn delivery_settings(&mut self, raw: &RawConfig, hostname: String) -> DeliverySettings {
+        let d = &raw.delivery;
+        if d.retry_initial.0 > d.retry_max.0 {
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                "`delivery.retry_initial` is longer than `delivery.retry_max`",
+            ));
+        }
+        let concurrency = NonZeroUsize::new(d.concurrency).unwrap_or_else(|| {
+            self.problems.push(Problem::at(self.source, None, "`delivery.concurrency` must be at least 1"));
+            NonZeroUsize::MIN
+        });
+        let routes = raw.routes.iter().filter_map(|r| self.route(r)).collect();
+        DeliverySettings {
+            hostname,
+            concurrency,
+            retry: RetrySchedule {
+                initial: d.retry_initial.0,
+                max: d.retry_max.0,
+                max_age: d.max_age.0,
+            },
+            timeouts: ClientTimeouts {
+                connect: d.connect_timeout.0,
+                command: d.command_timeout.0,
+                data: d.data_timeout.0,
+                data_done: d.data_done_timeout.0,
+            },
+            routes: RouteTable::new(routes),
+        }
+    }
+
+    fn route(&mut self, spanned: &Spanned<RawRoute>) -> Option<Route> {
+        let raw = spanned.get_ref();
+        if raw.domains.is_empty() {
+            self.problem(spanned, "a route needs at least one pattern in `domains`");
+        }
+        let mut patterns = Vec::new();
+        for pattern in &raw.domains {
+            match DomainPattern::parse(pattern.get_ref()) {
+                Ok(p) => patterns.push(p),
+                Err(e) => self.problem(pattern, e),
+            }
+        }
+        let next_hop = match (&raw.smarthost, &raw.maildir) {
+            (Some(host), None) => match NextHop::parse_smarthost(host.get_ref()) {
+                Ok(hop) => hop,
+                Err(e) => {
+                    self.problem(host, e);
+                    return None;
+                }
+            },
+            (None, Some(dir)) => NextHop::Maildir(self.resolve(dir.get_ref())),
+            (Some(_), Some(dir)) => {
+                self.problem(dir, "a route has either `smarthost` or `maildir`, not both");
+                return None;
+            }
+            (None, None) => {
+                self.problem(spanned, "a route needs `smarthost` or `maildir`");
+                return None;
+            }
+        };
+        Some(Route { patterns, next_hop })
+    }
+}
+
+/// The system host name, or `localhost` if it cannot be read.
+fn system_hostname() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() { "localhost".to_owned() } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(source: &str) -> String {
+        match Config::from_source(Path::new("test.toml"), source) {
+            Ok(_) => String::from("ok"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    const MINIMAL: &str = "[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n";
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = Config::from_source(Path::new("/etc/mailgate/m.toml"), MINIMAL).unwrap();
+        assert_eq!(config.listeners.len(), 1);
+        assert_eq!(config.server.session.max_recipients, 1000);
+        assert_eq!(config.server.session.data.max_bytes, 25 * 1024 * 1024);
+        assert_eq!(config.delivery.retry.max_age, Duration::from_secs(5 * 86400));
+        assert_eq!(config.spool_dir, PathBuf::from("/var/spool/mailgate"));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let source = format!("{MINIMAL}[smtp]\nmax_mesage_bytes = 10\n");
+        let text = problems(&source);
+        assert!(text.starts_with("test.toml:5:1: `smtp.max_mesage_bytes`: unknown field `max_mesage_bytes`"), "{text}");
+    }
+
+    #[test]
+    fn bad_value_names_line_and_key() {
+        let source = format!("{MINIMAL}[delivery]\nretry_initial = \"5 minutes\"\n");
+        let text = problems(&source);
+        assert!(text.starts_with("test.toml:5:17: `delivery.retry_initial`: invalid duration"), "{text}");
+    }
+
+    #[test]
+    fn semantic_errors_are_all_reported() {
+        let source = format!(
+            "{MINIMAL}[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2526\"\n[smtp]\nmax_recipients = 10\n[[route]]\ndomains = [\"*\"]\nsmarthost = \"host:notaport\"\n[[route]]\ndomains = [\"bad domain\"]\nmaildir = \"m\"\n"
+        );
+        let text = problems(&source);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].starts_with("test.toml:4:1: `listener[1]`: duplicate listener name"), "{text}");
+        assert!(lines[1].starts_with("test.toml:8:18: `smtp.max_recipients`: must be at least 100"), "{text}");
+        assert!(lines[2].starts_with("test.toml:11:13: `route[0].smarthost`:"), "{text}");
+        assert!(lines[3].starts_with("test.toml:13:12: `route[1].domains[0]`:"), "{text}");
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let source = format!("{MINIMAL}[server]\nspool_dir = \"spool\"\n[[route]]\ndomains = [\"*\"]\nmaildir = \"maildir\"\n");
+        let config = Config::from_source(Path::new("/srv/mg/mailgate.toml"), &source).unwrap();
+        assert_eq!(config.spool_dir, PathBuf::from("/srv/mg/spool"));
+    }
+
+    #[test]
+    fn toml_syntax_error_is_located() {
+        let text = problems("[[listener]\nname = 1\n");
+        assert!(text.starts_with("test.toml:1:"), "{text}");
+    }
+}

@@ -1,0 +1,190 @@
+//! The configuration file as written: serde structs that mirror the TOML,
+//! with defaults next to them. Unknown keys are errors. `config::load`
+//! turns these into validated types once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::HumanDuration;
+use crate::smtp::data::{BareLineEndings, LongLines};
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[server]`
+    pub server: RawServer,
+    /// `[[listener]]`, at least one.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<Spanned<RawListener>>,
+    /// `[smtp]`
+    pub smtp: RawSmtp,
+    /// `[relay]`
+    pub relay: RawRelay,
+    /// `[delivery]`
+    pub delivery: RawDelivery,
+    /// `[[route]]`, tried in order.
+    #[serde(rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// `hostname`: our name in the greeting, EHLO and trace headers; default the system host name.
+    pub hostname: Option<String>,
+    /// `spool_dir`: where accepted mail is kept until delivered; default `"/var/spool/mailgate"`.
+    /// Relative paths are relative to the configuration file.
+    pub spool_dir: PathBuf,
+    /// `max_connections`: inbound connections open at once, over all listeners; default 1000.
+    pub max_connections: usize,
+    /// `log_format`: `"text"` or `"json"`; default `"text"`.
+    pub log_format: LogFormat,
+    /// `shutdown_grace_period`: how long SIGTERM waits for work in flight; default `"30s"`.
+    pub shutdown_grace_period: HumanDuration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            hostname: None,
+            spool_dir: PathBuf::from("/var/spool/mailgate"),
+            max_connections: 1000,
+            log_format: LogFormat::Text,
+            shutdown_grace_period: HumanDuration(std::time::Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[[listener]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// `name`: shown in logs and metrics; unique.
+    pub name: String,
+    /// `address`: `"ip:port"` to listen on.
+    pub address: SocketAddr,
+}
+
+/// `[smtp]`: inbound protocol limits and timeouts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSmtp {
+    /// `max_message_bytes`: largest message accepted; default 26214400 (25 MiB).
+    pub max_message_bytes: u64,
+    /// `max_recipients`: recipients per message before 452 4.5.3; default 1000, at least 100.
+    pub max_recipients: Spanned<usize>,
+    /// `bare_line_endings`: `"normalize"` (default) or `"reject"`.
+    pub bare_line_endings: BareLineEndings,
+    /// `long_lines`: `"reject"` (default) or `"fold"` for lines over 998 octets in DATA.
+    pub long_lines: LongLines,
+    /// `command_timeout`: wait for the next command; default `"5m"` (RFC 5321 section 4.5.3.2.7).
+    pub command_timeout: HumanDuration,
+    /// `data_timeout`: wait for the next chunk of DATA; default `"5m"`.
+    pub data_timeout: HumanDuration,
+}
+
+impl Default for RawSmtp {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 25 * 1024 * 1024,
+            max_recipients: Spanned::new(0..0, 1000),
+            bare_line_endings: BareLineEndings::Normalize,
+            long_lines: LongLines::Reject,
+            command_timeout: minutes(5),
+            data_timeout: minutes(5),
+        }
+    }
+}
+
+/// `[relay]`: who may send where.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRelay {
+    /// `accepted_domains`: domains anyone may send to (`"example.com"`,
+    /// `"*.example.com"` for subdomains); default none.
+    pub accepted_domains: Vec<Spanned<String>>,
+    /// `trusted_networks`: clients that may relay anywhere; default loopback only.
+    pub trusted_networks: Vec<IpNet>,
+}
+
+impl Default for RawRelay {
+    fn default() -> Self {
+        Self {
+            accepted_domains: Vec::new(),
+            trusted_networks: ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
+        }
+    }
+}
+
+/// `[delivery]`: the outbound side.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDelivery {
+    /// `concurrency`: deliveries in flight at once; default 100.
+    pub concurrency: usize,
+    /// `retry_initial`: wait before the first retry; default `"5m"`.
+    pub retry_initial: HumanDuration,
+    /// `retry_max`: longest wait between retries; default `"1h"`.
+    pub retry_max: HumanDuration,
+    /// `max_age`: give up and bounce after this long in the queue; default `"5d"`.
+    pub max_age: HumanDuration,
+    /// `connect_timeout`: default `"30s"`.
+    pub connect_timeout: HumanDuration,
+    /// `command_timeout`: greeting, EHLO, MAIL, RCPT replies; default `"5m"`.
+    pub command_timeout: HumanDuration,
+    /// `data_timeout`: the 354 reply and each block written; default `"3m"`.
+    pub data_timeout: HumanDuration,
+    /// `data_done_timeout`: the reply after the final dot; default `"10m"`.
+    pub data_done_timeout: HumanDuration,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        Self {
+            concurrency: 100,
+            retry_initial: minutes(5),
+            retry_max: minutes(60),
+            max_age: minutes(5 * 24 * 60),
+            connect_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            command_timeout: minutes(5),
+            data_timeout: minutes(3),
+            data_done_timeout: minutes(10),
+        }
+    }
+}
+
+/// `[[route]]`: where mail for some domains goes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// `domains`: patterns: `"example.com"`, `"*.example.com"`, or `"*"` for everything.
+    pub domains: Vec<Spanned<String>>,
+    /// `smarthost`: `"host:port"` (port 25 if left out) to relay to over SMTP.
+    pub smarthost: Option<Spanned<String>>,
+    /// `maildir`: a directory to drop messages into, one file per recipient.
+    pub maildir: Option<Spanned<PathBuf>>,
+}
+
+fn minutes(n: u64) -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(n * 60))
+}

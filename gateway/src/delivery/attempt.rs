@@ -1,0 +1,234 @@
+//! One delivery attempt for one message: group the pending recipients by
+//! next hop, deliver each group, record the per-recipient outcomes, bounce
+//! what failed for good, and persist the new state.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::task::spawn_blocking;
+use tracing::{error, info, warn};
+
+use super::client::SmtpClient;
+use super::dsn::Bounce;
+use super::error::{DeliveryError, Failure, Outcome};
+use super::maildir::MaildirDrop;
+use super::route::NextHop;
+use super::DeliverySettings;
+use crate::queue::{RecipientStatus, Spool, StoredMessage};
+use crate::smtp::{EnhancedCode, Mailbox};
+
+/// How much of the original message a bounce reads to quote its headers.
+const BOUNCE_HEAD_BYTES: u64 = 64 * 1024;
+
+/// What an attempt left to do.
+#[derive(Debug)]
+pub enum Next {
+    /// Every recipient is finished; the message is gone from the spool.
+    Done,
+    /// Some recipients are deferred; try again at this time.
+    RetryAt(Instant),
+}
+
+/// The result of an attempt, for the runner.
+#[derive(Debug)]
+pub struct AttemptResult {
+    /// The message with its updated state.
+    pub message: StoredMessage,
+    /// What comes next for it.
+    pub next: Next,
+    /// A bounce that was spooled and now needs delivering.
+    pub bounce: Option<StoredMessage>,
+}
+
+/// Runs one attempt.
+pub async fn attempt(spool: &Spool, settings: &DeliverySettings, mut message: StoredMessage) -> AttemptResult {
+    let groups = group_by_hop(settings, &message);
+    message.state.attempts += 1;
+    let mut failures: Vec<(usize, Failure)> = Vec::new();
+    for (hop, indices) in groups {
+        let outcomes = deliver_group(spool, settings, &message, hop.as_ref(), &indices).await;
+        let relay = hop.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
+        for (index, outcome) in indices.into_iter().zip(outcomes) {
+            record(&mut message, index, outcome, &relay, &mut failures);
+        }
+    }
+    expire_if_too_old(settings, &mut message, &mut failures);
+    let bounce = bounce(spool, settings, &message, &failures).await;
+    let next = if message.state.is_finished() {
+        if let Err(e) = spool.remove(&message.id).await {
+            error!(queue_id = %message.id, error = %e, "cannot remove delivered message from the spool");
+        }
+        Next::Done
+    } else {
+        let wait = settings.retry.delay(message.state.attempts);
+        message.state.next_attempt = Some(SystemTime::now() + wait);
+        if let Err(e) = spool.save_state(&message.id, &message.state).await {
+            error!(queue_id = %message.id, error = %e, "cannot save delivery state");
+        }
+        Next::RetryAt(Instant::now() + wait)
+    };
+    AttemptResult { message, next, bounce }
+}
+
+/// Pending recipients by next hop, in first-seen order; `None` is "no route".
+fn group_by_hop(settings: &DeliverySettings, message: &StoredMessage) -> Vec<(Option<NextHop>, Vec<usize>)> {
+    let mut groups: Vec<(Option<NextHop>, Vec<usize>)> = Vec::new();
+    for (index, status) in message.state.recipients.iter().enumerate() {
+        if !matches!(status, RecipientStatus::Pending { .. }) {
+            continue;
+        }
+        let Some(rcpt) = message.envelope.recipients.get(index) else { continue };
+        let hop = settings.routes.lookup(&rcpt.domain_key()).cloned();
+        match groups.iter_mut().find(|(h, _)| *h == hop) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((hop, vec![index])),
+        }
+    }
+    groups
+}
+
+async fn deliver_group(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    message: &StoredMessage,
+    hop: Option<&NextHop>,
+    indices: &[usize],
+) -> Vec<Outcome> {
+    let recipients: Vec<_> = indices.iter().filter_map(|&i| message.envelope.recipients.get(i)).collect();
+    match hop {
+        None => recipients
+            .iter()
+            .map(|r| DeliveryError::NoRoute(r.domain_key()).outcome(None))
+            .collect(),
+        Some(NextHop::Smarthost { host, port }) => deliver_smtp(spool, settings, message, host, *port, &recipients).await,
+        Some(NextHop::Maildir(dir)) => {
+            let mut outcomes = Vec::with_capacity(recipients.len());
+            for rcpt in recipients {
+                let drop = MaildirDrop {
+                    dir: dir.clone(),
+                    source: spool.content_path(&message.id),
+                    content_len: message.content_len,
+                    reverse_path: message.envelope.reverse_path.clone(),
+                    recipient: rcpt.clone(),
+                    hostname: settings.hostname.clone(),
+                };
+                outcomes.push(match spawn_blocking(move || drop.deliver()).await {
+                    Ok(Ok(_)) => Outcome::Delivered,
+                    Ok(Err(e)) => e.outcome(None),
+                    Err(_) => DeliveryError::Maildir(std::io::Error::other("maildir task cancelled")).outcome(None),
+                });
+            }
+            outcomes
+        }
+    }
+}
+
+async fn deliver_smtp(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    message: &StoredMessage,
+    host: &str,
+    port: u16,
+    recipients: &[&Mailbox],
+) -> Vec<Outcome> {
+    let mut client = match SmtpClient::connect(host, port, &settings.hostname, settings.timeouts).await {
+        Ok(client) => client,
+        Err(e) => return vec![e.outcome(Some(host)); recipients.len()],
+    };
+    let sent = match spool.open_content(&message.id).await {
+        Ok(content) => client.send(&message.envelope, recipients, content, message.content_len).await,
+        Err(e) => Err(e.into()),
+    };
+    match sent {
+        Ok(outcomes) => {
+            client.quit().await;
+            outcomes
+        }
+        Err(e) => vec![e.outcome(Some(host)); recipients.len()],
+    }
+}
+
+fn record(message: &mut StoredMessage, index: usize, outcome: Outcome, relay: &str, failures: &mut Vec<(usize, Failure)>) {
+    let id = &message.id;
+    let attempt = message.state.attempts;
+    let Some(rcpt) = message.envelope.recipients.get(index) else { return };
+    let status = match outcome {
+        Outcome::Delivered => {
+            info!(queue_id = %id, to = %rcpt, relay, attempt, status = "sent", "delivered");
+            RecipientStatus::Delivered
+        }
+        Outcome::Deferred(failure) => {
+            info!(queue_id = %id, to = %rcpt, relay, attempt, status = "deferred", reply = %failure.diagnostic, "delivery deferred");
+            RecipientStatus::Pending { last_error: Some(failure.diagnostic) }
+        }
+        Outcome::Failed(failure) => {
+            info!(queue_id = %id, to = %rcpt, relay, attempt, status = "bounced", reply = %failure.diagnostic, "delivery failed");
+            let reason = failure.diagnostic.clone();
+            failures.push((index, failure));
+            RecipientStatus::Failed { reason }
+        }
+    };
+    if let Some(slot) = message.state.recipients.get_mut(index) {
+        *slot = status;
+    }
+}
+
+/// Past `max_age`, deferred recipients fail for good (RFC 3463 4.4.7).
+fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, failures: &mut Vec<(usize, Failure)>) {
+    let age = SystemTime::now()
+        .duration_since(message.envelope.received_at)
+        .unwrap_or(Duration::ZERO);
+    if age < settings.retry.max_age {
+        return;
+    }
+    for (index, status) in message.state.recipients.iter_mut().enumerate() {
+        if let RecipientStatus::Pending { last_error } = status {
+            let last = last_error.take().unwrap_or_else(|| "no attempt succeeded".to_owned());
+            let failure = Failure {
+                status: EnhancedCode::new(4, 4, 7),
+                diagnostic: format!("delivery time expired after {}s; last error: {last}", age.as_secs()),
+                remote: None,
+                smtp_reply: false,
+            };
+            info!(queue_id = %message.id, status = "expired", reply = %failure.diagnostic, "delivery expired");
+            *status = RecipientStatus::Failed { reason: failure.diagnostic.clone() };
+            failures.push((index, failure));
+        }
+    }
+}
+
+/// Spools a DSN for `failures`, unless the sender is null.
+async fn bounce(spool: &Spool, settings: &DeliverySettings, message: &StoredMessage, failures: &[(usize, Failure)]) -> Option<StoredMessage> {
+    if failures.is_empty() || message.envelope.reverse_path.mailbox().is_none() {
+        return None;
+    }
+    let head = match spool.read_head(message, BOUNCE_HEAD_BYTES).await {
+        Ok(head) => head,
+        Err(e) => {
+            warn!(queue_id = %message.id, error = %e, "cannot read original headers for the bounce");
+            Vec::new()
+        }
+    };
+    let bounce = Bounce {
+        reporting_mta: &settings.hostname,
+        queue_id: &message.id,
+        original: &message.envelope,
+        failures: failures
+            .iter()
+            .filter_map(|(i, f)| message.envelope.recipients.get(*i).map(|r| (r, f)))
+            .collect(),
+        original_head: &head,
+    };
+    let (envelope, content) = bounce.build(SystemTime::now())?;
+    let mut writer = spool.create();
+    writer.write(&content).await;
+    match spool.commit(writer, envelope).await {
+        Ok(stored) => {
+            info!(queue_id = %stored.id, original = %message.id, "bounce queued");
+            Some(stored)
+        }
+        Err(e) => {
+            error!(queue_id = %message.id, error = %e, "cannot spool the bounce");
+            None
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! The outbound SMTP client (RFC 5321): greeting, EHLO with HELO fallback,
+//! one transaction with PIPELINING when offered (RFC 2920), SIZE, 8BITMIME
+//! and SMTPUTF8 rules, dot-stuffed content, per-recipient results.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::ClientTimeouts;
+use super::error::{DeliveryError, Outcome};
+use crate::queue::Envelope;
+use crate::smtp::command::BodyType;
+use crate::smtp::data::DotStuffer;
+use crate::smtp::{EnhancedCode, Mailbox, Reply, ReplyClass};
+
+/// The longest reply line we read, and the most lines in one reply.
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 200;
+/// Content is written in blocks of this size.
+const BLOCK: usize = 64 * 1024;
+
+/// What the server offered in its EHLO reply.
+#[derive(Clone, Copy, Debug, Default)]
+struct Extensions {
+    pipelining: bool,
+    eight_bit_mime: bool,
+    smtputf8: bool,
+    size: Option<u64>,
+}
+
+impl Extensions {
+    fn from_ehlo(reply: &Reply) -> Self {
+        let mut ext = Self::default();
+        for line in reply.lines().iter().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let keyword = words.next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// A connection to a next hop, greeted and ready for a transaction.
+#[derive(Debug)]
+pub struct SmtpClient {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    timeouts: ClientTimeouts,
+    extensions: Extensions,
+    host: String,
+}
+
+impl SmtpClient {
+    /// Connects to `host:port` (trying each address in turn), reads the
+    /// greeting and says EHLO (HELO if EHLO is refused).
+    pub async fn connect(host: &str, port: u16, helo: &str, timeouts: ClientTimeouts) -> Result<Self, DeliveryError> {
+        let addresses = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|source| DeliveryError::Resolve {
+                host: host.to_owned(),
+                source,
+            })?;
+        let mut last_error = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
+        let mut connected = None;
+        for address in addresses {
+            match timeout(timeouts.connect, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => {
+                    connected = Some(stream);
+                    break;
+                }
+                Ok(Err(e)) => last_error = e,
+                Err(_) => last_error = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+            }
+        }
+        let stream = connected.ok_or_else(|| DeliveryError::Connect {
+            host: host.to_owned(),
+            source: last_error,
+        })?;
+        // SMTP is a ping-pong of small writes: never wait on delayed ACKs.
+        let _ = stream.set_nodelay(true);
+        let mut client = Self {
+            stream,
+            buffer: Vec::new(),
+            timeouts,
+            extensions: Extensions::default(),
+            host: host.to_owned(),
+        };
+        client.expect_positive("greeting", timeouts.command).await?;
+        client.hello(helo).await?;
+        Ok(client)
+    }
+
+    async fn hello(&mut self, name: &str) -> Result<(), DeliveryError> {
+        self.write("EHLO", format!("EHLO {name}\r\n").as_bytes()).await?;
+        let reply = self.read_reply("EHLO", self.timeouts.command).await?;
+        if reply.class() == ReplyClass::Positive {
+            self.extensions = Extensions::from_ehlo(&reply);
+            return Ok(());
+        }
+        self.write("HELO", format!("HELO {name}\r\n").as_bytes()).await?;
+        self.expect_positive("HELO", self.timeouts.command).await?;
+        Ok(())
+    }
+
+    /// Sends one message to `recipients`; returns one outcome per
+    /// recipient, in order. An `Err` means the whole transaction failed.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        recipients: &[&Mailbox],
+        content: impl AsyncRead + Unpin,
+        content_len: u64,
+    ) -> Result<Vec<Outcome>, DeliveryError> {
+        self.check_extensions(envelope, content_len)?;
+        let mail = self.mail_command(envelope, content_len);
+        let rcpts: Vec<Vec<u8>> = recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n").into_bytes()).collect();
+        let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
+            self.pipelined(&mail, &rcpts).await?
+        } else {
+            self.lockstep(&mail, &rcpts).await?
+        };
+        if mail_reply.class() != ReplyClass::Positive {
+            self.abandon(data_reply.as_ref()).await;
+            return Err(DeliveryError::Rejected { stage: "MAIL", reply: mail_reply });
+        }
+        let mut outcomes: Vec<Option<Outcome>> = rcpt_replies
+            .into_iter()
+            .map(|reply| match reply.class() {
+                ReplyClass::Positive => None,
+                _ => Some(DeliveryError::Rejected { stage: "RCPT", reply }.outcome(Some(&self.host))),
+            })
+            .collect();
+        if outcomes.iter().all(Option::is_some) {
+            self.abandon(data_reply.as_ref()).await;
+            return Ok(outcomes.into_iter().flatten().collect());
+        }
+        let data_reply = match data_reply {
+            Some(reply) => reply,
+            None => {
+                self.write("DATA", b"DATA\r\n").await?;
+                self.read_reply("DATA", self.timeouts.data).await?
+            }
+        };
+        if data_reply.code() != 354 {
+            return Err(DeliveryError::Rejected { stage: "DATA", reply: data_reply });
+        }
+        self.write_content(content, content_len).await?;
+        let final_reply = self.read_reply("end of DATA", self.timeouts.data_done).await?;
+        let accepted = match final_reply.class() {
+            ReplyClass::Positive => Outcome::Delivered,
+            _ => DeliveryError::Rejected { stage: "end of DATA", reply: final_reply }.outcome(Some(&self.host)),
+        };
+        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = Some(accepted.clone());
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Ends the session politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.write("QUIT", b"QUIT\r\n").await.is_ok() {
+            let _ = self.read_reply("QUIT", self.timeouts.command).await;
+        }
+    }
+
+    fn check_extensions(&self, envelope: &Envelope, content_len: u64) -> Result<(), DeliveryError> {
+        if envelope.smtputf8 && !self.extensions.smtputf8 {
+            // RFC 6531 section 3.2: never downgrade; the sender must hear of it.
+            return Err(DeliveryError::Unsupported {
+                status: EnhancedCode::new(5, 6, 7),
+                reason: format!("{} does not support SMTPUTF8, which the message needs", self.host),
+            });
+        }
+        if let Some(limit) = self.extensions.size.filter(|&limit| content_len > limit) {
+            return Err(DeliveryError::Unsupported {
+                status: EnhancedCode::new(5, 3, 4),
+                reason: format!("message of {content_len} octets exceeds {}'s limit of {limit}", self.host),
+            });
+        }
+        Ok(())
+    }
+
+    fn mail_command(&self, envelope: &Envelope, content_len: u64) -> Vec<u8> {
+        let mut mail = format!("MAIL FROM:<{}>", envelope.reverse_path);
+        if self.extensions.size.is_some() {
+            mail.push_str(&format!(" SIZE={content_len}"));
+        }
+        if self.extensions.eight_bit_mime && (envelope.body == BodyType::EightBitMime || envelope.eight_bit) {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if envelope.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        mail.push_str("\r\n");
+        mail.into_bytes()
+    }
+
+    /// MAIL, every RCPT and DATA in one write, then the replies in order.
+    async fn pipelined(&mut self, mail: &[u8], rcpts: &[Vec<u8>]) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
+        let mut batch = mail.to_vec();
+        for rcpt in rcpts {
+            batch.extend_from_slice(rcpt);
+        }
+        batch.extend_from_slice(b"DATA\r\n");
+        self.write("MAIL", &batch).await?;
+        let mail_reply = self.read_reply("MAIL", self.timeouts.command).await?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            rcpt_replies.push(self.read_reply("RCPT", self.timeouts.command).await?);
+        }
+        let data_reply = self.read_reply("DATA", self.timeouts.data).await?;
+        Ok((mail_reply, rcpt_replies, Some(data_reply)))
+    }
+
+    /// MAIL and each RCPT one after the other; DATA is left to the caller.
+    async fn lockstep(&mut self, mail: &[u8], rcpts: &[Vec<u8>]) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
+        self.write("MAIL", mail).await?;
+        let mail_reply = self.read_reply("MAIL", self.timeouts.command).await?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        if mail_reply.class() == ReplyClass::Positive {
+            for rcpt in rcpts {
+                self.write("RCPT", rcpt).await?;
+                rcpt_replies.push(self.read_reply("RCPT", self.timeouts.command).await?);
+            }
+        }
+        Ok((mail_reply, rcpt_replies, None))
+    }
+
+    /// Leaves a failed transaction so the connection could be reused: if a
+    /// pipelined DATA was accepted anyway, send an empty message's end, then RSET.
+    async fn abandon(&mut self, data_reply: Option<&Reply>) {
+        if data_reply.is_some_and(|r| r.code() == 354) && self.write("DATA", b".\r\n").await.is_ok() {
+            let _ = self.read_reply("end of DATA", self.timeouts.data_done).await;
+        }
+        if self.write("RSET", b"RSET\r\n").await.is_ok() {
+            let _ = self.read_reply("RSET", self.timeouts.command).await;
+        }
+    }
+
+    async fn write_content(&mut self, mut content: impl AsyncRead + Unpin, content_len: u64) -> Result<(), DeliveryError> {
+        let mut stuffer = DotStuffer::default();
+        let mut chunk = vec![0u8; BLOCK];
+        let mut out = Vec::with_capacity(BLOCK + BLOCK / 16);
+        let mut remaining = content_len;
+        while remaining > 0 {
+            let want = usize::try_from(remaining).unwrap_or(BLOCK).min(BLOCK);
+            let n = content
+                .read(&mut chunk[..want])
+                .await
+                .map_err(|e| DeliveryError::Spool(crate::queue::SpoolError::Io { path: "content".into(), source: e }))?;
+            if n == 0 {
+                return Err(DeliveryError::Protocol("spooled content ended early".into()));
+            }
+            remaining -= n as u64;
+            out.clear();
+            stuffer.stuff(&chunk[..n], &mut out);
+            if remaining == 0 {
+                stuffer.finish(&mut out);
+            }
+            self.write_with("DATA", &out, self.timeouts.data).await?;
+        }
+        if content_len == 0 {
+            out.clear();
+            stuffer.finish(&mut out);
+            self.write_with("DATA", &out, self.timeouts.data).await?;
+        }
+        Ok(())
+    }
+
+    async fn expect_positive(&mut self, stage: &'static str, wait: Duration) -> Result<(), DeliveryError> {
+        let reply = self.read_reply(stage, wait).await?;
+        if reply.class() == ReplyClass::Positive {
+            Ok(())
+        } else {
+            Err(DeliveryError::Rejected { stage, reply })
+        }
+    }
+
+    async fn write(&mut self, stage: &'static str, bytes: &[u8]) -> Result<(), DeliveryError> {
+        self.write_with(stage, bytes, self.timeouts.command).await
+    }
+
+    async fn write_with(&mut self, stage: &'static str, bytes: &[u8], wait: Duration) -> Result<(), DeliveryError> {
+        match timeout(wait, self.stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(source)) => Err(DeliveryError::Io { stage, source }),
+            Err(_) => Err(DeliveryError::Timeout(stage)),
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply.
+    async fn read_reply(&mut self, stage: &'static str, wait: Duration) -> Result<Reply, DeliveryError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut lines = Vec::new();
+        loop {
+            let line = self.read_line(stage, deadline).await?;
+            let (code, last, text) = parse_reply_line(&line)
+                .ok_or_else(|| DeliveryError::Protocol(format!("malformed reply to {stage}: {:?}", String::from_utf8_lossy(&line))))?;
+            if let Some(&(first, _)) = lines.first()
+                && first != code {
+                    return Err(DeliveryError::Protocol(format!("reply code changed within a reply to {stage}")));
+                }
+            lines.push((code, text));
+            if last {
+                break;
+            }
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(DeliveryError::Protocol(format!("reply to {stage} too long")));
+            }
+        }
+        let code = lines.first().map_or(0, |&(code, _)| code);
+        Ok(Reply::parsed(code, lines.into_iter().map(|(_, text)| text).collect()))
+    }
+
+    async fn read_line(&mut self, stage: &'static str, deadline: tokio::time::Instant) -> Result<Vec<u8>, DeliveryError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            if self.buffer.len() > MAX_REPLY_LINE {
+                return Err(DeliveryError::Protocol(format!("reply line to {stage} too long")));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) => {
+                    return Err(DeliveryError::Io {
+                        stage,
+                        source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed"),
+                    });
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(source)) => return Err(DeliveryError::Io { stage, source }),
+                Err(_) => return Err(DeliveryError::Timeout(stage)),
+            };
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// Splits `250-text` / `250 text` / `250` into code, last-line flag and text.
+fn parse_reply_line(line: &[u8]) -> Option<(u16, bool, String)> {
+    let digits = line.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) || !(b'2'..=b'5').contains(&digits[0]) {
+        return None;
+    }
+    let code = u16::from(digits[0] - b'0') * 100 + u16::from(digits[1] - b'0') * 10 + u16::from(digits[2] - b'0');
+    let last = match line.get(3) {
+        None | Some(b' ') => true,
+        Some(b'-') => false,
+        Some(_) => return None,
+    };
+    let text = String::from_utf8_lossy(line.get(4..).unwrap_or_default()).into_owned();
+    Some((code, last, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines_parse() {
+        assert_eq!(parse_reply_line(b"250-PIPELINING"), Some((250, false, "PIPELINING".into())));
+        assert_eq!(parse_reply_line(b"550 5.1.1 no"), Some((550, true, "5.1.1 no".into())));
+        assert_eq!(parse_reply_line(b"220"), Some((220, true, String::new())));
+        assert_eq!(parse_reply_line(b"25"), None);
+        assert_eq!(parse_reply_line(b"abc def"), None);
+        assert_eq!(parse_reply_line(b"250xok"), None);
+        assert_eq!(parse_reply_line(b"650 no"), None);
+    }
+
+    #[test]
+    fn parsed_replies_keep_enhanced_codes() {
+        let reply = Reply::parsed(550, vec!["5.1.1 no such user".into()]);
+        assert_eq!(reply.enhanced(), Some(EnhancedCode::new(5, 1, 1)));
+        assert_eq!(reply.one_line(), "550 5.1.1 no such user");
+        let mismatched = Reply::parsed(450, vec!["5.1.1 odd".into()]);
+        assert_eq!(mismatched.enhanced(), None);
+    }
+
+    #[test]
+    fn extensions_are_read_from_ehlo() {
+        let reply = Reply::plain(250, vec!["mx".into(), "PIPELINING".into(), "SIZE 1000".into(), "8BITMIME".into(), "smtputf8".into()]);
+        let ext = Extensions::from_ehlo(&reply);
+        assert!(ext.pipelining && ext.eight_bit_mime && ext.smtputf8);
+        assert_eq!(ext.size, Some(1000));
+    }
+}

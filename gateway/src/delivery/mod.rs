@@ -1,0 +1,49 @@
+//! The delivery engine: picks a next hop per recipient, relays over SMTP or
+//! drops into a maildir, retries transient failures with backoff, and
+//! bounces permanent ones with a DSN. It knows nothing of inbound sessions;
+//! it reads the spool.
+
+mod attempt;
+mod client;
+mod dsn;
+mod error;
+mod maildir;
+pub mod route;
+mod runner;
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+pub use error::{DeliveryError, Failure, Outcome};
+pub use runner::run;
+
+use crate::queue::RetrySchedule;
+use route::RouteTable;
+
+/// Outbound settings, validated.
+#[derive(Clone, Debug)]
+pub struct DeliverySettings {
+    /// Our name in EHLO and in the DSNs we write.
+    pub hostname: String,
+    /// Delivery attempts in flight at once.
+    pub concurrency: NonZeroUsize,
+    /// When to retry, and when to give up.
+    pub retry: RetrySchedule,
+    /// Outbound SMTP timeouts.
+    pub timeouts: ClientTimeouts,
+    /// Where mail goes.
+    pub routes: RouteTable,
+}
+
+/// Outbound SMTP timeouts (RFC 5321 section 4.5.3.2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// The greeting and the replies to EHLO, MAIL, RCPT, RSET, QUIT.
+    pub command: Duration,
+    /// The 354 reply, and each block of content written.
+    pub data: Duration,
+    /// The reply after the final dot.
+    pub data_done: Duration,
+}

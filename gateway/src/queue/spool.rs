@@ -1,0 +1,587 @@
+//! The on-disk spool.
+//!
+//! Layout under the spool directory:
+//!
+//! - `incoming/ID`: a message being received. Never delivered; removed at
+//!   start-up (its client got no 250).
+//! - `queue/ID.msg`: an accepted message: the content, then the envelope as
+//!   JSON, then a 20-octet footer (`MGQ1`, content length, envelope length,
+//!   CRC-32 of the envelope).
+//! - `queue/ID.state`: delivery state, replaced atomically after attempts.
+//! - `corrupt/`: entries that could not be read, kept for an operator.
+//!
+//! Commit order, so that nothing acknowledged is ever lost: write the file
+//! in `incoming/`, `fdatasync` it, rename it into `queue/`, `fsync` the
+//! `queue/` directory, and only then answer 250. Directory fsyncs are shared
+//! by every commit waiting at the time (group commit). State files and
+//! removals are not fsynced: they survive a process crash (the page cache
+//! does), and a power loss at worst delivers a message twice.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::spawn_blocking;
+
+use super::envelope::{DeliveryState, Envelope};
+use super::id::QueueId;
+
+const MAGIC: &[u8; 4] = b"MGQ1";
+const FOOTER_LEN: u64 = 20;
+/// Content is buffered in memory up to this size, then written out, so a
+/// small message costs one write and large ones stay bounded in memory.
+const SPILL_BYTES: usize = 128 * 1024;
+
+/// Errors of the spool.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    /// A file system operation failed.
+    #[error("spool I/O error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A queue entry could not be read back.
+    #[error("corrupt spool entry {id}: {reason}")]
+    Corrupt {
+        /// The entry's file name.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A blocking task was cancelled (the runtime is shutting down).
+    #[error("spool task cancelled")]
+    Cancelled,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// A message in the queue, as the delivery engine needs it.
+#[derive(Clone, Debug)]
+pub struct StoredMessage {
+    /// Its id.
+    pub id: QueueId,
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// Where delivery stands.
+    pub state: DeliveryState,
+    /// Content length in octets.
+    pub content_len: u64,
+}
+
+/// The spool directory.
+#[derive(Debug)]
+pub struct Spool {
+    incoming: PathBuf,
+    queue: PathBuf,
+    corrupt: PathBuf,
+    dir_sync: DirSync,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root` and clears `incoming/`.
+    /// Must be called inside a tokio runtime (it starts the group-commit task).
+    pub fn open(root: &Path) -> Result<Self, SpoolError> {
+        let incoming = root.join("incoming");
+        let queue = root.join("queue");
+        let corrupt = root.join("corrupt");
+        for dir in [&incoming, &queue, &corrupt] {
+            fs::create_dir_all(dir).map_err(io_error(dir))?;
+        }
+        for entry in fs::read_dir(&incoming).map_err(io_error(&incoming))? {
+            let path = entry.map_err(io_error(&incoming))?.path();
+            fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+        let queue_dir = File::open(&queue).map_err(io_error(&queue))?;
+        Ok(Self {
+            dir_sync: DirSync::start(queue_dir),
+            incoming,
+            queue,
+            corrupt,
+        })
+    }
+
+    /// Starts writing a new message.
+    pub fn create(&self) -> SpoolWriter {
+        let id = QueueId::generate();
+        SpoolWriter {
+            path: self.incoming.join(id.as_str()),
+            id,
+            file: None,
+            buffer: Vec::new(),
+            written: 0,
+            failed: None,
+        }
+    }
+
+    /// Makes the message durable: after this returns `Ok`, it survives a
+    /// crash or power loss, and the 250 may be sent.
+    pub async fn commit(&self, mut writer: SpoolWriter, envelope: Envelope) -> Result<StoredMessage, SpoolError> {
+        if let Some(source) = writer.failed.take() {
+            return Err(SpoolError::Io {
+                path: writer.path.clone(),
+                source,
+            });
+        }
+        let content_len = writer.len();
+        let json = serde_json::to_vec(&envelope).map_err(|e| SpoolError::Corrupt {
+            id: writer.id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut tail = std::mem::take(&mut writer.buffer);
+        tail.extend_from_slice(&json);
+        tail.extend_from_slice(&footer(content_len, &json));
+        let file = writer.file.take();
+        let tmp = writer.path.clone();
+        let dest = self.content_path(&writer.id);
+        let written = {
+            let dest = dest.clone();
+            spawn_blocking(move || finish_file(file, &tmp, &dest, &tail)).await
+        };
+        written.map_err(|_| SpoolError::Cancelled)??;
+        if let Err(source) = self.dir_sync.sync().await {
+            // The client will be told to retry; do not deliver a second copy.
+            let _ = fs::remove_file(&dest);
+            return Err(SpoolError::Io {
+                path: self.queue.clone(),
+                source,
+            });
+        }
+        Ok(StoredMessage {
+            state: DeliveryState::new(envelope.recipients.len()),
+            id: writer.id.clone(),
+            envelope,
+            content_len,
+        })
+    }
+
+    /// Reads every queued message back (at start-up). Unreadable entries are
+    /// moved to `corrupt/` and reported beside the good ones.
+    pub fn scan(&self) -> Result<(Vec<StoredMessage>, Vec<SpoolError>), SpoolError> {
+        let mut messages = Vec::new();
+        let mut problems = Vec::new();
+        for entry in fs::read_dir(&self.queue).map_err(io_error(&self.queue))? {
+            let path = entry.map_err(io_error(&self.queue))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if let Some(id) = name.strip_suffix(".msg").and_then(QueueId::parse) {
+                match self.load(&id) {
+                    Ok(message) => messages.push(message),
+                    Err(error) => {
+                        let _ = fs::rename(&path, self.corrupt.join(name));
+                        problems.push(error);
+                    }
+                }
+            } else if let Some(id) = name.strip_suffix(".state").and_then(QueueId::parse) {
+                if !self.content_path(&id).exists() {
+                    let _ = fs::remove_file(&path);
+                }
+            } else if name.ends_with(".state.tmp") {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        messages.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((messages, problems))
+    }
+
+    /// Reads one queued message's envelope and state.
+    pub fn load(&self, id: &QueueId) -> Result<StoredMessage, SpoolError> {
+        let path = self.content_path(id);
+        let mut file = File::open(&path).map_err(io_error(&path))?;
+        let (content_len, envelope) = read_trailer(&mut file).map_err(|reason| SpoolError::Corrupt {
+            id: id.to_string(),
+            reason,
+        })?;
+        let state_path = self.state_path(id);
+        let state = match fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice::<DeliveryState>(&bytes)
+                .ok()
+                .filter(|s| s.recipients.len() == envelope.recipients.len()),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| DeliveryState::new(envelope.recipients.len()));
+        Ok(StoredMessage {
+            id: id.clone(),
+            envelope,
+            state,
+            content_len,
+        })
+    }
+
+    /// Opens the content of a queued message for reading; reads past
+    /// `content_len` must not happen (the envelope follows).
+    pub async fn open_content(&self, id: &QueueId) -> Result<tokio::fs::File, SpoolError> {
+        let path = self.content_path(id);
+        tokio::fs::File::open(&path).await.map_err(io_error(&path))
+    }
+
+    /// Reads up to `limit` octets of the start of the content (for the
+    /// headers quoted in a bounce).
+    pub async fn read_head(&self, message: &StoredMessage, limit: u64) -> Result<Vec<u8>, SpoolError> {
+        let path = self.content_path(&message.id);
+        let take = limit.min(message.content_len);
+        let result = spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            File::open(&path)?.take(take).read_to_end(&mut out)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|_| SpoolError::Cancelled)?;
+        result.map_err(io_error(&self.content_path(&message.id)))
+    }
+
+    /// Records delivery state (atomic replace, not fsynced; see the module doc).
+    pub async fn save_state(&self, id: &QueueId, state: &DeliveryState) -> Result<(), SpoolError> {
+        let path = self.state_path(id);
+        let json = serde_json::to_vec(state).map_err(|e| SpoolError::Corrupt {
+            id: id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let target = path.clone();
+        let result = spawn_blocking(move || -> io::Result<()> {
+            let mut tmp = target.clone().into_os_string();
+            tmp.push(".tmp");
+            fs::write(&tmp, &json)?;
+            fs::rename(&tmp, &target)
+        })
+        .await
+        .map_err(|_| SpoolError::Cancelled)?;
+        result.map_err(io_error(&path))
+    }
+
+    /// Removes a message whose every recipient is finished.
+    pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let message = self.content_path(id);
+        let state = self.state_path(id);
+        let result = spawn_blocking(move || -> io::Result<()> {
+            ignore_missing(fs::remove_file(&message))?;
+            ignore_missing(fs::remove_file(&state))
+        })
+        .await
+        .map_err(|_| SpoolError::Cancelled)?;
+        result.map_err(io_error(&self.content_path(id)))
+    }
+
+    /// The file holding a queued message; its first `content_len` octets are the content.
+    pub fn content_path(&self, id: &QueueId) -> PathBuf {
+        self.queue.join(format!("{id}.msg"))
+    }
+
+    fn state_path(&self, id: &QueueId) -> PathBuf {
+        self.queue.join(format!("{id}.state"))
+    }
+}
+
+fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Writes the rest of the message, syncs it and moves it into the queue.
+fn finish_file(file: Option<File>, tmp: &Path, dest: &Path, tail: &[u8]) -> Result<(), SpoolError> {
+    let result = (|| -> io::Result<()> {
+        let mut file = match file {
+            Some(file) => file,
+            None => OpenOptions::new().write(true).create_new(true).open(tmp)?,
+        };
+        file.write_all(tail)?;
+        file.sync_data()?;
+        fs::rename(tmp, dest)
+    })();
+    result.map_err(|source| {
+        let _ = fs::remove_file(tmp);
+        SpoolError::Io {
+            path: tmp.to_owned(),
+            source,
+        }
+    })
+}
+
+fn footer(content_len: u64, json: &[u8]) -> Vec<u8> {
+    let mut footer = Vec::with_capacity(FOOTER_LEN as usize);
+    footer.extend_from_slice(MAGIC);
+    footer.extend_from_slice(&content_len.to_le_bytes());
+    footer.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    footer.extend_from_slice(&crc32fast::hash(json).to_le_bytes());
+    footer
+}
+
+/// Reads and checks the footer and envelope; returns the content length.
+fn read_trailer(file: &mut File) -> Result<(u64, Envelope), String> {
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    if len < FOOTER_LEN {
+        return Err("file shorter than its footer".into());
+    }
+    let mut footer = [0u8; FOOTER_LEN as usize];
+    file.seek(SeekFrom::Start(len - FOOTER_LEN)).map_err(|e| e.to_string())?;
+    file.read_exact(&mut footer).map_err(|e| e.to_string())?;
+    let field = |range: std::ops::Range<usize>| footer[range].to_vec();
+    if &footer[..4] != MAGIC {
+        return Err("bad footer magic".into());
+    }
+    let content_len = u64::from_le_bytes(field(4..12).try_into().map_err(|_| "footer")?);
+    let json_len = u64::from(u32::from_le_bytes(field(12..16).try_into().map_err(|_| "footer")?));
+    let crc = u32::from_le_bytes(field(16..20).try_into().map_err(|_| "footer")?);
+    if content_len.checked_add(json_len).and_then(|n| n.checked_add(FOOTER_LEN)) != Some(len) {
+        return Err("footer lengths do not match the file size".into());
+    }
+    let mut json = vec![0u8; usize::try_from(json_len).map_err(|e| e.to_string())?];
+    file.seek(SeekFrom::Start(content_len)).map_err(|e| e.to_string())?;
+    file.read_exact(&mut json).map_err(|e| e.to_string())?;
+    if crc32fast::hash(&json) != crc {
+        return Err("envelope checksum mismatch".into());
+    }
+    let envelope = serde_json::from_slice(&json).map_err(|e| format!("envelope: {e}"))?;
+    Ok((content_len, envelope))
+}
+
+/// A message being written into `incoming/`. Dropped without commit, it
+/// removes its file.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    id: QueueId,
+    path: PathBuf,
+    file: Option<File>,
+    buffer: Vec<u8>,
+    written: u64,
+    failed: Option<io::Error>,
+}
+
+impl SpoolWriter {
+    /// The queue id the message will have.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Octets written so far.
+    pub fn len(&self) -> u64 {
+        self.written + self.buffer.len() as u64
+    }
+
+    /// True when nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends content. An I/O error is kept and reported by `commit`, so
+    /// the session can read the client's data to the end and answer 451.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= SPILL_BYTES {
+            self.spill().await;
+        }
+    }
+
+    async fn spill(&mut self) {
+        let file = self.file.take();
+        let buffer = std::mem::take(&mut self.buffer);
+        let path = self.path.clone();
+        let result = spawn_blocking(move || -> io::Result<(File, Vec<u8>)> {
+            let mut file = match file {
+                Some(file) => file,
+                None => OpenOptions::new().write(true).create_new(true).open(&path)?,
+            };
+            file.write_all(&buffer)?;
+            Ok((file, buffer))
+        })
+        .await;
+        match result {
+            Ok(Ok((file, mut buffer))) => {
+                self.written += buffer.len() as u64;
+                buffer.clear();
+                self.buffer = buffer;
+                self.file = Some(file);
+            }
+            Ok(Err(error)) => self.failed = Some(error),
+            Err(_) => self.failed = Some(io::Error::other("spool write task cancelled")),
+        }
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            // Best effort: start-up clears incoming/ anyway.
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+type SyncResult = Result<(), Arc<io::Error>>;
+
+/// Group commit for the queue directory: every commit that asks while a
+/// sync runs shares the next one.
+#[derive(Debug)]
+struct DirSync {
+    requests: mpsc::Sender<oneshot::Sender<SyncResult>>,
+}
+
+impl DirSync {
+    fn start(dir: File) -> Self {
+        // Bounded: a commit waits here if thousands are already queued.
+        let (requests, mut rx) = mpsc::channel::<oneshot::Sender<SyncResult>>(4096);
+        let dir = Arc::new(dir);
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let dir = Arc::clone(&dir);
+                let result = match spawn_blocking(move || dir.sync_all()).await {
+                    Ok(result) => result.map_err(Arc::new),
+                    Err(_) => Err(Arc::new(io::Error::other("directory sync task cancelled"))),
+                };
+                for waiter in batch.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        Self { requests }
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(tx)
+            .await
+            .map_err(|_| io::Error::other("directory sync task stopped"))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
+            Err(_) => Err(io::Error::other("directory sync task stopped")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::queue::RecipientStatus;
+    use crate::smtp::command::BodyType;
+    use crate::smtp::{Mailbox, ReversePath};
+
+    fn envelope() -> Envelope {
+        Envelope {
+            reverse_path: ReversePath::Mailbox(Mailbox::parse("a@x.test").unwrap()),
+            recipients: vec![Mailbox::parse("b@y.test").unwrap(), Mailbox::parse("c@y.test").unwrap()],
+            received_at: SystemTime::UNIX_EPOCH,
+            size: 0,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit: false,
+            client: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn committed_messages_are_found_by_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut small = spool.create();
+        small.write(b"Subject: small\r\n\r\nhi\r\n").await;
+        let stored = spool.commit(small, envelope()).await.unwrap();
+        let mut big = spool.create();
+        let chunk = vec![b'x'; 100_000];
+        for _ in 0..5 {
+            big.write(&chunk).await;
+        }
+        spool.commit(big, envelope()).await.unwrap();
+
+        let reopened = Spool::open(dir.path()).unwrap();
+        let (messages, problems) = reopened.scan().unwrap();
+        assert!(problems.is_empty());
+        assert_eq!(messages.len(), 2);
+        let small = messages.iter().find(|m| m.id == stored.id).unwrap();
+        assert_eq!(small.content_len, 22);
+        assert_eq!(small.envelope, envelope());
+        let big = messages.iter().find(|m| m.id != stored.id).unwrap();
+        assert_eq!(big.content_len, 500_000);
+        let head = reopened.read_head(small, 1000).await.unwrap();
+        assert_eq!(head, b"Subject: small\r\n\r\nhi\r\n");
+    }
+
+    #[tokio::test]
+    async fn uncommitted_writes_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut writer = spool.create();
+        writer.write(&vec![b'x'; SPILL_BYTES * 2]).await;
+        drop(writer);
+        assert_eq!(fs::read_dir(dir.path().join("incoming")).unwrap().count(), 0);
+        assert!(spool.scan().unwrap().0.is_empty());
+    }
+
+    #[tokio::test]
+    async fn state_is_kept_and_removal_clears_both_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut writer = spool.create();
+        writer.write(b"x\r\n").await;
+        let stored = spool.commit(writer, envelope()).await.unwrap();
+        let mut state = stored.state.clone();
+        state.attempts = 3;
+        state.recipients[0] = RecipientStatus::Delivered;
+        spool.save_state(&stored.id, &state).await.unwrap();
+        assert_eq!(spool.load(&stored.id).unwrap().state, state);
+        spool.remove(&stored.id).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn corrupt_entries_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut writer = spool.create();
+        writer.write(b"x\r\n").await;
+        let stored = spool.commit(writer, envelope()).await.unwrap();
+        let path = dir.path().join("queue").join(format!("{}.msg", stored.id));
+        let mut bytes = fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 30] ^= 0xFF; // inside the envelope JSON
+        fs::write(&path, bytes).unwrap();
+        let (messages, problems) = spool.scan().unwrap();
+        assert!(messages.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(dir.path().join("corrupt").join(format!("{}.msg", stored.id)).exists());
+    }
+
+    #[tokio::test]
+    async fn concurrent_commits_share_directory_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(dir.path()).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let spool = Arc::clone(&spool);
+            tasks.push(tokio::spawn(async move {
+                let mut writer = spool.create();
+                writer.write(format!("message {i}\r\n").as_bytes()).await;
+                spool.commit(writer, envelope()).await.unwrap().id
+            }));
+        }
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap());
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 50);
+        assert_eq!(spool.scan().unwrap().0.len(), 50);
+    }
+}

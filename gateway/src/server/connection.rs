@@ -1,0 +1,252 @@
+//! The connection driver: reads the socket, feeds the session state
+//! machine, and carries out its steps (send replies, decide stages, stream
+//! DATA into the spool, commit). Replies to pipelined commands are buffered
+//! and flushed when no further complete command is waiting (RFC 2920
+//! section 3.2), before any wait for input, and at the 354.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use super::{ConnectionError, Inbound};
+use crate::queue::{Client, Envelope, SpoolWriter};
+use crate::smtp::Reply;
+use crate::smtp::data::{DataOutcome, DataReader, Feed};
+use crate::smtp::session::{ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
+
+/// A command line longer than this is not buffered: it is skipped up to its
+/// LF and answered 500 5.5.6. The session enforces the exact limits below it.
+const MAX_BUFFERED_LINE: usize = 2048;
+/// Read size, and the most DATA held in memory per connection at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Replies are flushed at least this often even if input keeps coming.
+const MAX_PENDING_OUTPUT: usize = 64 * 1024;
+
+struct Connection {
+    stream: TcpStream,
+    input: BytesMut,
+    output: Vec<u8>,
+    /// Skipping the rest of an overlong command line.
+    discarding: bool,
+    inbound: Arc<Inbound>,
+    shutdown: CancellationToken,
+}
+
+/// How reading DATA ended.
+enum DataEnd {
+    Read(DataOutcome),
+    TimedOut,
+}
+
+/// Serves one connection to its end.
+pub async fn handle(stream: TcpStream, info: ConnectionInfo, inbound: Arc<Inbound>, shutdown: CancellationToken) -> Result<(), ConnectionError> {
+    let (mut session, mut step) = Session::new(Arc::clone(&inbound.settings.session), info);
+    let mut conn = Connection {
+        stream,
+        input: BytesMut::with_capacity(4096),
+        output: Vec::with_capacity(1024),
+        discarding: false,
+        inbound,
+        shutdown,
+    };
+    // The message between the end of DATA and its commit. Held here rather
+    // than in the session because the session does no I/O.
+    let mut message: Option<SpoolWriter> = None;
+    loop {
+        step = match step {
+            Step::Reply(reply) => {
+                reply.write_to(&mut conn.output);
+                conn.next_command(&mut session).await?
+            }
+            Step::Close(reply) => {
+                reply.write_to(&mut conn.output);
+                conn.flush().await?;
+                let _ = conn.stream.shutdown().await;
+                return Ok(());
+            }
+            Step::Check(stage) => session.decide(conn.check(stage, &session)),
+            Step::ReceiveData(reply, reader) => {
+                reply.write_to(&mut conn.output);
+                conn.flush().await?;
+                let mut writer = conn.inbound.spool.create();
+                let trace = session.trace_header(writer.id().as_str(), SystemTime::now());
+                writer.write(trace.as_bytes()).await;
+                match conn.receive_data(reader, &mut writer).await? {
+                    DataEnd::TimedOut => session.timeout(),
+                    DataEnd::Read(outcome) => {
+                        let step = session.data_end(outcome);
+                        match (outcome, &step) {
+                            (DataOutcome::Complete(_), _) => message = Some(writer),
+                            (_, Step::Reply(reply)) => log_rejected(&writer, reply),
+                            _ => {}
+                        }
+                        step
+                    }
+                }
+            }
+            Step::Queue => {
+                let outcome = match message.take() {
+                    Some(writer) => conn.commit(&session, writer).await,
+                    None => QueueOutcome::Failed,
+                };
+                session.queued(outcome)
+            }
+        };
+    }
+}
+
+fn log_rejected(writer: &SpoolWriter, reply: &Reply) {
+    info!(queue_id = %writer.id(), size = writer.len(), outcome = "rejected", reply = %reply, "message rejected");
+}
+
+impl Connection {
+    /// The built-in policy for a stage. Plugins can only tighten it.
+    fn check(&self, stage: Stage, session: &Session) -> Decision {
+        match (stage, session.pending_recipient()) {
+            (Stage::Rcpt, Some(rcpt)) if !self.inbound.settings.relay.allows(session.connection().peer.ip(), rcpt) => {
+                Decision::Refuse(Reply::relay_denied())
+            }
+            _ => Decision::Proceed,
+        }
+    }
+
+    /// Returns the step for the next command, reading as needed.
+    async fn next_command(&mut self, session: &mut Session) -> Result<Step, ConnectionError> {
+        loop {
+            if self.shutdown.is_cancelled() {
+                return Ok(session.shutdown());
+            }
+            if let Some(step) = self.take_line(session) {
+                if self.output.len() >= MAX_PENDING_OUTPUT {
+                    self.flush().await?;
+                }
+                return Ok(step);
+            }
+            self.flush().await?;
+            self.input.reserve(4096);
+            let read = tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(session.shutdown()),
+                read = timeout(self.inbound.settings.command_timeout, self.stream.read_buf(&mut self.input)) => read,
+            };
+            match read {
+                Err(_) => return Ok(session.timeout()),
+                Ok(Ok(0)) => return Err(ConnectionError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Hands one complete buffered line to the session. A line may end in
+    /// LF alone: only DATA is strict about CRLF (see `smtp::data`).
+    fn take_line(&mut self, session: &mut Session) -> Option<Step> {
+        let newline = self.input.iter().position(|&b| b == b'\n');
+        if self.discarding {
+            match newline {
+                Some(end) => {
+                    self.input.advance(end + 1);
+                    self.discarding = false;
+                    return Some(session.line_too_long());
+                }
+                None => {
+                    self.input.clear();
+                    return None;
+                }
+            }
+        }
+        let Some(end) = newline else {
+            if self.input.len() > MAX_BUFFERED_LINE {
+                self.input.clear();
+                self.discarding = true;
+            }
+            return None;
+        };
+        let line = self.input.split_to(end + 1);
+        let line = line.strip_suffix(b"\n").unwrap_or(&line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        Some(session.command(line))
+    }
+
+    /// Streams DATA through the reader into the spool writer, keeping what
+    /// follows the final dot as the next commands.
+    async fn receive_data(&mut self, mut reader: DataReader, writer: &mut SpoolWriter) -> Result<DataEnd, ConnectionError> {
+        let mut content = Vec::with_capacity(READ_CHUNK);
+        loop {
+            if !self.input.is_empty() {
+                content.clear();
+                let feed = reader.feed(&self.input, &mut content);
+                if !content.is_empty() {
+                    writer.write(&content).await;
+                }
+                match feed {
+                    Feed::More => self.input.clear(),
+                    Feed::Done { consumed } => {
+                        self.input.advance(consumed);
+                        return Ok(DataEnd::Read(reader.outcome()));
+                    }
+                }
+            }
+            self.input.reserve(READ_CHUNK);
+            match timeout(self.inbound.settings.data_timeout, self.stream.read_buf(&mut self.input)).await {
+                Err(_) => return Ok(DataEnd::TimedOut),
+                Ok(Ok(0)) => return Err(ConnectionError::ClosedInData),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Spools the message and tells the delivery engine.
+    async fn commit(&self, session: &Session, writer: SpoolWriter) -> QueueOutcome {
+        let (Some(txn), Some(info)) = (session.transaction(), session.message()) else {
+            return QueueOutcome::Failed;
+        };
+        let envelope = Envelope {
+            reverse_path: txn.reverse_path.clone(),
+            recipients: txn.recipients.clone(),
+            received_at: SystemTime::now(),
+            size: writer.len(),
+            body: txn.parameters.body,
+            smtputf8: txn.parameters.smtputf8,
+            eight_bit: info.eight_bit,
+            client: Some(Client {
+                ip: session.connection().peer.ip(),
+                helo: session.hello().map(|h| h.name.clone()).unwrap_or_default(),
+            }),
+        };
+        let rcpts = envelope.recipients.len();
+        match self.inbound.spool.commit(writer, envelope).await {
+            Ok(stored) => {
+                let id = stored.id.to_string();
+                info!(queue_id = %id, from = %stored.envelope.reverse_path, rcpts, size = stored.content_len, outcome = "queued", "message accepted");
+                // If the engine is gone (shutdown), the message stays
+                // spooled and is delivered after the restart.
+                let _ = self.inbound.queue.send(stored).await;
+                QueueOutcome::Queued(id)
+            }
+            Err(e) => {
+                error!(error = %e, "cannot spool message; answering 451");
+                QueueOutcome::Failed
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnectionError> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let wait = self.inbound.settings.command_timeout;
+        match timeout(wait, self.stream.write_all(&self.output)).await {
+            Ok(result) => result?,
+            Err(_) => return Err(ConnectionError::WriteTimeout),
+        }
+        self.output.clear();
+        Ok(())
+    }
+}
