@@ -50,11 +50,13 @@ pub enum StartError {
 pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address).await.map_err(|source| StartError::Bind {
-            name: listener.name.to_string(),
-            address: listener.address,
-            source,
-        })?;
+        let socket = TcpListener::bind(listener.address)
+            .await
+            .map_err(|source| StartError::Bind {
+                name: listener.name.to_string(),
+                address: listener.address,
+                source,
+            })?;
         bound.push(BoundListener {
             name: Arc::clone(&listener.name),
             socket,
@@ -70,7 +72,9 @@ pub async fn run(config: Config, listeners: Vec<BoundListener>, shutdown: Cancel
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let scanned = {
         let spool = Arc::clone(&spool);
-        spawn_blocking(move || spool.scan()).await.map_err(|_| SpoolError::Cancelled)??
+        spawn_blocking(move || spool.scan())
+            .await
+            .map_err(|_| SpoolError::Cancelled)??
     };
     let (recovered, problems) = scanned;
     for problem in problems {
@@ -90,18 +94,35 @@ pub async fn run(config: Config, listeners: Vec<BoundListener>, shutdown: Cancel
         if let Ok(address) = listener.socket.local_addr() {
             info!(listener = %listener.name, %address, "listening");
         }
-        tracker.spawn(server::serve(listener, Arc::clone(&inbound), shutdown.clone(), tracker.clone()));
+        tracker.spawn(server::serve(
+            listener,
+            Arc::clone(&inbound),
+            shutdown.clone(),
+            tracker.clone(),
+        ));
     }
     drop(inbound);
-    tracker.spawn(delivery::run(spool, Arc::new(config.delivery), inbox, recovered, shutdown.clone()));
+    tracker.spawn(delivery::run(
+        spool,
+        Arc::new(config.delivery),
+        inbox,
+        recovered,
+        shutdown.clone(),
+    ));
 
     shutdown.cancelled().await;
     info!(grace_period = ?config.shutdown_grace_period, "shutting down");
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace_period, tracker.wait()).await.is_ok() {
+    if tokio::time::timeout(config.shutdown_grace_period, tracker.wait())
+        .await
+        .is_ok()
+    {
         info!("drained; stopped");
     } else {
-        warn!(tasks = tracker.len(), "grace period over; work still in flight stays spooled");
+        warn!(
+            tasks = tracker.len(),
+            "grace period over; work still in flight stays spooled"
+        );
     }
     Ok(())
 }

@@ -1,1 +1,15 @@
-fn main(){}
+//! End-to-end tests: the real gateway over real sockets on loopback, a real
+//! downstream SMTP server recording what is relayed, and the real binary
+//! where crashes are involved.
+
+use std::time::Duration;
+
+mod config;
+mod delivery;
+mod durability;
+mod limits;
+mod relay;
+mod smuggling;
+
+/// How long a test waits for something to arrive.
+const WAIT: Duration = Duration::from_secs(30);

@@ -107,10 +107,9 @@ fn key_path(source: &str, offset: usize) -> String {
 fn walk_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<String>, best: &mut Vec<String>) {
     for (key, value) in table {
         path.push(key.get_ref().to_string());
-        if (key.span().contains(&offset) || contains(value, offset))
-            && path.len() > best.len() {
-                best.clone_from(path);
-            }
+        if (key.span().contains(&offset) || contains(value, offset)) && path.len() > best.len() {
+            best.clone_from(path);
+        }
         walk_value(value.get_ref(), offset, path, best);
         path.pop();
     }

@@ -107,7 +107,11 @@ impl Checker<'_> {
     fn convert(&mut self, path: &Path, raw: RawConfig) -> Config {
         let hostname = raw.server.hostname.clone().unwrap_or_else(system_hostname);
         if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            self.problems.push(Problem::at(self.source, None, format!("`server.hostname`: invalid host name {hostname:?}")));
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                format!("`server.hostname`: invalid host name {hostname:?}"),
+            ));
         }
         let listeners = self.listeners(&raw);
         let server = self.server_settings(&raw, hostname.clone());
@@ -126,7 +130,8 @@ impl Checker<'_> {
 
     fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
         if raw.listeners.is_empty() {
-            self.problems.push(Problem::at(self.source, None, "at least one [[listener]] is required"));
+            self.problems
+                .push(Problem::at(self.source, None, "at least one [[listener]] is required"));
         }
         let mut names = HashSet::new();
         let mut listeners = Vec::new();
@@ -137,7 +142,7 @@ impl Checker<'_> {
             }
             listeners.push(ListenerConfig {
                 name: Arc::from(inner.name.as_str()),
-                address: inner.address,
+                address: inner.address.0,
             });
         }
         listeners
@@ -160,7 +165,11 @@ impl Checker<'_> {
             }
         }
         let max_connections = NonZeroUsize::new(raw.server.max_connections).unwrap_or_else(|| {
-            self.problems.push(Problem::at(self.source, None, "`server.max_connections` must be at least 1"));
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                "`server.max_connections` must be at least 1",
+            ));
             NonZeroUsize::MIN
         });
         ServerSettings {
@@ -176,7 +185,10 @@ impl Checker<'_> {
             command_timeout: smtp.command_timeout.0,
             data_timeout: smtp.data_timeout.0,
             max_connections,
-            relay: RelayPolicy::new(accepted_domains, raw.relay.trusted_networks.clone()),
+            relay: RelayPolicy::new(
+                accepted_domains,
+                raw.relay.trusted_networks.iter().map(|n| n.0).collect(),
+            ),
         }
     }
 
@@ -190,7 +202,11 @@ impl Checker<'_> {
             ));
         }
         let concurrency = NonZeroUsize::new(d.concurrency).unwrap_or_else(|| {
-            self.problems.push(Problem::at(self.source, None, "`delivery.concurrency` must be at least 1"));
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                "`delivery.concurrency` must be at least 1",
+            ));
             NonZeroUsize::MIN
         });
         let routes = raw.routes.iter().filter_map(|r| self.route(r)).collect();
@@ -280,14 +296,20 @@ mod tests {
     fn unknown_key_names_line_and_key() {
         let source = format!("{MINIMAL}[smtp]\nmax_mesage_bytes = 10\n");
         let text = problems(&source);
-        assert!(text.starts_with("test.toml:5:1: `smtp.max_mesage_bytes`: unknown field `max_mesage_bytes`"), "{text}");
+        assert!(
+            text.starts_with("test.toml:5:1: `smtp.max_mesage_bytes`: unknown field `max_mesage_bytes`"),
+            "{text}"
+        );
     }
 
     #[test]
     fn bad_value_names_line_and_key() {
         let source = format!("{MINIMAL}[delivery]\nretry_initial = \"5 minutes\"\n");
         let text = problems(&source);
-        assert!(text.starts_with("test.toml:5:17: `delivery.retry_initial`: invalid duration"), "{text}");
+        assert!(
+            text.starts_with("test.toml:5:17: `delivery.retry_initial`: invalid duration"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -298,15 +320,25 @@ mod tests {
         let text = problems(&source);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[0].starts_with("test.toml:4:1: `listener[1]`: duplicate listener name"), "{text}");
-        assert!(lines[1].starts_with("test.toml:8:18: `smtp.max_recipients`: must be at least 100"), "{text}");
+        assert!(
+            lines[0].starts_with("test.toml:4:1: `listener[1]`: duplicate listener name"),
+            "{text}"
+        );
+        assert!(
+            lines[1].starts_with("test.toml:8:18: `smtp.max_recipients`: must be at least 100"),
+            "{text}"
+        );
         assert!(lines[2].starts_with("test.toml:11:13: `route[0].smarthost`:"), "{text}");
-        assert!(lines[3].starts_with("test.toml:13:12: `route[1].domains[0]`:"), "{text}");
+        assert!(
+            lines[3].starts_with("test.toml:13:12: `route[1].domains[0]`:"),
+            "{text}"
+        );
     }
 
     #[test]
     fn relative_paths_follow_the_config_file() {
-        let source = format!("{MINIMAL}[server]\nspool_dir = \"spool\"\n[[route]]\ndomains = [\"*\"]\nmaildir = \"maildir\"\n");
+        let source =
+            format!("{MINIMAL}[server]\nspool_dir = \"spool\"\n[[route]]\ndomains = [\"*\"]\nmaildir = \"maildir\"\n");
         let config = Config::from_source(Path::new("/srv/mg/mailgate.toml"), &source).unwrap();
         assert_eq!(config.spool_dir, PathBuf::from("/srv/mg/spool"));
     }

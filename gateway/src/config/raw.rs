@@ -2,14 +2,12 @@
 //! with defaults next to them. Unknown keys are errors. `config::load`
 //! turns these into validated types once.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::units::HumanDuration;
+use super::units::{HumanDuration, ListenAddress, Network};
 use crate::smtp::data::{BareLineEndings, LongLines};
 
 /// The whole file.
@@ -79,7 +77,7 @@ pub struct RawListener {
     /// `name`: shown in logs and metrics; unique.
     pub name: String,
     /// `address`: `"ip:port"` to listen on.
-    pub address: SocketAddr,
+    pub address: ListenAddress,
 }
 
 /// `[smtp]`: inbound protocol limits and timeouts.
@@ -121,7 +119,7 @@ pub struct RawRelay {
     /// `"*.example.com"` for subdomains); default none.
     pub accepted_domains: Vec<Spanned<String>>,
     /// `trusted_networks`: clients that may relay anywhere; default loopback only.
-    pub trusted_networks: Vec<IpNet>,
+    pub trusted_networks: Vec<Network>,
 }
 
 impl Default for RawRelay {
@@ -131,6 +129,7 @@ impl Default for RawRelay {
             trusted_networks: ["127.0.0.0/8", "::1/128"]
                 .iter()
                 .filter_map(|n| n.parse().ok())
+                .map(Network)
                 .collect(),
         }
     }

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::task::spawn_blocking;
 use tracing::{error, info, warn};
 
+use super::DeliverySettings;
 use super::client::SmtpClient;
 use super::dsn::Bounce;
 use super::error::{DeliveryError, Failure, Outcome};
 use super::maildir::MaildirDrop;
 use super::route::NextHop;
-use super::DeliverySettings;
 use crate::queue::{RecipientStatus, Spool, StoredMessage};
 use crate::smtp::{EnhancedCode, Mailbox};
 
@@ -44,11 +44,18 @@ pub async fn attempt(spool: &Spool, settings: &DeliverySettings, mut message: St
     let groups = group_by_hop(settings, &message);
     message.state.attempts += 1;
     let mut failures: Vec<(usize, Failure)> = Vec::new();
-    for (hop, indices) in groups {
+    let group_count = groups.len();
+    for (n, (hop, indices)) in groups.into_iter().enumerate() {
         let outcomes = deliver_group(spool, settings, &message, hop.as_ref(), &indices).await;
         let relay = hop.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
         for (index, outcome) in indices.into_iter().zip(outcomes) {
             record(&mut message, index, outcome, &relay, &mut failures);
+        }
+        if n + 1 < group_count {
+            // A crash during the next group must not repeat this one.
+            if let Err(e) = spool.save_state(&message.id, &message.state).await {
+                error!(queue_id = %message.id, error = %e, "cannot save delivery state");
+            }
         }
     }
     expire_if_too_old(settings, &mut message, &mut failures);
@@ -76,7 +83,9 @@ fn group_by_hop(settings: &DeliverySettings, message: &StoredMessage) -> Vec<(Op
         if !matches!(status, RecipientStatus::Pending { .. }) {
             continue;
         }
-        let Some(rcpt) = message.envelope.recipients.get(index) else { continue };
+        let Some(rcpt) = message.envelope.recipients.get(index) else {
+            continue;
+        };
         let hop = settings.routes.lookup(&rcpt.domain_key()).cloned();
         match groups.iter_mut().find(|(h, _)| *h == hop) {
             Some((_, members)) => members.push(index),
@@ -93,13 +102,18 @@ async fn deliver_group(
     hop: Option<&NextHop>,
     indices: &[usize],
 ) -> Vec<Outcome> {
-    let recipients: Vec<_> = indices.iter().filter_map(|&i| message.envelope.recipients.get(i)).collect();
+    let recipients: Vec<_> = indices
+        .iter()
+        .filter_map(|&i| message.envelope.recipients.get(i))
+        .collect();
     match hop {
         None => recipients
             .iter()
             .map(|r| DeliveryError::NoRoute(r.domain_key()).outcome(None))
             .collect(),
-        Some(NextHop::Smarthost { host, port }) => deliver_smtp(spool, settings, message, host, *port, &recipients).await,
+        Some(NextHop::Smarthost { host, port }) => {
+            deliver_smtp(spool, settings, message, host, *port, &recipients).await
+        }
         Some(NextHop::Maildir(dir)) => {
             let mut outcomes = Vec::with_capacity(recipients.len());
             for rcpt in recipients {
@@ -135,22 +149,36 @@ async fn deliver_smtp(
         Err(e) => return vec![e.outcome(Some(host)); recipients.len()],
     };
     let sent = match spool.open_content(&message.id).await {
-        Ok(content) => client.send(&message.envelope, recipients, content, message.content_len).await,
+        Ok(content) => {
+            client
+                .send(&message.envelope, recipients, content, message.content_len)
+                .await
+        }
         Err(e) => Err(e.into()),
     };
     match sent {
         Ok(outcomes) => {
-            client.quit().await;
+            // Record the outcome first: the spool update should follow the
+            // downstream's 250 as closely as possible (the duplicate window).
+            tokio::spawn(client.quit());
             outcomes
         }
         Err(e) => vec![e.outcome(Some(host)); recipients.len()],
     }
 }
 
-fn record(message: &mut StoredMessage, index: usize, outcome: Outcome, relay: &str, failures: &mut Vec<(usize, Failure)>) {
+fn record(
+    message: &mut StoredMessage,
+    index: usize,
+    outcome: Outcome,
+    relay: &str,
+    failures: &mut Vec<(usize, Failure)>,
+) {
     let id = &message.id;
     let attempt = message.state.attempts;
-    let Some(rcpt) = message.envelope.recipients.get(index) else { return };
+    let Some(rcpt) = message.envelope.recipients.get(index) else {
+        return;
+    };
     let status = match outcome {
         Outcome::Delivered => {
             info!(queue_id = %id, to = %rcpt, relay, attempt, status = "sent", "delivered");
@@ -158,7 +186,9 @@ fn record(message: &mut StoredMessage, index: usize, outcome: Outcome, relay: &s
         }
         Outcome::Deferred(failure) => {
             info!(queue_id = %id, to = %rcpt, relay, attempt, status = "deferred", reply = %failure.diagnostic, "delivery deferred");
-            RecipientStatus::Pending { last_error: Some(failure.diagnostic) }
+            RecipientStatus::Pending {
+                last_error: Some(failure.diagnostic),
+            }
         }
         Outcome::Failed(failure) => {
             info!(queue_id = %id, to = %rcpt, relay, attempt, status = "bounced", reply = %failure.diagnostic, "delivery failed");
@@ -190,14 +220,21 @@ fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, f
                 smtp_reply: false,
             };
             info!(queue_id = %message.id, status = "expired", reply = %failure.diagnostic, "delivery expired");
-            *status = RecipientStatus::Failed { reason: failure.diagnostic.clone() };
+            *status = RecipientStatus::Failed {
+                reason: failure.diagnostic.clone(),
+            };
             failures.push((index, failure));
         }
     }
 }
 
 /// Spools a DSN for `failures`, unless the sender is null.
-async fn bounce(spool: &Spool, settings: &DeliverySettings, message: &StoredMessage, failures: &[(usize, Failure)]) -> Option<StoredMessage> {
+async fn bounce(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    message: &StoredMessage,
+    failures: &[(usize, Failure)],
+) -> Option<StoredMessage> {
     if failures.is_empty() || message.envelope.reverse_path.mailbox().is_none() {
         return None;
     }

@@ -121,7 +121,10 @@ impl SmtpClient {
     ) -> Result<Vec<Outcome>, DeliveryError> {
         self.check_extensions(envelope, content_len)?;
         let mail = self.mail_command(envelope, content_len);
-        let rcpts: Vec<Vec<u8>> = recipients.iter().map(|r| format!("RCPT TO:<{r}>\r\n").into_bytes()).collect();
+        let rcpts: Vec<Vec<u8>> = recipients
+            .iter()
+            .map(|r| format!("RCPT TO:<{r}>\r\n").into_bytes())
+            .collect();
         let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
             self.pipelined(&mail, &rcpts).await?
         } else {
@@ -129,7 +132,10 @@ impl SmtpClient {
         };
         if mail_reply.class() != ReplyClass::Positive {
             self.abandon(data_reply.as_ref()).await;
-            return Err(DeliveryError::Rejected { stage: "MAIL", reply: mail_reply });
+            return Err(DeliveryError::Rejected {
+                stage: "MAIL",
+                reply: mail_reply,
+            });
         }
         let mut outcomes: Vec<Option<Outcome>> = rcpt_replies
             .into_iter()
@@ -150,13 +156,20 @@ impl SmtpClient {
             }
         };
         if data_reply.code() != 354 {
-            return Err(DeliveryError::Rejected { stage: "DATA", reply: data_reply });
+            return Err(DeliveryError::Rejected {
+                stage: "DATA",
+                reply: data_reply,
+            });
         }
         self.write_content(content, content_len).await?;
         let final_reply = self.read_reply("end of DATA", self.timeouts.data_done).await?;
         let accepted = match final_reply.class() {
             ReplyClass::Positive => Outcome::Delivered,
-            _ => DeliveryError::Rejected { stage: "end of DATA", reply: final_reply }.outcome(Some(&self.host)),
+            _ => DeliveryError::Rejected {
+                stage: "end of DATA",
+                reply: final_reply,
+            }
+            .outcome(Some(&self.host)),
         };
         for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
             *slot = Some(accepted.clone());
@@ -182,7 +195,10 @@ impl SmtpClient {
         if let Some(limit) = self.extensions.size.filter(|&limit| content_len > limit) {
             return Err(DeliveryError::Unsupported {
                 status: EnhancedCode::new(5, 3, 4),
-                reason: format!("message of {content_len} octets exceeds {}'s limit of {limit}", self.host),
+                reason: format!(
+                    "message of {content_len} octets exceeds {}'s limit of {limit}",
+                    self.host
+                ),
             });
         }
         Ok(())
@@ -204,7 +220,11 @@ impl SmtpClient {
     }
 
     /// MAIL, every RCPT and DATA in one write, then the replies in order.
-    async fn pipelined(&mut self, mail: &[u8], rcpts: &[Vec<u8>]) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
+    async fn pipelined(
+        &mut self,
+        mail: &[u8],
+        rcpts: &[Vec<u8>],
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
         let mut batch = mail.to_vec();
         for rcpt in rcpts {
             batch.extend_from_slice(rcpt);
@@ -221,7 +241,11 @@ impl SmtpClient {
     }
 
     /// MAIL and each RCPT one after the other; DATA is left to the caller.
-    async fn lockstep(&mut self, mail: &[u8], rcpts: &[Vec<u8>]) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
+    async fn lockstep(
+        &mut self,
+        mail: &[u8],
+        rcpts: &[Vec<u8>],
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
         self.write("MAIL", mail).await?;
         let mail_reply = self.read_reply("MAIL", self.timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
@@ -245,17 +269,23 @@ impl SmtpClient {
         }
     }
 
-    async fn write_content(&mut self, mut content: impl AsyncRead + Unpin, content_len: u64) -> Result<(), DeliveryError> {
+    async fn write_content(
+        &mut self,
+        mut content: impl AsyncRead + Unpin,
+        content_len: u64,
+    ) -> Result<(), DeliveryError> {
         let mut stuffer = DotStuffer::default();
         let mut chunk = vec![0u8; BLOCK];
         let mut out = Vec::with_capacity(BLOCK + BLOCK / 16);
         let mut remaining = content_len;
         while remaining > 0 {
             let want = usize::try_from(remaining).unwrap_or(BLOCK).min(BLOCK);
-            let n = content
-                .read(&mut chunk[..want])
-                .await
-                .map_err(|e| DeliveryError::Spool(crate::queue::SpoolError::Io { path: "content".into(), source: e }))?;
+            let n = content.read(&mut chunk[..want]).await.map_err(|e| {
+                DeliveryError::Spool(crate::queue::SpoolError::Io {
+                    path: "content".into(),
+                    source: e,
+                })
+            })?;
             if n == 0 {
                 return Err(DeliveryError::Protocol("spooled content ended early".into()));
             }
@@ -302,12 +332,19 @@ impl SmtpClient {
         let mut lines = Vec::new();
         loop {
             let line = self.read_line(stage, deadline).await?;
-            let (code, last, text) = parse_reply_line(&line)
-                .ok_or_else(|| DeliveryError::Protocol(format!("malformed reply to {stage}: {:?}", String::from_utf8_lossy(&line))))?;
+            let (code, last, text) = parse_reply_line(&line).ok_or_else(|| {
+                DeliveryError::Protocol(format!(
+                    "malformed reply to {stage}: {:?}",
+                    String::from_utf8_lossy(&line)
+                ))
+            })?;
             if let Some(&(first, _)) = lines.first()
-                && first != code {
-                    return Err(DeliveryError::Protocol(format!("reply code changed within a reply to {stage}")));
-                }
+                && first != code
+            {
+                return Err(DeliveryError::Protocol(format!(
+                    "reply code changed within a reply to {stage}"
+                )));
+            }
             lines.push((code, text));
             if last {
                 break;
@@ -320,7 +357,11 @@ impl SmtpClient {
         Ok(Reply::parsed(code, lines.into_iter().map(|(_, text)| text).collect()))
     }
 
-    async fn read_line(&mut self, stage: &'static str, deadline: tokio::time::Instant) -> Result<Vec<u8>, DeliveryError> {
+    async fn read_line(
+        &mut self,
+        stage: &'static str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<u8>, DeliveryError> {
         loop {
             if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
                 let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
@@ -372,7 +413,10 @@ mod tests {
 
     #[test]
     fn reply_lines_parse() {
-        assert_eq!(parse_reply_line(b"250-PIPELINING"), Some((250, false, "PIPELINING".into())));
+        assert_eq!(
+            parse_reply_line(b"250-PIPELINING"),
+            Some((250, false, "PIPELINING".into()))
+        );
         assert_eq!(parse_reply_line(b"550 5.1.1 no"), Some((550, true, "5.1.1 no".into())));
         assert_eq!(parse_reply_line(b"220"), Some((220, true, String::new())));
         assert_eq!(parse_reply_line(b"25"), None);
@@ -392,7 +436,16 @@ mod tests {
 
     #[test]
     fn extensions_are_read_from_ehlo() {
-        let reply = Reply::plain(250, vec!["mx".into(), "PIPELINING".into(), "SIZE 1000".into(), "8BITMIME".into(), "smtputf8".into()]);
+        let reply = Reply::plain(
+            250,
+            vec![
+                "mx".into(),
+                "PIPELINING".into(),
+                "SIZE 1000".into(),
+                "8BITMIME".into(),
+                "smtputf8".into(),
+            ],
+        );
         let ext = Extensions::from_ehlo(&reply);
         assert!(ext.pipelining && ext.eight_bit_mime && ext.smtputf8);
         assert_eq!(ext.size, Some(1000));

@@ -33,7 +33,12 @@ impl Bounce<'_> {
             return None;
         };
         let host = self.reporting_mta;
-        let boundary = format!("{}.{}/{}", self.queue_id, now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()), host);
+        let boundary = format!(
+            "{}.{}/{}",
+            self.queue_id,
+            now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            host
+        );
         let mut text = String::new();
         text.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"));
         text.push_str(&format!("To: <{sender}>\r\n"));
@@ -47,7 +52,9 @@ impl Bounce<'_> {
         ));
         text.push_str("This is a MIME-encapsulated message.\r\n\r\n");
 
-        text.push_str(&format!("--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"));
+        text.push_str(&format!(
+            "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        ));
         text.push_str(&format!("This is the mail system at host {host}.\r\n\r\n"));
         text.push_str("Your message could not be delivered to one or more recipients.\r\n");
         text.push_str("It is attached below.\r\n\r\n");
@@ -56,10 +63,15 @@ impl Bounce<'_> {
         }
         text.push_str("\r\n");
 
-        text.push_str(&format!("--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"));
+        text.push_str(&format!(
+            "--{boundary}\r\nContent-Description: Delivery report\r\nContent-Type: message/delivery-status\r\n\r\n"
+        ));
         text.push_str(&format!("Reporting-MTA: dns; {host}\r\n"));
         text.push_str(&format!("X-Mailgate-Queue-ID: {}\r\n", self.queue_id));
-        text.push_str(&format!("Arrival-Date: {}\r\n", rfc5322_date(self.original.received_at)));
+        text.push_str(&format!(
+            "Arrival-Date: {}\r\n",
+            rfc5322_date(self.original.received_at)
+        ));
         for (rcpt, failure) in &self.failures {
             text.push_str("\r\n");
             text.push_str(&format!("Final-Recipient: rfc822; {rcpt}\r\n"));
@@ -86,7 +98,11 @@ impl Bounce<'_> {
             recipients: vec![sender.clone()],
             received_at: now,
             size: content.len() as u64,
-            body: if eight_bit { BodyType::EightBitMime } else { BodyType::SevenBit },
+            body: if eight_bit {
+                BodyType::EightBitMime
+            } else {
+                BodyType::SevenBit
+            },
             smtputf8: !sender.is_ascii(),
             eight_bit,
             client: None,
@@ -118,7 +134,10 @@ mod tests {
     fn original(reverse_path: ReversePath) -> Envelope {
         Envelope {
             reverse_path,
-            recipients: vec![Mailbox::parse("ok@y.test").unwrap(), Mailbox::parse("bad@y.test").unwrap()],
+            recipients: vec![
+                Mailbox::parse("ok@y.test").unwrap(),
+                Mailbox::parse("bad@y.test").unwrap(),
+            ],
             received_at: SystemTime::UNIX_EPOCH,
             size: 10,
             body: BodyType::SevenBit,
@@ -152,7 +171,11 @@ mod tests {
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; gw.test\r\n"));
         assert!(text.contains("Final-Recipient: rfc822; bad@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
-        assert!(text.contains("Content-Type: text/rfc822-headers\r\n\r\nSubject: original\r\nFrom: sender@x.test\r\n\r\n--"));
+        assert!(
+            text.contains(
+                "Content-Type: text/rfc822-headers\r\n\r\nSubject: original\r\nFrom: sender@x.test\r\n\r\n--"
+            )
+        );
         assert!(!text.contains("secret body"));
         assert!(!text.contains("ok@y.test"));
     }
@@ -161,7 +184,13 @@ mod tests {
     fn no_bounce_for_the_null_sender() {
         let id = QueueId::generate();
         let env = original(ReversePath::Null);
-        let bounce = Bounce { reporting_mta: "gw.test", queue_id: &id, original: &env, failures: vec![], original_head: b"" };
+        let bounce = Bounce {
+            reporting_mta: "gw.test",
+            queue_id: &id,
+            original: &env,
+            failures: vec![],
+            original_head: b"",
+        };
         assert!(bounce.build(SystemTime::now()).is_none());
     }
 }

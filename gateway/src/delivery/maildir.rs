@@ -48,7 +48,11 @@ impl MaildirDrop {
         let result = (|| -> io::Result<PathBuf> {
             let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             let mut out = BufWriter::new(file);
-            write!(out, "Return-Path: <{}>\nDelivered-To: {}\n", self.reverse_path, self.recipient)?;
+            write!(
+                out,
+                "Return-Path: <{}>\nDelivered-To: {}\n",
+                self.reverse_path, self.recipient
+            )?;
             let mut source = File::open(&self.source)?.take(self.content_len);
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
@@ -78,7 +82,10 @@ impl MaildirDrop {
 /// `time.M<micros>P<pid>Q<seq>.host`, the maildir unique name form.
 fn unique_name(hostname: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    let host: String = hostname.chars().map(|c| if c == '/' || c == ':' { '_' } else { c }).collect();
+    let host: String = hostname
+        .chars()
+        .map(|c| if c == '/' || c == ':' { '_' } else { c })
+        .collect();
     format!(
         "{}.M{}P{}Q{}.{host}",
         now.as_secs(),

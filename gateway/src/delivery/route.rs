@@ -110,7 +110,10 @@ mod tests {
     use super::*;
 
     fn hop(host: &str, port: u16) -> NextHop {
-        NextHop::Smarthost { host: host.into(), port }
+        NextHop::Smarthost {
+            host: host.into(),
+            port,
+        }
     }
 
     #[test]
@@ -128,9 +131,18 @@ mod tests {
     #[test]
     fn first_matching_route_wins() {
         let table = RouteTable::new(vec![
-            Route { patterns: vec![DomainPattern::parse("local.test").unwrap()], next_hop: NextHop::Maildir("/m".into()) },
-            Route { patterns: vec![DomainPattern::parse("*.corp.test").unwrap()], next_hop: hop("corp", 25) },
-            Route { patterns: vec![DomainPattern::parse("*").unwrap()], next_hop: hop("out", 25) },
+            Route {
+                patterns: vec![DomainPattern::parse("local.test").unwrap()],
+                next_hop: NextHop::Maildir("/m".into()),
+            },
+            Route {
+                patterns: vec![DomainPattern::parse("*.corp.test").unwrap()],
+                next_hop: hop("corp", 25),
+            },
+            Route {
+                patterns: vec![DomainPattern::parse("*").unwrap()],
+                next_hop: hop("out", 25),
+            },
         ]);
         assert_eq!(table.lookup("local.test"), Some(&NextHop::Maildir("/m".into())));
         assert_eq!(table.lookup("a.corp.test"), Some(&hop("corp", 25)));

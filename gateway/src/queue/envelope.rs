@@ -62,7 +62,9 @@ impl DeliveryState {
 
     /// True when no recipient is still pending.
     pub fn is_finished(&self) -> bool {
-        self.recipients.iter().all(|r| !matches!(r, RecipientStatus::Pending { .. }))
+        self.recipients
+            .iter()
+            .all(|r| !matches!(r, RecipientStatus::Pending { .. }))
     }
 }
 

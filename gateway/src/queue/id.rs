@@ -18,9 +18,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 impl QueueId {
     /// A new id.
     pub fn generate() -> Self {
-        let secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let count = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFF_FFFF;
         let random: u16 = rand::random();
         Self(format!("{:08X}{count:06X}{random:04X}", secs & 0xFFFF_FFFF))
@@ -73,7 +71,13 @@ mod tests {
 
     #[test]
     fn only_well_formed_ids_parse() {
-        for bad in ["", "../../etc/passwd", "0123456789abcdef01", "0123456789ABCDEF0", "0123456789ABCDEF012"] {
+        for bad in [
+            "",
+            "../../etc/passwd",
+            "0123456789abcdef01",
+            "0123456789ABCDEF0",
+            "0123456789ABCDEF012",
+        ] {
             assert_eq!(QueueId::parse(bad), None, "{bad}");
         }
     }

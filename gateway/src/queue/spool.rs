@@ -323,7 +323,8 @@ fn read_trailer(file: &mut File) -> Result<(u64, Envelope), String> {
         return Err("file shorter than its footer".into());
     }
     let mut footer = [0u8; FOOTER_LEN as usize];
-    file.seek(SeekFrom::Start(len - FOOTER_LEN)).map_err(|e| e.to_string())?;
+    file.seek(SeekFrom::Start(len - FOOTER_LEN))
+        .map_err(|e| e.to_string())?;
     file.read_exact(&mut footer).map_err(|e| e.to_string())?;
     let field = |range: std::ops::Range<usize>| footer[range].to_vec();
     if &footer[..4] != MAGIC {
@@ -332,7 +333,11 @@ fn read_trailer(file: &mut File) -> Result<(u64, Envelope), String> {
     let content_len = u64::from_le_bytes(field(4..12).try_into().map_err(|_| "footer")?);
     let json_len = u64::from(u32::from_le_bytes(field(12..16).try_into().map_err(|_| "footer")?));
     let crc = u32::from_le_bytes(field(16..20).try_into().map_err(|_| "footer")?);
-    if content_len.checked_add(json_len).and_then(|n| n.checked_add(FOOTER_LEN)) != Some(len) {
+    if content_len
+        .checked_add(json_len)
+        .and_then(|n| n.checked_add(FOOTER_LEN))
+        != Some(len)
+    {
         return Err("footer lengths do not match the file size".into());
     }
     let mut json = vec![0u8; usize::try_from(json_len).map_err(|e| e.to_string())?];

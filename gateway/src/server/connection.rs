@@ -45,7 +45,12 @@ enum DataEnd {
 }
 
 /// Serves one connection to its end.
-pub async fn handle(stream: TcpStream, info: ConnectionInfo, inbound: Arc<Inbound>, shutdown: CancellationToken) -> Result<(), ConnectionError> {
+pub async fn handle(
+    stream: TcpStream,
+    info: ConnectionInfo,
+    inbound: Arc<Inbound>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError> {
     let (mut session, mut step) = Session::new(Arc::clone(&inbound.settings.session), info);
     let mut conn = Connection {
         stream,
@@ -175,7 +180,11 @@ impl Connection {
 
     /// Streams DATA through the reader into the spool writer, keeping what
     /// follows the final dot as the next commands.
-    async fn receive_data(&mut self, mut reader: DataReader, writer: &mut SpoolWriter) -> Result<DataEnd, ConnectionError> {
+    async fn receive_data(
+        &mut self,
+        mut reader: DataReader,
+        writer: &mut SpoolWriter,
+    ) -> Result<DataEnd, ConnectionError> {
         let mut content = Vec::with_capacity(READ_CHUNK);
         loop {
             if !self.input.is_empty() {
@@ -193,7 +202,12 @@ impl Connection {
                 }
             }
             self.input.reserve(READ_CHUNK);
-            match timeout(self.inbound.settings.data_timeout, self.stream.read_buf(&mut self.input)).await {
+            match timeout(
+                self.inbound.settings.data_timeout,
+                self.stream.read_buf(&mut self.input),
+            )
+            .await
+            {
                 Err(_) => return Ok(DataEnd::TimedOut),
                 Ok(Ok(0)) => return Err(ConnectionError::ClosedInData),
                 Ok(Ok(_)) => {}

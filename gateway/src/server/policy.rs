@@ -52,7 +52,10 @@ mod tests {
 
     fn policy() -> RelayPolicy {
         RelayPolicy::new(
-            vec![DomainPattern::parse("example.test").unwrap(), DomainPattern::parse("*.example.test").unwrap()],
+            vec![
+                DomainPattern::parse("example.test").unwrap(),
+                DomainPattern::parse("*.example.test").unwrap(),
+            ],
             vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()],
         )
     }
@@ -67,8 +70,14 @@ mod tests {
 
     #[test]
     fn trusted_networks_may_relay_anywhere() {
-        assert!(policy().allows("10.1.2.3".parse().unwrap(), &Mailbox::parse("a@elsewhere.test").unwrap()));
-        assert!(policy().allows("::ffff:10.1.2.3".parse().unwrap(), &Mailbox::parse("a@elsewhere.test").unwrap()));
+        assert!(policy().allows(
+            "10.1.2.3".parse().unwrap(),
+            &Mailbox::parse("a@elsewhere.test").unwrap()
+        ));
+        assert!(policy().allows(
+            "::ffff:10.1.2.3".parse().unwrap(),
+            &Mailbox::parse("a@elsewhere.test").unwrap()
+        ));
         assert!(policy().allows("::1".parse().unwrap(), &Mailbox::parse("a@elsewhere.test").unwrap()));
     }
 

@@ -36,9 +36,7 @@ impl Mailbox {
             return Err(AddressError::TooLong);
         }
         let (local, rest) = split_local_part(text)?;
-        let domain = rest
-            .strip_prefix('@')
-            .ok_or(AddressError::Syntax("missing @domain"))?;
+        let domain = rest.strip_prefix('@').ok_or(AddressError::Syntax("missing @domain"))?;
         check_domain(domain)?;
         Ok(Self {
             local: local.to_owned(),
@@ -130,9 +128,7 @@ fn check_domain(domain: &str) -> Result<(), AddressError> {
 /// An IPv4 literal or `IPv6:` literal (RFC 5321 section 4.1.3).
 fn check_address_literal(inner: &str) -> Result<(), AddressError> {
     let ok = match inner.get(..5) {
-        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
-            inner[5..].parse::<std::net::Ipv6Addr>().is_ok()
-        }
+        Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => inner[5..].parse::<std::net::Ipv6Addr>().is_ok(),
         _ => inner.parse::<std::net::Ipv4Addr>().is_ok(),
     };
     if ok {
@@ -261,9 +257,7 @@ pub fn parse_path(inner: &str) -> Result<Mailbox, AddressError> {
     }
     let mailbox = match inner.strip_prefix('@') {
         Some(_) => {
-            let colon = inner
-                .find(':')
-                .ok_or(AddressError::Syntax("bad source route"))?;
+            let colon = inner.find(':').ok_or(AddressError::Syntax("bad source route"))?;
             &inner[colon + 1..]
         }
         None => inner,

@@ -119,8 +119,9 @@ impl Command {
             b"HELP" => Ok(Self::Help),
             b"VRFY" if args.trim().is_empty() => Err(ProtocolError::Syntax("VRFY address")),
             b"VRFY" => Ok(Self::Vrfy),
-            b"EXPN" | b"TURN" | b"ETRN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"SEND" | b"SOML"
-            | b"SAML" => Ok(Self::NotImplemented),
+            b"EXPN" | b"TURN" | b"ETRN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => {
+                Ok(Self::NotImplemented)
+            }
             _ => Err(ProtocolError::Unrecognized),
         }
     }
@@ -172,8 +173,7 @@ fn parse_hello(args: &str, usage: &'static str) -> Result<String, ProtocolError>
 /// Strips a case-insensitive keyword such as `FROM:`.
 fn strip_keyword<'a>(args: &'a str, keyword: &str) -> Option<&'a str> {
     let head = args.get(..keyword.len())?;
-    head.eq_ignore_ascii_case(keyword)
-        .then(|| &args[keyword.len()..])
+    head.eq_ignore_ascii_case(keyword).then(|| &args[keyword.len()..])
 }
 
 /// Splits `<path> params` or a bare `path params` into the path text and
@@ -211,10 +211,7 @@ fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, ProtocolError> 
             Some((k, v)) => (k, Some(v)),
             None => (word, None),
         };
-        let valid_keyword = keyword
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
+        let valid_keyword = keyword.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
             && keyword.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !valid_keyword {
             return Err(ProtocolError::Syntax("bad parameter"));
@@ -243,9 +240,7 @@ fn parse_mail(args: &str) -> Result<Command, ProtocolError> {
     for (keyword, value) in parameters(params)? {
         match (keyword.as_str(), value) {
             ("SIZE", Some(v)) => {
-                let size = v
-                    .parse()
-                    .map_err(|_| ProtocolError::Syntax("SIZE=<octets>"))?;
+                let size = v.parse().map_err(|_| ProtocolError::Syntax("SIZE=<octets>"))?;
                 parsed.size = Some(size);
             }
             ("BODY", Some(v)) if v.eq_ignore_ascii_case("7BIT") => parsed.body = BodyType::SevenBit,
@@ -293,7 +288,10 @@ mod tests {
             ("EHLO client.test", Command::Ehlo("client.test".into())),
             ("ehlo [192.0.2.1]", Command::Ehlo("[192.0.2.1]".into())),
             ("HeLo x", Command::Helo("x".into())),
-            ("MAIL FROM:<>", Command::Mail(ReversePath::Null, MailParameters::default())),
+            (
+                "MAIL FROM:<>",
+                Command::Mail(ReversePath::Null, MailParameters::default()),
+            ),
             (
                 "mail from:<a@b.test>",
                 Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
@@ -321,10 +319,22 @@ mod tests {
                 "MAIL FROM:<a@b.test> body=7bit",
                 Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
             ),
-            ("RCPT TO:<c@d.test>", Command::Rcpt(mailbox("c@d.test"), RcptParameters::default())),
-            ("rcpt to:<Postmaster>", Command::Rcpt(mailbox("postmaster@localhost"), RcptParameters::default())),
-            ("RCPT TO:<@hop.test:c@d.test>", Command::Rcpt(mailbox("c@d.test"), RcptParameters::default())),
-            ("RCPT TO:<\"odd>name\"@d.test>", Command::Rcpt(mailbox("\"odd>name\"@d.test"), RcptParameters::default())),
+            (
+                "RCPT TO:<c@d.test>",
+                Command::Rcpt(mailbox("c@d.test"), RcptParameters::default()),
+            ),
+            (
+                "rcpt to:<Postmaster>",
+                Command::Rcpt(mailbox("postmaster@localhost"), RcptParameters::default()),
+            ),
+            (
+                "RCPT TO:<@hop.test:c@d.test>",
+                Command::Rcpt(mailbox("c@d.test"), RcptParameters::default()),
+            ),
+            (
+                "RCPT TO:<\"odd>name\"@d.test>",
+                Command::Rcpt(mailbox("\"odd>name\"@d.test"), RcptParameters::default()),
+            ),
             ("DATA", Command::Data),
             ("rset", Command::Rset),
             ("NOOP", Command::Noop),

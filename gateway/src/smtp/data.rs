@@ -350,14 +350,25 @@ mod tests {
     fn empty_message_ends_at_once() {
         let (out, consumed, outcome) = read(policy(), b".\r\n", 1);
         assert_eq!((out.as_slice(), consumed), (&b""[..], 3));
-        assert!(matches!(outcome, Some(DataOutcome::Complete(MessageInfo { size: 0, .. }))));
+        assert!(matches!(
+            outcome,
+            Some(DataOutcome::Complete(MessageInfo { size: 0, .. }))
+        ));
     }
 
     /// Each smuggling variant from the SMTP smuggling research: none may end
     /// the data; only the real terminator at the end does.
     #[test]
     fn bare_line_endings_never_end_data() {
-        for variant in [&b"\n.\n"[..], b"\r.\r", b"\r\n.\n", b"\n.\r\n", b"\r\r\n.\r\r\n", b"\r\n.\r", b"\n.\r\r\n"] {
+        for variant in [
+            &b"\n.\n"[..],
+            b"\r.\r",
+            b"\r\n.\n",
+            b"\n.\r\n",
+            b"\r\r\n.\r\r\n",
+            b"\r\n.\r",
+            b"\n.\r\r\n",
+        ] {
             let mut input = b"Subject: one\r\n\r\nbody".to_vec();
             input.extend_from_slice(variant);
             input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n");
@@ -367,7 +378,10 @@ mod tests {
             assert!(matches!(outcome, Some(DataOutcome::Complete(_))));
             // The content is canonical: no bare CR or LF remains.
             assert!(is_canonical(&out), "variant {variant:?} left bare line endings");
-            let strict = DataPolicy { bare_line_endings: BareLineEndings::Reject, ..policy() };
+            let strict = DataPolicy {
+                bare_line_endings: BareLineEndings::Reject,
+                ..policy()
+            };
             let (_, _, outcome) = read(strict, &input, 5);
             assert_eq!(outcome, Some(DataOutcome::BareLineEnding), "variant {variant:?}");
         }
@@ -375,7 +389,10 @@ mod tests {
 
     #[test]
     fn oversize_content_is_discarded_but_read_to_the_end() {
-        let small = DataPolicy { max_bytes: 10, ..policy() };
+        let small = DataPolicy {
+            max_bytes: 10,
+            ..policy()
+        };
         let (out, consumed, outcome) = read(small, b"0123456789abc\r\n.\r\nNOOP\r\n", 4);
         assert!(out.len() <= 10);
         assert_eq!(consumed, 18);
@@ -392,7 +409,10 @@ mod tests {
         let (_, _, outcome) = read(policy(), &input, 64);
         assert_eq!(outcome, Some(DataOutcome::LineTooLong));
 
-        let fold = DataPolicy { long_lines: LongLines::Fold, ..policy() };
+        let fold = DataPolicy {
+            long_lines: LongLines::Fold,
+            ..policy()
+        };
         let (out, _, outcome) = read(fold, &input, 64);
         assert!(matches!(outcome, Some(DataOutcome::Complete(_))));
         let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
@@ -408,9 +428,15 @@ mod tests {
     #[test]
     fn detects_eight_bit_content() {
         let (_, _, outcome) = read(policy(), "caf\u{e9}\r\n.\r\n".as_bytes(), 2);
-        assert!(matches!(outcome, Some(DataOutcome::Complete(MessageInfo { eight_bit: true, .. }))));
+        assert!(matches!(
+            outcome,
+            Some(DataOutcome::Complete(MessageInfo { eight_bit: true, .. }))
+        ));
         let (_, _, outcome) = read(policy(), b"cafe\r\n.\r\n", 2);
-        assert!(matches!(outcome, Some(DataOutcome::Complete(MessageInfo { eight_bit: false, .. }))));
+        assert!(matches!(
+            outcome,
+            Some(DataOutcome::Complete(MessageInfo { eight_bit: false, .. }))
+        ));
     }
 
     #[test]
@@ -440,8 +466,19 @@ mod tests {
 
     /// Canonical content: CRLF-terminated lines of printable bytes and dots.
     fn canonical_content() -> impl Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(proptest::collection::vec(prop_oneof![Just(b'.'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40), 0..20)
-            .prop_map(|lines| lines.into_iter().flat_map(|mut l| { l.extend_from_slice(b"\r\n"); l }).collect())
+        proptest::collection::vec(
+            proptest::collection::vec(prop_oneof![Just(b'.'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40),
+            0..20,
+        )
+        .prop_map(|lines| {
+            lines
+                .into_iter()
+                .flat_map(|mut l| {
+                    l.extend_from_slice(b"\r\n");
+                    l
+                })
+                .collect()
+        })
     }
 
     proptest! {

@@ -15,11 +15,7 @@ pub struct EnhancedCode {
 impl EnhancedCode {
     /// Builds a code from its three parts; `class` must be 2, 4 or 5.
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self {
-            class,
-            subject,
-            detail,
-        }
+        Self { class, subject, detail }
     }
 
     /// Parses `"5.7.1"`; `None` unless the class is 2, 4 or 5 and the other
@@ -114,7 +110,11 @@ impl Reply {
         Self {
             code,
             enhanced,
-            lines: if lines.is_empty() { vec![String::new()] } else { lines.into_iter().map(sanitize).collect() },
+            lines: if lines.is_empty() {
+                vec![String::new()]
+            } else {
+                lines.into_iter().map(sanitize).collect()
+            },
         }
     }
 
@@ -344,11 +344,7 @@ impl Reply {
 
     /// `451 4.3.0`: a local error, e.g. the spool write failed.
     pub fn local_error() -> Self {
-        Self::new(
-            451,
-            EnhancedCode::new(4, 3, 0),
-            "Error: local error in processing",
-        )
+        Self::new(451, EnhancedCode::new(4, 3, 0), "Error: local error in processing")
     }
 }
 
@@ -357,9 +353,7 @@ fn sanitize(text: String) -> String {
     if text.chars().all(|c| !c.is_control()) {
         return text;
     }
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 impl fmt::Display for Reply {

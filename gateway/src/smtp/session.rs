@@ -233,9 +233,7 @@ impl Session {
             (_, Command::Ehlo(name)) => greeting(HelloKind::Ehlo, name),
             (_, Command::Helo(name)) => greeting(HelloKind::Helo, name),
             (S::Greeted, Command::Mail(..)) => reply(S::Greeted, Reply::bad_sequence("send HELO/EHLO first")),
-            (S::Ready(hello), Command::Mail(reverse_path, parameters)) => {
-                self.mail(hello, reverse_path, parameters)
-            }
+            (S::Ready(hello), Command::Mail(reverse_path, parameters)) => self.mail(hello, reverse_path, parameters),
             (state @ (S::Mail(..) | S::Rcpt(..)), Command::Mail(..)) => {
                 reply(state, Reply::bad_sequence("nested MAIL command"))
             }
@@ -296,7 +294,10 @@ impl Session {
                 txn.refused += 1;
                 (after_recipient(hello, txn), Step::Reply(reply))
             }
-            None => (State::Pending(Pending::Rcpt(hello, txn, rcpt)), Step::Check(Stage::Rcpt)),
+            None => (
+                State::Pending(Pending::Rcpt(hello, txn, rcpt)),
+                Step::Check(Stage::Rcpt),
+            ),
         }
     }
 
@@ -340,9 +341,7 @@ impl Session {
             P::Connect => (State::Greeted, Step::Reply(Reply::greeting(host))),
             P::Helo(hello) => {
                 let reply = match hello.kind {
-                    HelloKind::Ehlo => {
-                        Reply::ehlo(host, &hello.name, ehlo_keywords(self.config.data.max_bytes))
-                    }
+                    HelloKind::Ehlo => Reply::ehlo(host, &hello.name, ehlo_keywords(self.config.data.max_bytes)),
                     HelloKind::Helo => Reply::helo(host),
                 };
                 (State::Ready(hello), Step::Reply(reply))
@@ -533,7 +532,9 @@ mod tests {
             step = match step {
                 Step::Reply(reply) => {
                     reply.write_to(&mut output);
-                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else { break };
+                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+                        break;
+                    };
                     let line = &rest[..end];
                     rest = &rest[end + 2..];
                     session.command(line)
@@ -596,7 +597,10 @@ mod tests {
             proceed,
         );
         assert!(out.starts_with("220 mx.test ESMTP mailgate\r\n250-mx.test greets client.test\r\n250-PIPELINING\r\n250-SIZE 100\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"));
-        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]);
+        assert_codes(
+            &out,
+            &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+        );
         assert!(out.contains("250 2.0.0 Ok: queued as Q1\r\n"));
         assert_eq!(queued.len(), 1);
         assert_eq!(queued[0].reverse_path, "a@x.test");
@@ -618,7 +622,17 @@ mod tests {
         );
         assert_codes(
             &out,
-            &["220", "503 5.5.1", "250", "503 5.5.1", "503 5.5.1", "250 2.1.0", "503 5.5.1", "503 5.5.1", "221 2.0.0"],
+            &[
+                "220",
+                "503 5.5.1",
+                "250",
+                "503 5.5.1",
+                "503 5.5.1",
+                "250 2.1.0",
+                "503 5.5.1",
+                "503 5.5.1",
+                "221 2.0.0",
+            ],
         );
         assert!(out.contains("503 5.5.1 Error: send HELO/EHLO first"));
         assert!(out.contains("503 5.5.1 Error: need MAIL command"));
@@ -634,7 +648,18 @@ mod tests {
         );
         assert_codes(
             &out,
-            &["220", "250", "500 5.5.2", "555 5.5.4", "501 5.5.4", "250 2.1.0", "555 5.5.4", "501 5.1.3", "502 5.5.1", "221 2.0.0"],
+            &[
+                "220",
+                "250",
+                "500 5.5.2",
+                "555 5.5.4",
+                "501 5.5.4",
+                "250 2.1.0",
+                "555 5.5.4",
+                "501 5.1.3",
+                "502 5.5.1",
+                "221 2.0.0",
+            ],
         );
     }
 
@@ -644,7 +669,10 @@ mod tests {
             b"ehlo c\r\nmail from:<a@x.test>\r\nrcpt to:<b@y.test>\r\ndata\r\nx\r\n.\r\nquit\r\n",
             proceed,
         );
-        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]);
+        assert_codes(
+            &out,
+            &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+        );
         assert_eq!(queued.len(), 1);
     }
 
@@ -656,7 +684,18 @@ mod tests {
         );
         assert_codes(
             &out,
-            &["220", "250 2.0.0", "250 2.0.0", "250", "250 2.1.0", "250 2.0.0", "503 5.5.1", "252 2.0.0", "214 2.0.0", "221 2.0.0"],
+            &[
+                "220",
+                "250 2.0.0",
+                "250 2.0.0",
+                "250",
+                "250 2.1.0",
+                "250 2.0.0",
+                "503 5.5.1",
+                "252 2.0.0",
+                "214 2.0.0",
+                "221 2.0.0",
+            ],
         );
     }
 
@@ -666,7 +705,20 @@ mod tests {
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<1@y.test>\r\nRCPT TO:<2@y.test>\r\nRCPT TO:<3@y.test>\r\nRCPT TO:<4@y.test>\r\nDATA\r\nx\r\n.\r\n",
             proceed,
         );
-        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3", "354", "250 2.0.0"]);
+        assert_codes(
+            &out,
+            &[
+                "220",
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.1.5",
+                "250 2.1.5",
+                "452 4.5.3",
+                "354",
+                "250 2.0.0",
+            ],
+        );
         assert_eq!(queued[0].recipients.len(), 3);
     }
 
@@ -676,7 +728,19 @@ mod tests {
         input.extend(std::iter::repeat_n(b'x', 200));
         input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
         let (out, queued) = transcript(&input, proceed);
-        assert_codes(&out, &["220", "250", "552 5.3.4", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "250 2.0.0"]);
+        assert_codes(
+            &out,
+            &[
+                "220",
+                "250",
+                "552 5.3.4",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354",
+                "552 5.3.4",
+                "250 2.0.0",
+            ],
+        );
         assert!(queued.is_empty());
     }
 
@@ -700,7 +764,21 @@ mod tests {
             "EHLO c\r\nMAIL FROM:<jos\u{e9}@x.test>\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<jos\u{e9}@y.test>\r\nRSET\r\nMAIL FROM:<jos\u{e9}@x.test> SMTPUTF8\r\nRCPT TO:<jos\u{e9}@y.test>\r\nDATA\r\nx\r\n.\r\n".as_bytes(),
             proceed,
         );
-        assert_codes(&out, &["220", "250", "553 5.6.7", "250 2.1.0", "553 5.6.7", "250 2.0.0", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0"]);
+        assert_codes(
+            &out,
+            &[
+                "220",
+                "250",
+                "553 5.6.7",
+                "250 2.1.0",
+                "553 5.6.7",
+                "250 2.0.0",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354",
+                "250 2.0.0",
+            ],
+        );
         assert_eq!(queued[0].recipients, ["jos\u{e9}@y.test"]);
     }
 
@@ -712,7 +790,20 @@ mod tests {
         );
         assert_codes(
             &out,
-            &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
+            &[
+                "220",
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.1.5",
+                "354",
+                "250 2.0.0",
+                "250 2.1.0",
+                "250 2.1.5",
+                "354",
+                "250 2.0.0",
+                "221 2.0.0",
+            ],
         );
         assert_eq!(queued.len(), 2);
         assert_eq!(queued[1].content, b"2\r\n");
@@ -721,7 +812,11 @@ mod tests {
     #[test]
     fn data_after_all_recipients_refused_gets_554() {
         let policy = |stage: Stage, session: &Session| match stage {
-            Stage::Rcpt if session.pending_recipient().is_some_and(|r| r.domain() == "blocked.test") => {
+            Stage::Rcpt
+                if session
+                    .pending_recipient()
+                    .is_some_and(|r| r.domain() == "blocked.test") =>
+            {
                 Decision::Refuse(Reply::relay_denied())
             }
             _ => Decision::Proceed,
@@ -730,7 +825,20 @@ mod tests {
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@blocked.test>\r\nDATA\r\nRCPT TO:<b@ok.test>\r\nRCPT TO:<c@blocked.test>\r\nDATA\r\nx\r\n.\r\n",
             policy,
         );
-        assert_codes(&out, &["220", "250", "250 2.1.0", "554 5.7.1", "554 5.5.1", "250 2.1.5", "554 5.7.1", "354", "250 2.0.0"]);
+        assert_codes(
+            &out,
+            &[
+                "220",
+                "250",
+                "250 2.1.0",
+                "554 5.7.1",
+                "554 5.5.1",
+                "250 2.1.5",
+                "554 5.7.1",
+                "354",
+                "250 2.0.0",
+            ],
+        );
         assert_eq!(queued[0].recipients, ["b@ok.test"]);
     }
 
@@ -744,7 +852,10 @@ mod tests {
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\nMAIL FROM:<a@x.test>\r\n",
             refuse_data,
         );
-        assert_codes(&out, &["220", "250", "250 2.1.0", "250 2.1.5", "354", "550 5.7.1", "250 2.1.0"]);
+        assert_codes(
+            &out,
+            &["220", "250", "250 2.1.0", "250 2.1.5", "354", "550 5.7.1", "250 2.1.0"],
+        );
         assert!(queued.is_empty());
 
         let refuse_connect = |_: Stage, _: &Session| Decision::Refuse(Reply::unavailable("mx.test"));
@@ -761,7 +872,10 @@ mod tests {
 
     #[test]
     fn ehlo_resets_the_transaction() {
-        let (out, _) = transcript(b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nEHLO d\r\nRCPT TO:<b@y.test>\r\n", proceed);
+        let (out, _) = transcript(
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nEHLO d\r\nRCPT TO:<b@y.test>\r\n",
+            proceed,
+        );
         assert_codes(&out, &["220", "250", "250 2.1.0", "250", "503 5.5.1"]);
     }
 

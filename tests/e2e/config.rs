@@ -1,0 +1,74 @@
+//! Configuration: every invalid fixture fails with its snapshot error
+//! (file, line, column, key), `mailgate check` exits 64 on a bad file, and
+//! the quickstart configuration in the repository is valid.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use mailgate::config::Config;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/config")
+}
+
+/// Compares each `invalid/*.toml` error with `invalid/*.err`. Run with
+/// `UPDATE_SNAPSHOTS=1` to rewrite the snapshots after a deliberate change.
+#[test]
+fn invalid_configs_fail_with_their_snapshot_errors() -> Result<()> {
+    let dir = fixtures().join("invalid");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let error = match Config::load(&path) {
+            Ok(_) => anyhow::bail!("{} loaded without error", path.display()),
+            Err(e) => e.to_string().replace(&path.display().to_string(), "<file>"),
+        };
+        let snapshot = path.with_extension("err");
+        if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&snapshot, format!("{error}\n"))?;
+        }
+        let expected =
+            std::fs::read_to_string(&snapshot).with_context(|| format!("missing snapshot {}", snapshot.display()))?;
+        assert_eq!(error, expected.trim_end(), "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} fixtures");
+    Ok(())
+}
+
+#[test]
+fn quickstart_config_is_valid() -> Result<()> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quickstart/mailgate.toml");
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:2525");
+    Ok(())
+}
+
+#[test]
+fn check_command_reports_errors_and_exits_64() -> Result<()> {
+    let binary = env!("CARGO_BIN_EXE_mailgate-e2e");
+    let bad = fixtures().join("invalid/unknown-key.toml");
+    let output = std::process::Command::new(binary)
+        .args(["check", "--config"])
+        .arg(&bad)
+        .output()?;
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown-key.toml:"), "{stderr}");
+
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quickstart/mailgate.toml");
+    let output = std::process::Command::new(binary)
+        .args(["check", "--config"])
+        .arg(&good)
+        .output()?;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

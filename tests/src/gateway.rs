@@ -1,0 +1,286 @@
+//! `Gateway`: the real server started in-process on 127.0.0.1:0 with a
+//! temporary spool, configured through a real TOML file; and
+//! `GatewayProcess`: the real binary as a child process, for the tests
+//! that kill it.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use mailgate::config::Config;
+use tempfile::TempDir;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::wait_until;
+
+/// Builds a test configuration, section by section. Defaults: host name
+/// `gw.test`, a listener on 127.0.0.1:0, short retries, and no routes.
+#[derive(Clone, Debug, Default)]
+pub struct Setup {
+    server: Vec<String>,
+    smtp: Vec<String>,
+    relay: Vec<String>,
+    delivery: Vec<String>,
+    routes: String,
+}
+
+impl Setup {
+    /// A fresh setup.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a `key = value` line to `[server]`.
+    pub fn server(mut self, line: &str) -> Self {
+        self.server.push(line.to_owned());
+        self
+    }
+
+    /// Adds a `key = value` line to `[smtp]`.
+    pub fn smtp(mut self, line: &str) -> Self {
+        self.smtp.push(line.to_owned());
+        self
+    }
+
+    /// Adds a `key = value` line to `[relay]`.
+    pub fn relay(mut self, line: &str) -> Self {
+        self.relay.push(line.to_owned());
+        self
+    }
+
+    /// Adds a `key = value` line to `[delivery]`.
+    pub fn delivery(mut self, line: &str) -> Self {
+        self.delivery.push(line.to_owned());
+        self
+    }
+
+    /// Routes `domains` to a smarthost.
+    pub fn route_to(mut self, domains: &str, smarthost: SocketAddr) -> Self {
+        let _ = write!(
+            self.routes,
+            "[[route]]\ndomains = [{domains}]\nsmarthost = \"{smarthost}\"\n"
+        );
+        self
+    }
+
+    /// Routes everything to a smarthost.
+    pub fn route_all_to(self, smarthost: SocketAddr) -> Self {
+        self.route_to("\"*\"", smarthost)
+    }
+
+    /// Routes `domains` to a maildir.
+    pub fn route_to_maildir(mut self, domains: &str, dir: &Path) -> Self {
+        let _ = write!(
+            self.routes,
+            "[[route]]\ndomains = [{domains}]\nmaildir = \"{}\"\n",
+            dir.display()
+        );
+        self
+    }
+
+    /// The TOML text, with the spool under `dir`.
+    pub fn render(&self, dir: &Path) -> String {
+        let mut text = String::new();
+        let section = |text: &mut String, name: &str, defaults: &[&str], lines: &[String]| {
+            let _ = writeln!(text, "[{name}]");
+            for default in defaults {
+                let key = default.split('=').next().unwrap_or("").trim();
+                if !lines.iter().any(|l| l.split('=').next().unwrap_or("").trim() == key) {
+                    let _ = writeln!(text, "{default}");
+                }
+            }
+            for line in lines {
+                let _ = writeln!(text, "{line}");
+            }
+        };
+        let spool = format!("spool_dir = \"{}\"", dir.join("spool").display());
+        section(
+            &mut text,
+            "server",
+            &["hostname = \"gw.test\"", &spool, "shutdown_grace_period = \"5s\""],
+            &self.server,
+        );
+        text.push_str("[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\n");
+        section(&mut text, "smtp", &[], &self.smtp);
+        section(&mut text, "relay", &[], &self.relay);
+        section(
+            &mut text,
+            "delivery",
+            &[
+                "retry_initial = \"200ms\"",
+                "retry_max = \"1s\"",
+                "connect_timeout = \"2s\"",
+                "command_timeout = \"10s\"",
+            ],
+            &self.delivery,
+        );
+        text.push_str(&self.routes);
+        text
+    }
+
+    /// Starts the gateway in-process.
+    pub async fn start(self) -> Result<Gateway> {
+        let dir = tempfile::tempdir()?;
+        Gateway::start_in(self, dir).await
+    }
+}
+
+/// The gateway running in this process.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The SMTP listener's address.
+    pub addr: SocketAddr,
+    /// Holds the spool and config; removed on drop.
+    pub dir: TempDir,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), mailgate::StartError>>>,
+}
+
+impl Gateway {
+    /// Starts with `setup`, keeping files in `dir`.
+    pub async fn start_in(setup: Setup, dir: TempDir) -> Result<Self> {
+        crate::init_logging();
+        let path = dir.path().join("mailgate.toml");
+        std::fs::write(&path, setup.render(dir.path()))?;
+        let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let listeners = mailgate::bind(&config).await?;
+        let addr = listeners.first().context("no listener")?.socket.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(mailgate::run(config, listeners, shutdown.clone()));
+        Ok(Self {
+            addr,
+            dir,
+            shutdown,
+            task: Some(task),
+        })
+    }
+
+    /// The spool directory.
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// Messages currently in the spool queue.
+    pub fn queued(&self) -> usize {
+        count_queued(&self.spool())
+    }
+
+    /// Stops the gateway and waits for it to finish draining.
+    pub async fn stop(mut self) -> Result<TempDir> {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(std::mem::replace(&mut self.dir, tempfile::tempdir()?))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Messages in a spool's queue directory.
+pub fn count_queued(spool: &Path) -> usize {
+    std::fs::read_dir(spool.join("queue"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".msg"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The real `mailgate` binary as a child process.
+#[derive(Debug)]
+pub struct GatewayProcess {
+    child: Child,
+    /// The SMTP listener's address, read from the log.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl GatewayProcess {
+    /// Runs `binary run --config config` and waits until it listens.
+    pub async fn start(binary: &Path, config: &Path) -> Result<Self> {
+        let mut child = Command::new(binary)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let stderr = child.stderr.take().context("no stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let log = Arc::clone(&log);
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("[mailgate] {line}");
+                    log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
+                }
+            });
+        }
+        let mut process = Self {
+            child,
+            addr: "0.0.0.0:0".parse()?,
+            log,
+        };
+        wait_until(Duration::from_secs(30), || process.listening_address().is_some())
+            .await
+            .context("the gateway did not start listening")?;
+        process.addr = process.listening_address().context("no address")?;
+        Ok(process)
+    }
+
+    fn listening_address(&self) -> Option<SocketAddr> {
+        let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.iter()
+            .filter(|l| l.contains("listening"))
+            .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for the exit status.
+    pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+}

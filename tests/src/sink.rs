@@ -1,0 +1,322 @@
+//! `SinkServer`: a real SMTP server on loopback that records what the
+//! gateway relays. Its DATA parsing is written independently of the
+//! gateway's, so a bug in one cannot hide a bug in the other.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// One message as the sink received it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The MAIL FROM path, without brackets (empty for the null sender).
+    pub mail_from: String,
+    /// The parameters of MAIL FROM, as sent.
+    pub mail_params: String,
+    /// The accepted RCPT TO paths, without brackets.
+    pub rcpt_to: Vec<String>,
+    /// The DATA section as it crossed the wire, final `.` line included.
+    pub raw: Vec<u8>,
+    /// The content with dot-stuffing undone and the final `.` line removed.
+    pub content: Vec<u8>,
+}
+
+impl Received {
+    /// The content as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.content).into_owned()
+    }
+
+    /// The content with the first header removed if it is our `Received:`
+    /// trace header (and its continuation lines).
+    pub fn without_trace(&self) -> Vec<u8> {
+        let content = &self.content;
+        if !content.starts_with(b"Received: ") {
+            return content.clone();
+        }
+        let mut pos = 0;
+        loop {
+            let Some(end) = content[pos..].windows(2).position(|w| w == b"\r\n") else {
+                return Vec::new();
+            };
+            pos += end + 2;
+            if !matches!(content.get(pos), Some(b' ' | b'\t')) {
+                return content[pos..].to_vec();
+            }
+        }
+    }
+}
+
+/// How the sink answers; change it while tests run.
+#[derive(Clone, Debug)]
+pub struct Behavior {
+    /// Replies for specific recipients (lower case), e.g. `"550 5.1.1 no such user"`.
+    pub rcpt_replies: HashMap<String, String>,
+    /// Answer `451 4.3.0` to this many MAIL commands, then accept.
+    pub tempfail_mail: usize,
+    /// Close this many connections right after accepting them, then serve.
+    pub drop_connections: usize,
+    /// Offer PIPELINING.
+    pub pipelining: bool,
+    /// Offer 8BITMIME and SMTPUTF8.
+    pub eight_bit: bool,
+    /// Answer MAIL with this (every time) instead of 250.
+    pub mail_reply: Option<String>,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Self {
+            rcpt_replies: HashMap::new(),
+            tempfail_mail: 0,
+            drop_connections: 0,
+            pipelining: true,
+            eight_bit: true,
+            mail_reply: None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    messages: Vec<Received>,
+    connections: usize,
+    mail_commands: usize,
+}
+
+/// The recording SMTP server.
+#[derive(Debug)]
+pub struct SinkServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    behavior: Arc<Mutex<Behavior>>,
+    task: JoinHandle<()>,
+}
+
+impl SinkServer {
+    /// Starts a sink on 127.0.0.1 with a free port.
+    pub async fn start() -> Result<Self> {
+        Self::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    /// Starts a sink on `addr`.
+    pub async fn start_on(addr: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind(addr).await.context("binding the sink")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let behavior = Arc::new(Mutex::new(Behavior::default()));
+        let task = {
+            let (state, behavior) = (Arc::clone(&state), Arc::clone(&behavior));
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (state, behavior) = (Arc::clone(&state), Arc::clone(&behavior));
+                    tokio::spawn(async move {
+                        let _ = serve(stream, state, behavior).await;
+                    });
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            state,
+            behavior,
+            task,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Changes how it answers.
+    pub fn behave(&self, change: impl FnOnce(&mut Behavior)) {
+        change(&mut lock(&self.behavior));
+    }
+
+    /// Everything received so far.
+    pub fn messages(&self) -> Vec<Received> {
+        lock(&self.state).messages.clone()
+    }
+
+    /// How many messages were received.
+    pub fn count(&self) -> usize {
+        lock(&self.state).messages.len()
+    }
+
+    /// How many connections were accepted.
+    pub fn connections(&self) -> usize {
+        lock(&self.state).connections
+    }
+
+    /// How many MAIL commands were seen (each delivery attempt sends one).
+    pub fn mail_commands(&self) -> usize {
+        lock(&self.state).mail_commands
+    }
+}
+
+impl Drop for SinkServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<Behavior>>) -> Result<()> {
+    {
+        lock(&state).connections += 1;
+        let mut b = lock(&behavior);
+        if b.drop_connections > 0 {
+            b.drop_connections -= 1;
+            return Ok(());
+        }
+    }
+    let mut stream = BufReader::new(stream);
+    stream.get_mut().write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+    let mut mail_from = String::new();
+    let mut mail_params = String::new();
+    let mut rcpt_to: Vec<String> = Vec::new();
+    let mut in_transaction = false;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if stream.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+        let upper = text.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            let b = lock(&behavior).clone();
+            let mut reply = String::from("250-sink.test\r\n");
+            if b.pipelining {
+                reply.push_str("250-PIPELINING\r\n");
+            }
+            if b.eight_bit {
+                reply.push_str("250-8BITMIME\r\n250-SMTPUTF8\r\n");
+            }
+            reply.push_str("250 SIZE 100000000");
+            reply
+        } else if upper.starts_with("HELO") {
+            "250 sink.test".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            let mut b = lock(&behavior);
+            lock(&state).mail_commands += 1;
+            if b.tempfail_mail > 0 {
+                b.tempfail_mail -= 1;
+                "451 4.3.0 try again later".into()
+            } else if let Some(reply) = &b.mail_reply {
+                reply.clone()
+            } else {
+                let (path, params) = split_path(&text["MAIL FROM:".len()..]);
+                mail_from = path;
+                mail_params = params;
+                rcpt_to.clear();
+                in_transaction = true;
+                "250 2.1.0 ok".into()
+            }
+        } else if upper.starts_with("RCPT TO:") && !in_transaction {
+            "503 5.5.1 need MAIL".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let (path, _) = split_path(&text["RCPT TO:".len()..]);
+            let configured = lock(&behavior).rcpt_replies.get(&path.to_lowercase()).cloned();
+            match configured {
+                Some(reply) => reply,
+                None => {
+                    rcpt_to.push(path);
+                    "250 2.1.5 ok".into()
+                }
+            }
+        } else if upper == "DATA" {
+            if !in_transaction {
+                "503 5.5.1 need MAIL".into()
+            } else if rcpt_to.is_empty() {
+                "554 5.5.1 no valid recipients".into()
+            } else {
+                stream.get_mut().write_all(b"354 go ahead\r\n").await?;
+                let raw = read_data(&mut stream).await?;
+                let content = unstuff(&raw);
+                lock(&state).messages.push(Received {
+                    mail_from: mail_from.clone(),
+                    mail_params: mail_params.clone(),
+                    rcpt_to: std::mem::take(&mut rcpt_to),
+                    raw,
+                    content,
+                });
+                in_transaction = false;
+                "250 2.0.0 ok: queued".into()
+            }
+        } else if upper == "RSET" {
+            rcpt_to.clear();
+            in_transaction = false;
+            "250 2.0.0 ok".into()
+        } else if upper == "NOOP" {
+            "250 2.0.0 ok".into()
+        } else if upper == "QUIT" {
+            stream.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+            return Ok(());
+        } else {
+            "500 5.5.2 unrecognized".into()
+        };
+        stream.get_mut().write_all(format!("{reply}\r\n").as_bytes()).await?;
+    }
+}
+
+fn split_path(rest: &str) -> (String, String) {
+    let rest = rest.trim_start();
+    match (rest.find('<'), rest.find('>')) {
+        (Some(open), Some(close)) if open < close => {
+            (rest[open + 1..close].to_owned(), rest[close + 1..].trim().to_owned())
+        }
+        _ => (rest.to_owned(), String::new()),
+    }
+}
+
+/// Reads until a line that is exactly `.` terminated by CRLF, at the start
+/// of the data or after a CRLF.
+async fn read_data(stream: &mut BufReader<TcpStream>) -> Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    // Bytes before this offset have been searched for the terminator.
+    let mut searched: usize = 0;
+    loop {
+        let end = if raw.starts_with(b".\r\n") {
+            Some(3)
+        } else {
+            let from = searched.saturating_sub(4);
+            raw[from..]
+                .windows(5)
+                .position(|w| w == b"\r\n.\r\n")
+                .map(|p| from + p + 5)
+        };
+        if let Some(end) = end {
+            if end != raw.len() {
+                anyhow::bail!("client sent bytes after the final dot without waiting");
+            }
+            return Ok(raw);
+        }
+        searched = raw.len();
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            anyhow::bail!("connection closed during DATA");
+        }
+        raw.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Removes the final `.` line and one leading dot from every line.
+fn unstuff(raw: &[u8]) -> Vec<u8> {
+    let body = raw.strip_suffix(b".\r\n").unwrap_or(raw);
+    let mut out = Vec::with_capacity(body.len());
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}
