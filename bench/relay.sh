@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# End-to-end relay throughput, mailgate against Postfix in the same run:
+#
+#   smtp-source --(SESSIONS parallel sessions)--> relay --> smtp-sink
+#
+# For each relay a fresh smtp-sink is started with -M MESSAGES (it exits when
+# the last message has arrived downstream); the figure is MESSAGES divided by
+# the time from the start of smtp-source to the exit of smtp-sink, so it
+# counts only mail that crossed the relay, durably spooled on the way
+# (mailgate fsyncs before its 250; Postfix does the same by default).
+#
+# Usage: bench/relay.sh            (MESSAGES=10000 SESSIONS=20 SIZE=1024 RCPTS=1)
+# Needs: root (a private Postfix instance), Debian's postfix package for
+# smtp-source, smtp-sink and postfix itself; installed if missing.
+set -euo pipefail
+
+MESSAGES=${MESSAGES:-10000}
+SESSIONS=${SESSIONS:-20}
+SIZE=${SIZE:-1024}
+RCPTS=${RCPTS:-1}
+RELAYS=${RELAYS:-"mailgate postfix"}
+
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+fi
+cargo build --release --locked -p mailgate --quiet
+mailgate=$root/target/release/mailgate
+
+work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
+chmod 755 "$work" # Postfix's daemons run as the postfix user
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    [ -d "$work/postfix/conf" ] && postfix -c "$work/postfix/conf" stop >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+sink_port=$(free_port)
+mailgate_port=$(free_port)
+postfix_port=$(free_port)
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    echo "nothing listening on port $1" >&2
+    return 1
+}
+
+start_mailgate() {
+    mkdir -p "$work/mailgate"
+    cat >"$work/mailgate/mailgate.toml" <<EOF
+[server]
+hostname = "bench.mailgate.test"
+spool_dir = "$work/mailgate/spool"
+max_connections = 1000
+
+[[listener]]
+name = "bench"
+address = "127.0.0.1:$mailgate_port"
+
+[relay]
+trusted_networks = ["127.0.0.0/8"]
+
+[[route]]
+domains = ["*"]
+smarthost = "127.0.0.1:$sink_port"
+EOF
+    "$mailgate" run --config "$work/mailgate/mailgate.toml" 2>"$work/mailgate/log" &
+    mailgate_pid=$!
+    pids+=("$mailgate_pid")
+    wait_port "$mailgate_port"
+}
+
+start_postfix() {
+    local pf=$work/postfix
+    mkdir -p "$pf/conf"
+    cp /etc/postfix/master.cf "$pf/conf/master.cf"
+    cat >"$pf/conf/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $pf/queue
+data_directory = $pf/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = bench.postfix.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+relayhost = [127.0.0.1]:$sink_port
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+maillog_file = $pf/maillog
+maillog_file_prefixes = $pf
+default_process_limit = 200
+EOF
+    mkdir -p "$pf/queue" "$pf/data"
+    # Listen on our port instead of 25; no chroot (the queue is not in /var/spool).
+    postconf -c "$pf/conf" -M# smtp/inet >/dev/null
+    postconf -c "$pf/conf" -M "127.0.0.1:$postfix_port/inet=127.0.0.1:$postfix_port inet n - n - - smtpd"
+    postconf -c "$pf/conf" -F '*/*/chroot = n'
+    postfix -c "$pf/conf" set-permissions >/dev/null 2>&1 || true
+    if ! postfix -c "$pf/conf" start >/dev/null 2>&1; then
+        echo "postfix did not start:" >&2
+        tail -5 "$pf/maillog" >&2
+        return 1
+    fi
+    wait_port "$postfix_port"
+}
+
+# CPU seconds (user + system) a process has used so far.
+cpu_seconds() {
+    python3 -c "import os; f=open('/proc/$1/stat').read().rsplit(')',1)[1].split(); print((int(f[11])+int(f[12]))/os.sysconf('SC_CLK_TCK'))"
+}
+
+# Runs one measurement against the relay on $1; prints "msgs/s injection_s arrival_s".
+measure() {
+    local port=$1
+    smtp-sink -u postfix -M "$MESSAGES" -4 "127.0.0.1:$sink_port" 1024 &
+    local sink=$!
+    wait_port "$sink_port"
+    local recipients=()
+    if [ "$RCPTS" -gt 1 ]; then recipients=(-r "$RCPTS"); fi
+    local start end_inject end_arrive
+    start=$(date +%s.%N)
+    smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" "${recipients[@]}" \
+        -f sender@bench.test -t rcpt@dest.test "127.0.0.1:$port"
+    end_inject=$(date +%s.%N)
+    wait "$sink"
+    end_arrive=$(date +%s.%N)
+    python3 -c "
+s, i, a = $start, $end_inject, $end_arrive
+print(f'{$MESSAGES / (a - s):.0f} {i - s:.2f} {a - s:.2f}')"
+}
+
+echo "workload: $MESSAGES messages x $SIZE bytes, $RCPTS recipient(s), $SESSIONS sessions"
+echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+declare -A rate
+for relay in $RELAYS; do
+    case $relay in
+        mailgate) start_mailgate; port=$mailgate_port ;;
+        postfix) start_postfix; port=$postfix_port ;;
+        *) echo "unknown relay $relay" >&2; exit 2 ;;
+    esac
+    cpu_before=0
+    [ "$relay" = mailgate ] && cpu_before=$(cpu_seconds "$mailgate_pid")
+    read -r msgs inject arrive < <(measure "$port")
+    rate[$relay]=$msgs
+    printf '%-9s %6s msg/s end to end  (all injected after %ss, all arrived after %ss)\n' "$relay" "$msgs" "$inject" "$arrive"
+    if [ "$relay" = mailgate ]; then
+        python3 -c "print(f'          mailgate used {($(cpu_seconds "$mailgate_pid") - $cpu_before) * 1000 / $MESSAGES:.2f} ms of CPU per message')"
+    fi
+done
+if [ -n "${rate[mailgate]:-}" ] && [ -n "${rate[postfix]:-}" ]; then
+    python3 -c "print(f'ratio mailgate/postfix: {${rate[mailgate]} / ${rate[postfix]}:.2f}')"
+fi
