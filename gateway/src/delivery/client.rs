@@ -280,12 +280,7 @@ impl SmtpClient {
         let mut remaining = content_len;
         while remaining > 0 {
             let want = usize::try_from(remaining).unwrap_or(BLOCK).min(BLOCK);
-            let n = content.read(&mut chunk[..want]).await.map_err(|e| {
-                DeliveryError::Spool(crate::queue::SpoolError::Io {
-                    path: "content".into(),
-                    source: e,
-                })
-            })?;
+            let n = content.read(&mut chunk[..want]).await.map_err(DeliveryError::Content)?;
             if n == 0 {
                 return Err(DeliveryError::Protocol("spooled content ended early".into()));
             }

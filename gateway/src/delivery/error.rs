@@ -58,9 +58,12 @@ pub enum DeliveryError {
         /// What is missing.
         reason: String,
     },
-    /// The spool could not be read.
+    /// The spool could not be opened.
     #[error("spool: {0}")]
     Spool(#[from] crate::queue::SpoolError),
+    /// Reading the spooled content failed mid-way.
+    #[error("reading the spooled message: {0}")]
+    Content(io::Error),
     /// Writing the maildir failed.
     #[error("maildir delivery failed: {0}")]
     Maildir(io::Error),
@@ -95,7 +98,7 @@ impl DeliveryError {
             Self::Resolve { .. } => EnhancedCode::new(4, 4, 3),
             Self::Connect { .. } | Self::Timeout(_) => EnhancedCode::new(4, 4, 1),
             Self::Io { .. } | Self::Protocol(_) => EnhancedCode::new(4, 4, 2),
-            Self::Spool(_) | Self::Maildir(_) => EnhancedCode::new(4, 3, 0),
+            Self::Spool(_) | Self::Content(_) | Self::Maildir(_) => EnhancedCode::new(4, 3, 0),
         }
     }
 

@@ -53,6 +53,12 @@ pub enum SpoolError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another process has the spool open.
+    #[error("spool {} is in use by another mailgate process", path.display())]
+    Locked {
+        /// The spool directory.
+        path: PathBuf,
+    },
     /// A blocking task was cancelled (the runtime is shutting down).
     #[error("spool task cancelled")]
     Cancelled,
@@ -85,11 +91,15 @@ pub struct Spool {
     queue: PathBuf,
     corrupt: PathBuf,
     dir_sync: DirSync,
+    /// Held while the spool is open: a second gateway on the same spool
+    /// would delete this one's messages in progress.
+    _lock: File,
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `root` and clears `incoming/`.
-    /// Must be called inside a tokio runtime (it starts the group-commit task).
+    /// Opens (creating if needed) the spool at `root`, takes its lock, and
+    /// clears `incoming/`. Must be called inside a tokio runtime (it starts
+    /// the group-commit task).
     pub fn open(root: &Path) -> Result<Self, SpoolError> {
         let incoming = root.join("incoming");
         let queue = root.join("queue");
@@ -97,6 +107,7 @@ impl Spool {
         for dir in [&incoming, &queue, &corrupt] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
+        let lock = lock_spool(root)?;
         for entry in fs::read_dir(&incoming).map_err(io_error(&incoming))? {
             let path = entry.map_err(io_error(&incoming))?.path();
             fs::remove_file(&path).map_err(io_error(&path))?;
@@ -107,6 +118,7 @@ impl Spool {
             incoming,
             queue,
             corrupt,
+            _lock: lock,
         })
     }
 
@@ -280,6 +292,23 @@ impl Spool {
     }
 }
 
+/// Takes an exclusive lock on `root/lock`; released when the file is closed,
+/// including when the process dies.
+fn lock_spool(root: &Path) -> Result<File, SpoolError> {
+    let path = root.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SpoolError::Locked { path: root.to_owned() }),
+        Err(e) => Err(SpoolError::Io { path, source: e.into() }),
+    }
+}
+
 fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
     match result {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -326,13 +355,12 @@ fn read_trailer(file: &mut File) -> Result<(u64, Envelope), String> {
     file.seek(SeekFrom::Start(len - FOOTER_LEN))
         .map_err(|e| e.to_string())?;
     file.read_exact(&mut footer).map_err(|e| e.to_string())?;
-    let field = |range: std::ops::Range<usize>| footer[range].to_vec();
     if &footer[..4] != MAGIC {
         return Err("bad footer magic".into());
     }
-    let content_len = u64::from_le_bytes(field(4..12).try_into().map_err(|_| "footer")?);
-    let json_len = u64::from(u32::from_le_bytes(field(12..16).try_into().map_err(|_| "footer")?));
-    let crc = u32::from_le_bytes(field(16..20).try_into().map_err(|_| "footer")?);
+    let content_len = u64::from_le_bytes(array(&footer[4..12]));
+    let json_len = u64::from(u32::from_le_bytes(array(&footer[12..16])));
+    let crc = u32::from_le_bytes(array(&footer[16..20]));
     if content_len
         .checked_add(json_len)
         .and_then(|n| n.checked_add(FOOTER_LEN))
@@ -348,6 +376,15 @@ fn read_trailer(file: &mut File) -> Result<(u64, Envelope), String> {
     }
     let envelope = serde_json::from_slice(&json).map_err(|e| format!("envelope: {e}"))?;
     Ok((content_len, envelope))
+}
+
+/// The fixed-size array at the start of `bytes` (zero-padded if short).
+fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    for (slot, byte) in out.iter_mut().zip(bytes) {
+        *slot = *byte;
+    }
+    out
 }
 
 /// A message being written into `incoming/`. Dropped without commit, it
@@ -509,6 +546,7 @@ mod tests {
         }
         spool.commit(big, envelope()).await.unwrap();
 
+        drop(spool);
         let reopened = Spool::open(dir.path()).unwrap();
         let (messages, problems) = reopened.scan().unwrap();
         assert!(problems.is_empty());
@@ -520,6 +558,15 @@ mod tests {
         assert_eq!(big.content_len, 500_000);
         let head = reopened.read_head(small, 1000).await.unwrap();
         assert_eq!(head, b"Subject: small\r\n\r\nhi\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_spool_is_opened_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(dir.path()).unwrap();
+        assert!(matches!(Spool::open(dir.path()), Err(SpoolError::Locked { .. })));
+        drop(first);
+        Spool::open(dir.path()).unwrap();
     }
 
     #[tokio::test]

@@ -276,7 +276,45 @@ fn parse_rcpt(args: &str) -> Result<Command, ProtocolError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        #[test]
+        fn no_input_panics_the_parser(line in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Command::parse(&line);
+        }
+
+        #[test]
+        fn rendered_mail_parses_back(
+            local in "[a-z0-9][a-z0-9.+_-]{0,20}",
+            domain in "[a-z0-9]{1,10}(\\.[a-z]{2,5}){1,2}",
+            size in proptest::option::of(0u64..1 << 40),
+            eight_bit in any::<bool>(),
+            smtputf8 in any::<bool>(),
+        ) {
+            let mut line = format!("MAIL FROM:<{local}@{domain}>");
+            if let Some(size) = size {
+                line.push_str(&format!(" SIZE={size}"));
+            }
+            if eight_bit {
+                line.push_str(" BODY=8BITMIME");
+            }
+            if smtputf8 {
+                line.push_str(" SMTPUTF8");
+            }
+            let expected = Command::Mail(
+                ReversePath::Mailbox(Mailbox::parse(&format!("{local}@{domain}")).unwrap()),
+                MailParameters {
+                    size,
+                    body: if eight_bit { BodyType::EightBitMime } else { BodyType::SevenBit },
+                    smtputf8,
+                },
+            );
+            prop_assert_eq!(Command::parse(line.as_bytes()), Ok(expected));
+        }
+    }
 
     fn mailbox(text: &str) -> Mailbox {
         Mailbox::parse(text).unwrap()

@@ -491,6 +491,8 @@ fn line_limit(line: &[u8]) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::smtp::data::{BareLineEndings, Feed, LongLines};
 
@@ -588,6 +590,35 @@ mod tests {
             })
             .collect();
         assert_eq!(got, expected, "full output:\n{output}");
+    }
+
+    /// Pieces of client input: real commands, line ends, DATA terminators
+    /// and raw garbage, so that random sequences reach every state.
+    fn client_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"EHLO c\r\n".to_vec()),
+            Just(b"HELO c\r\n".to_vec()),
+            Just(b"MAIL FROM:<a@x.test>\r\n".to_vec()),
+            Just(b"RCPT TO:<b@y.test>\r\n".to_vec()),
+            Just(b"DATA\r\n".to_vec()),
+            Just(b"\r\n.\r\n".to_vec()),
+            Just(b"RSET\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn no_input_panics_the_session(input in client_bytes()) {
+            let (output, _) = transcript(&input, proceed);
+            // Every reply line is well formed.
+            for line in output.split_terminator("\r\n") {
+                prop_assert!(line.len() >= 4 && line.as_bytes()[..3].iter().all(u8::is_ascii_digit), "{line:?}");
+            }
+        }
     }
 
     #[test]
