@@ -221,6 +221,7 @@ impl Checker<'_> {
             timeouts: ClientTimeouts {
                 connect: d.connect_timeout.0,
                 command: d.command_timeout.0,
+                data_init: d.data_init_timeout.0,
                 data: d.data_timeout.0,
                 data_done: d.data_done_timeout.0,
             },

@@ -151,7 +151,9 @@ pub struct RawDelivery {
     pub connect_timeout: HumanDuration,
     /// `command_timeout`: greeting, EHLO, MAIL, RCPT replies; default `"5m"`.
     pub command_timeout: HumanDuration,
-    /// `data_timeout`: the 354 reply and each block written; default `"3m"`.
+    /// `data_init_timeout`: the 354 reply to DATA; default `"2m"`.
+    pub data_init_timeout: HumanDuration,
+    /// `data_timeout`: each block of content written; default `"3m"`.
     pub data_timeout: HumanDuration,
     /// `data_done_timeout`: the reply after the final dot; default `"10m"`.
     pub data_done_timeout: HumanDuration,
@@ -166,6 +168,7 @@ impl Default for RawDelivery {
             max_age: minutes(5 * 24 * 60),
             connect_timeout: HumanDuration(std::time::Duration::from_secs(30)),
             command_timeout: minutes(5),
+            data_init_timeout: minutes(2),
             data_timeout: minutes(3),
             data_done_timeout: minutes(10),
         }

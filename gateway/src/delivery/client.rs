@@ -152,7 +152,7 @@ impl SmtpClient {
             Some(reply) => reply,
             None => {
                 self.write("DATA", b"DATA\r\n").await?;
-                self.read_reply("DATA", self.timeouts.data).await?
+                self.read_reply("DATA", self.timeouts.data_init).await?
             }
         };
         if data_reply.code() != 354 {
@@ -236,7 +236,7 @@ impl SmtpClient {
         for _ in rcpts {
             rcpt_replies.push(self.read_reply("RCPT", self.timeouts.command).await?);
         }
-        let data_reply = self.read_reply("DATA", self.timeouts.data).await?;
+        let data_reply = self.read_reply("DATA", self.timeouts.data_init).await?;
         Ok((mail_reply, rcpt_replies, Some(data_reply)))
     }
 

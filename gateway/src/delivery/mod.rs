@@ -42,7 +42,9 @@ pub struct ClientTimeouts {
     pub connect: Duration,
     /// The greeting and the replies to EHLO, MAIL, RCPT, RSET, QUIT.
     pub command: Duration,
-    /// The 354 reply, and each block of content written.
+    /// The 354 reply to DATA.
+    pub data_init: Duration,
+    /// Each block of content written.
     pub data: Duration,
     /// The reply after the final dot.
     pub data_done: Duration,

@@ -902,6 +902,89 @@ mod tests {
     }
 
     #[test]
+    fn timeout_and_shutdown_close_with_421() {
+        let connection = ConnectionInfo {
+            peer: "192.0.2.1:4000".parse().unwrap(),
+            local: "192.0.2.2:25".parse().unwrap(),
+            listener: "test".into(),
+        };
+        let (mut session, _) = Session::new(config(), connection.clone());
+        let _ = session.decide(Decision::Proceed);
+        let Step::Close(reply) = session.timeout() else {
+            panic!("timeout must close")
+        };
+        assert_eq!(reply.one_line(), "421 4.4.2 mx.test Error: timeout exceeded");
+        let (mut session, _) = Session::new(config(), connection);
+        let _ = session.decide(Decision::Proceed);
+        let Step::Close(reply) = session.shutdown() else {
+            panic!("shutdown must close")
+        };
+        assert_eq!(
+            reply.one_line(),
+            "421 4.3.2 mx.test Service not available, closing transmission channel"
+        );
+    }
+
+    #[test]
+    fn data_outcomes_map_to_their_replies() {
+        let connection = ConnectionInfo {
+            peer: "192.0.2.1:4000".parse().unwrap(),
+            local: "192.0.2.2:25".parse().unwrap(),
+            listener: "test".into(),
+        };
+        for (outcome, expected) in [
+            (DataOutcome::TooBig, "552 5.3.4"),
+            (DataOutcome::BareLineEnding, "550 5.6.0"),
+            (DataOutcome::LineTooLong, "550 5.6.0"),
+        ] {
+            let (mut session, _) = Session::new(config(), connection.clone());
+            let _ = session.decide(Decision::Proceed);
+            for line in [&b"EHLO c"[..], b"MAIL FROM:<a@x.test>", b"RCPT TO:<b@y.test>"] {
+                let _ = session.command(line);
+                let _ = session.decide(Decision::Proceed);
+            }
+            assert!(matches!(session.command(b"DATA"), Step::ReceiveData(..)));
+            let Step::Reply(reply) = session.data_end(outcome) else {
+                panic!("{outcome:?}")
+            };
+            assert!(reply.one_line().starts_with(expected), "{outcome:?}: {reply}");
+            // The transaction is over: RCPT needs a new MAIL.
+            let Step::Reply(reply) = session.command(b"RCPT TO:<b@y.test>") else {
+                panic!()
+            };
+            assert_eq!(reply.code(), 503);
+        }
+    }
+
+    #[test]
+    fn spool_failure_gives_451() {
+        let (out, _) = {
+            let connection = ConnectionInfo {
+                peer: "192.0.2.1:4000".parse().unwrap(),
+                local: "192.0.2.2:25".parse().unwrap(),
+                listener: "test".into(),
+            };
+            let (mut session, _) = Session::new(config(), connection);
+            let _ = session.decide(Decision::Proceed);
+            for line in [&b"EHLO c"[..], b"MAIL FROM:<a@x.test>", b"RCPT TO:<b@y.test>"] {
+                let _ = session.command(line);
+                let _ = session.decide(Decision::Proceed);
+            }
+            let _ = session.command(b"DATA");
+            let _ = session.data_end(DataOutcome::Complete(MessageInfo {
+                size: 1,
+                eight_bit: false,
+            }));
+            assert!(matches!(session.decide(Decision::Proceed), Step::Queue));
+            let Step::Reply(reply) = session.queued(QueueOutcome::Failed) else {
+                panic!()
+            };
+            (reply.one_line(), ())
+        };
+        assert_eq!(out, "451 4.3.0 Error: local error in processing");
+    }
+
+    #[test]
     fn ehlo_resets_the_transaction() {
         let (out, _) = transcript(
             b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nEHLO d\r\nRCPT TO:<b@y.test>\r\n",
