@@ -516,16 +516,31 @@ mod tests {
         })
     }
 
+    fn connection() -> ConnectionInfo {
+        ConnectionInfo {
+            peer: "192.0.2.1:4000".parse().unwrap(),
+            local: "192.0.2.2:25".parse().unwrap(),
+            listener: "test".into(),
+        }
+    }
+
+    /// A session that has accepted EHLO, MAIL and one RCPT, then DATA.
+    fn receiving_data() -> Session {
+        let (mut session, _) = Session::new(config(), connection());
+        let _ = session.decide(Decision::Proceed);
+        for line in [&b"EHLO c"[..], b"MAIL FROM:<a@x.test>", b"RCPT TO:<b@y.test>"] {
+            let _ = session.command(line);
+            let _ = session.decide(Decision::Proceed);
+        }
+        assert!(matches!(session.command(b"DATA"), Step::ReceiveData(..)));
+        session
+    }
+
     /// Drives a session from client bytes, the way `server::connection`
     /// does, deciding stages with `policy`; returns what the server wrote
     /// and what it queued.
     fn transcript(input: &[u8], policy: impl Fn(Stage, &Session) -> Decision) -> (String, Vec<Queued>) {
-        let connection = ConnectionInfo {
-            peer: "192.0.2.1:4000".parse().unwrap(),
-            local: "192.0.2.2:25".parse().unwrap(),
-            listener: "test".into(),
-        };
-        let (mut session, mut step) = Session::new(config(), connection);
+        let (mut session, mut step) = Session::new(config(), connection());
         let mut output = Vec::new();
         let mut queued = Vec::new();
         let mut content = Vec::new();
@@ -903,18 +918,13 @@ mod tests {
 
     #[test]
     fn timeout_and_shutdown_close_with_421() {
-        let connection = ConnectionInfo {
-            peer: "192.0.2.1:4000".parse().unwrap(),
-            local: "192.0.2.2:25".parse().unwrap(),
-            listener: "test".into(),
-        };
-        let (mut session, _) = Session::new(config(), connection.clone());
+        let (mut session, _) = Session::new(config(), connection());
         let _ = session.decide(Decision::Proceed);
         let Step::Close(reply) = session.timeout() else {
             panic!("timeout must close")
         };
         assert_eq!(reply.one_line(), "421 4.4.2 mx.test Error: timeout exceeded");
-        let (mut session, _) = Session::new(config(), connection);
+        let (mut session, _) = Session::new(config(), connection());
         let _ = session.decide(Decision::Proceed);
         let Step::Close(reply) = session.shutdown() else {
             panic!("shutdown must close")
@@ -927,30 +937,19 @@ mod tests {
 
     #[test]
     fn data_outcomes_map_to_their_replies() {
-        let connection = ConnectionInfo {
-            peer: "192.0.2.1:4000".parse().unwrap(),
-            local: "192.0.2.2:25".parse().unwrap(),
-            listener: "test".into(),
-        };
         for (outcome, expected) in [
             (DataOutcome::TooBig, "552 5.3.4"),
             (DataOutcome::BareLineEnding, "550 5.6.0"),
             (DataOutcome::LineTooLong, "550 5.6.0"),
         ] {
-            let (mut session, _) = Session::new(config(), connection.clone());
-            let _ = session.decide(Decision::Proceed);
-            for line in [&b"EHLO c"[..], b"MAIL FROM:<a@x.test>", b"RCPT TO:<b@y.test>"] {
-                let _ = session.command(line);
-                let _ = session.decide(Decision::Proceed);
-            }
-            assert!(matches!(session.command(b"DATA"), Step::ReceiveData(..)));
+            let mut session = receiving_data();
             let Step::Reply(reply) = session.data_end(outcome) else {
                 panic!("{outcome:?}")
             };
             assert!(reply.one_line().starts_with(expected), "{outcome:?}: {reply}");
             // The transaction is over: RCPT needs a new MAIL.
             let Step::Reply(reply) = session.command(b"RCPT TO:<b@y.test>") else {
-                panic!()
+                panic!("RCPT must reply")
             };
             assert_eq!(reply.code(), 503);
         }
@@ -958,30 +957,16 @@ mod tests {
 
     #[test]
     fn spool_failure_gives_451() {
-        let (out, _) = {
-            let connection = ConnectionInfo {
-                peer: "192.0.2.1:4000".parse().unwrap(),
-                local: "192.0.2.2:25".parse().unwrap(),
-                listener: "test".into(),
-            };
-            let (mut session, _) = Session::new(config(), connection);
-            let _ = session.decide(Decision::Proceed);
-            for line in [&b"EHLO c"[..], b"MAIL FROM:<a@x.test>", b"RCPT TO:<b@y.test>"] {
-                let _ = session.command(line);
-                let _ = session.decide(Decision::Proceed);
-            }
-            let _ = session.command(b"DATA");
-            let _ = session.data_end(DataOutcome::Complete(MessageInfo {
-                size: 1,
-                eight_bit: false,
-            }));
-            assert!(matches!(session.decide(Decision::Proceed), Step::Queue));
-            let Step::Reply(reply) = session.queued(QueueOutcome::Failed) else {
-                panic!()
-            };
-            (reply.one_line(), ())
+        let mut session = receiving_data();
+        let _ = session.data_end(DataOutcome::Complete(MessageInfo {
+            size: 1,
+            eight_bit: false,
+        }));
+        assert!(matches!(session.decide(Decision::Proceed), Step::Queue));
+        let Step::Reply(reply) = session.queued(QueueOutcome::Failed) else {
+            panic!("queued must reply")
         };
-        assert_eq!(out, "451 4.3.0 Error: local error in processing");
+        assert_eq!(reply.one_line(), "451 4.3.0 Error: local error in processing");
     }
 
     #[test]
