@@ -13,7 +13,7 @@ use super::dsn::Bounce;
 use super::error::{DeliveryError, Failure, Outcome};
 use super::maildir::MaildirDrop;
 use super::route::NextHop;
-use crate::queue::{RecipientStatus, Spool, StoredMessage};
+use crate::queue::{DeliveryState, RecipientStatus, Spool, SpoolError, StoredMessage};
 use crate::smtp::{EnhancedCode, Mailbox};
 
 /// How much of the original message a bounce reads to quote its headers.
@@ -52,14 +52,26 @@ pub async fn attempt(spool: &Spool, settings: &DeliverySettings, mut message: St
             record(&mut message, index, outcome, &relay, &mut failures);
         }
         if n + 1 < group_count {
-            // A crash during the next group must not repeat this one.
-            if let Err(e) = spool.save_state(&message.id, &message.state).await {
+            // A crash during the next group must not repeat this one's
+            // deliveries; failures stay pending on disk until their bounce
+            // is spooled, so a crash cannot lose the bounce.
+            let interim = unbounced_as_pending(&message.state, &failures);
+            if let Err(e) = spool.save_state(&message.id, &interim).await {
                 error!(queue_id = %message.id, error = %e, "cannot save delivery state");
             }
         }
     }
     expire_if_too_old(settings, &mut message, &mut failures);
-    let bounce = bounce(spool, settings, &message, &failures).await;
+    let bounce = match bounce(spool, settings, &message, &failures).await {
+        Ok(bounce) => bounce,
+        Err(e) => {
+            // Keep the failures pending: the next attempt fails them again
+            // and tries the bounce again, rather than losing it.
+            error!(queue_id = %message.id, error = %e, "cannot spool the bounce; failed recipients stay queued");
+            message.state = unbounced_as_pending(&message.state, &failures);
+            None
+        }
+    };
     let next = if message.state.is_finished() {
         if let Err(e) = spool.remove(&message.id).await {
             error!(queue_id = %message.id, error = %e, "cannot remove delivered message from the spool");
@@ -202,6 +214,19 @@ fn record(
     }
 }
 
+/// The state with this attempt's failures still pending.
+fn unbounced_as_pending(state: &DeliveryState, failures: &[(usize, Failure)]) -> DeliveryState {
+    let mut interim = state.clone();
+    for (index, failure) in failures {
+        if let Some(slot) = interim.recipients.get_mut(*index) {
+            *slot = RecipientStatus::Pending {
+                last_error: Some(failure.diagnostic.clone()),
+            };
+        }
+    }
+    interim
+}
+
 /// Past `max_age`, deferred recipients fail for good (RFC 3463 4.4.7).
 fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, failures: &mut Vec<(usize, Failure)>) {
     let age = SystemTime::now()
@@ -228,15 +253,16 @@ fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, f
     }
 }
 
-/// Spools a DSN for `failures`, unless the sender is null.
+/// Spools a DSN for `failures`; `Ok(None)` when none is due (no failures,
+/// or the null sender).
 async fn bounce(
     spool: &Spool,
     settings: &DeliverySettings,
     message: &StoredMessage,
     failures: &[(usize, Failure)],
-) -> Option<StoredMessage> {
+) -> Result<Option<StoredMessage>, SpoolError> {
     if failures.is_empty() || message.envelope.reverse_path.mailbox().is_none() {
-        return None;
+        return Ok(None);
     }
     let head = match spool.read_head(message, BOUNCE_HEAD_BYTES).await {
         Ok(head) => head,
@@ -255,17 +281,41 @@ async fn bounce(
             .collect(),
         original_head: &head,
     };
-    let (envelope, content) = bounce.build(SystemTime::now())?;
+    let Some((envelope, content)) = bounce.build(SystemTime::now()) else {
+        return Ok(None);
+    };
     let mut writer = spool.create();
     writer.write(&content).await;
-    match spool.commit(writer, envelope).await {
-        Ok(stored) => {
-            info!(queue_id = %stored.id, original = %message.id, "bounce queued");
-            Some(stored)
-        }
-        Err(e) => {
-            error!(queue_id = %message.id, error = %e, "cannot spool the bounce");
-            None
-        }
+    let stored = spool.commit(writer, envelope).await?;
+    info!(queue_id = %stored.id, original = %message.id, "bounce queued");
+    Ok(Some(stored))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interim_state_keeps_unbounced_failures_pending() {
+        let mut state = DeliveryState::new(3);
+        state.recipients[0] = RecipientStatus::Delivered;
+        state.recipients[1] = RecipientStatus::Failed {
+            reason: "550 no".into(),
+        };
+        let failure = Failure {
+            status: EnhancedCode::new(5, 1, 1),
+            diagnostic: "550 no".into(),
+            remote: None,
+            smtp_reply: true,
+        };
+        let interim = unbounced_as_pending(&state, &[(1, failure)]);
+        assert_eq!(interim.recipients[0], RecipientStatus::Delivered);
+        assert_eq!(
+            interim.recipients[1],
+            RecipientStatus::Pending {
+                last_error: Some("550 no".into())
+            }
+        );
+        assert_eq!(interim.recipients[2], RecipientStatus::Pending { last_error: None });
     }
 }
