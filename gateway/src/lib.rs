@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod plugin;
 pub mod queue;
 pub mod server;
 pub mod shutdown;

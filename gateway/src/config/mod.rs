@@ -209,6 +209,12 @@ impl Checker<'_> {
             ));
             NonZeroUsize::MIN
         });
+        let mut names = HashSet::new();
+        for name in raw.routes.iter().filter_map(|r| r.get_ref().name.as_ref()) {
+            if !names.insert(name.get_ref().clone()) {
+                self.problem(name, format!("duplicate route name {:?}", name.get_ref()));
+            }
+        }
         let routes = raw.routes.iter().filter_map(|r| self.route(r)).collect();
         DeliverySettings {
             hostname,
@@ -231,8 +237,8 @@ impl Checker<'_> {
 
     fn route(&mut self, spanned: &Spanned<RawRoute>) -> Option<Route> {
         let raw = spanned.get_ref();
-        if raw.domains.is_empty() {
-            self.problem(spanned, "a route needs at least one pattern in `domains`");
+        if raw.domains.is_empty() && raw.name.is_none() {
+            self.problem(spanned, "a route needs a `name` or at least one pattern in `domains`");
         }
         let mut patterns = Vec::new();
         for pattern in &raw.domains {
@@ -259,7 +265,11 @@ impl Checker<'_> {
                 return None;
             }
         };
-        Some(Route { patterns, next_hop })
+        Some(Route {
+            name: raw.name.as_ref().map(|n| n.get_ref().clone()),
+            patterns,
+            next_hop,
+        })
     }
 }
 

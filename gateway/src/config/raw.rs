@@ -179,7 +179,11 @@ impl Default for RawDelivery {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
-    /// `domains`: patterns: `"example.com"`, `"*.example.com"`, or `"*"` for everything.
+    /// `name`: optional and unique; plugins route to a route by its name.
+    pub name: Option<Spanned<String>>,
+    /// `domains`: patterns: `"example.com"`, `"*.example.com"`, or `"*"` for
+    /// everything. May be empty for a route used only by name.
+    #[serde(default)]
     pub domains: Vec<Spanned<String>>,
     /// `smarthost`: `"host:port"` (port 25 if left out) to relay to over SMTP.
     pub smarthost: Option<Spanned<String>>,

@@ -98,7 +98,9 @@ fn group_by_hop(settings: &DeliverySettings, message: &StoredMessage) -> Vec<(Op
         let Some(rcpt) = message.envelope.recipients.get(index) else {
             continue;
         };
-        let hop = settings.routes.lookup(&rcpt.domain_key()).cloned();
+        let hop = settings
+            .routes
+            .next_hop(&rcpt.address.domain_key(), rcpt.route.as_ref());
         match groups.iter_mut().find(|(h, _)| *h == hop) {
             Some((_, members)) => members.push(index),
             None => groups.push((hop, vec![index])),
@@ -114,9 +116,9 @@ async fn deliver_group(
     hop: Option<&NextHop>,
     indices: &[usize],
 ) -> Vec<Outcome> {
-    let recipients: Vec<_> = indices
+    let recipients: Vec<&Mailbox> = indices
         .iter()
-        .filter_map(|&i| message.envelope.recipients.get(i))
+        .filter_map(|&i| message.envelope.recipients.get(i).map(|r| &r.address))
         .collect();
     match hop {
         None => recipients
@@ -188,7 +190,7 @@ fn record(
 ) {
     let id = &message.id;
     let attempt = message.state.attempts;
-    let Some(rcpt) = message.envelope.recipients.get(index) else {
+    let Some(rcpt) = message.envelope.recipients.get(index).map(|r| &r.address) else {
         return;
     };
     let status = match outcome {
@@ -277,7 +279,7 @@ async fn bounce(
         original: &message.envelope,
         failures: failures
             .iter()
-            .filter_map(|(i, f)| message.envelope.recipients.get(*i).map(|r| (r, f)))
+            .filter_map(|(i, f)| message.envelope.recipients.get(*i).map(|r| (&r.address, f)))
             .collect(),
         original_head: &head,
     };

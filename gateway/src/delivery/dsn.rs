@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use super::error::Failure;
-use crate::queue::{Envelope, QueueId};
+use crate::queue::{Envelope, QueueId, Recipient};
 use crate::smtp::command::BodyType;
 use crate::smtp::trace::rfc5322_date;
 use crate::smtp::{Mailbox, ReversePath};
@@ -95,7 +95,7 @@ impl Bounce<'_> {
         let eight_bit = content.iter().any(|&b| b >= 0x80);
         let envelope = Envelope {
             reverse_path: ReversePath::Null,
-            recipients: vec![sender.clone()],
+            recipients: vec![Recipient::new(sender.clone())],
             received_at: now,
             size: content.len() as u64,
             body: if eight_bit {
@@ -106,6 +106,7 @@ impl Bounce<'_> {
             smtputf8: !sender.is_ascii(),
             eight_bit,
             client: None,
+            quarantine: None,
         };
         Some((envelope, content))
     }
@@ -135,8 +136,8 @@ mod tests {
         Envelope {
             reverse_path,
             recipients: vec![
-                Mailbox::parse("ok@y.test").unwrap(),
-                Mailbox::parse("bad@y.test").unwrap(),
+                Recipient::new(Mailbox::parse("ok@y.test").unwrap()),
+                Recipient::new(Mailbox::parse("bad@y.test").unwrap()),
             ],
             received_at: SystemTime::UNIX_EPOCH,
             size: 10,
@@ -144,6 +145,7 @@ mod tests {
             smtputf8: false,
             eight_bit: false,
             client: None,
+            quarantine: None,
         }
     }
 
@@ -161,12 +163,15 @@ mod tests {
             reporting_mta: "gw.test",
             queue_id: &id,
             original: &env,
-            failures: vec![(&env.recipients[1], &failure)],
+            failures: vec![(&env.recipients[1].address, &failure)],
             original_head: b"Subject: original\r\nFrom: sender@x.test\r\n\r\nsecret body\r\n",
         };
         let (envelope, content) = bounce.build(SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(envelope.reverse_path, ReversePath::Null);
-        assert_eq!(envelope.recipients, vec![Mailbox::parse("sender@x.test").unwrap()]);
+        assert_eq!(
+            envelope.recipients,
+            vec![Recipient::new(Mailbox::parse("sender@x.test").unwrap())]
+        );
         let text = String::from_utf8(content).unwrap();
         assert!(text.contains("Content-Type: multipart/report; report-type=delivery-status;"));
         assert!(text.contains("Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; gw.test\r\n"));

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::queue::RouteOverride;
 use crate::smtp::address::DomainPattern;
 
 /// Where mail for a recipient goes next.
@@ -22,35 +23,10 @@ pub enum NextHop {
 impl NextHop {
     /// Parses `host`, `host:port`, `[v6]` or `[v6]:port` (port 25 by default).
     pub fn parse_smarthost(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid smarthost {text:?}: expected \"host:port\"");
-        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-            match after {
-                "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or_else(bad)?)),
-            }
-        } else {
-            match text.rsplit_once(':') {
-                Some((host, port)) if !host.contains(':') => (host, Some(port)),
-                Some(_) => return Err(bad()),
-                None => (text, None),
-            }
-        };
-        let port = match port {
-            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad)?,
-            None => 25,
-        };
-        let valid_host = !host.is_empty()
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-        if !valid_host {
-            return Err(bad());
+        match RouteOverride::parse_smarthost(text)? {
+            RouteOverride::Smarthost { host, port } => Ok(Self::Smarthost { host, port }),
+            RouteOverride::Named(_) => Err(format!("invalid smarthost {text:?}")),
         }
-        Ok(Self::Smarthost {
-            host: host.to_owned(),
-            port,
-        })
     }
 }
 
@@ -67,6 +43,8 @@ impl std::fmt::Display for NextHop {
 /// One `[[route]]`.
 #[derive(Clone, Debug)]
 pub struct Route {
+    /// Its name, by which plugins can route to it.
+    pub name: Option<String>,
     /// The domains it applies to.
     pub patterns: Vec<DomainPattern>,
     /// Where they go.
@@ -93,6 +71,32 @@ impl RouteTable {
     /// True when there are no routes.
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// The next hop of the route with this name.
+    pub fn by_name(&self, name: &str) -> Option<&NextHop> {
+        self.routes
+            .iter()
+            .find(|r| r.name.as_deref() == Some(name))
+            .map(|r| &r.next_hop)
+    }
+
+    /// The names of all named routes.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().filter_map(|r| r.name.as_deref())
+    }
+
+    /// Where a recipient goes: the plugin's choice if any, else the first
+    /// route whose pattern matches its (lower-case) domain.
+    pub fn next_hop(&self, domain: &str, chosen: Option<&RouteOverride>) -> Option<NextHop> {
+        match chosen {
+            Some(RouteOverride::Named(name)) => self.by_name(name).cloned(),
+            Some(RouteOverride::Smarthost { host, port }) => Some(NextHop::Smarthost {
+                host: host.clone(),
+                port: *port,
+            }),
+            None => self.lookup(domain).cloned(),
+        }
     }
 
     /// The next hop for a (lower-case) domain: the first route with a
@@ -132,14 +136,17 @@ mod tests {
     fn first_matching_route_wins() {
         let table = RouteTable::new(vec![
             Route {
+                name: Some("local".into()),
                 patterns: vec![DomainPattern::parse("local.test").unwrap()],
                 next_hop: NextHop::Maildir("/m".into()),
             },
             Route {
+                name: None,
                 patterns: vec![DomainPattern::parse("*.corp.test").unwrap()],
                 next_hop: hop("corp", 25),
             },
             Route {
+                name: None,
                 patterns: vec![DomainPattern::parse("*").unwrap()],
                 next_hop: hop("out", 25),
             },
@@ -148,5 +155,15 @@ mod tests {
         assert_eq!(table.lookup("a.corp.test"), Some(&hop("corp", 25)));
         assert_eq!(table.lookup("other.test"), Some(&hop("out", 25)));
         assert_eq!(RouteTable::default().lookup("x.test"), None);
+        assert_eq!(table.by_name("local"), Some(&NextHop::Maildir("/m".into())));
+        let chosen = RouteOverride::Named("local".into());
+        assert_eq!(
+            table.next_hop("other.test", Some(&chosen)),
+            Some(NextHop::Maildir("/m".into()))
+        );
+        assert_eq!(
+            table.next_hop("other.test", Some(&RouteOverride::Named("nope".into()))),
+            None
+        );
     }
 }

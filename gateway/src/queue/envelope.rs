@@ -14,8 +14,8 @@ use crate::smtp::{Mailbox, ReversePath};
 pub struct Envelope {
     /// MAIL FROM; `Null` for bounces.
     pub reverse_path: ReversePath,
-    /// RCPT TO, in order.
-    pub recipients: Vec<Mailbox>,
+    /// RCPT TO, in order, after plugin rewrites.
+    pub recipients: Vec<Recipient>,
     /// When the message was accepted.
     pub received_at: SystemTime,
     /// Content size in octets, trace header included.
@@ -28,6 +28,83 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// Where the message came from; `None` for messages the gateway made (bounces).
     pub client: Option<Client>,
+    /// Why a plugin quarantined the message, for messages in the quarantine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<String>,
+}
+
+impl Envelope {
+    /// The recipients' addresses, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = &Mailbox> {
+        self.recipients.iter().map(|r| &r.address)
+    }
+}
+
+/// One envelope recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The forward-path.
+    pub address: Mailbox,
+    /// A next hop chosen by a plugin; the route table decides otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteOverride>,
+}
+
+impl Recipient {
+    /// A recipient routed by the route table.
+    pub fn new(address: Mailbox) -> Self {
+        Self { address, route: None }
+    }
+}
+
+/// A next hop a plugin chose, overriding the route table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteOverride {
+    /// A `[[route]]` by its name.
+    Named(String),
+    /// A smarthost.
+    Smarthost {
+        /// Host name or IP address.
+        host: String,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+impl RouteOverride {
+    /// Parses `host`, `host:port`, `[v6]` or `[v6]:port` (port 25 by default).
+    pub fn parse_smarthost(text: &str) -> Result<Self, String> {
+        let bad = || format!("invalid smarthost {text:?}: expected \"host:port\"");
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':').ok_or_else(bad)?)),
+            }
+        } else {
+            match text.rsplit_once(':') {
+                Some((host, port)) if !host.contains(':') => (host, Some(port)),
+                Some(_) => return Err(bad()),
+                None => (text, None),
+            }
+        };
+        let port = match port {
+            Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(bad)?,
+            None => 25,
+        };
+        let valid_host = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        if !valid_host {
+            return Err(bad());
+        }
+        Ok(Self::Smarthost {
+            host: host.to_owned(),
+            port,
+        })
+    }
 }
 
 /// The SMTP client a message was received from.

@@ -515,20 +515,24 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::queue::RecipientStatus;
+    use crate::queue::{Recipient, RecipientStatus};
     use crate::smtp::command::BodyType;
     use crate::smtp::{Mailbox, ReversePath};
 
     fn envelope() -> Envelope {
         Envelope {
             reverse_path: ReversePath::Mailbox(Mailbox::parse("a@x.test").unwrap()),
-            recipients: vec![Mailbox::parse("b@y.test").unwrap(), Mailbox::parse("c@y.test").unwrap()],
+            recipients: vec![
+                Recipient::new(Mailbox::parse("b@y.test").unwrap()),
+                Recipient::new(Mailbox::parse("c@y.test").unwrap()),
+            ],
             received_at: SystemTime::UNIX_EPOCH,
             size: 0,
             body: BodyType::SevenBit,
             smtputf8: false,
             eight_bit: false,
             client: None,
+            quarantine: None,
         }
     }
 

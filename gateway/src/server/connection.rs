@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 use super::{ConnectionError, Inbound};
-use crate::queue::{Client, Envelope, SpoolWriter};
+use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataOutcome, DataReader, Feed};
 use crate::smtp::session::{ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
@@ -223,7 +223,7 @@ impl Connection {
         };
         let envelope = Envelope {
             reverse_path: txn.reverse_path.clone(),
-            recipients: txn.recipients.clone(),
+            recipients: txn.recipients.iter().cloned().map(Recipient::new).collect(),
             received_at: SystemTime::now(),
             size: writer.len(),
             body: txn.parameters.body,
@@ -233,6 +233,7 @@ impl Connection {
                 ip: session.connection().peer.ip(),
                 helo: session.hello().map(|h| h.name.clone()).unwrap_or_default(),
             }),
+            quarantine: None,
         };
         let rcpts = envelope.recipients.len();
         match self.inbound.spool.commit(writer, envelope).await {

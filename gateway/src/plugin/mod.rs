@@ -1,0 +1,4 @@
+//! The plugin host.
+
+pub mod bindings;
+pub mod message;
