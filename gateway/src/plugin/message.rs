@@ -1,3 +1,228 @@
-//! x
+//! The message plugins see at DATA: the content parsed once with
+//! mail-parser, shared by every plugin of the chain, and lent to each guest
+//! as a `message` resource. Plugins pull what they need (headers, part
+//! summaries, decoded text, body chunks); nothing is copied up front.
+
+use std::sync::Arc;
+
+use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
+
+use super::bindings::mailgate::plugin::types::{Header, Part};
+
+type MaybeMessage<'a> = Option<mail_parser::Message<'a>>;
+
+self_cell::self_cell!(
+    /// The raw content and its parse, kept together.
+    struct Parsed {
+        owner: Vec<u8>,
+        #[covariant]
+        dependent: MaybeMessage,
+    }
+
+    impl {Debug}
+);
+
+/// A received message, parsed.
 #[derive(Debug)]
-pub struct MessageHandle;
+pub struct ParsedMessage {
+    parsed: Parsed,
+}
+
+impl ParsedMessage {
+    /// Parses `content` (the message as spooled, trace header included).
+    pub fn new(content: Vec<u8>) -> Self {
+        Self {
+            parsed: Parsed::new(content, |raw| MessageParser::default().parse(raw.as_slice())),
+        }
+    }
+
+    /// The raw content.
+    pub fn raw(&self) -> &[u8] {
+        self.parsed.borrow_owner()
+    }
+
+    fn message(&self) -> Option<&mail_parser::Message<'_>> {
+        self.parsed.borrow_dependent().as_ref()
+    }
+
+    /// Size in octets.
+    pub fn size(&self) -> u64 {
+        self.raw().len() as u64
+    }
+
+    /// Every top-level header field, in order.
+    pub fn headers(&self) -> Vec<Header> {
+        let Some(message) = self.message() else {
+            return Vec::new();
+        };
+        let raw = self.raw();
+        message.parts.first().map_or_else(Vec::new, |root| {
+            root.headers
+                .iter()
+                .map(|h| Header {
+                    name: h.name.as_str().to_owned(),
+                    value: header_text(raw, h),
+                })
+                .collect()
+        })
+    }
+
+    /// The values of the header fields named `name`.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        let Some(message) = self.message() else {
+            return Vec::new();
+        };
+        let raw = self.raw();
+        message.parts.first().map_or_else(Vec::new, |root| {
+            root.headers
+                .iter()
+                .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+                .map(|h| header_text(raw, h))
+                .collect()
+        })
+    }
+
+    /// Summaries of the leaf MIME parts.
+    pub fn parts(&self) -> Vec<Part> {
+        let Some(message) = self.message() else {
+            return Vec::new();
+        };
+        message
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(_, part)| !matches!(part.body, PartType::Multipart(_)))
+            .map(|(index, part)| {
+                let content_type = part.content_type().map_or_else(
+                    || "text/plain".to_owned(),
+                    |ct| match ct.subtype() {
+                        Some(sub) => format!("{}/{}", ct.ctype(), sub).to_lowercase(),
+                        None => ct.ctype().to_lowercase(),
+                    },
+                );
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                Part {
+                    index,
+                    content_type,
+                    filename: part.attachment_name().map(str::to_owned),
+                    size: part.len() as u64,
+                    is_attachment: message.attachments.contains(&index),
+                }
+            })
+            .collect()
+    }
+
+    /// The decoded text of part `index`, if it is a text part.
+    pub fn text(&self, index: u32) -> Option<String> {
+        let part = self.message()?.parts.get(usize::try_from(index).ok()?)?;
+        match &part.body {
+            PartType::Text(text) | PartType::Html(text) => Some(text.to_string()),
+            _ => None,
+        }
+    }
+
+    /// Octets of the raw body (after the header section).
+    pub fn read_body(&self, offset: u64, length: u32) -> Vec<u8> {
+        let body = self.body();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(body.len());
+        let end = start.saturating_add(length as usize).min(body.len());
+        body[start..end].to_vec()
+    }
+
+    /// The raw body: everything after the blank line ending the headers.
+    pub fn body(&self) -> &[u8] {
+        let raw = self.raw();
+        let start = self
+            .message()
+            .and_then(|m| m.parts.first())
+            .map_or(raw.len(), |root| root.offset_body as usize);
+        raw.get(start..).unwrap_or_default()
+    }
+}
+
+/// A header's value as text: decoded for unstructured fields, otherwise
+/// the raw value unfolded and trimmed.
+fn header_text(raw: &[u8], header: &mail_parser::Header<'_>) -> String {
+    match &header.value {
+        HeaderValue::Text(text) => unfold(text),
+        HeaderValue::TextList(list) => unfold(&list.join(", ")),
+        _ => {
+            let start = header.offset_start as usize;
+            let end = (header.offset_end as usize).min(raw.len());
+            let value = raw.get(start..end).unwrap_or_default();
+            unfold(&String::from_utf8_lossy(value))
+        }
+    }
+}
+
+/// Removes folding (CRLF before whitespace) and surrounding space.
+fn unfold(value: &str) -> String {
+    value.replace("\r\n", "").replace('\n', "").trim().to_owned()
+}
+
+/// The resource type behind `message` handles: a shared parse.
+#[derive(Clone, Debug)]
+pub struct MessageHandle(pub Arc<ParsedMessage>);
+
+impl std::ops::Deref for MessageHandle {
+    type Target = ParsedMessage;
+
+    fn deref(&self) -> &ParsedMessage {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIME: &[u8] = b"Received: from a\r\n\tby b; date\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nX-Long: one\r\n two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n--b\r\nContent-Type: application/pdf; name=\"x.pdf\"\r\nContent-Disposition: attachment; filename=\"x.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
+
+    #[test]
+    fn exposes_headers_decoded_and_unfolded() {
+        let message = ParsedMessage::new(MIME.to_vec());
+        let headers = message.headers();
+        assert_eq!(headers[0].name, "Received");
+        assert_eq!(message.header("subject"), ["Grüße"]);
+        assert_eq!(message.header("X-LONG"), ["one two"]);
+        assert!(message.header("missing").is_empty());
+    }
+
+    #[test]
+    fn summarises_parts_and_decodes_text() {
+        let message = ParsedMessage::new(MIME.to_vec());
+        let parts = message.parts();
+        let text = parts.iter().find(|p| p.content_type == "text/plain").unwrap();
+        assert_eq!(message.text(text.index).as_deref(), Some("café"));
+        assert!(!text.is_attachment);
+        let pdf = parts.iter().find(|p| p.content_type == "application/pdf").unwrap();
+        assert_eq!(pdf.filename.as_deref(), Some("x.pdf"));
+        assert!(pdf.is_attachment);
+        assert_eq!(pdf.size, 5);
+        assert_eq!(message.text(pdf.index), None);
+        assert_eq!(message.text(999), None);
+    }
+
+    #[test]
+    fn reads_the_raw_body_in_chunks() {
+        let message = ParsedMessage::new(b"Subject: x\r\n\r\n0123456789".to_vec());
+        assert_eq!(message.read_body(0, 4), b"0123");
+        assert_eq!(message.read_body(8, 100), b"89");
+        assert!(message.read_body(10, 4).is_empty());
+        assert!(message.read_body(u64::MAX, 4).is_empty());
+        assert_eq!(message.size(), 24);
+    }
+
+    #[test]
+    fn garbage_does_not_panic() {
+        for content in [&b""[..], b"\r\n", b"no colon here", b"\xff\xfe: \x00"] {
+            let message = ParsedMessage::new(content.to_vec());
+            let _ = (
+                message.headers(),
+                message.parts(),
+                message.text(0),
+                message.read_body(0, 10),
+            );
+        }
+    }
+}

@@ -1,4 +1,25 @@
-//! The plugin host.
+//! The plugin host: WebAssembly components compiled at config load, run
+//! at each SMTP stage in chain order under a memory limit and a per-call
+//! time budget, with their outcomes checked and turned into the gateway's
+//! decisions and modifications. A fault is answered by the plugin's
+//! `on_error` policy and never affects another connection.
 
-pub mod bindings;
-pub mod message;
+mod bindings;
+mod chain;
+mod convert;
+mod edit;
+mod engine;
+mod error;
+mod imports;
+mod load;
+mod message;
+mod outcome;
+mod state;
+
+pub use chain::{Chain, ChainSession, StageCall};
+pub use edit::rewrite;
+pub use engine::{Runtime, RuntimeSettings};
+pub use error::{Fault, PluginError};
+pub use load::{Capability, InstanceMode, OnError, PluginConfig};
+pub use message::ParsedMessage;
+pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

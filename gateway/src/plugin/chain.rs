@@ -1,0 +1,257 @@
+//! The chain: the configured plugins in order. `ChainSession` is one
+//! connection's use of it: it runs a stage through the plugins configured
+//! for it, stops at the first verdict other than `continue`, answers
+//! faults with each plugin's `on_error`, and holds the connection's
+//! instances until the transaction ends.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use tracing::{Instrument, debug_span, warn};
+use wasmtime::component::Resource;
+
+use super::bindings::exports::mailgate::plugin::hooks::Outcome;
+use super::convert::{self, Verdict};
+use super::engine::Runtime;
+use super::error::{Fault, PluginError};
+use super::load::{Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
+use super::message::{MessageHandle, ParsedMessage};
+use super::outcome::{Decision, HookContext, Modification, StageResult};
+use crate::smtp::command::MailParameters;
+use crate::smtp::session::Stage;
+use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
+
+/// The plugins, in chain order.
+#[derive(Debug)]
+pub struct Chain {
+    plugins: Vec<LoadedPlugin>,
+    routes: HashSet<String>,
+    // Keeps the engine (and its epoch ticker) alive as long as the chain.
+    _runtime: Arc<Runtime>,
+}
+
+impl Chain {
+    /// Loads every plugin. `routes` are the configured route names plugins
+    /// may route to. Errors come back with the index of the plugin.
+    pub async fn load(
+        runtime: Arc<Runtime>,
+        configs: Vec<PluginConfig>,
+        routes: HashSet<String>,
+    ) -> Result<Arc<Self>, Vec<(usize, PluginError)>> {
+        let mut plugins = Vec::with_capacity(configs.len());
+        let mut errors = Vec::new();
+        for (index, config) in configs.into_iter().enumerate() {
+            match LoadedPlugin::load(&runtime, config).await {
+                Ok(plugin) => plugins.push(plugin),
+                Err(e) => errors.push((index, e)),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Arc::new(Self {
+                plugins,
+                routes,
+                _runtime: runtime,
+            }))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// True when some plugin runs at `stage`.
+    pub fn runs_at(&self, stage: Stage) -> bool {
+        self.plugins.iter().any(|p| p.config.stages.contains(&stage))
+    }
+
+    /// The plugins' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.plugins.iter().map(|p| &*p.config.name)
+    }
+
+    /// A connection's session with the chain.
+    pub fn session(self: &Arc<Self>) -> ChainSession {
+        ChainSession {
+            live: self.plugins.iter().map(|_| None).collect(),
+            chain: Arc::clone(self),
+        }
+    }
+}
+
+/// The stage being decided and its argument.
+#[derive(Clone, Copy, Debug)]
+pub enum StageCall<'a> {
+    /// A client connected.
+    Connect,
+    /// EHLO/HELO with this name.
+    Helo(&'a str),
+    /// MAIL FROM.
+    Mail(&'a ReversePath, &'a MailParameters),
+    /// RCPT TO.
+    Rcpt(&'a Mailbox),
+    /// The message was received.
+    Data(&'a Arc<ParsedMessage>),
+}
+
+impl StageCall<'_> {
+    /// The stage.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Self::Connect => Stage::Connect,
+            Self::Helo(_) => Stage::Helo,
+            Self::Mail(..) => Stage::Mail,
+            Self::Rcpt(_) => Stage::Rcpt,
+            Self::Data(_) => Stage::Data,
+        }
+    }
+}
+
+/// One connection's instances.
+pub struct ChainSession {
+    chain: Arc<Chain>,
+    live: Vec<Option<Live>>,
+}
+
+impl std::fmt::Debug for ChainSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainSession").finish_non_exhaustive()
+    }
+}
+
+impl ChainSession {
+    /// Runs `call` through the plugins configured for its stage.
+    pub async fn run(&mut self, call: StageCall<'_>, ctx: &HookContext) -> StageResult {
+        let stage = call.stage();
+        let mut ctx = ctx.clone();
+        let mut modifications = Vec::new();
+        let chain = Arc::clone(&self.chain);
+        for (index, plugin) in chain.plugins.iter().enumerate() {
+            if !plugin.config.stages.contains(&stage) {
+                continue;
+            }
+            let span = debug_span!("hook", plugin = %plugin.config.name, name = stage.name());
+            let checked = self
+                .call(index, plugin, call, &ctx)
+                .instrument(span)
+                .await
+                .and_then(|outcome| convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal));
+            let (verdict, mods) = match checked {
+                Ok(checked) => checked,
+                Err(fault) => {
+                    // A faulted instance is never used again.
+                    self.live[index] = None;
+                    warn!(plugin = %plugin.config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault");
+                    match plugin.config.on_error {
+                        OnError::Continue => continue,
+                        OnError::Tempfail => return refuse(Reply::local_error()),
+                        OnError::Reject => return refuse(policy_refusal()),
+                    }
+                }
+            };
+            for m in &mods {
+                if let Modification::SetMetadata(key, value) = m {
+                    ctx.metadata.push((key.clone(), value.clone()));
+                }
+            }
+            let decision = match verdict {
+                Verdict::Continue => {
+                    modifications.extend(mods);
+                    continue;
+                }
+                Verdict::Accept => {
+                    modifications.extend(mods);
+                    break;
+                }
+                Verdict::Reject(reply) | Verdict::Tempfail(reply) => return refuse(reply),
+                Verdict::Disconnect(reply) => Decision::Disconnect(reply),
+                Verdict::Discard => Decision::Discard,
+                Verdict::Quarantine(reason) => Decision::Quarantine(reason),
+            };
+            modifications.extend(mods);
+            return StageResult {
+                decision,
+                modifications,
+            };
+        }
+        StageResult {
+            decision: Decision::Proceed,
+            modifications,
+        }
+    }
+
+    /// Calls one plugin's hook, creating its instance if needed.
+    async fn call(
+        &mut self,
+        index: usize,
+        plugin: &LoadedPlugin,
+        call: StageCall<'_>,
+        ctx: &HookContext,
+    ) -> Result<Outcome, Fault> {
+        let mut live = match self.live.get_mut(index).and_then(Option::take) {
+            Some(live) => live,
+            None => plugin.instance().await?,
+        };
+        let budget = plugin.config.time_budget;
+        arm(&mut live.store, budget);
+        let wit_ctx = convert::context(ctx);
+        let hooks = live.plugin.mailgate_plugin_hooks();
+        let store = &mut live.store;
+        let result = match call {
+            StageCall::Connect => hooks.call_on_connect(store, &wit_ctx).await,
+            StageCall::Helo(name) => hooks.call_on_helo(store, &wit_ctx, name).await,
+            StageCall::Mail(path, parameters) => {
+                let path = path.to_string();
+                hooks
+                    .call_on_mail(store, &wit_ctx, &path, convert::mail_parameters(parameters))
+                    .await
+            }
+            StageCall::Rcpt(rcpt) => hooks.call_on_rcpt(store, &wit_ctx, &rcpt.to_string()).await,
+            StageCall::Data(message) => {
+                let handle = store
+                    .data_mut()
+                    .table
+                    .push(MessageHandle(Arc::clone(message)))
+                    .map_err(|e| Fault::Instantiate(e.to_string()))?;
+                let lent = Resource::<MessageHandle>::new_borrow(handle.rep());
+                let result = hooks.call_on_data(&mut *store, &wit_ctx, lent).await;
+                let _ = store.data_mut().table.delete(handle);
+                result
+            }
+        };
+        match result {
+            Ok(outcome) => {
+                if let Some(slot) = self.live.get_mut(index) {
+                    *slot = Some(live);
+                }
+                Ok(outcome)
+            }
+            Err(e) => Err(classify(&e, live.store.data(), budget)),
+        }
+    }
+
+    /// The transaction is over: fresh instances are dropped, reused ones go
+    /// back to their pool.
+    pub fn end_transaction(&mut self) {
+        for (slot, plugin) in self.live.iter_mut().zip(&self.chain.plugins) {
+            if let Some(live) = slot.take() {
+                plugin.release(live);
+            }
+        }
+    }
+}
+
+impl Drop for ChainSession {
+    fn drop(&mut self) {
+        self.end_transaction();
+    }
+}
+
+fn refuse(reply: Reply) -> StageResult {
+    StageResult {
+        decision: Decision::Refuse(reply),
+        modifications: Vec::new(),
+    }
+}
+
+/// The reply for `on_error = "reject"`.
+fn policy_refusal() -> Reply {
+    Reply::new(554, EnhancedCode::new(5, 7, 0), "Refused by local policy")
+}

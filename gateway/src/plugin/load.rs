@@ -1,0 +1,262 @@
+//! One configured plugin: its settings, loading (compile, check its
+//! capabilities and that it matches the world, pre-instantiate, try `init`
+//! once), and its instances: fresh per transaction, or warm ones reused.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::task::spawn_blocking;
+use wasmtime::component::Component;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use super::bindings::{Plugin, PluginPre};
+use super::engine::Runtime;
+use super::error::{Fault, PluginError};
+use super::state::State;
+use crate::smtp::session::Stage;
+
+/// Warm instances kept per plugin in `reused` mode.
+const MAX_IDLE: usize = 256;
+
+/// What a fault means for the client (`on_error`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Answer 451 4.3.0: the client tries again later.
+    #[default]
+    Tempfail,
+    /// Ignore the plugin for this stage (fail open).
+    Continue,
+    /// Answer 554 5.7.0 (fail closed).
+    Reject,
+}
+
+/// How instances are used (`instances`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceMode {
+    /// A fresh instance per transaction: nothing leaks between messages.
+    #[default]
+    Fresh,
+    /// Warm instances serve successive transactions (for runtimes that are
+    /// slow to start, such as Python or JavaScript). A faulted instance is
+    /// always discarded.
+    Reused,
+}
+
+/// A host capability a plugin may be granted (`capabilities`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// `mailgate:plugin/log`.
+    Log,
+    /// `mailgate:plugin/clock`.
+    Clock,
+}
+
+impl Capability {
+    fn interface(self) -> &'static str {
+        match self {
+            Self::Log => "mailgate:plugin/log@",
+            Self::Clock => "mailgate:plugin/clock@",
+        }
+    }
+}
+
+/// One `[[plugin]]`, validated.
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    /// Its name, for logs and metrics.
+    pub name: Arc<str>,
+    /// The component file.
+    pub path: PathBuf,
+    /// The stages it runs at.
+    pub stages: Vec<Stage>,
+    /// Its settings table as JSON, handed to `init`.
+    pub settings: String,
+    /// Linear memory cap, in bytes.
+    pub memory_limit: usize,
+    /// Time budget per call.
+    pub time_budget: Duration,
+    /// What a fault means.
+    pub on_error: OnError,
+    /// Fresh or reused instances.
+    pub instances: InstanceMode,
+    /// Granted capabilities.
+    pub capabilities: Vec<Capability>,
+}
+
+/// An instance and its store.
+pub struct Live {
+    /// The store.
+    pub store: Store<State>,
+    /// The instance's exports.
+    pub plugin: Plugin,
+}
+
+/// A compiled, checked plugin ready to instantiate.
+pub struct LoadedPlugin {
+    /// Its configuration.
+    pub config: PluginConfig,
+    engine: Engine,
+    pre: PluginPre<State>,
+    idle: Mutex<Vec<Live>>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedPlugin {
+    /// Compiles and checks the plugin, then creates one instance and calls
+    /// `init` with its settings, so a broken plugin or bad settings stop
+    /// start-up rather than the first message.
+    pub async fn load(runtime: &Arc<Runtime>, config: PluginConfig) -> Result<Self, PluginError> {
+        let plugin = config.name.to_string();
+        let bytes = tokio::fs::read(&config.path)
+            .await
+            .map_err(|source| PluginError::Read {
+                plugin: plugin.clone(),
+                path: config.path.clone(),
+                source,
+            })?;
+        let engine = runtime.engine.clone();
+        let compiled = spawn_blocking(move || Component::from_binary(&engine, &bytes)).await;
+        let component = match compiled {
+            Ok(Ok(component)) => component,
+            Ok(Err(e)) => return Err(compile_error(&config, format!("{e:#}"))),
+            Err(e) => return Err(compile_error(&config, e.to_string())),
+        };
+        check_capabilities(&runtime.engine, &component, &config)?;
+        let mismatch = |e: wasmtime::Error| PluginError::WorldMismatch {
+            plugin: plugin.clone(),
+            path: config.path.clone(),
+            reason: format!("{e:#}"),
+        };
+        let pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let pre = PluginPre::new(pre).map_err(mismatch)?;
+        let loaded = Self {
+            engine: runtime.engine.clone(),
+            pre,
+            idle: Mutex::new(Vec::new()),
+            config,
+        };
+        let first = loaded
+            .instance()
+            .await
+            .map_err(|fault| PluginError::Start { plugin, fault })?;
+        loaded.release(first);
+        Ok(loaded)
+    }
+
+    /// An instance with `init` done: a warm one in reused mode if any,
+    /// otherwise a new one.
+    pub async fn instance(&self) -> Result<Live, Fault> {
+        if self.config.instances == InstanceMode::Reused {
+            if let Some(live) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+                return Ok(live);
+            }
+        }
+        let mut store = Store::new(
+            &self.engine,
+            State::new(Arc::clone(&self.config.name), self.config.memory_limit),
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let budget = self.config.time_budget;
+        arm(&mut store, budget);
+        let plugin = match self.pre.instantiate_async(&mut store).await {
+            Ok(plugin) => plugin,
+            Err(e) => {
+                return Err(match classify(&e, store.data(), budget) {
+                    Fault::Trap(_) if e.downcast_ref::<Trap>().is_none() => Fault::Instantiate(format!("{e:#}")),
+                    fault => fault,
+                });
+            }
+        };
+        arm(&mut store, budget);
+        match plugin
+            .mailgate_plugin_hooks()
+            .call_init(&mut store, &self.config.settings)
+            .await
+        {
+            Ok(Ok(())) => Ok(Live { store, plugin }),
+            Ok(Err(message)) => Err(Fault::Init(message)),
+            Err(e) => Err(classify(&e, store.data(), budget)),
+        }
+    }
+
+    /// Ends an instance's use for a transaction: kept warm in reused mode,
+    /// dropped otherwise.
+    pub fn release(&self, live: Live) {
+        if self.config.instances == InstanceMode::Reused {
+            let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE {
+                idle.push(live);
+            }
+        }
+    }
+}
+
+/// Starts the time budget of a call.
+pub fn arm(store: &mut Store<State>, budget: Duration) {
+    store.data_mut().deadline = Instant::now() + budget;
+    store.set_epoch_deadline(1);
+}
+
+/// Names a failed call: memory exhaustion (the limiter saw it), a timeout
+/// (the epoch callback interrupted it), or another trap.
+pub fn classify(error: &wasmtime::Error, state: &State, budget: Duration) -> Fault {
+    if state.limiter.exceeded {
+        return Fault::Memory;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Fault::Timeout(budget),
+        Some(trap) => Fault::Trap(trap.to_string()),
+        None => Fault::Trap(format!("{error:#}")),
+    }
+}
+
+fn compile_error(config: &PluginConfig, reason: String) -> PluginError {
+    PluginError::Compile {
+        plugin: config.name.to_string(),
+        path: config.path.clone(),
+        reason,
+    }
+}
+
+/// A plugin may import WASI (given with no files, env or network), the
+/// shared types, and the capabilities it was granted; nothing else.
+fn check_capabilities(engine: &Engine, component: &Component, config: &PluginConfig) -> Result<(), PluginError> {
+    for (name, _) in component.component_type().imports(engine) {
+        let ungranted = name.starts_with("mailgate:plugin/")
+            && !name.starts_with("mailgate:plugin/types@")
+            && !config.capabilities.iter().any(|c| name.starts_with(c.interface()));
+        if ungranted {
+            let granted: Vec<String> = config
+                .capabilities
+                .iter()
+                .map(|c| format!("{c:?}").to_lowercase())
+                .collect();
+            return Err(PluginError::NotGranted {
+                plugin: config.name.to_string(),
+                path: config.path.clone(),
+                import: name.to_owned(),
+                granted: granted.join(", "),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! What the chain hands back to the server, in the gateway's own types:
+//! the decision for the stage and the validated modifications.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::queue::RouteOverride;
+use crate::smtp::{Mailbox, Reply, ReversePath};
+
+/// What the server knows at a hook, in the gateway's types.
+#[derive(Clone, Debug)]
+pub struct HookContext {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The listener it connected to.
+    pub listener: Arc<str>,
+    /// The connection is encrypted.
+    pub tls: bool,
+    /// The EHLO/HELO name, once given.
+    pub helo: Option<String>,
+    /// The authenticated user, once authenticated.
+    pub authenticated: Option<String>,
+    /// MAIL FROM, once given.
+    pub reverse_path: Option<ReversePath>,
+    /// Recipients accepted so far.
+    pub recipients: Vec<Mailbox>,
+    /// Metadata set so far (later entries win).
+    pub metadata: Vec<(String, String)>,
+}
+
+/// What the chain decided for a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// No plugin refused: the stage goes on (the built-in policy was applied before).
+    Proceed,
+    /// Refuse with this 4xx or 5xx reply.
+    Refuse(Reply),
+    /// Send this reply and close.
+    Disconnect(Reply),
+    /// Data stage: answer 250 and deliver nothing.
+    Discard,
+    /// Data stage: answer 250 and keep the message in the quarantine.
+    Quarantine(String),
+}
+
+/// A header field to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderField {
+    /// The field name.
+    pub name: String,
+    /// The unfolded value.
+    pub value: String,
+}
+
+/// A validated modification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Modification {
+    /// Replace the reverse-path.
+    SetReversePath(ReversePath),
+    /// Replace the recipient being decided (rcpt).
+    SetRecipient(Mailbox),
+    /// Route the recipient being decided (rcpt) or every recipient (data).
+    Route(RouteOverride),
+    /// Route one recipient (data).
+    RouteRecipient(Mailbox, RouteOverride),
+    /// Add a recipient (data).
+    AddRecipient(Mailbox),
+    /// Remove a recipient (data).
+    RemoveRecipient(Mailbox),
+    /// Append a header field (data).
+    AddHeader(HeaderField),
+    /// Remove every field with this name (data).
+    RemoveHeader(String),
+    /// Replace every field with this name by one (data).
+    SetHeader(HeaderField),
+    /// Replace the body (data), line endings already CRLF.
+    ReplaceBody(Vec<u8>),
+    /// Set a metadata value (any stage).
+    SetMetadata(String, String),
+}
+
+/// The chain's result for one stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageResult {
+    /// The decision.
+    pub decision: Decision,
+    /// Modifications of every plugin that continued or accepted, in order.
+    pub modifications: Vec<Modification>,
+}

@@ -1,0 +1,88 @@
+//! What a plugin instance's store holds: a WASI context with no files,
+//! environment, arguments, stdio or network; the resource table (the
+//! message handle lives there during `on-data`); the memory limiter; and
+//! the deadline of the call in progress.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Store data of one plugin instance.
+pub struct State {
+    /// The plugin's name, for its log lines.
+    pub plugin: Arc<str>,
+    wasi: WasiCtx,
+    /// Host resources lent to the guest.
+    pub table: ResourceTable,
+    /// Caps linear memory and records when the cap was hit.
+    pub limiter: MemoryLimiter,
+    /// When the call in progress must have returned.
+    pub deadline: Instant,
+}
+
+impl State {
+    /// Fresh state for an instance of `plugin` allowed `memory_limit` bytes.
+    pub fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            plugin,
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                limit: memory_limit,
+                exceeded: false,
+            },
+            deadline: Instant::now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("plugin", &self.plugin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Refuses memory growth past the plugin's limit, trapping the guest, and
+/// remembers it so the fault is reported as memory exhaustion.
+#[derive(Debug)]
+pub struct MemoryLimiter {
+    limit: usize,
+    /// The limit was hit during the current instance's life.
+    pub exceeded: bool,
+}
+
+/// Tables are bounded too, so a guest cannot grow host memory through them.
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            wasmtime::bail!("memory limit of {} bytes exceeded (wanted {desired})", self.limit);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
