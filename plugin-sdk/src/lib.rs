@@ -1,5 +1,271 @@
-//! The guest-side SDK for mailgate filter plugins.
+//! # mailgate plugin SDK
 //!
-//! Placeholder: the WIT contract, the `Plugin` trait and `export_plugin!`
-//! arrive with the plugin-host work (issue 3). The crate exists now so the
-//! workspace has its final shape.
+//! Write a mailgate filter plugin in Rust: implement [`Plugin`] (every
+//! hook defaults to [`Verdict::Continue`]), export it with
+//! [`export_plugin!`], and build for `wasm32-wasip2`:
+//!
+//! ```no_run
+//! use mailgate_plugin_sdk::{Mailbox, Plugin, Settings, Transaction, Verdict, export_plugin};
+//!
+//! struct BlockTestDomain;
+//!
+//! impl Plugin for BlockTestDomain {
+//!     fn init(_settings: &Settings) -> Result<Self, String> {
+//!         Ok(Self)
+//!     }
+//!
+//!     fn on_rcpt_to(&self, rcpt: &Mailbox, _txn: &Transaction) -> Verdict {
+//!         if rcpt.domain() == "blocked.test" {
+//!             return Verdict::reject(550, "5.7.1", "recipient domain refused");
+//!         }
+//!         Verdict::Continue
+//!     }
+//! }
+//!
+//! export_plugin!(BlockTestDomain);
+//! ```
+//!
+//! ```text
+//! cargo build --release --target wasm32-wasip2
+//! ```
+//!
+//! The gateway calls [`Plugin::init`] on every new instance with the
+//! plugin's settings table, then the hooks of the stages the plugin is
+//! configured for. Modifications (header edits, rewrites, routes, metadata)
+//! are asked for through the [`Transaction`]; which are legal depends on the
+//! stage (see each method). Capabilities ([`log`], [`clock`]) must be
+//! granted in the gateway's configuration: a plugin that uses one it was not
+//! granted fails to load.
+
+#![deny(missing_docs)]
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "plugin",
+        pub_export_macro: true,
+        default_bindings_module: "mailgate_plugin_sdk::bindings",
+    });
+}
+
+pub mod clock;
+pub mod log;
+mod message;
+mod settings;
+mod transaction;
+mod types;
+
+pub use message::{Message, Part};
+pub use settings::Settings;
+pub use transaction::Transaction;
+pub use types::{BodyType, Client, Header, MailParameters, Mailbox, NextHop, Reply, ReversePath, Verdict};
+
+/// A filter plugin. Every hook defaults to [`Verdict::Continue`]; implement
+/// the ones for the stages the plugin is configured to run at.
+pub trait Plugin: Sized + 'static {
+    /// Builds the plugin from its settings (the `[plugin.settings]` table).
+    /// An error here at start-up stops the gateway with the message.
+    fn init(settings: &Settings) -> Result<Self, String>;
+
+    /// A client connected, before the greeting.
+    ///
+    /// ```no_run
+    /// # use mailgate_plugin_sdk::*;
+    /// # struct P;
+    /// # impl Plugin for P {
+    /// # fn init(_: &Settings) -> Result<Self, String> { Ok(P) }
+    /// fn on_connect(&self, txn: &Transaction) -> Verdict {
+    ///     if txn.client().ip.starts_with("192.0.2.") {
+    ///         return Verdict::disconnect(554, "5.7.1", "no service for you");
+    ///     }
+    ///     Verdict::Continue
+    /// }
+    /// # }
+    /// ```
+    fn on_connect(&self, txn: &Transaction) -> Verdict {
+        let _ = txn;
+        Verdict::Continue
+    }
+
+    /// EHLO or HELO with `name`.
+    ///
+    /// ```no_run
+    /// # use mailgate_plugin_sdk::*;
+    /// # struct P;
+    /// # impl Plugin for P {
+    /// # fn init(_: &Settings) -> Result<Self, String> { Ok(P) }
+    /// fn on_helo(&self, name: &str, txn: &Transaction) -> Verdict {
+    ///     txn.set_metadata("helo-looks-dynamic", if name.contains("dyn") { "yes" } else { "no" });
+    ///     Verdict::Continue
+    /// }
+    /// # }
+    /// ```
+    fn on_helo(&self, name: &str, txn: &Transaction) -> Verdict {
+        let _ = (name, txn);
+        Verdict::Continue
+    }
+
+    /// MAIL FROM with `from` (the null path for bounces).
+    ///
+    /// ```no_run
+    /// # use mailgate_plugin_sdk::*;
+    /// # struct P;
+    /// # impl Plugin for P {
+    /// # fn init(_: &Settings) -> Result<Self, String> { Ok(P) }
+    /// fn on_mail_from(&self, from: &ReversePath, params: &MailParameters, txn: &Transaction) -> Verdict {
+    ///     if params.size.is_some_and(|size| size > 10_000_000) {
+    ///         return Verdict::reject(552, "5.3.4", "too big for this route");
+    ///     }
+    ///     if let ReversePath::Mailbox(sender) = from {
+    ///         if sender.domain() == "old.example" {
+    ///             txn.set_reverse_path(&format!("{}@new.example", sender.local_part()));
+    ///         }
+    ///     }
+    ///     Verdict::Continue
+    /// }
+    /// # }
+    /// ```
+    fn on_mail_from(&self, from: &ReversePath, params: &MailParameters, txn: &Transaction) -> Verdict {
+        let _ = (from, params, txn);
+        Verdict::Continue
+    }
+
+    /// RCPT TO with `rcpt`.
+    ///
+    /// ```no_run
+    /// # use mailgate_plugin_sdk::*;
+    /// # struct P;
+    /// # impl Plugin for P {
+    /// # fn init(_: &Settings) -> Result<Self, String> { Ok(P) }
+    /// fn on_rcpt_to(&self, rcpt: &Mailbox, txn: &Transaction) -> Verdict {
+    ///     if rcpt.domain() == "partner.example" {
+    ///         txn.route(NextHop::Smarthost("relay.partner.example:587".into()));
+    ///     }
+    ///     Verdict::Continue
+    /// }
+    /// # }
+    /// ```
+    fn on_rcpt_to(&self, rcpt: &Mailbox, txn: &Transaction) -> Verdict {
+        let _ = (rcpt, txn);
+        Verdict::Continue
+    }
+
+    /// The message was received (after the final dot, before the reply).
+    ///
+    /// ```no_run
+    /// # use mailgate_plugin_sdk::*;
+    /// # struct P;
+    /// # impl Plugin for P {
+    /// # fn init(_: &Settings) -> Result<Self, String> { Ok(P) }
+    /// fn on_data(&self, message: &Message, txn: &Transaction) -> Verdict {
+    ///     let subject = message.first_header("Subject").unwrap_or_default();
+    ///     if subject.contains("viagra") {
+    ///         return Verdict::Quarantine("subject looks like spam".into());
+    ///     }
+    ///     txn.add_header("X-Checked-By", "example-plugin");
+    ///     Verdict::Continue
+    /// }
+    /// # }
+    /// ```
+    fn on_data(&self, message: &Message, txn: &Transaction) -> Verdict {
+        let _ = (message, txn);
+        Verdict::Continue
+    }
+}
+
+/// Exports a [`Plugin`] implementation as the component's hooks.
+///
+/// Use it once, at the top level of the plugin crate.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        #[doc(hidden)]
+        pub struct __MailgatePluginExport;
+
+        impl $crate::bindings::exports::mailgate::plugin::hooks::Guest for __MailgatePluginExport {
+            fn init(settings: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                $crate::__private::init::<$plugin>(settings)
+            }
+            fn on_connect(ctx: $crate::__private::Context) -> $crate::__private::Outcome {
+                $crate::__private::on_connect::<$plugin>(ctx)
+            }
+            fn on_helo(ctx: $crate::__private::Context, name: ::std::string::String) -> $crate::__private::Outcome {
+                $crate::__private::on_helo::<$plugin>(ctx, name)
+            }
+            fn on_mail(
+                ctx: $crate::__private::Context,
+                reverse_path: ::std::string::String,
+                parameters: $crate::__private::MailParameters,
+            ) -> $crate::__private::Outcome {
+                $crate::__private::on_mail::<$plugin>(ctx, reverse_path, parameters)
+            }
+            fn on_rcpt(ctx: $crate::__private::Context, recipient: ::std::string::String) -> $crate::__private::Outcome {
+                $crate::__private::on_rcpt::<$plugin>(ctx, recipient)
+            }
+            fn on_data(ctx: $crate::__private::Context, message: &$crate::__private::Message) -> $crate::__private::Outcome {
+                $crate::__private::on_data::<$plugin>(ctx, message)
+            }
+        }
+
+        $crate::bindings::export!(__MailgatePluginExport with_types_in $crate::bindings);
+    };
+}
+
+/// Glue for [`export_plugin!`]; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    use std::any::Any;
+    use std::cell::RefCell;
+
+    pub use crate::bindings::mailgate::plugin::types::{Context, MailParameters, Message, Outcome};
+    use crate::{Plugin, Settings, Transaction, Verdict};
+
+    thread_local! {
+        // One plugin value per instance, set by `init`. Wasm components are
+        // single-threaded, so a thread-local is the instance's state.
+        static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    }
+
+    pub fn init<P: Plugin>(settings: String) -> Result<(), String> {
+        let plugin = P::init(&Settings::new(settings))?;
+        INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(plugin)));
+        Ok(())
+    }
+
+    fn run<P: Plugin>(ctx: Context, hook: impl FnOnce(&P, &Transaction) -> Verdict) -> Outcome {
+        let txn = Transaction::new(ctx);
+        let verdict = INSTANCE.with(|cell| {
+            let guard = cell.borrow();
+            match guard.as_ref().and_then(|any| any.downcast_ref::<P>()) {
+                Some(plugin) => hook(plugin, &txn),
+                None => Verdict::tempfail(451, "4.3.0", "plugin called before init"),
+            }
+        });
+        txn.into_outcome(verdict)
+    }
+
+    pub fn on_connect<P: Plugin>(ctx: Context) -> Outcome {
+        run::<P>(ctx, |p, txn| p.on_connect(txn))
+    }
+
+    pub fn on_helo<P: Plugin>(ctx: Context, name: String) -> Outcome {
+        run::<P>(ctx, |p, txn| p.on_helo(&name, txn))
+    }
+
+    pub fn on_mail<P: Plugin>(ctx: Context, reverse_path: String, parameters: MailParameters) -> Outcome {
+        let from = crate::ReversePath::parse(&reverse_path);
+        let params = crate::MailParameters::from(parameters);
+        run::<P>(ctx, |p, txn| p.on_mail_from(&from, &params, txn))
+    }
+
+    pub fn on_rcpt<P: Plugin>(ctx: Context, recipient: String) -> Outcome {
+        let rcpt = crate::Mailbox::new(recipient);
+        run::<P>(ctx, |p, txn| p.on_rcpt_to(&rcpt, txn))
+    }
+
+    pub fn on_data<P: Plugin>(ctx: Context, message: &Message) -> Outcome {
+        let message = crate::Message::new(message);
+        run::<P>(ctx, |p, txn| p.on_data(&message, txn))
+    }
+}
