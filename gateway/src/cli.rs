@@ -39,14 +39,22 @@ const EXIT_CONFIG: u8 = 64;
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match runtime.block_on(Config::load(&config)) {
             Ok(loaded) => {
                 println!(
-                    "{}: OK ({} listener(s), {} route(s))",
+                    "{}: OK ({} listener(s), {} route(s), {} plugin(s))",
                     config.display(),
                     loaded.listeners.len(),
-                    loaded.delivery.routes.len()
+                    loaded.delivery.routes.len(),
+                    loaded.plugins.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -55,24 +63,27 @@ pub fn main() -> ExitCode {
                 ExitCode::from(EXIT_CONFIG)
             }
         },
-        Command::Run { config } => run(&config),
+        Command::Run { config } => run(&runtime, &config),
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
+fn run(runtime: &tokio::runtime::Runtime, path: &std::path::Path) -> ExitCode {
+    // Logging starts before the configuration loads so that plugins'
+    // log lines during `init` are not lost; the format is read first.
+    let format = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|table| table.get("server")?.get("log_format")?.as_str().map(str::to_owned));
+    init_logging(if format.as_deref() == Some("json") {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    let config = match runtime.block_on(Config::load(path)) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    init_logging(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {

@@ -13,8 +13,8 @@ fn fixtures() -> PathBuf {
 
 /// Compares each `invalid/*.toml` error with `invalid/*.err`. Run with
 /// `UPDATE_SNAPSHOTS=1` to rewrite the snapshots after a deliberate change.
-#[test]
-fn invalid_configs_fail_with_their_snapshot_errors() -> Result<()> {
+#[tokio::test]
+async fn invalid_configs_fail_with_their_snapshot_errors() -> Result<()> {
     let dir = fixtures().join("invalid");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir)? {
@@ -22,7 +22,7 @@ fn invalid_configs_fail_with_their_snapshot_errors() -> Result<()> {
         if path.extension().is_none_or(|e| e != "toml") {
             continue;
         }
-        let error = match Config::load(&path) {
+        let error = match Config::load(&path).await {
             Ok(_) => anyhow::bail!("{} loaded without error", path.display()),
             Err(e) => e.to_string().replace(&path.display().to_string(), "<file>"),
         };
@@ -39,10 +39,10 @@ fn invalid_configs_fail_with_their_snapshot_errors() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn quickstart_config_is_valid() -> Result<()> {
+#[tokio::test]
+async fn quickstart_config_is_valid() -> Result<()> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../quickstart/mailgate.toml");
-    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = Config::load(&path).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(config.listeners[0].address.to_string(), "127.0.0.1:2525");
     Ok(())
 }

@@ -149,7 +149,7 @@ impl Gateway {
         crate::init_logging();
         let path = dir.path().join("mailgate.toml");
         std::fs::write(&path, setup.render(dir.path()))?;
-        let config = Config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config = Config::load(&path).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let listeners = mailgate::bind(&config).await?;
         let addr = listeners.first().context("no listener")?.socket.local_addr()?;
         let shutdown = CancellationToken::new();

@@ -9,6 +9,7 @@ mod units;
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +18,17 @@ use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
 pub use raw::LogFormat;
-use raw::{RawConfig, RawRoute};
+use raw::{RawConfig, RawPlugin, RawRoute, RawStage};
 
 use crate::delivery::route::{NextHop, Route, RouteTable};
 use crate::delivery::{ClientTimeouts, DeliverySettings};
+use crate::plugin::{Chain, PluginConfig, Runtime, RuntimeSettings};
 use crate::queue::RetrySchedule;
 use crate::server::policy::RelayPolicy;
 use crate::server::{ListenerConfig, ServerSettings};
 use crate::smtp::address::DomainPattern;
 use crate::smtp::data::DataPolicy;
-use crate::smtp::session::SessionConfig;
+use crate::smtp::session::{SessionConfig, Stage};
 
 /// The validated configuration.
 #[derive(Debug)]
@@ -47,20 +49,48 @@ pub struct Config {
     pub server: ServerSettings,
     /// Outbound settings.
     pub delivery: DeliverySettings,
+    /// The plugin chain as configured, in order.
+    pub plugins: Vec<PluginConfig>,
+    /// Engine-wide plugin settings.
+    pub plugin_runtime: RuntimeSettings,
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads and validates the file at `path`, then compiles and starts the
+    /// plugins (each one's `init` runs once with its settings), so that a
+    /// broken plugin stops start-up with the file, line and key.
+    pub async fn load(path: &Path) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_source(path, &source)
+        let (mut config, plugin_spans) = Self::parse(path, &source)?;
+        if !config.plugins.is_empty() {
+            let located = |index: usize, reason: String| Problem::at(&source, plugin_spans.get(index).cloned(), reason);
+            let runtime = Runtime::new(&config.plugin_runtime).map_err(|e| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems: vec![Problem::at(&source, None, e.to_string())],
+            })?;
+            let routes = config.delivery.routes.names().map(str::to_owned).collect();
+            let chain = Chain::load(runtime, config.plugins.clone(), routes)
+                .await
+                .map_err(|errors| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problems: errors.into_iter().map(|(i, e)| located(i, e.to_string())).collect(),
+                })?;
+            config.server.chain = Some(chain);
+        }
+        Ok(config)
     }
 
-    /// Validates `source` as if read from `path`.
+    /// Validates `source` as if read from `path`, without loading plugins.
     pub fn from_source(path: &Path, source: &str) -> Result<Self, ConfigError> {
+        Self::parse(path, source).map(|(config, _)| config)
+    }
+
+    /// Parses and validates; also returns where each `[[plugin]]`'s path is
+    /// written, to locate plugin load errors.
+    fn parse(path: &Path, source: &str) -> Result<(Self, Vec<Range<usize>>), ConfigError> {
         let invalid = |problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
@@ -72,9 +102,10 @@ impl Config {
             base: path.parent().unwrap_or(Path::new(".")).to_owned(),
             problems: Vec::new(),
         };
+        let plugin_spans = raw.plugin.iter().map(|p| p.get_ref().path.span()).collect();
         let config = check.convert(path, raw);
         if check.problems.is_empty() {
-            Ok(config)
+            Ok((config, plugin_spans))
         } else {
             check.problems.sort_by_key(|p| (p.line, p.column));
             Err(invalid(check.problems))
@@ -116,16 +147,69 @@ impl Checker<'_> {
         let listeners = self.listeners(&raw);
         let server = self.server_settings(&raw, hostname.clone());
         let delivery = self.delivery_settings(&raw, hostname.clone());
+        let spool_dir = self.resolve(&raw.server.spool_dir);
+        let plugins = self.plugins(&raw);
+        let cache_dir = raw
+            .plugins
+            .cache_dir
+            .as_deref()
+            .map_or_else(|| spool_dir.join("plugin-cache"), |dir| self.resolve(dir));
+        if raw.plugins.max_instances == 0 {
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                "`plugins.max_instances` must be at least 1",
+            ));
+        }
+        let plugin_runtime = RuntimeSettings {
+            cache_dir,
+            max_instances: raw.plugins.max_instances,
+            max_memory_bytes: plugins.iter().map(|p| p.memory_limit).max().unwrap_or(0),
+        };
         Config {
             path: path.to_owned(),
             hostname,
-            spool_dir: self.resolve(&raw.server.spool_dir),
+            spool_dir,
             log_format: raw.server.log_format,
             shutdown_grace_period: raw.server.shutdown_grace_period.0,
             listeners,
             server,
             delivery,
+            plugins,
+            plugin_runtime,
         }
+    }
+
+    fn plugins(&mut self, raw: &RawConfig) -> Vec<PluginConfig> {
+        let mut names = HashSet::new();
+        raw.plugin
+            .iter()
+            .map(|spanned| {
+                let p: &RawPlugin = spanned.get_ref();
+                if !names.insert(p.name.get_ref().clone()) {
+                    self.problem(&p.name, format!("duplicate plugin name {:?}", p.name.get_ref()));
+                }
+                if p.stages.get_ref().is_empty() {
+                    self.problem(&p.stages, "a plugin needs at least one stage");
+                }
+                let memory = *p.memory_limit_bytes.get_ref();
+                if !(1 << 20..=4 << 30).contains(&memory) {
+                    self.problem(&p.memory_limit_bytes, "must be between 1 MiB and 4 GiB");
+                }
+                let settings = serde_json::to_string(&p.settings).unwrap_or_else(|_| "{}".to_owned());
+                PluginConfig {
+                    name: Arc::from(p.name.get_ref().as_str()),
+                    path: self.resolve(p.path.get_ref()),
+                    stages: p.stages.get_ref().iter().map(|&s| stage(s)).collect(),
+                    settings,
+                    memory_limit: memory,
+                    time_budget: p.time_budget.0.max(Duration::from_millis(1)),
+                    on_error: p.on_error,
+                    instances: p.instances,
+                    capabilities: p.capabilities.clone(),
+                }
+            })
+            .collect()
     }
 
     fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
@@ -173,6 +257,7 @@ impl Checker<'_> {
             NonZeroUsize::MIN
         });
         ServerSettings {
+            chain: None,
             session: Arc::new(SessionConfig {
                 hostname,
                 max_recipients,
@@ -270,6 +355,16 @@ impl Checker<'_> {
             patterns,
             next_hop,
         })
+    }
+}
+
+fn stage(raw: RawStage) -> Stage {
+    match raw {
+        RawStage::Connect => Stage::Connect,
+        RawStage::Helo => Stage::Helo,
+        RawStage::Mail => Stage::Mail,
+        RawStage::Rcpt => Stage::Rcpt,
+        RawStage::Data => Stage::Data,
     }
 }
 

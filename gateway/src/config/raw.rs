@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{HumanDuration, ListenAddress, Network};
+use crate::plugin::{Capability, InstanceMode, OnError};
 use crate::smtp::data::{BareLineEndings, LongLines};
 
 /// The whole file.
@@ -28,6 +29,11 @@ pub struct RawConfig {
     /// `[[route]]`, tried in order.
     #[serde(rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// `[plugins]`
+    pub plugins: RawPlugins,
+    /// `[[plugin]]`, in chain order.
+    #[serde(rename = "plugin")]
+    pub plugin: Vec<Spanned<RawPlugin>>,
 }
 
 /// `[server]`
@@ -193,4 +199,79 @@ pub struct RawRoute {
 
 fn minutes(n: u64) -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(n * 60))
+}
+
+/// `[plugins]`: settings shared by all plugins.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPlugins {
+    /// `cache_dir`: compiled components are kept here so a restart does
+    /// not recompile; default `plugin-cache` inside `spool_dir`.
+    pub cache_dir: Option<PathBuf>,
+    /// `max_instances`: plugin instances alive at once, over all plugins
+    /// and connections (the pooling allocator's size); default 1000.
+    pub max_instances: u32,
+}
+
+impl Default for RawPlugins {
+    fn default() -> Self {
+        Self {
+            cache_dir: None,
+            max_instances: 1000,
+        }
+    }
+}
+
+/// `[[plugin]]`: one entry of the chain.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlugin {
+    /// `name`: unique; appears in logs and metrics.
+    pub name: Spanned<String>,
+    /// `path`: the component (`.wasm`).
+    pub path: Spanned<PathBuf>,
+    /// `stages`: any of `"connect"`, `"helo"`, `"mail"`, `"rcpt"`, `"data"`.
+    pub stages: Spanned<Vec<RawStage>>,
+    /// `settings`: a table handed to the plugin's `init` as JSON.
+    #[serde(default)]
+    pub settings: toml::Table,
+    /// `memory_limit_bytes`: linear memory cap; default 67108864 (64 MiB).
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit_bytes: Spanned<usize>,
+    /// `time_budget`: the most one hook call may take; default `"1s"`.
+    #[serde(default = "default_time_budget")]
+    pub time_budget: HumanDuration,
+    /// `on_error`: `"tempfail"` (default, 451 4.3.0), `"continue"` or `"reject"`.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// `instances`: `"fresh"` (default, one per transaction) or `"reused"`.
+    #[serde(default)]
+    pub instances: InstanceMode,
+    /// `capabilities`: host imports it may use: `"log"`, `"clock"`; default none.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+}
+
+/// An SMTP stage, as written in `stages`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawStage {
+    /// `"connect"`
+    Connect,
+    /// `"helo"`
+    Helo,
+    /// `"mail"`
+    Mail,
+    /// `"rcpt"`
+    Rcpt,
+    /// `"data"`
+    Data,
+}
+
+fn default_memory_limit() -> Spanned<usize> {
+    Spanned::new(0..0, 64 * 1024 * 1024)
+}
+
+fn default_time_budget() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1))
 }

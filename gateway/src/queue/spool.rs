@@ -90,6 +90,7 @@ pub struct Spool {
     incoming: PathBuf,
     queue: PathBuf,
     corrupt: PathBuf,
+    quarantine: PathBuf,
     dir_sync: DirSync,
     /// Held while the spool is open: a second gateway on the same spool
     /// would delete this one's messages in progress.
@@ -104,7 +105,8 @@ impl Spool {
         let incoming = root.join("incoming");
         let queue = root.join("queue");
         let corrupt = root.join("corrupt");
-        for dir in [&incoming, &queue, &corrupt] {
+        let quarantine = root.join("quarantine");
+        for dir in [&incoming, &queue, &corrupt, &quarantine] {
             fs::create_dir_all(dir).map_err(io_error(dir))?;
         }
         let lock = lock_spool(root)?;
@@ -118,6 +120,7 @@ impl Spool {
             incoming,
             queue,
             corrupt,
+            quarantine,
             _lock: lock,
         })
     }
@@ -174,6 +177,38 @@ impl Spool {
             envelope,
             content_len,
         })
+    }
+
+    /// Keeps a message in `quarantine/` instead of the queue, durably (same
+    /// commit order as `commit`), with the reason in its envelope. It is
+    /// never delivered; an operator can inspect it there.
+    pub async fn quarantine(&self, mut writer: SpoolWriter, envelope: Envelope) -> Result<QueueId, SpoolError> {
+        if let Some(source) = writer.failed.take() {
+            return Err(SpoolError::Io {
+                path: writer.path.clone(),
+                source,
+            });
+        }
+        let json = serde_json::to_vec(&envelope).map_err(|e| SpoolError::Corrupt {
+            id: writer.id.to_string(),
+            reason: e.to_string(),
+        })?;
+        let content_len = writer.len();
+        let mut tail = std::mem::take(&mut writer.buffer);
+        tail.extend_from_slice(&json);
+        tail.extend_from_slice(&footer(content_len, &json));
+        let (file, tmp) = (writer.file.take(), writer.path.clone());
+        let dir = self.quarantine.clone();
+        let dest = dir.join(format!("{}.msg", writer.id));
+        let result = spawn_blocking(move || {
+            finish_file(file, &tmp, &dest, &tail)?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| SpoolError::Io { path: dir, source })
+        })
+        .await;
+        result.map_err(|_| SpoolError::Cancelled)??;
+        Ok(writer.id.clone())
     }
 
     /// Reads every queued message back (at start-up). Unreadable entries are
@@ -415,6 +450,31 @@ impl SpoolWriter {
         self.len() == 0
     }
 
+    /// Everything written so far (to give plugins the message).
+    pub async fn contents(&self) -> Result<Vec<u8>, SpoolError> {
+        let mut content = match &self.file {
+            None => Vec::new(),
+            Some(_) => {
+                let path = self.path.clone();
+                let read = spawn_blocking(move || fs::read(&path)).await;
+                read.map_err(|_| SpoolError::Cancelled)?.map_err(io_error(&self.path))?
+            }
+        };
+        content.extend_from_slice(&self.buffer);
+        Ok(content)
+    }
+
+    /// Replaces everything written so far with `content` (a plugin's edits),
+    /// keeping the queue id.
+    pub async fn rewrite(&mut self, content: &[u8]) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+        self.buffer.clear();
+        self.written = 0;
+        self.write(content).await;
+    }
+
     /// Appends content. An I/O error is kept and reported by `commit`, so
     /// the session can read the client's data to the end and answer 451.
     pub async fn write(&mut self, bytes: &[u8]) {
@@ -571,6 +631,37 @@ mod tests {
         assert!(matches!(Spool::open(dir.path()), Err(SpoolError::Locked { .. })));
         drop(first);
         Spool::open(dir.path()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn contents_can_be_read_back_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut writer = spool.create();
+        let big = vec![b'a'; SPILL_BYTES + 10];
+        writer.write(&big).await;
+        writer.write(b"tail").await;
+        let mut expected = big.clone();
+        expected.extend_from_slice(b"tail");
+        assert_eq!(writer.contents().await.unwrap(), expected);
+        writer.rewrite(b"new content\r\n").await;
+        assert_eq!(writer.contents().await.unwrap(), b"new content\r\n");
+        let id = writer.id().clone();
+        let stored = spool.commit(writer, envelope()).await.unwrap();
+        assert_eq!((stored.id, stored.content_len), (id, 13));
+    }
+
+    #[tokio::test]
+    async fn quarantined_messages_are_kept_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut writer = spool.create();
+        writer.write(b"spam\r\n").await;
+        let mut env = envelope();
+        env.quarantine = Some("looks like spam".into());
+        let id = spool.quarantine(writer, env).await.unwrap();
+        assert!(dir.path().join("quarantine").join(format!("{id}.msg")).exists());
+        assert!(spool.scan().unwrap().0.is_empty(), "never delivered");
     }
 
     #[tokio::test]

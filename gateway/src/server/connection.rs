@@ -10,11 +10,14 @@ use std::time::SystemTime;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::spawn_blocking;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use super::filters::{Disposition, Filters, TransactionEdits};
 use super::{ConnectionError, Inbound};
+use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataOutcome, DataReader, Feed};
@@ -52,6 +55,7 @@ pub async fn handle(
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
     let (mut session, mut step) = Session::new(Arc::clone(&inbound.settings.session), info);
+    let mut filters = inbound.settings.chain.as_ref().map(Filters::new);
     let mut conn = Connection {
         stream,
         input: BytesMut::with_capacity(4096),
@@ -64,6 +68,9 @@ pub async fn handle(
     // than in the session because the session does no I/O.
     let mut message: Option<SpoolWriter> = None;
     loop {
+        if let Some(filters) = filters.as_mut() {
+            filters.follow(&session);
+        }
         step = match step {
             Step::Reply(reply) => {
                 reply.write_to(&mut conn.output);
@@ -75,7 +82,17 @@ pub async fn handle(
                 let _ = conn.stream.shutdown().await;
                 return Ok(());
             }
-            Step::Check(stage) => session.decide(conn.check(stage, &session)),
+            Step::Check(stage) => {
+                let decision = conn
+                    .check(stage, &mut session, filters.as_mut(), message.as_ref())
+                    .await;
+                if let (Stage::Data, Decision::Refuse(reply) | Decision::Disconnect(reply)) = (stage, &decision) {
+                    if let Some(writer) = message.take() {
+                        log_rejected(&writer, reply);
+                    }
+                }
+                session.decide(decision)
+            }
             Step::ReceiveData(reply, reader) => {
                 reply.write_to(&mut conn.output);
                 conn.flush().await?;
@@ -96,8 +113,9 @@ pub async fn handle(
                 }
             }
             Step::Queue => {
+                let edits = filters.as_mut().map(Filters::take_transaction).unwrap_or_default();
                 let outcome = match message.take() {
-                    Some(writer) => conn.commit(&session, writer).await,
+                    Some(writer) => conn.commit(&session, writer, edits).await,
                     None => QueueOutcome::Failed,
                 };
                 session.queued(outcome)
@@ -110,15 +128,46 @@ fn log_rejected(writer: &SpoolWriter, reply: &Reply) {
     info!(queue_id = %writer.id(), size = writer.len(), outcome = "rejected", reply = %reply, "message rejected");
 }
 
+/// Messages up to this size are parsed for plugins on the runtime; larger
+/// ones on the blocking pool.
+const PARSE_INLINE_BYTES: usize = 256 * 1024;
+
+async fn parse(content: Vec<u8>) -> Option<Arc<ParsedMessage>> {
+    if content.len() <= PARSE_INLINE_BYTES {
+        return Some(Arc::new(ParsedMessage::new(content)));
+    }
+    spawn_blocking(move || Arc::new(ParsedMessage::new(content))).await.ok()
+}
+
 impl Connection {
-    /// The built-in policy for a stage. Plugins can only tighten it.
-    fn check(&self, stage: Stage, session: &Session) -> Decision {
-        match (stage, session.pending_recipient()) {
-            (Stage::Rcpt, Some(rcpt)) if !self.inbound.settings.relay.allows(session.connection().peer.ip(), rcpt) => {
-                Decision::Refuse(Reply::relay_denied())
+    /// Decides a stage: the built-in relay policy first (plugins can only
+    /// tighten it), then the plugin chain.
+    async fn check(
+        &self,
+        stage: Stage,
+        session: &mut Session,
+        filters: Option<&mut Filters>,
+        message: Option<&SpoolWriter>,
+    ) -> Decision {
+        if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient()) {
+            if !self.inbound.settings.relay.allows(session.connection().peer.ip(), rcpt) {
+                return Decision::Refuse(Reply::relay_denied());
             }
-            _ => Decision::Proceed,
         }
+        let Some(filters) = filters.filter(|f| f.runs_at(stage)) else {
+            return Decision::Proceed;
+        };
+        let parsed = match (stage, message) {
+            (Stage::Data, Some(writer)) => match writer.contents().await {
+                Ok(content) => parse(content).await,
+                Err(e) => {
+                    error!(error = %e, "cannot read the message back for plugins");
+                    return Decision::Refuse(Reply::local_error());
+                }
+            },
+            _ => None,
+        };
+        filters.check(stage, session, parsed.as_ref()).await
     }
 
     /// Returns the step for the next command, reading as needed.
@@ -216,12 +265,13 @@ impl Connection {
         }
     }
 
-    /// Spools the message and tells the delivery engine.
-    async fn commit(&self, session: &Session, writer: SpoolWriter) -> QueueOutcome {
+    /// Applies the plugins' edits, then spools the message and tells the
+    /// delivery engine (or drops or quarantines it, as a plugin decided).
+    async fn commit(&self, session: &Session, mut writer: SpoolWriter, edits: TransactionEdits) -> QueueOutcome {
         let (Some(txn), Some(info)) = (session.transaction(), session.message()) else {
             return QueueOutcome::Failed;
         };
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             reverse_path: txn.reverse_path.clone(),
             recipients: txn.recipients.iter().cloned().map(Recipient::new).collect(),
             received_at: SystemTime::now(),
@@ -235,20 +285,53 @@ impl Connection {
             }),
             quarantine: None,
         };
+        edits.apply_to(&mut envelope);
+        if let Some(content) = edits
+            .message
+            .as_ref()
+            .and_then(|m| plugin::rewrite(m.raw(), &edits.data))
+        {
+            envelope.eight_bit = content.iter().any(|&b| b >= 0x80);
+            writer.rewrite(&content).await;
+            envelope.size = writer.len();
+        }
+        let id = writer.id().to_string();
         let rcpts = envelope.recipients.len();
-        match self.inbound.spool.commit(writer, envelope).await {
-            Ok(stored) => {
-                let id = stored.id.to_string();
-                info!(queue_id = %id, from = %stored.envelope.reverse_path, rcpts, size = stored.content_len, outcome = "queued", "message accepted");
-                // If the engine is gone (shutdown), the message stays
-                // spooled and is delivered after the restart.
-                let _ = self.inbound.queue.send(stored).await;
+        match edits.disposition {
+            Disposition::Discard => {
+                info!(queue_id = %id, rcpts, size = envelope.size, outcome = "discarded", "message discarded by a plugin");
                 QueueOutcome::Queued(id)
             }
-            Err(e) => {
-                error!(error = %e, "cannot spool message; answering 451");
-                QueueOutcome::Failed
+            Disposition::Deliver if rcpts == 0 => {
+                info!(queue_id = %id, outcome = "discarded", "no recipients left after plugins; message discarded");
+                QueueOutcome::Queued(id)
             }
+            Disposition::Quarantine(reason) => {
+                envelope.quarantine = Some(reason.clone());
+                match self.inbound.spool.quarantine(writer, envelope).await {
+                    Ok(_) => {
+                        info!(queue_id = %id, rcpts, outcome = "quarantined", reason = %reason, "message quarantined");
+                        QueueOutcome::Queued(id)
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot quarantine message; answering 451");
+                        QueueOutcome::Failed
+                    }
+                }
+            }
+            Disposition::Deliver => match self.inbound.spool.commit(writer, envelope).await {
+                Ok(stored) => {
+                    info!(queue_id = %id, from = %stored.envelope.reverse_path, rcpts, size = stored.content_len, outcome = "queued", "message accepted");
+                    // If the engine is gone (shutdown), the message stays
+                    // spooled and is delivered after the restart.
+                    let _ = self.inbound.queue.send(stored).await;
+                    QueueOutcome::Queued(id)
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot spool message; answering 451");
+                    QueueOutcome::Failed
+                }
+            },
         }
     }
 

@@ -2,6 +2,7 @@
 //! and the connection driver that feeds the SMTP state machine.
 
 mod connection;
+mod filters;
 pub mod policy;
 
 use std::io;
@@ -18,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::plugin::Chain;
 use crate::queue::{QueueSender, Spool};
 use crate::smtp::Reply;
 use crate::smtp::session::{ConnectionInfo, SessionConfig};
@@ -35,6 +37,8 @@ pub struct ListenerConfig {
 /// Inbound settings, validated.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
+    /// The plugin chain; `None` when no plugins are configured.
+    pub chain: Option<Arc<Chain>>,
     /// What the state machine needs.
     pub session: Arc<SessionConfig>,
     /// Wait for the next command (RFC 5321 section 4.5.3.2.7).

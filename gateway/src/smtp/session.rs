@@ -390,6 +390,30 @@ impl Session {
         }
     }
 
+    /// Replaces the reverse-path of the MAIL being decided (a plugin's
+    /// rewrite). Returns false when no MAIL is being decided.
+    pub fn rewrite_reverse_path(&mut self, reverse_path: ReversePath) -> bool {
+        match &mut self.state {
+            State::Pending(Pending::Mail(_, txn)) => {
+                txn.reverse_path = reverse_path;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Replaces the recipient being decided (a plugin's rewrite). Returns
+    /// false when no RCPT is being decided.
+    pub fn rewrite_pending_recipient(&mut self, recipient: Mailbox) -> bool {
+        match &mut self.state {
+            State::Pending(Pending::Rcpt(_, _, rcpt)) => {
+                *rcpt = recipient;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Where the connection comes from.
     pub fn connection(&self) -> &ConnectionInfo {
         &self.connection

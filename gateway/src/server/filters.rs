@@ -1,0 +1,200 @@
+//! One connection's use of the plugin chain: the chain session (its
+//! instances), the metadata plugins set, and the edits they asked for in
+//! the current transaction, applied to the envelope and content at commit.
+
+use std::sync::Arc;
+
+use crate::plugin::{Chain, ChainSession, Decision, HookContext, Modification, ParsedMessage, StageCall, StageResult};
+use crate::queue::{Envelope, Recipient, RouteOverride};
+use crate::smtp::Mailbox;
+use crate::smtp::session::{Decision as SessionDecision, Session, Stage};
+
+/// What happens to an accepted message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Disposition {
+    /// Spool and deliver.
+    #[default]
+    Deliver,
+    /// Answer 250 and drop.
+    Discard,
+    /// Answer 250 and keep in the quarantine.
+    Quarantine(String),
+}
+
+/// What plugins asked for during the current transaction.
+#[derive(Debug, Default)]
+pub struct TransactionEdits {
+    metadata: Vec<(String, String)>,
+    /// Routes chosen at RCPT, by (rewritten) recipient address.
+    rcpt_routes: Vec<(Mailbox, RouteOverride)>,
+    /// The data stage's modifications, in chain order.
+    pub data: Vec<Modification>,
+    /// The data stage's verdict for an accepted message.
+    pub disposition: Disposition,
+    /// The parse plugins saw at the data stage.
+    pub message: Option<Arc<ParsedMessage>>,
+}
+
+impl TransactionEdits {
+    /// Applies routes and the data stage's envelope modifications.
+    pub fn apply_to(&self, envelope: &mut Envelope) {
+        for recipient in &mut envelope.recipients {
+            recipient.route = self
+                .rcpt_routes
+                .iter()
+                .rev()
+                .find(|(address, _)| *address == recipient.address)
+                .map(|(_, route)| route.clone());
+        }
+        for m in &self.data {
+            match m {
+                Modification::SetReversePath(path) => envelope.reverse_path = path.clone(),
+                Modification::Route(route) => {
+                    for recipient in &mut envelope.recipients {
+                        recipient.route = Some(route.clone());
+                    }
+                }
+                Modification::RouteRecipient(address, route) => {
+                    for recipient in envelope.recipients.iter_mut().filter(|r| r.address == *address) {
+                        recipient.route = Some(route.clone());
+                    }
+                }
+                Modification::AddRecipient(address) => {
+                    if !envelope.recipients.iter().any(|r| r.address == *address) {
+                        envelope.recipients.push(Recipient::new(address.clone()));
+                    }
+                }
+                Modification::RemoveRecipient(address) => envelope.recipients.retain(|r| r.address != *address),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A connection's plugin state.
+#[derive(Debug)]
+pub struct Filters {
+    chain: Arc<Chain>,
+    session: ChainSession,
+    connection_metadata: Vec<(String, String)>,
+    txn: TransactionEdits,
+    in_transaction: bool,
+}
+
+impl Filters {
+    /// Starts using `chain` for a connection.
+    pub fn new(chain: &Arc<Chain>) -> Self {
+        Self {
+            session: chain.session(),
+            chain: Arc::clone(chain),
+            connection_metadata: Vec::new(),
+            txn: TransactionEdits::default(),
+            in_transaction: false,
+        }
+    }
+
+    /// True when some plugin runs at `stage`.
+    pub fn runs_at(&self, stage: Stage) -> bool {
+        self.chain.runs_at(stage)
+    }
+
+    /// Follows the session: when its transaction has ended (queued,
+    /// refused, RSET, EHLO), the plugins' instances and the edits go.
+    pub fn follow(&mut self, session: &Session) {
+        let open = session.transaction().is_some();
+        if self.in_transaction && !open {
+            self.session.end_transaction();
+            self.txn = TransactionEdits::default();
+        }
+        self.in_transaction = open;
+    }
+
+    /// The edits of the transaction being committed.
+    pub fn take_transaction(&mut self) -> TransactionEdits {
+        std::mem::take(&mut self.txn)
+    }
+
+    /// Runs `stage` through the chain and applies what it decided to the
+    /// session; returns the decision for the session.
+    pub async fn check(
+        &mut self,
+        stage: Stage,
+        session: &mut Session,
+        message: Option<&Arc<ParsedMessage>>,
+    ) -> SessionDecision {
+        let ctx = self.context(session);
+        // The call borrows from the session only until the chain returns;
+        // the modifications are applied to it afterwards.
+        let call = match (
+            stage,
+            session.hello(),
+            session.transaction(),
+            session.pending_recipient(),
+            message,
+        ) {
+            (Stage::Connect, ..) => StageCall::Connect,
+            (Stage::Helo, Some(hello), ..) => StageCall::Helo(&hello.name),
+            (Stage::Mail, _, Some(txn), ..) => StageCall::Mail(&txn.reverse_path, &txn.parameters),
+            (Stage::Rcpt, _, _, Some(rcpt), _) => StageCall::Rcpt(rcpt),
+            (Stage::Data, .., Some(message)) => StageCall::Data(message),
+            _ => return SessionDecision::Proceed,
+        };
+        let StageResult {
+            decision,
+            modifications,
+        } = self.session.run(call, &ctx).await;
+        match decision {
+            Decision::Proceed => {}
+            Decision::Refuse(reply) => return SessionDecision::Refuse(reply),
+            Decision::Disconnect(reply) => return SessionDecision::Disconnect(reply),
+            Decision::Discard => self.txn.disposition = Disposition::Discard,
+            Decision::Quarantine(reason) => self.txn.disposition = Disposition::Quarantine(reason),
+        }
+        self.apply(stage, session, modifications);
+        if stage == Stage::Data {
+            self.txn.message = message.cloned();
+        }
+        SessionDecision::Proceed
+    }
+
+    fn apply(&mut self, stage: Stage, session: &mut Session, modifications: Vec<Modification>) {
+        for m in modifications {
+            match m {
+                Modification::SetMetadata(key, value) if matches!(stage, Stage::Connect | Stage::Helo) => {
+                    self.connection_metadata.push((key, value));
+                }
+                Modification::SetMetadata(key, value) => self.txn.metadata.push((key, value)),
+                Modification::SetReversePath(path) if stage == Stage::Mail => {
+                    session.rewrite_reverse_path(path);
+                }
+                Modification::SetRecipient(address) => {
+                    session.rewrite_pending_recipient(address);
+                }
+                Modification::Route(route) if stage == Stage::Rcpt => {
+                    if let Some(rcpt) = session.pending_recipient() {
+                        self.txn.rcpt_routes.push((rcpt.clone(), route));
+                    }
+                }
+                // The data stage's changes are applied at commit.
+                other => self.txn.data.push(other),
+            }
+        }
+    }
+
+    fn context(&self, session: &Session) -> HookContext {
+        let connection = session.connection();
+        let txn = session.transaction();
+        let mut metadata = self.connection_metadata.clone();
+        metadata.extend(self.txn.metadata.iter().cloned());
+        HookContext {
+            client: connection.peer,
+            listener: Arc::clone(&connection.listener),
+            tls: false,
+            helo: session.hello().map(|h| h.name.clone()),
+            authenticated: None,
+            reverse_path: txn.map(|t| t.reverse_path.clone()),
+            recipients: txn.map(|t| t.recipients.clone()).unwrap_or_default(),
+            metadata,
+        }
+    }
+}
