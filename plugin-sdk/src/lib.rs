@@ -176,13 +176,17 @@ pub trait Plugin: Sized + 'static {
 
 /// Exports a [`Plugin`] implementation as the component's hooks.
 ///
-/// Use it once, at the top level of the plugin crate.
+/// Use it once, at the top level of the plugin crate. The exports exist
+/// only when building for WebAssembly, so the plugin's logic can be unit
+/// tested on the host with `cargo test`.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         pub struct __MailgatePluginExport;
 
+        #[cfg(target_arch = "wasm32")]
         impl $crate::bindings::exports::mailgate::plugin::hooks::Guest for __MailgatePluginExport {
             fn init(settings: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
                 $crate::__private::init::<$plugin>(settings)
@@ -208,7 +212,20 @@ macro_rules! export_plugin {
             }
         }
 
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::export!(__MailgatePluginExport with_types_in $crate::bindings);
+
+        // Off WebAssembly nothing is exported; referencing the hooks keeps
+        // host builds (the plugin's unit tests) free of unused warnings.
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$plugin as $crate::Plugin>::init;
+            let _ = <$plugin as $crate::Plugin>::on_connect;
+            let _ = <$plugin as $crate::Plugin>::on_helo;
+            let _ = <$plugin as $crate::Plugin>::on_mail_from;
+            let _ = <$plugin as $crate::Plugin>::on_rcpt_to;
+            let _ = <$plugin as $crate::Plugin>::on_data;
+        };
     };
 }
 
@@ -228,7 +245,7 @@ pub mod __private {
     }
 
     pub fn init<P: Plugin>(settings: String) -> Result<(), String> {
-        let plugin = P::init(&Settings::new(settings))?;
+        let plugin = P::init(&Settings::from_json(settings))?;
         INSTANCE.with(|cell| *cell.borrow_mut() = Some(Box::new(plugin)));
         Ok(())
     }

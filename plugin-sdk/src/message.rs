@@ -20,6 +20,13 @@ pub struct Part {
     pub filename: Option<String>,
     /// Decoded size in octets.
     pub size: u64,
+    /// Where the part's raw (transfer-encoded) content starts in the body,
+    /// as [`Message::body_chunks`] and [`Message::raw_body`] count.
+    pub raw_offset: u64,
+    /// Length of the raw content.
+    pub raw_length: u64,
+    /// Content-Transfer-Encoding, lower case ("7bit", "base64", ...).
+    pub transfer_encoding: String,
     /// The part is an attachment.
     pub is_attachment: bool,
 }
@@ -66,6 +73,9 @@ impl<'a> Message<'a> {
                 content_type: p.content_type,
                 filename: p.filename,
                 size: p.size,
+                raw_offset: p.raw_offset,
+                raw_length: p.raw_length,
+                transfer_encoding: p.transfer_encoding,
                 is_attachment: p.is_attachment,
             })
             .collect()
@@ -83,6 +93,12 @@ impl<'a> Message<'a> {
             .filter(|p| !p.is_attachment && p.content_type.starts_with("text/"))
             .filter_map(|p| self.text(p))
             .collect()
+    }
+
+    /// The whole raw body (after the header section). Prefer
+    /// [`Message::body_chunks`] for large messages.
+    pub fn raw_body(&self) -> Vec<u8> {
+        self.body_chunks().flatten().collect()
     }
 
     /// The raw body (after the header section), in chunks of up to 64 KiB.

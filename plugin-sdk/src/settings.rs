@@ -9,8 +9,10 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub(crate) fn new(json: String) -> Self {
-        Self { json }
+    /// Settings from JSON text, as the gateway passes them; for a plugin's
+    /// own unit tests.
+    pub fn from_json(json: impl Into<String>) -> Self {
+        Self { json: json.into() }
     }
 
     /// The settings as JSON text (`{}` when none were given).

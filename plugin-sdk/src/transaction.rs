@@ -120,6 +120,15 @@ impl Transaction {
         self.push(wit::Modification::RemoveHeader(name.to_owned()));
     }
 
+    /// data: removes the `index`-th field (0-based) with this name, as
+    /// [`crate::Message::header`] lists them.
+    pub fn remove_header_at(&self, name: &str, index: u32) {
+        self.push(wit::Modification::RemoveHeaderAt(wit::HeaderIndex {
+            name: name.to_owned(),
+            index,
+        }));
+    }
+
     /// data: replaces every header field with this name by one.
     pub fn set_header(&self, name: &str, value: &str) {
         self.push(wit::Modification::SetHeader(wit::Header {

@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod durability;
 mod limits;
+mod plugins;
 mod relay;
 mod smuggling;
 

@@ -29,6 +29,7 @@ pub struct Setup {
     relay: Vec<String>,
     delivery: Vec<String>,
     routes: String,
+    plugins: Vec<String>,
 }
 
 impl Setup {
@@ -73,6 +74,22 @@ impl Setup {
     /// Routes everything to a smarthost.
     pub fn route_all_to(self, smarthost: SocketAddr) -> Self {
         self.route_to("\"*\"", smarthost)
+    }
+
+    /// Adds a `[[plugin]]` entry; `body` is its TOML (keys, then any
+    /// `[plugin.settings]` table).
+    pub fn plugin(mut self, body: &str) -> Self {
+        self.plugins.push(body.to_owned());
+        self
+    }
+
+    /// Adds a named route to a smarthost, with no domains (for plugins).
+    pub fn named_route(mut self, name: &str, smarthost: SocketAddr) -> Self {
+        let _ = write!(
+            self.routes,
+            "[[route]]\nname = \"{name}\"\nsmarthost = \"{smarthost}\"\n"
+        );
+        self
     }
 
     /// Routes `domains` to a maildir.
@@ -122,6 +139,19 @@ impl Setup {
             &self.delivery,
         );
         text.push_str(&self.routes);
+        if !self.plugins.is_empty() {
+            // One compile cache for all tests; a small pool, since many
+            // gateways share the test process's address space.
+            let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache");
+            let _ = write!(
+                text,
+                "[plugins]\ncache_dir = \"{}\"\nmax_instances = 32\n",
+                cache.display()
+            );
+            for plugin in &self.plugins {
+                let _ = write!(text, "[[plugin]]\n{plugin}\n");
+            }
+        }
         text
     }
 

@@ -35,3 +35,8 @@ pub fn init_logging() {
             .try_init();
     }
 }
+
+/// Paths of the plugins `build.rs` compiled from source.
+pub mod plugins {
+    include!(concat!(env!("OUT_DIR"), "/plugins.rs"));
+}

@@ -133,6 +133,7 @@ fn modification(m: wit::Modification, stage: Stage, routes: &HashSet<String>) ->
             | M::RemoveRecipient(_)
             | M::AddHeader(_)
             | M::RemoveHeader(_)
+            | M::RemoveHeaderAt(_)
             | M::SetHeader(_)
             | M::ReplaceBody(_),
             Stage::Data,
@@ -156,6 +157,7 @@ fn modification(m: wit::Modification, stage: Stage, routes: &HashSet<String>) ->
         M::AddHeader(h) => Modification::AddHeader(header(h)?),
         M::SetHeader(h) => Modification::SetHeader(header(h)?),
         M::RemoveHeader(name) => Modification::RemoveHeader(header_name(name)?),
+        M::RemoveHeaderAt(at) => Modification::RemoveHeaderAt(header_name(at.name)?, at.index),
         M::ReplaceBody(body) => Modification::ReplaceBody(canonical_line_endings(&body)),
         M::SetMetadata(entry) => {
             if entry.key.is_empty() || entry.key.len() > MAX_KEY || entry.value.len() > MAX_VALUE {
@@ -177,6 +179,7 @@ fn name(m: &wit::Modification) -> &'static str {
         M::RemoveRecipient(_) => "remove-recipient",
         M::AddHeader(_) => "add-header",
         M::RemoveHeader(_) => "remove-header",
+        M::RemoveHeaderAt(_) => "remove-header-at",
         M::SetHeader(_) => "set-header",
         M::ReplaceBody(_) => "replace-body",
         M::SetMetadata(_) => "set-metadata",

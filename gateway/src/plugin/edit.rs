@@ -13,6 +13,7 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
             m,
             Modification::AddHeader(_)
                 | Modification::RemoveHeader(_)
+                | Modification::RemoveHeaderAt(..)
                 | Modification::SetHeader(_)
                 | Modification::ReplaceBody(_)
         )
@@ -27,6 +28,17 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
         match m {
             Modification::AddHeader(field) => fields.push(render(field)),
             Modification::RemoveHeader(name) => fields.retain(|f| !has_name(f, name)),
+            Modification::RemoveHeaderAt(name, index) => {
+                let position = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| has_name(f, name))
+                    .nth(*index as usize)
+                    .map(|(i, _)| i);
+                if let Some(position) = position {
+                    fields.remove(position);
+                }
+            }
             Modification::SetHeader(field) => {
                 fields.retain(|f| !has_name(f, &field.name));
                 fields.push(render(field));
@@ -133,6 +145,17 @@ mod tests {
             out,
             b"Received: from a\r\n\tby b\r\nX-Added: yes\r\nSubject: changed\r\n\r\nbody\r\n"
         );
+    }
+
+    #[test]
+    fn removes_one_occurrence() {
+        let out = rewrite(MESSAGE, &[Modification::RemoveHeaderAt("X-Internal".into(), 1)]).unwrap();
+        assert_eq!(
+            out,
+            b"Received: from a\r\n\tby b\r\nSubject: hi\r\nX-Internal: secret\r\n\r\nbody\r\n"
+        );
+        let unchanged = rewrite(MESSAGE, &[Modification::RemoveHeaderAt("X-Internal".into(), 5)]).unwrap();
+        assert_eq!(unchanged, MESSAGE);
     }
 
     #[test]

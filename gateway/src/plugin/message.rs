@@ -87,6 +87,7 @@ impl ParsedMessage {
         let Some(message) = self.message() else {
             return Vec::new();
         };
+        let body_start = message.parts.first().map_or(0, |root| u64::from(root.offset_body));
         message
             .parts
             .iter()
@@ -106,6 +107,11 @@ impl ParsedMessage {
                     content_type,
                     filename: part.attachment_name().map(str::to_owned),
                     size: part.len() as u64,
+                    raw_offset: u64::from(part.offset_body).saturating_sub(body_start),
+                    raw_length: u64::from(part.offset_end.saturating_sub(part.offset_body)),
+                    transfer_encoding: part
+                        .content_transfer_encoding()
+                        .map_or_else(|| "7bit".to_owned(), str::to_lowercase),
                     is_attachment: message.attachments.contains(&index),
                 }
             })
@@ -199,6 +205,10 @@ mod tests {
         assert_eq!(pdf.filename.as_deref(), Some("x.pdf"));
         assert!(pdf.is_attachment);
         assert_eq!(pdf.size, 5);
+        assert_eq!(pdf.transfer_encoding, "base64");
+        let raw = message.read_body(pdf.raw_offset, u32::try_from(pdf.raw_length).unwrap());
+        assert_eq!(raw.trim_ascii_end(), b"JVBERi0=");
+        assert_eq!(text.transfer_encoding, "quoted-printable");
         assert_eq!(message.text(pdf.index), None);
         assert_eq!(message.text(999), None);
     }

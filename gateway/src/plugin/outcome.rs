@@ -71,6 +71,8 @@ pub enum Modification {
     AddHeader(HeaderField),
     /// Remove every field with this name (data).
     RemoveHeader(String),
+    /// Remove the n-th field (0-based) with this name (data).
+    RemoveHeaderAt(String, u32),
     /// Replace every field with this name by one (data).
     SetHeader(HeaderField),
     /// Replace the body (data), line endings already CRLF.

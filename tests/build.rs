@@ -1,0 +1,113 @@
+//! Builds every plugin from source before the tests compile: the Rust ones
+//! (plugins/ and tests/plugins/, one workspace) for wasm32-wasip2 into the
+//! shared `target/wasm-plugins`, and the Python one with componentize-py.
+//! The tests get one constant per plugin with the path of its `.wasm`.
+//! Nothing built here is checked in.
+
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Rust plugins: (constant, crate name).
+const RUST_PLUGINS: &[(&str, &str)] = &[
+    ("SMARTHOST_ROUTER", "smarthost_router"),
+    ("HEADER_REWRITE", "header_rewrite"),
+    ("SPAM_SCORE", "spam_score"),
+    ("SCRIPTED", "test_scripted"),
+    ("FAULTY", "test_faulty"),
+    ("WRONG_WORLD", "test_wrong_world"),
+];
+
+fn main() -> Result<(), String> {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let root = manifest.parent().ok_or("no repository root")?.to_owned();
+    let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let target_dir = root.join("target").join("wasm-plugins");
+    for watched in ["plugins", "tests/plugins", "plugin-sdk", "wit"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    build_rust_plugins(&root, &target_dir)?;
+    let python = build_python_plugin(&root, &target_dir)?;
+
+    let release = target_dir.join("wasm32-wasip2").join("release");
+    let mut constants = String::new();
+    for (constant, krate) in RUST_PLUGINS {
+        let path = release.join(format!("{krate}.wasm"));
+        writeln!(
+            constants,
+            "/// `{krate}.wasm`\npub const {constant}: &str = {:?};",
+            path.display().to_string()
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    writeln!(
+        constants,
+        "/// The Python plugin.\npub const EXTERNAL_TAGGER: &str = {:?};",
+        python.display().to_string()
+    )
+    .map_err(|e| e.to_string())?;
+    std::fs::write(out.join("plugins.rs"), constants).map_err(|e| e.to_string())
+}
+
+fn build_rust_plugins(root: &Path, target_dir: &Path) -> Result<(), String> {
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--workspace",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(root.join("plugins").join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The outer build's settings must not leak into the nested one.
+    for var in [
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_MAKEFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        command.env_remove(var);
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo for the plugins: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err("building the plugins for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)".into())
+    }
+}
+
+fn build_python_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    let output = target_dir.join("external_tagger.wasm");
+    let status = Command::new("componentize-py")
+        .arg("-d")
+        .arg(root.join("wit"))
+        .args(["-w", "plugin", "componentize", "-p"])
+        .arg(root.join("plugins").join("external-tagger"))
+        .arg("app")
+        .arg("-o")
+        .arg(&output)
+        .status()
+        .map_err(|e| {
+            format!("cannot run componentize-py ({e}); install it with `pip install componentize-py==0.25.1`")
+        })?;
+    if status.success() {
+        Ok(output)
+    } else {
+        Err("componentize-py failed to build plugins/external-tagger".into())
+    }
+}

@@ -1,0 +1,253 @@
+//! Test-only plugin that does what its settings say, per stage:
+//!
+//! ```toml
+//! [plugin.settings.rcpt]
+//! when = "blocked"                     # only if the recipient contains this
+//! verdict = "reject"                   # continue, accept, reject, tempfail,
+//! code = 550                           # disconnect, discard, quarantine
+//! enhanced = "5.7.1"
+//! text = "no thanks"
+//! modifications = [{ kind = "route", smarthost = "127.0.0.1:2525" }]
+//! ```
+//!
+//! So the end-to-end tests can produce every verdict at every stage and
+//! every modification, and see settings and metadata reach plugins.
+
+use std::collections::HashMap;
+
+use mailgate_plugin_sdk::{
+    MailParameters, Mailbox, Message, NextHop, Plugin, Reply, ReversePath, Settings, Transaction, Verdict,
+    export_plugin,
+};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Script {
+    /// Apply only when the stage's address (sender, recipient) or name
+    /// (HELO) contains this.
+    #[serde(default)]
+    when: Option<String>,
+    #[serde(default)]
+    verdict: Option<String>,
+    #[serde(default)]
+    code: u16,
+    #[serde(default)]
+    enhanced: Option<String>,
+    #[serde(default)]
+    text: String,
+    #[serde(default)]
+    modifications: Vec<Change>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+enum Change {
+    SetReversePath {
+        value: String,
+    },
+    SetRecipient {
+        value: String,
+    },
+    Route {
+        route: Option<String>,
+        smarthost: Option<String>,
+    },
+    RouteRecipient {
+        recipient: String,
+        route: Option<String>,
+        smarthost: Option<String>,
+    },
+    AddRecipient {
+        value: String,
+    },
+    RemoveRecipient {
+        value: String,
+    },
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    RemoveHeader {
+        name: String,
+    },
+    RemoveHeaderAt {
+        name: String,
+        index: u32,
+    },
+    SetHeader {
+        name: String,
+        value: String,
+    },
+    ReplaceBody {
+        value: String,
+    },
+    SetMetadata {
+        key: String,
+        value: String,
+    },
+    /// data: a header carrying a metadata value (or "none").
+    HeaderFromMetadata {
+        name: String,
+        key: String,
+    },
+    /// data: a header carrying this plugin's settings as JSON.
+    HeaderFromSettings {
+        name: String,
+    },
+    /// data: a header summarising what the message handle shows.
+    HeaderFromMessage {
+        name: String,
+    },
+    /// any stage: a metadata entry naming the context the hook saw.
+    MetadataFromContext {
+        key: String,
+    },
+}
+
+struct Scripted {
+    stages: HashMap<String, Script>,
+    settings: String,
+}
+
+impl Scripted {
+    fn run(&self, stage: &str, subject: &str, txn: &Transaction, message: Option<&Message>) -> Verdict {
+        let Some(script) = self.stages.get(stage) else {
+            return Verdict::Continue;
+        };
+        if script.when.as_deref().is_some_and(|w| !subject.contains(w)) {
+            return Verdict::Continue;
+        }
+        for change in &script.modifications {
+            self.apply(change, txn, message);
+        }
+        let reply = || Reply {
+            code: script.code,
+            enhanced: script.enhanced.clone(),
+            text: script.text.clone(),
+        };
+        match script.verdict.as_deref().unwrap_or("continue") {
+            "accept" => Verdict::Accept,
+            "reject" => Verdict::Reject(reply()),
+            "tempfail" => Verdict::Tempfail(reply()),
+            "disconnect" => Verdict::Disconnect(reply()),
+            "discard" => Verdict::Discard,
+            "quarantine" => Verdict::Quarantine(script.text.clone()),
+            _ => Verdict::Continue,
+        }
+    }
+
+    fn apply(&self, change: &Change, txn: &Transaction, message: Option<&Message>) {
+        match change {
+            Change::SetReversePath { value } => txn.set_reverse_path(value),
+            Change::SetRecipient { value } => txn.set_recipient(value),
+            Change::Route { route, smarthost } => txn.route(hop(route, smarthost)),
+            Change::RouteRecipient {
+                recipient,
+                route,
+                smarthost,
+            } => txn.route_recipient(recipient, hop(route, smarthost)),
+            Change::AddRecipient { value } => txn.add_recipient(value),
+            Change::RemoveRecipient { value } => txn.remove_recipient(value),
+            Change::AddHeader { name, value } => txn.add_header(name, value),
+            Change::RemoveHeader { name } => txn.remove_header(name),
+            Change::RemoveHeaderAt { name, index } => txn.remove_header_at(name, *index),
+            Change::SetHeader { name, value } => txn.set_header(name, value),
+            Change::ReplaceBody { value } => txn.replace_body(value.as_bytes()),
+            Change::SetMetadata { key, value } => txn.set_metadata(key, value),
+            Change::HeaderFromMetadata { name, key } => txn.add_header(name, txn.metadata(key).unwrap_or("none")),
+            Change::HeaderFromSettings { name } => txn.add_header(name, &self.settings),
+            Change::HeaderFromMessage { name } => {
+                if let Some(message) = message {
+                    txn.add_header(name, &summary(message));
+                }
+            }
+            Change::MetadataFromContext { key } => {
+                let client = txn.client();
+                let value = format!(
+                    "ip={} listener={} helo={} from={} rcpts={}",
+                    client.ip,
+                    client.listener,
+                    client.helo.unwrap_or_default(),
+                    match txn.reverse_path() {
+                        Some(ReversePath::Mailbox(m)) => m.to_string(),
+                        Some(_) => "<>".into(),
+                        None => "-".into(),
+                    },
+                    txn.recipients().len()
+                );
+                txn.set_metadata(key, &value);
+            }
+        }
+    }
+}
+
+fn hop(route: &Option<String>, smarthost: &Option<String>) -> NextHop {
+    match (route, smarthost) {
+        (Some(name), _) => NextHop::Route(name.clone()),
+        (None, Some(host)) => NextHop::Smarthost(host.clone()),
+        (None, None) => NextHop::Route(String::new()),
+    }
+}
+
+/// What the message handle shows: subject, parts, decoded texts, body size.
+fn summary(message: &Message) -> String {
+    let parts: Vec<String> = message
+        .parts()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}",
+                p.content_type,
+                p.filename.clone().unwrap_or_default(),
+                p.size
+            )
+        })
+        .collect();
+    let texts = message.texts().join("|").replace(['\r', '\n'], " ");
+    let body: usize = message.body_chunks().map(|c| c.len()).sum();
+    format!(
+        "subject={} headers={} parts={} texts={} body={}",
+        message.first_header("Subject").unwrap_or_default(),
+        message.headers().len(),
+        parts.join(","),
+        texts.trim(),
+        body
+    )
+}
+
+impl Plugin for Scripted {
+    fn init(settings: &Settings) -> Result<Self, String> {
+        Ok(Self {
+            stages: settings.parse()?,
+            settings: settings.json().to_owned(),
+        })
+    }
+
+    fn on_connect(&self, txn: &Transaction) -> Verdict {
+        self.run("connect", &txn.client().ip, txn, None)
+    }
+
+    fn on_helo(&self, name: &str, txn: &Transaction) -> Verdict {
+        self.run("helo", name, txn, None)
+    }
+
+    fn on_mail_from(&self, from: &ReversePath, _params: &MailParameters, txn: &Transaction) -> Verdict {
+        let subject = match from {
+            ReversePath::Mailbox(m) => m.to_string(),
+            _ => String::new(),
+        };
+        self.run("mail", &subject, txn, None)
+    }
+
+    fn on_rcpt_to(&self, rcpt: &Mailbox, txn: &Transaction) -> Verdict {
+        self.run("rcpt", rcpt.as_str(), txn, None)
+    }
+
+    fn on_data(&self, message: &Message, txn: &Transaction) -> Verdict {
+        let subject = message.first_header("Subject").unwrap_or_default();
+        self.run("data", &subject, txn, Some(message))
+    }
+}
+
+export_plugin!(Scripted);
