@@ -24,8 +24,25 @@ fn main() -> Result<(), String> {
     let root = manifest.parent().ok_or("no repository root")?.to_owned();
     let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let target_dir = root.join("target").join("wasm-plugins");
-    for watched in ["plugins", "tests/plugins", "plugin-sdk", "wit"] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    // Sources only: build outputs (plugins/target) must not retrigger this.
+    let mut watched = vec![
+        root.join("plugins/Cargo.toml"),
+        root.join("plugins/Cargo.lock"),
+        root.join("plugins/external-tagger/app.py"),
+        root.join("plugin-sdk/src"),
+        root.join("plugin-sdk/Cargo.toml"),
+        root.join("wit"),
+    ];
+    for parent in [root.join("plugins"), root.join("tests/plugins")] {
+        for entry in std::fs::read_dir(&parent).map_err(|e| e.to_string())?.flatten() {
+            let crate_dir = entry.path();
+            if crate_dir.join("Cargo.toml").exists() {
+                watched.extend([crate_dir.join("Cargo.toml"), crate_dir.join("src"), crate_dir.join("wit")]);
+            }
+        }
+    }
+    for path in watched.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
 
     build_rust_plugins(&root, &target_dir)?;
@@ -94,6 +111,8 @@ fn build_rust_plugins(root: &Path, target_dir: &Path) -> Result<(), String> {
 fn build_python_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
     let output = target_dir.join("external_tagger.wasm");
     let status = Command::new("componentize-py")
+        // No __pycache__ in the source tree (it would retrigger this script).
+        .env("PYTHONDONTWRITEBYTECODE", "1")
         .arg("-d")
         .arg(root.join("wit"))
         .args(["-w", "plugin", "componentize", "-p"])
