@@ -37,7 +37,11 @@ fn main() -> Result<(), String> {
         for entry in std::fs::read_dir(&parent).map_err(|e| e.to_string())?.flatten() {
             let crate_dir = entry.path();
             if crate_dir.join("Cargo.toml").exists() {
-                watched.extend([crate_dir.join("Cargo.toml"), crate_dir.join("src"), crate_dir.join("wit")]);
+                watched.extend([
+                    crate_dir.join("Cargo.toml"),
+                    crate_dir.join("src"),
+                    crate_dir.join("wit"),
+                ]);
             }
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 mod config;
 mod delivery;
 mod durability;
+mod example_plugins;
 mod limits;
 mod plugins;
 mod relay;

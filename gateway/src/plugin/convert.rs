@@ -122,24 +122,25 @@ fn reply(reply: wit::Reply, verdict: &str, allowed: impl Fn(u16) -> bool) -> Res
 
 fn modification(m: wit::Modification, stage: Stage, routes: &HashSet<String>) -> Result<Modification, String> {
     use wit::Modification as M;
-    let legal = match (&m, stage) {
-        (M::SetMetadata(_), _) => true,
-        (M::SetReversePath(_), Stage::Mail | Stage::Data) => true,
-        (M::SetRecipient(_), Stage::Rcpt) => true,
-        (M::Route(_), Stage::Rcpt | Stage::Data) => true,
-        (
-            M::RouteRecipient(_)
-            | M::AddRecipient(_)
-            | M::RemoveRecipient(_)
-            | M::AddHeader(_)
-            | M::RemoveHeader(_)
-            | M::RemoveHeaderAt(_)
-            | M::SetHeader(_)
-            | M::ReplaceBody(_),
-            Stage::Data,
-        ) => true,
-        _ => false,
-    };
+    // Which modification is legal at which stage (DESIGN section 3).
+    let legal = matches!(
+        (&m, stage),
+        (M::SetMetadata(_), _)
+            | (M::SetReversePath(_), Stage::Mail | Stage::Data)
+            | (M::SetRecipient(_), Stage::Rcpt)
+            | (M::Route(_), Stage::Rcpt | Stage::Data)
+            | (
+                M::RouteRecipient(_)
+                    | M::AddRecipient(_)
+                    | M::RemoveRecipient(_)
+                    | M::AddHeader(_)
+                    | M::RemoveHeader(_)
+                    | M::RemoveHeaderAt(_)
+                    | M::SetHeader(_)
+                    | M::ReplaceBody(_),
+                Stage::Data,
+            )
+    );
     if !legal {
         return Err(format!(
             "modification {} is not allowed at the {} stage",

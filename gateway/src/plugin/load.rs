@@ -158,10 +158,10 @@ impl LoadedPlugin {
     /// An instance with `init` done: a warm one in reused mode if any,
     /// otherwise a new one.
     pub async fn instance(&self) -> Result<Live, Fault> {
-        if self.config.instances == InstanceMode::Reused {
-            if let Some(live) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
-                return Ok(live);
-            }
+        if self.config.instances == InstanceMode::Reused
+            && let Some(live) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
+        {
+            return Ok(live);
         }
         let mut store = Store::new(
             &self.engine,

@@ -86,10 +86,10 @@ pub async fn handle(
                 let decision = conn
                     .check(stage, &mut session, filters.as_mut(), message.as_ref())
                     .await;
-                if let (Stage::Data, Decision::Refuse(reply) | Decision::Disconnect(reply)) = (stage, &decision) {
-                    if let Some(writer) = message.take() {
-                        log_rejected(&writer, reply);
-                    }
+                if let (Stage::Data, Decision::Refuse(reply) | Decision::Disconnect(reply)) = (stage, &decision)
+                    && let Some(writer) = message.take()
+                {
+                    log_rejected(&writer, reply);
                 }
                 session.decide(decision)
             }
@@ -149,10 +149,10 @@ impl Connection {
         filters: Option<&mut Filters>,
         message: Option<&SpoolWriter>,
     ) -> Decision {
-        if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient()) {
-            if !self.inbound.settings.relay.allows(session.connection().peer.ip(), rcpt) {
-                return Decision::Refuse(Reply::relay_denied());
-            }
+        if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient())
+            && !self.inbound.settings.relay.allows(session.connection().peer.ip(), rcpt)
+        {
+            return Decision::Refuse(Reply::relay_denied());
         }
         let Some(filters) = filters.filter(|f| f.runs_at(stage)) else {
             return Decision::Proceed;

@@ -59,10 +59,8 @@ impl TransactionEdits {
                         recipient.route = Some(route.clone());
                     }
                 }
-                Modification::AddRecipient(address) => {
-                    if !envelope.recipients.iter().any(|r| r.address == *address) {
-                        envelope.recipients.push(Recipient::new(address.clone()));
-                    }
+                Modification::AddRecipient(address) if !envelope.recipients.iter().any(|r| r.address == *address) => {
+                    envelope.recipients.push(Recipient::new(address.clone()));
                 }
                 Modification::RemoveRecipient(address) => envelope.recipients.retain(|r| r.address != *address),
                 _ => {}

@@ -103,6 +103,17 @@ enum Change {
     MetadataFromContext {
         key: String,
     },
+    /// data: a header counting the messages this instance has seen, which
+    /// tells fresh instances (always 1) from reused ones.
+    Counter {
+        name: String,
+    },
+    /// any stage: trap (a deliberate crash of the instance).
+    Trap,
+}
+
+thread_local! {
+    static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 struct Scripted {
@@ -162,6 +173,14 @@ impl Scripted {
                     txn.add_header(name, &summary(message));
                 }
             }
+            Change::Counter { name } => {
+                let seen = SEEN.with(|seen| {
+                    seen.set(seen.get() + 1);
+                    seen.get()
+                });
+                txn.add_header(name, &seen.to_string());
+            }
+            Change::Trap => std::process::abort(),
             Change::MetadataFromContext { key } => {
                 let client = txn.client();
                 let value = format!(
