@@ -9,6 +9,10 @@
 # counts only mail that crossed the relay, durably spooled on the way
 # (mailgate fsyncs before its 250; Postfix does the same by default).
 #
+# Relays: `mailgate` (no plugins), `mailgate-plugins` (three example plugins,
+# smarthost-router, header-rewrite and spam-score, each at all five stages)
+# and `postfix`; RELAYS picks which, in order.
+#
 # Usage: bench/relay.sh            (MESSAGES=10000 SESSIONS=20 SIZE=1024 RCPTS=1)
 # Needs: root (a private Postfix instance), Debian's postfix package for
 # smtp-source, smtp-sink and postfix itself; installed if missing.
@@ -18,7 +22,7 @@ MESSAGES=${MESSAGES:-10000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-1024}
 RCPTS=${RCPTS:-1}
-RELAYS=${RELAYS:-"mailgate postfix"}
+RELAYS=${RELAYS:-"mailgate mailgate-plugins postfix"}
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -28,6 +32,10 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
 fi
 cargo build --release --locked -p mailgate --quiet
 mailgate=$root/target/release/mailgate
+rustup target add wasm32-wasip2 >/dev/null 2>&1
+cargo build --release --locked --quiet --target wasm32-wasip2 --target-dir target/wasm-plugins \
+    --manifest-path plugins/Cargo.toml -p spam-score -p header-rewrite -p smarthost-router
+plugin_dir=$root/target/wasm-plugins/wasm32-wasip2/release
 
 work=$(mktemp -d /tmp/mailgate-bench.XXXXXX)
 chmod 755 "$work" # Postfix's daemons run as the postfix user
@@ -42,6 +50,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sink_port=$(free_port)
 mailgate_port=$(free_port)
+plugins_port=$(free_port)
 postfix_port=$(free_port)
 
 wait_port() {
@@ -53,29 +62,69 @@ wait_port() {
     return 1
 }
 
+# Starts a mailgate on port $1 with its files in $work/$2; $3 is extra
+# configuration (the plugins).
 start_mailgate() {
-    mkdir -p "$work/mailgate"
-    cat >"$work/mailgate/mailgate.toml" <<EOF
+    local port=$1 dir=$work/$2 extra=${3:-}
+    mkdir -p "$dir"
+    cat >"$dir/mailgate.toml" <<EOF
 [server]
 hostname = "bench.mailgate.test"
-spool_dir = "$work/mailgate/spool"
+spool_dir = "$dir/spool"
 max_connections = 1000
 
 [[listener]]
 name = "bench"
-address = "127.0.0.1:$mailgate_port"
+address = "127.0.0.1:$port"
 
 [relay]
 trusted_networks = ["127.0.0.0/8"]
 
 [[route]]
+name = "sink"
 domains = ["*"]
 smarthost = "127.0.0.1:$sink_port"
+$extra
 EOF
-    "$mailgate" run --config "$work/mailgate/mailgate.toml" 2>"$work/mailgate/log" &
+    "$mailgate" run --config "$dir/mailgate.toml" 2>"$dir/log" &
     mailgate_pid=$!
     pids+=("$mailgate_pid")
-    wait_port "$mailgate_port"
+    wait_port "$port"
+}
+
+# The three example plugins, each at every stage.
+plugin_chain() {
+    local all='["connect", "helo", "mail", "rcpt", "data"]'
+    cat <<EOF
+[plugins]
+cache_dir = "$work/plugin-cache"
+
+[[plugin]]
+name = "smarthost-router"
+path = "$plugin_dir/smarthost_router.wasm"
+stages = $all
+[[plugin.settings.rules]]
+domains = ["*"]
+route = "sink"
+
+[[plugin]]
+name = "header-rewrite"
+path = "$plugin_dir/header_rewrite.wasm"
+stages = $all
+[[plugin.settings.rules]]
+set = "X-Relayed-By"
+value = "mailgate"
+[[plugin.settings.rules]]
+remove = "X-Internal"
+
+[[plugin]]
+name = "spam-score"
+path = "$plugin_dir/spam_score.wasm"
+stages = $all
+[plugin.settings]
+quarantine_at = 100.0
+reject_at = 200.0
+EOF
 }
 
 start_postfix() {
@@ -144,19 +193,21 @@ echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinf
 declare -A rate
 for relay in $RELAYS; do
     case $relay in
-        mailgate) start_mailgate; port=$mailgate_port ;;
+        mailgate) start_mailgate "$mailgate_port" mailgate; port=$mailgate_port ;;
+        mailgate-plugins) start_mailgate "$plugins_port" mailgate-plugins "$(plugin_chain)"; port=$plugins_port ;;
         postfix) start_postfix; port=$postfix_port ;;
         *) echo "unknown relay $relay" >&2; exit 2 ;;
     esac
     cpu_before=0
-    [ "$relay" = mailgate ] && cpu_before=$(cpu_seconds "$mailgate_pid")
+    case $relay in mailgate*) cpu_before=$(cpu_seconds "$mailgate_pid") ;; esac
     read -r msgs inject arrive < <(measure "$port")
     rate[$relay]=$msgs
-    printf '%-9s %6s msg/s end to end  (all injected after %ss, all arrived after %ss)\n' "$relay" "$msgs" "$inject" "$arrive"
-    if [ "$relay" = mailgate ]; then
-        python3 -c "print(f'          mailgate used {($(cpu_seconds "$mailgate_pid") - $cpu_before) * 1000 / $MESSAGES:.2f} ms of CPU per message')"
-    fi
+    printf '%-16s %6s msg/s end to end  (all injected after %ss, all arrived after %ss)\n' "$relay" "$msgs" "$inject" "$arrive"
+    case $relay in mailgate*)
+        python3 -c "print(f'          {\"$relay\"} used {($(cpu_seconds "$mailgate_pid") - $cpu_before) * 1000 / $MESSAGES:.2f} ms of CPU per message')"
+    esac
 done
-if [ -n "${rate[mailgate]:-}" ] && [ -n "${rate[postfix]:-}" ]; then
-    python3 -c "print(f'ratio mailgate/postfix: {${rate[mailgate]} / ${rate[postfix]}:.2f}')"
-fi
+ratio() { python3 -c "print(f'ratio $1/$2: {${rate[$1]} / ${rate[$2]}:.2f}')"; }
+if [ -n "${rate[mailgate]:-}" ] && [ -n "${rate[postfix]:-}" ]; then ratio mailgate postfix; fi
+if [ -n "${rate[mailgate-plugins]:-}" ] && [ -n "${rate[mailgate]:-}" ]; then ratio mailgate-plugins mailgate; fi
+if [ -n "${rate[mailgate-plugins]:-}" ] && [ -n "${rate[postfix]:-}" ]; then ratio mailgate-plugins postfix; fi

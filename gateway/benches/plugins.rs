@@ -1,0 +1,199 @@
+//! Plugin cost per transaction and per hook call, through the gateway's own
+//! plugin host (no sockets): a transaction is the five stages run through
+//! the chain on a fresh `ChainSession`, which instantiates each plugin on
+//! its first call (or takes a warm one in `reused` mode), then ends.
+//!
+//! Run with `bench/plugins.sh`, which builds the plugins first:
+//!
+//! ```text
+//! cargo bench -p mailgate --bench plugins -- RUST_DIR PYTHON_WASM
+//! ```
+//!
+//! Prints median and p99 per scenario: the whole transaction, the cost it
+//! adds per plugin over an empty chain, and one warm hook call.
+
+#![allow(clippy::panic, clippy::expect_used, reason = "a benchmark stops on a setup failure")]
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mailgate::plugin::{
+    Capability, Chain, HookContext, InstanceMode, OnError, ParsedMessage, PluginConfig, Runtime, RuntimeSettings, StageCall,
+};
+use mailgate::smtp::command::MailParameters;
+use mailgate::smtp::session::Stage;
+use mailgate::smtp::{Mailbox, ReversePath};
+
+const ALL_STAGES: [Stage; 5] = [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data];
+
+struct Scenario {
+    label: &'static str,
+    plugins: Vec<PluginConfig>,
+    transactions: usize,
+}
+
+fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, python: bool) -> PluginConfig {
+    PluginConfig {
+        name: Arc::from(name),
+        path: path.to_owned(),
+        stages: ALL_STAGES.to_vec(),
+        settings: settings.to_owned(),
+        memory_limit: if python { 256 << 20 } else { 64 << 20 },
+        time_budget: Duration::from_secs(5),
+        on_error: OnError::Tempfail,
+        instances,
+        capabilities: if python { vec![Capability::Log, Capability::Clock] } else { vec![] },
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+struct Measured {
+    transactions: Vec<Duration>,
+    warm_calls: Vec<Duration>,
+}
+
+async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>) -> Measured {
+    let settings = RuntimeSettings {
+        cache_dir: cache.to_owned(),
+        max_instances: 64,
+        max_memory_bytes: scenario.plugins.iter().map(|p| p.memory_limit).max().unwrap_or(64 << 20),
+    };
+    let runtime = Runtime::new(&settings).expect("the engine starts");
+    let chain = Chain::load(runtime, scenario.plugins.clone(), HashSet::from(["sink".to_owned()]))
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:?}", scenario.label));
+    let ctx = HookContext {
+        client: "192.0.2.1:40000".parse().expect("an address"),
+        listener: Arc::from("bench"),
+        tls: false,
+        helo: Some("client.example".into()),
+        authenticated: None,
+        reverse_path: None,
+        recipients: Vec::new(),
+        metadata: Vec::new(),
+    };
+    let sender = ReversePath::Mailbox(Mailbox::parse("sender@example.org").expect("a mailbox"));
+    let rcpt = Mailbox::parse("rcpt@example.com").expect("a mailbox");
+    let params = MailParameters::default();
+    let mut measured = Measured {
+        transactions: Vec::with_capacity(scenario.transactions),
+        warm_calls: Vec::with_capacity(scenario.transactions * 4),
+    };
+    let warmup = scenario.transactions / 10 + 5;
+    for i in 0..warmup + scenario.transactions {
+        let started = Instant::now();
+        let mut session = chain.session();
+        let calls = [
+            StageCall::Connect,
+            StageCall::Helo("client.example"),
+            StageCall::Mail(&sender, &params),
+            StageCall::Rcpt(&rcpt),
+            StageCall::Data(message),
+        ];
+        for (n, call) in calls.into_iter().enumerate() {
+            let call_started = Instant::now();
+            let result = session.run(call, &ctx).await;
+            assert_eq!(result.decision, mailgate::plugin::Decision::Proceed, "{}: {result:?}", scenario.label);
+            if n > 0 && i >= warmup {
+                measured.warm_calls.push(call_started.elapsed());
+            }
+        }
+        session.end_transaction();
+        drop(session);
+        if i >= warmup {
+            measured.transactions.push(started.elapsed());
+        }
+    }
+    measured.transactions.sort();
+    measured.warm_calls.sort();
+    measured
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().filter(|a| !a.starts_with("--")).collect();
+    let (Some(rust_dir), Some(python)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: cargo bench -p mailgate --bench plugins -- RUST_PLUGIN_DIR PYTHON_PLUGIN_WASM");
+        std::process::exit(2);
+    };
+    let rust = |name: &str| PathBuf::from(rust_dir).join(format!("{name}.wasm"));
+    let python = PathBuf::from(python);
+    let cache = std::env::temp_dir().join("mailgate-bench-cache");
+    let router = r#"{"rules": [{"domains": ["*"], "route": "sink"}]}"#;
+    let rewrite = r#"{"rules": [{"set": "X-Relayed-By", "value": "mailgate"}, {"remove": "X-Internal"}]}"#;
+    let spam = r#"{"quarantine_at": 100, "reject_at": 200}"#;
+    let tagger = r#"{"internal_domains": ["example.com"]}"#;
+    let scenarios = vec![
+        Scenario { label: "empty chain (baseline)", plugins: vec![], transactions: 20_000 },
+        Scenario {
+            label: "Rust header-rewrite, fresh",
+            plugins: vec![plugin("rewrite", &rust("header_rewrite"), rewrite, InstanceMode::Fresh, false)],
+            transactions: 20_000,
+        },
+        Scenario {
+            label: "Rust header-rewrite, reused",
+            plugins: vec![plugin("rewrite", &rust("header_rewrite"), rewrite, InstanceMode::Reused, false)],
+            transactions: 20_000,
+        },
+        Scenario {
+            label: "3 Rust plugins, fresh",
+            plugins: vec![
+                plugin("router", &rust("smarthost_router"), router, InstanceMode::Fresh, false),
+                plugin("rewrite", &rust("header_rewrite"), rewrite, InstanceMode::Fresh, false),
+                plugin("spam", &rust("spam_score"), spam, InstanceMode::Fresh, false),
+            ],
+            transactions: 10_000,
+        },
+        Scenario {
+            label: "Python external-tagger, fresh",
+            plugins: vec![plugin("tagger", &python, tagger, InstanceMode::Fresh, true)],
+            transactions: 500,
+        },
+        Scenario {
+            label: "Python external-tagger, reused",
+            plugins: vec![plugin("tagger", &python, tagger, InstanceMode::Reused, true)],
+            transactions: 5_000,
+        },
+    ];
+    let message = Arc::new(ParsedMessage::new(
+        b"Received: from client.example ([192.0.2.1])\r\n\tby gw.example; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: sender@example.org\r\nTo: rcpt@example.com\r\nSubject: benchmark\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n"
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(b'x', 900))
+            .chain(b"\r\n".iter().copied())
+            .collect(),
+    ));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    println!(
+        "{:<32} {:>8} {:>12} {:>12} {:>16} {:>12} {:>12}",
+        "scenario", "txns", "txn p50", "txn p99", "added/plugin p50", "call p50", "call p99"
+    );
+    let mut baseline = Duration::ZERO;
+    for scenario in &scenarios {
+        let m = runtime.block_on(measure(scenario, &cache, &message));
+        let p50 = percentile(&m.transactions, 0.5);
+        if scenario.plugins.is_empty() {
+            baseline = p50;
+        }
+        let added = p50.saturating_sub(baseline) / u32::try_from(scenario.plugins.len().max(1)).unwrap_or(1);
+        println!(
+            "{:<32} {:>8} {:>12} {:>12} {:>16} {:>12} {:>12}",
+            scenario.label,
+            m.transactions.len(),
+            micros(p50),
+            micros(percentile(&m.transactions, 0.99)),
+            micros(added),
+            micros(percentile(&m.warm_calls, 0.5)),
+            micros(percentile(&m.warm_calls, 0.99)),
+        );
+    }
+}
