@@ -178,7 +178,10 @@ fn main() {
         "scenario", "txns", "txn p50", "txn p99", "added/plugin p50", "call p50", "call p99"
     );
     let mut baseline = Duration::ZERO;
-    for scenario in &scenarios {
+    // BENCH_FILTER=text runs only the scenarios whose label contains it
+    // (and the baseline).
+    let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
+    for scenario in scenarios.iter().filter(|s| s.plugins.is_empty() || s.label.contains(&filter)) {
         let m = runtime.block_on(measure(scenario, &cache, &message));
         let p50 = percentile(&m.transactions, 0.5);
         if scenario.plugins.is_empty() {
