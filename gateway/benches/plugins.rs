@@ -132,7 +132,7 @@ fn main() {
     let rewrite = r#"{"rules": [{"set": "X-Relayed-By", "value": "mailgate"}, {"remove": "X-Internal"}]}"#;
     let spam = r#"{"quarantine_at": 100, "reject_at": 200}"#;
     let tagger = r#"{"internal_domains": ["example.com"]}"#;
-    let scenarios = vec![
+    let scenarios = [
         Scenario { label: "empty chain (baseline)", plugins: vec![], transactions: 20_000 },
         Scenario {
             label: "Rust header-rewrite, fresh",
