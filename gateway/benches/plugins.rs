@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailgate::plugin::{
-    Capability, Chain, HookContext, InstanceMode, OnError, ParsedMessage, PluginConfig, Runtime, RuntimeSettings, StageCall,
+    Capability, Chain, HookContext, InstanceMode, OnError, ParsedMessage, PluginConfig, Runtime, RuntimeSettings,
+    StageCall,
 };
 use mailgate::smtp::command::MailParameters;
 use mailgate::smtp::session::Stage;
@@ -44,7 +45,11 @@ fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, pyth
         time_budget: Duration::from_secs(5),
         on_error: OnError::Tempfail,
         instances,
-        capabilities: if python { vec![Capability::Log, Capability::Clock] } else { vec![] },
+        capabilities: if python {
+            vec![Capability::Log, Capability::Clock]
+        } else {
+            vec![]
+        },
     }
 }
 
@@ -66,7 +71,12 @@ async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>
     let settings = RuntimeSettings {
         cache_dir: cache.to_owned(),
         max_instances: 64,
-        max_memory_bytes: scenario.plugins.iter().map(|p| p.memory_limit).max().unwrap_or(64 << 20),
+        max_memory_bytes: scenario
+            .plugins
+            .iter()
+            .map(|p| p.memory_limit)
+            .max()
+            .unwrap_or(64 << 20),
     };
     let runtime = Runtime::new(&settings).expect("the engine starts");
     let chain = Chain::load(runtime, scenario.plugins.clone(), HashSet::from(["sink".to_owned()]))
@@ -103,7 +113,12 @@ async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>
         for (n, call) in calls.into_iter().enumerate() {
             let call_started = Instant::now();
             let result = session.run(call, &ctx).await;
-            assert_eq!(result.decision, mailgate::plugin::Decision::Proceed, "{}: {result:?}", scenario.label);
+            assert_eq!(
+                result.decision,
+                mailgate::plugin::Decision::Proceed,
+                "{}: {result:?}",
+                scenario.label
+            );
             if n > 0 && i >= warmup {
                 measured.warm_calls.push(call_started.elapsed());
             }
@@ -133,15 +148,31 @@ fn main() {
     let spam = r#"{"quarantine_at": 100, "reject_at": 200}"#;
     let tagger = r#"{"internal_domains": ["example.com"]}"#;
     let scenarios = [
-        Scenario { label: "empty chain (baseline)", plugins: vec![], transactions: 20_000 },
+        Scenario {
+            label: "empty chain (baseline)",
+            plugins: vec![],
+            transactions: 20_000,
+        },
         Scenario {
             label: "Rust header-rewrite, fresh",
-            plugins: vec![plugin("rewrite", &rust("header_rewrite"), rewrite, InstanceMode::Fresh, false)],
+            plugins: vec![plugin(
+                "rewrite",
+                &rust("header_rewrite"),
+                rewrite,
+                InstanceMode::Fresh,
+                false,
+            )],
             transactions: 20_000,
         },
         Scenario {
             label: "Rust header-rewrite, reused",
-            plugins: vec![plugin("rewrite", &rust("header_rewrite"), rewrite, InstanceMode::Reused, false)],
+            plugins: vec![plugin(
+                "rewrite",
+                &rust("header_rewrite"),
+                rewrite,
+                InstanceMode::Reused,
+                false,
+            )],
             transactions: 20_000,
         },
         Scenario {
@@ -172,7 +203,10 @@ fn main() {
             .chain(b"\r\n".iter().copied())
             .collect(),
     ));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
     println!(
         "{:<32} {:>8} {:>12} {:>12} {:>16} {:>12} {:>12}",
         "scenario", "txns", "txn p50", "txn p99", "added/plugin p50", "call p50", "call p99"
@@ -181,7 +215,10 @@ fn main() {
     // BENCH_FILTER=text runs only the scenarios whose label contains it
     // (and the baseline).
     let filter = std::env::var("BENCH_FILTER").unwrap_or_default();
-    for scenario in scenarios.iter().filter(|s| s.plugins.is_empty() || s.label.contains(&filter)) {
+    for scenario in scenarios
+        .iter()
+        .filter(|s| s.plugins.is_empty() || s.label.contains(&filter))
+    {
         let m = runtime.block_on(measure(scenario, &cache, &message));
         let p50 = percentile(&m.transactions, 0.5);
         if scenario.plugins.is_empty() {

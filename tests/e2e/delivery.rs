@@ -200,3 +200,50 @@ async fn relaying_needs_an_accepted_domain_or_a_trusted_network() -> Result<()> 
     client.expect("QUIT", 221).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_reused_for_later_messages() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new().route_all_to(sink.addr()).start().await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    for n in 0..5 {
+        client
+            .send_message(
+                "a@x.test",
+                &["b@y.test"],
+                format!("Subject: {n}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await?;
+        wait_until(WAIT, || sink.count() == n + 1).await?;
+    }
+    assert_eq!(sink.connections(), 1, "one connection carried all five messages");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_server_closed_is_replaced() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    sink.behave(|b| b.close_after_message = true);
+    // A deferral would wait an hour: only an immediate retry on a new
+    // connection delivers within the test's wait.
+    let gw = Setup::new()
+        .delivery("retry_initial = \"1h\"")
+        .delivery("retry_max = \"1h\"")
+        .route_all_to(sink.addr())
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    for n in 0..4 {
+        client
+            .send_message(
+                "a@x.test",
+                &["b@y.test"],
+                format!("Subject: {n}\r\n\r\nx\r\n").as_bytes(),
+            )
+            .await?;
+        wait_until(WAIT, || sink.count() == n + 1 && gw.queued() == 0).await?;
+    }
+    assert_eq!(sink.count(), 4, "each message arrived exactly once");
+    assert_eq!(sink.connections(), 4);
+    Ok(())
+}

@@ -67,6 +67,8 @@ pub struct Behavior {
     pub eight_bit: bool,
     /// Answer MAIL with this (every time) instead of 250.
     pub mail_reply: Option<String>,
+    /// Close the connection right after accepting each message.
+    pub close_after_message: bool,
 }
 
 impl Default for Behavior {
@@ -78,6 +80,7 @@ impl Default for Behavior {
             pipelining: true,
             eight_bit: true,
             mail_reply: None,
+            close_after_message: false,
         }
     }
 }
@@ -251,6 +254,10 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                     content,
                 });
                 in_transaction = false;
+                if lock(&behavior).close_after_message {
+                    stream.get_mut().write_all(b"250 2.0.0 ok: queued\r\n").await?;
+                    return Ok(());
+                }
                 "250 2.0.0 ok: queued".into()
             }
         } else if upper == "RSET" {

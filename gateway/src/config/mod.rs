@@ -315,6 +315,7 @@ impl Checker<'_> {
                 data_init: d.data_init_timeout.0,
                 data: d.data_timeout.0,
                 data_done: d.data_done_timeout.0,
+                idle: d.idle_timeout.0,
             },
             routes: RouteTable::new(routes),
         }

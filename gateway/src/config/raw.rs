@@ -163,6 +163,9 @@ pub struct RawDelivery {
     pub data_timeout: HumanDuration,
     /// `data_done_timeout`: the reply after the final dot; default `"10m"`.
     pub data_done_timeout: HumanDuration,
+    /// `idle_timeout`: how long a connection waits for another message to
+    /// the same host; default `"30s"`, `"0s"` turns reuse off.
+    pub idle_timeout: HumanDuration,
 }
 
 impl Default for RawDelivery {
@@ -177,6 +180,7 @@ impl Default for RawDelivery {
             data_init_timeout: minutes(2),
             data_timeout: minutes(3),
             data_done_timeout: minutes(10),
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(30)),
         }
     }
 }

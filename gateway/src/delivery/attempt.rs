@@ -12,6 +12,7 @@ use super::client::SmtpClient;
 use super::dsn::Bounce;
 use super::error::{DeliveryError, Failure, Outcome};
 use super::maildir::MaildirDrop;
+use super::pool::ConnectionPool;
 use super::route::NextHop;
 use crate::queue::{DeliveryState, RecipientStatus, Spool, SpoolError, StoredMessage};
 use crate::smtp::{EnhancedCode, Mailbox};
@@ -40,13 +41,18 @@ pub struct AttemptResult {
 }
 
 /// Runs one attempt.
-pub async fn attempt(spool: &Spool, settings: &DeliverySettings, mut message: StoredMessage) -> AttemptResult {
+pub async fn attempt(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    pool: &ConnectionPool,
+    mut message: StoredMessage,
+) -> AttemptResult {
     let groups = group_by_hop(settings, &message);
     message.state.attempts += 1;
     let mut failures: Vec<(usize, Failure)> = Vec::new();
     let group_count = groups.len();
     for (n, (hop, indices)) in groups.into_iter().enumerate() {
-        let outcomes = deliver_group(spool, settings, &message, hop.as_ref(), &indices).await;
+        let outcomes = deliver_group(spool, settings, pool, &message, hop.as_ref(), &indices).await;
         let relay = hop.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
         for (index, outcome) in indices.into_iter().zip(outcomes) {
             record(&mut message, index, outcome, &relay, &mut failures);
@@ -112,6 +118,7 @@ fn group_by_hop(settings: &DeliverySettings, message: &StoredMessage) -> Vec<(Op
 async fn deliver_group(
     spool: &Spool,
     settings: &DeliverySettings,
+    pool: &ConnectionPool,
     message: &StoredMessage,
     hop: Option<&NextHop>,
     indices: &[usize],
@@ -126,7 +133,7 @@ async fn deliver_group(
             .map(|r| DeliveryError::NoRoute(r.domain_key()).outcome(None))
             .collect(),
         Some(NextHop::Smarthost { host, port }) => {
-            deliver_smtp(spool, settings, message, host, *port, &recipients).await
+            deliver_smtp(spool, settings, pool, message, host, *port, &recipients).await
         }
         Some(NextHop::Maildir(dir)) => {
             let mut outcomes = Vec::with_capacity(recipients.len());
@@ -153,32 +160,48 @@ async fn deliver_group(
 async fn deliver_smtp(
     spool: &Spool,
     settings: &DeliverySettings,
+    pool: &ConnectionPool,
     message: &StoredMessage,
     host: &str,
     port: u16,
     recipients: &[&Mailbox],
 ) -> Vec<Outcome> {
-    let mut client = match SmtpClient::connect(host, port, &settings.hostname, settings.timeouts).await {
-        Ok(client) => client,
-        Err(e) => return vec![e.outcome(Some(host)); recipients.len()],
-    };
-    let sent = match spool.open_content(&message.id).await {
-        Ok(content) => {
-            client
-                .send(&message.envelope, recipients, content, message.content_len)
-                .await
-        }
-        Err(e) => Err(e.into()),
-    };
+    let pooled = pool.take(host, port);
+    let reused = pooled.is_some();
+    let mut sent = send_on(spool, settings, message, host, port, recipients, pooled).await;
+    if reused && matches!(&sent, Err(e) if e.is_stale_connection()) {
+        // The idle connection had gone away; nothing was accepted on it.
+        sent = send_on(spool, settings, message, host, port, recipients, None).await;
+    }
     match sent {
-        Ok(outcomes) => {
-            // Record the outcome first: the spool update should follow the
-            // downstream's 250 as closely as possible (the duplicate window).
-            tokio::spawn(client.quit());
+        Ok((client, outcomes)) => {
+            // The session is ready for the next MAIL: keep it for reuse.
+            pool.put(host, port, client);
             outcomes
         }
         Err(e) => vec![e.outcome(Some(host)); recipients.len()],
     }
+}
+
+/// Sends the message on `client`, or on a new connection.
+async fn send_on(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    message: &StoredMessage,
+    host: &str,
+    port: u16,
+    recipients: &[&Mailbox],
+    client: Option<SmtpClient>,
+) -> Result<(SmtpClient, Vec<Outcome>), DeliveryError> {
+    let mut client = match client {
+        Some(client) => client,
+        None => SmtpClient::connect(host, port, &settings.hostname, settings.timeouts).await?,
+    };
+    let content = spool.open_content(&message.id).await?;
+    let outcomes = client
+        .send(&message.envelope, recipients, content, message.content_len)
+        .await?;
+    Ok((client, outcomes))
 }
 
 fn record(

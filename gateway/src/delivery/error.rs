@@ -86,6 +86,18 @@ impl DeliveryError {
         !self.is_permanent()
     }
 
+    /// True when a reused connection turned out to be dead before the
+    /// server accepted anything of the message (it closed while idle, or
+    /// answered MAIL with 421): sending again on a new connection cannot
+    /// deliver the message twice.
+    pub fn is_stale_connection(&self) -> bool {
+        match self {
+            Self::Io { stage, .. } => matches!(*stage, "MAIL" | "RSET"),
+            Self::Rejected { stage: "MAIL", reply } => reply.code() == 421,
+            _ => false,
+        }
+    }
+
     /// The RFC 3463 status for a DSN.
     pub fn status(&self) -> EnhancedCode {
         match self {

@@ -8,6 +8,7 @@ mod client;
 mod dsn;
 mod error;
 mod maildir;
+mod pool;
 pub mod route;
 mod runner;
 
@@ -48,4 +49,7 @@ pub struct ClientTimeouts {
     pub data: Duration,
     /// The reply after the final dot.
     pub data_done: Duration,
+    /// How long a connection is kept for reuse after a message; zero turns
+    /// reuse off.
+    pub idle: Duration,
 }

@@ -12,6 +12,7 @@ use tracing::{Instrument, error, info, info_span};
 
 use super::DeliverySettings;
 use super::attempt::{AttemptResult, Next, attempt};
+use super::pool::ConnectionPool;
 use crate::queue::{QueueReceiver, Spool, StoredMessage};
 
 /// A message waiting for its next attempt.
@@ -46,6 +47,7 @@ impl Ord for Scheduled {
 struct Runner {
     spool: Arc<Spool>,
     settings: Arc<DeliverySettings>,
+    pool: Arc<ConnectionPool>,
     waiting: BinaryHeap<Reverse<Scheduled>>,
     ready: VecDeque<StoredMessage>,
     in_flight: JoinSet<AttemptResult>,
@@ -64,6 +66,7 @@ pub async fn run(
 ) {
     let mut runner = Runner {
         spool,
+        pool: Arc::new(ConnectionPool::new(settings.timeouts.idle)),
         settings,
         waiting: BinaryHeap::new(),
         ready: VecDeque::new(),
@@ -129,9 +132,13 @@ impl Runner {
         while self.in_flight.len() < self.settings.concurrency.get() {
             let Some(message) = self.ready.pop_front() else { break };
             let span = info_span!("delivery", queue_id = %message.id, attempt = message.state.attempts + 1);
-            let (spool, settings) = (Arc::clone(&self.spool), Arc::clone(&self.settings));
+            let (spool, settings, pool) = (
+                Arc::clone(&self.spool),
+                Arc::clone(&self.settings),
+                Arc::clone(&self.pool),
+            );
             self.in_flight
-                .spawn(async move { attempt(&spool, &settings, message).await }.instrument(span));
+                .spawn(async move { attempt(&spool, &settings, &pool, message).await }.instrument(span));
         }
     }
 
