@@ -141,6 +141,11 @@ impl Filters {
             decision,
             modifications,
         } = self.session.run(call, &ctx).await;
+        if stage == Stage::Data {
+            // No hook of this transaction runs after the data stage: free
+            // the instances now rather than after the spool commit.
+            self.session.end_transaction();
+        }
         match decision {
             Decision::Proceed => {}
             Decision::Refuse(reply) => return SessionDecision::Refuse(reply),
