@@ -99,7 +99,10 @@ impl Config {
             toml::from_str(source).map_err(|e| invalid(vec![Problem::at(source, e.span(), e.message())]))?;
         let mut check = Checker {
             source,
-            base: path.parent().unwrap_or(Path::new(".")).to_owned(),
+            // Absolute, so that paths stay right whatever the working
+            // directory later is (and wasmtime's cache insists on it).
+            base: std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+                .unwrap_or_else(|_| path.parent().unwrap_or(Path::new(".")).to_owned()),
             problems: Vec::new(),
         };
         let plugin_spans = raw.plugin.iter().map(|p| p.get_ref().path.span()).collect();
