@@ -50,36 +50,31 @@ impl ParsedMessage {
         self.raw().len() as u64
     }
 
+    /// The top-level header fields as mail-parser has them.
+    fn root_headers(&self) -> &[mail_parser::Header<'_>] {
+        self.message()
+            .and_then(|m| m.parts.first())
+            .map_or(&[], |root| root.headers.as_slice())
+    }
+
     /// Every top-level header field, in order.
     pub fn headers(&self) -> Vec<Header> {
-        let Some(message) = self.message() else {
-            return Vec::new();
-        };
-        let raw = self.raw();
-        message.parts.first().map_or_else(Vec::new, |root| {
-            root.headers
-                .iter()
-                .map(|h| Header {
-                    name: h.name.as_str().to_owned(),
-                    value: header_text(raw, h),
-                })
-                .collect()
-        })
+        self.root_headers()
+            .iter()
+            .map(|h| Header {
+                name: h.name.as_str().to_owned(),
+                value: header_text(self.raw(), h),
+            })
+            .collect()
     }
 
     /// The values of the header fields named `name`.
     pub fn header(&self, name: &str) -> Vec<String> {
-        let Some(message) = self.message() else {
-            return Vec::new();
-        };
-        let raw = self.raw();
-        message.parts.first().map_or_else(Vec::new, |root| {
-            root.headers
-                .iter()
-                .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
-                .map(|h| header_text(raw, h))
-                .collect()
-        })
+        self.root_headers()
+            .iter()
+            .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
+            .map(|h| header_text(self.raw(), h))
+            .collect()
     }
 
     /// Summaries of the leaf MIME parts.
