@@ -140,29 +140,9 @@ impl Spool {
 
     /// Makes the message durable: after this returns `Ok`, it survives a
     /// crash or power loss, and the 250 may be sent.
-    pub async fn commit(&self, mut writer: SpoolWriter, envelope: Envelope) -> Result<StoredMessage, SpoolError> {
-        if let Some(source) = writer.failed.take() {
-            return Err(SpoolError::Io {
-                path: writer.path.clone(),
-                source,
-            });
-        }
-        let content_len = writer.len();
-        let json = serde_json::to_vec(&envelope).map_err(|e| SpoolError::Corrupt {
-            id: writer.id.to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut tail = std::mem::take(&mut writer.buffer);
-        tail.extend_from_slice(&json);
-        tail.extend_from_slice(&footer(content_len, &json));
-        let file = writer.file.take();
-        let tmp = writer.path.clone();
-        let dest = self.content_path(&writer.id);
-        let written = {
-            let dest = dest.clone();
-            spawn_blocking(move || finish_file(file, &tmp, &dest, &tail)).await
-        };
-        written.map_err(|_| SpoolError::Cancelled)??;
+    pub async fn commit(&self, writer: SpoolWriter, envelope: Envelope) -> Result<StoredMessage, SpoolError> {
+        let dest = self.content_path(writer.id());
+        let (id, content_len) = seal(writer, &envelope, &dest).await?;
         if let Err(source) = self.dir_sync.sync().await {
             // The client will be told to retry; do not deliver a second copy.
             let _ = fs::remove_file(&dest);
@@ -173,7 +153,7 @@ impl Spool {
         }
         Ok(StoredMessage {
             state: DeliveryState::new(envelope.recipients.len()),
-            id: writer.id.clone(),
+            id,
             envelope,
             content_len,
         })
@@ -182,33 +162,18 @@ impl Spool {
     /// Keeps a message in `quarantine/` instead of the queue, durably (same
     /// commit order as `commit`), with the reason in its envelope. It is
     /// never delivered; an operator can inspect it there.
-    pub async fn quarantine(&self, mut writer: SpoolWriter, envelope: Envelope) -> Result<QueueId, SpoolError> {
-        if let Some(source) = writer.failed.take() {
-            return Err(SpoolError::Io {
-                path: writer.path.clone(),
-                source,
-            });
-        }
-        let json = serde_json::to_vec(&envelope).map_err(|e| SpoolError::Corrupt {
-            id: writer.id.to_string(),
-            reason: e.to_string(),
-        })?;
-        let content_len = writer.len();
-        let mut tail = std::mem::take(&mut writer.buffer);
-        tail.extend_from_slice(&json);
-        tail.extend_from_slice(&footer(content_len, &json));
-        let (file, tmp) = (writer.file.take(), writer.path.clone());
+    pub async fn quarantine(&self, writer: SpoolWriter, envelope: Envelope) -> Result<QueueId, SpoolError> {
+        let dest = self.quarantine.join(format!("{}.msg", writer.id()));
+        let (id, _) = seal(writer, &envelope, &dest).await?;
         let dir = self.quarantine.clone();
-        let dest = dir.join(format!("{}.msg", writer.id));
-        let result = spawn_blocking(move || {
-            finish_file(file, &tmp, &dest, &tail)?;
+        let synced = spawn_blocking(move || {
             File::open(&dir)
                 .and_then(|d| d.sync_all())
                 .map_err(|source| SpoolError::Io { path: dir, source })
         })
         .await;
-        result.map_err(|_| SpoolError::Cancelled)??;
-        Ok(writer.id.clone())
+        synced.map_err(|_| SpoolError::Cancelled)??;
+        Ok(id)
     }
 
     /// Reads every queued message back (at start-up). Unreadable entries are
@@ -342,6 +307,30 @@ fn lock_spool(root: &Path) -> Result<File, SpoolError> {
         Err(rustix::io::Errno::WOULDBLOCK) => Err(SpoolError::Locked { path: root.to_owned() }),
         Err(e) => Err(SpoolError::Io { path, source: e.into() }),
     }
+}
+
+/// The part of a commit shared by the queue and the quarantine: appends the
+/// envelope trailer, syncs the file and renames it to `dest`. The caller
+/// then syncs `dest`'s directory. Returns the id and the content length.
+async fn seal(mut writer: SpoolWriter, envelope: &Envelope, dest: &Path) -> Result<(QueueId, u64), SpoolError> {
+    if let Some(source) = writer.failed.take() {
+        return Err(SpoolError::Io {
+            path: writer.path.clone(),
+            source,
+        });
+    }
+    let content_len = writer.len();
+    let json = serde_json::to_vec(envelope).map_err(|e| SpoolError::Corrupt {
+        id: writer.id.to_string(),
+        reason: e.to_string(),
+    })?;
+    let mut tail = std::mem::take(&mut writer.buffer);
+    tail.extend_from_slice(&json);
+    tail.extend_from_slice(&footer(content_len, &json));
+    let (file, tmp, dest) = (writer.file.take(), writer.path.clone(), dest.to_owned());
+    let written = spawn_blocking(move || finish_file(file, &tmp, &dest, &tail)).await;
+    written.map_err(|_| SpoolError::Cancelled)??;
+    Ok((writer.id.clone(), content_len))
 }
 
 fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
