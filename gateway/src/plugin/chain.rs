@@ -11,6 +11,7 @@ use tracing::{Instrument, debug_span, warn};
 use wasmtime::component::Resource;
 
 use super::bindings::exports::mailgate::plugin::hooks::Outcome;
+use super::bindings::mailgate::plugin::types::{Context, MetadataEntry};
 use super::convert::{self, Verdict};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
@@ -120,7 +121,9 @@ impl ChainSession {
     /// Runs `call` through the plugins configured for its stage.
     pub async fn run(&mut self, call: StageCall<'_>, ctx: &HookContext) -> StageResult {
         let stage = call.stage();
-        let mut ctx = ctx.clone();
+        // Converted once per stage; metadata set by a plugin is appended
+        // for the plugins after it.
+        let mut wit_ctx = convert::context(ctx);
         let mut modifications = Vec::new();
         let chain = Arc::clone(&self.chain);
         for (index, plugin) in chain.plugins.iter().enumerate() {
@@ -129,7 +132,7 @@ impl ChainSession {
             }
             let span = debug_span!("hook", plugin = %plugin.config.name, name = stage.name());
             let checked = self
-                .call(index, plugin, call, &ctx)
+                .call(index, plugin, call, &wit_ctx)
                 .instrument(span)
                 .await
                 .and_then(|outcome| convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal));
@@ -148,7 +151,10 @@ impl ChainSession {
             };
             for m in &mods {
                 if let Modification::SetMetadata(key, value) = m {
-                    ctx.metadata.push((key.clone(), value.clone()));
+                    wit_ctx.metadata.push(MetadataEntry {
+                        key: key.clone(),
+                        value: value.clone(),
+                    });
                 }
             }
             let decision = match verdict {
@@ -183,7 +189,7 @@ impl ChainSession {
         index: usize,
         plugin: &LoadedPlugin,
         call: StageCall<'_>,
-        ctx: &HookContext,
+        wit_ctx: &Context,
     ) -> Result<Outcome, Fault> {
         let mut live = match self.live.get_mut(index).and_then(Option::take) {
             Some(live) => live,
@@ -191,19 +197,18 @@ impl ChainSession {
         };
         let budget = plugin.config.time_budget;
         arm(&mut live.store, budget);
-        let wit_ctx = convert::context(ctx);
         let hooks = live.plugin.mailgate_plugin_hooks();
         let store = &mut live.store;
         let result = match call {
-            StageCall::Connect => hooks.call_on_connect(store, &wit_ctx).await,
-            StageCall::Helo(name) => hooks.call_on_helo(store, &wit_ctx, name).await,
+            StageCall::Connect => hooks.call_on_connect(store, wit_ctx).await,
+            StageCall::Helo(name) => hooks.call_on_helo(store, wit_ctx, name).await,
             StageCall::Mail(path, parameters) => {
                 let path = path.to_string();
                 hooks
-                    .call_on_mail(store, &wit_ctx, &path, convert::mail_parameters(parameters))
+                    .call_on_mail(store, wit_ctx, &path, convert::mail_parameters(parameters))
                     .await
             }
-            StageCall::Rcpt(rcpt) => hooks.call_on_rcpt(store, &wit_ctx, &rcpt.to_string()).await,
+            StageCall::Rcpt(rcpt) => hooks.call_on_rcpt(store, wit_ctx, &rcpt.to_string()).await,
             StageCall::Data(message) => {
                 let handle = store
                     .data_mut()
@@ -211,7 +216,7 @@ impl ChainSession {
                     .push(MessageHandle(Arc::clone(message)))
                     .map_err(|e| Fault::Instantiate(e.to_string()))?;
                 let lent = Resource::<MessageHandle>::new_borrow(handle.rep());
-                let result = hooks.call_on_data(&mut *store, &wit_ctx, lent).await;
+                let result = hooks.call_on_data(&mut *store, wit_ctx, lent).await;
                 let _ = store.data_mut().table.delete(handle);
                 result
             }
