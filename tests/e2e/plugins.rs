@@ -604,3 +604,33 @@ async fn the_check_command_compiles_plugins() -> Result<()> {
     assert!(String::from_utf8_lossy(&output.stdout).contains("1 plugin(s)"));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_reaches_later_plugins_within_the_same_stage() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&scripted(
+            "first",
+            "\"data\"",
+            "[plugin.settings.data]\nmodifications = [{ kind = \"set-metadata\", key = \"verdict\", value = \"clean\" }]\n",
+        ))
+        .plugin(&scripted(
+            "second",
+            "\"data\"",
+            "[plugin.settings.data]\nmodifications = [{ kind = \"header-from-metadata\", name = \"X-Seen\", key = \"verdict\" }]\n",
+        ))
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    client
+        .send_message("a@x.test", &["b@y.test"], b"Subject: m\r\n\r\nx\r\n")
+        .await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    assert!(
+        sink.messages()[0].text().contains("\r\nX-Seen: clean\r\n"),
+        "{}",
+        sink.messages()[0].text()
+    );
+    Ok(())
+}
