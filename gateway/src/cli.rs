@@ -1,5 +1,6 @@
-//! The command line: `mailgate run` and `mailgate check`. Exit codes: 0
-//! success, 64 bad configuration (EX_USAGE), 1 any other start-up failure.
+//! The command line: `mailgate run`, `mailgate check` and `mailgate queue`.
+//! Exit codes: 0 success, 64 bad configuration (EX_USAGE), 1 any other
+//! failure.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,6 +9,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use hyper::StatusCode;
+
+use crate::admin::QueueRequest;
 use crate::config::{Config, LogFormat};
 
 /// A programmable SMTP relay gateway.
@@ -31,6 +35,50 @@ enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Inspect or change the queue: through the admin API of the gateway
+    /// running on the configured spool, or directly when none is running.
+    Queue {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueAction {
+    /// List queued messages.
+    List {
+        /// Print the JSON the admin API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message's envelope and delivery state (JSON).
+    Show {
+        /// The queue id.
+        id: String,
+    },
+    /// Try a message (or all waiting ones) now.
+    Retry {
+        /// The queue id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every waiting message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a message without telling its sender.
+    Delete {
+        /// The queue id.
+        id: String,
+    },
+    /// Fail a message's pending recipients and bounce it to its sender.
+    Bounce {
+        /// The queue id.
+        id: String,
     },
 }
 
@@ -64,7 +112,154 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(&runtime, &config),
+        Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
     }
+}
+
+async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
+    let config = match std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+        .and_then(|text| Config::from_source(path, &text).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let parse_id = |text: &str| crate::queue::QueueId::parse(text).ok_or_else(|| format!("invalid queue id {text:?}"));
+    let (request, json) = match &action {
+        QueueAction::List { json } => (Ok(QueueRequest::List), *json),
+        QueueAction::Show { id } => (parse_id(id).map(QueueRequest::Show), true),
+        QueueAction::Retry { id: Some(id), .. } => (parse_id(id).map(|id| QueueRequest::Retry(Some(id))), false),
+        QueueAction::Retry { id: None, .. } => (Ok(QueueRequest::Retry(None)), false),
+        QueueAction::Delete { id } => (parse_id(id).map(QueueRequest::Delete), false),
+        QueueAction::Bounce { id } => (parse_id(id).map(QueueRequest::Bounce), false),
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => {
+            eprintln!("mailgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let answer = match queue_answer(&config, request.clone()).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("mailgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (status, body) = answer;
+    if !status.is_success() {
+        let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("request failed");
+        eprintln!("mailgate: {error}");
+        return ExitCode::FAILURE;
+    }
+    match (&request, json) {
+        (_, true) => println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default()),
+        (QueueRequest::List, false) => print_queue(&body),
+        (QueueRequest::Retry(_), _) => println!("{} message(s) scheduled for delivery now", body["retried"]),
+        _ => println!("{}", body["result"].as_str().unwrap_or_default()),
+    }
+    ExitCode::SUCCESS
+}
+
+/// Asks the running gateway over its admin API, or, when no gateway holds
+/// the spool, opens the spool and asks an offline queue runner.
+async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    use anyhow::Context as _;
+    match crate::queue::Spool::open(&config.spool_dir) {
+        Ok(spool) => {
+            let spool = std::sync::Arc::new(spool);
+            let (recovered, problems) = {
+                let spool = std::sync::Arc::clone(&spool);
+                tokio::task::spawn_blocking(move || spool.scan()).await??
+            };
+            for problem in problems {
+                eprintln!("mailgate: spool entry set aside in corrupt/: {problem}");
+            }
+            let (control, commands) = crate::delivery::control();
+            let runner = tokio::spawn(crate::delivery::offline(
+                spool,
+                std::sync::Arc::new(config.delivery.clone()),
+                recovered,
+                commands,
+            ));
+            let answer = crate::admin::execute(&control, request).await;
+            drop(control);
+            runner.await?;
+            Ok(answer)
+        }
+        Err(crate::queue::SpoolError::Locked { .. }) => {
+            let address = config.admin.context(
+                "a gateway is running on this spool and the configuration has no `[admin] address` to reach it",
+            )?;
+            admin_request(address, &request)
+                .await
+                .with_context(|| format!("asking the admin API at {address}"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn admin_request(
+    address: std::net::SocketAddr,
+    request: &QueueRequest,
+) -> anyhow::Result<(StatusCode, serde_json::Value)> {
+    use http_body_util::BodyExt as _;
+    let stream = tokio::net::TcpStream::connect(address).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let (method, path) = request.http();
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, address.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body)?))
+}
+
+/// One line per message: id, status, age, size, attempts, sender, then
+/// each pending recipient with its last error.
+fn print_queue(body: &serde_json::Value) {
+    let entries = body.as_array().map(Vec::as_slice).unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for entry in entries {
+        let received = entry["envelope"]["received_at"]["secs_since_epoch"]
+            .as_u64()
+            .unwrap_or(now);
+        let from = entry["envelope"]["reverse_path"].as_str().unwrap_or("");
+        println!(
+            "{}  {:<10}  {:>6}s  {:>9}B  attempts={}  from=<{}>",
+            entry["id"].as_str().unwrap_or("?"),
+            entry["status"].as_str().unwrap_or("?"),
+            now.saturating_sub(received),
+            entry["size"],
+            entry["state"]["attempts"],
+            from
+        );
+        let recipients = entry["envelope"]["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let statuses = entry["state"]["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for (rcpt, status) in recipients.iter().zip(statuses) {
+            if status["status"] == "pending" {
+                let error = status["last_error"].as_str().unwrap_or("not tried yet");
+                println!("    <{}>: {error}", rcpt["address"].as_str().unwrap_or("?"));
+            }
+        }
+    }
+    println!("{} message(s) queued", entries.len());
 }
 
 fn run(runtime: &tokio::runtime::Runtime, path: &std::path::Path) -> ExitCode {
@@ -87,10 +282,10 @@ fn run(runtime: &tokio::runtime::Runtime, path: &std::path::Path) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listeners = crate::bind(&config).await?;
+        let bound = crate::bind(&config).await?;
         let shutdown = CancellationToken::new();
         crate::shutdown::cancel_on_signals(shutdown.clone());
-        crate::run(config, listeners, shutdown).await
+        crate::run(config, bound, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

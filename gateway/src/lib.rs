@@ -4,9 +4,11 @@
 //! it opens the spool, recovers queued mail, serves the listeners and runs
 //! the delivery engine until the shutdown token is cancelled.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dns;
 pub mod plugin;
 pub mod queue;
 pub mod server;
@@ -46,9 +48,18 @@ pub enum StartError {
     Spool(#[from] SpoolError),
 }
 
+/// Every bound socket: the SMTP listeners and the admin API's.
+#[derive(Debug)]
+pub struct Bound {
+    /// The SMTP listeners, in configuration order.
+    pub listeners: Vec<BoundListener>,
+    /// The admin API listener.
+    pub admin: Option<TcpListener>,
+}
+
 /// Binds every configured listener (before any other start-up work, so a
 /// port conflict is reported at once).
-pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, StartError> {
+pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
         let socket = TcpListener::bind(listener.address)
@@ -63,13 +74,25 @@ pub async fn bind(config: &Config) -> Result<Vec<BoundListener>, StartError> {
             socket,
         });
     }
-    Ok(bound)
+    let admin = match config.admin {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|source| StartError::Bind {
+            name: "admin".into(),
+            address,
+            source,
+        })?),
+        None => None,
+    };
+    Ok(Bound {
+        listeners: bound,
+        admin,
+    })
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: sessions
 /// finish at their next command boundary, deliveries in flight get the
 /// grace period, everything else stays spooled.
-pub async fn run(config: Config, listeners: Vec<BoundListener>, shutdown: CancellationToken) -> Result<(), StartError> {
+pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> Result<(), StartError> {
+    let Bound { listeners, admin } = bound;
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let scanned = {
         let spool = Arc::clone(&spool);
@@ -103,10 +126,20 @@ pub async fn run(config: Config, listeners: Vec<BoundListener>, shutdown: Cancel
         ));
     }
     drop(inbound);
+    let (control, commands) = delivery::control();
+    if let Some(admin) = admin {
+        if let Ok(address) = admin.local_addr() {
+            info!(listener = "admin", %address, "listening");
+        }
+        tracker.spawn(admin::serve(admin, control, shutdown.clone()));
+    } else {
+        drop(control);
+    }
     tracker.spawn(delivery::run(
         spool,
         Arc::new(config.delivery),
         inbox,
+        commands,
         recovered,
         shutdown.clone(),
     ));

@@ -9,9 +9,12 @@ mod delivery;
 mod durability;
 mod example_plugins;
 mod limits;
+mod mx;
 mod plugins;
+mod queue;
 mod relay;
 mod smuggling;
+mod tls;
 
 /// How long a test waits for something to arrive.
 const WAIT: Duration = Duration::from_secs(30);

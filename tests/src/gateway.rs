@@ -28,8 +28,10 @@ pub struct Setup {
     smtp: Vec<String>,
     relay: Vec<String>,
     delivery: Vec<String>,
+    dns: Vec<String>,
     routes: String,
     plugins: Vec<String>,
+    admin: Option<SocketAddr>,
 }
 
 impl Setup {
@@ -60,6 +62,27 @@ impl Setup {
     pub fn delivery(mut self, line: &str) -> Self {
         self.delivery.push(line.to_owned());
         self
+    }
+
+    /// Points the resolver at a test DNS server (by default it points at
+    /// a closed port on loopback, so no test ever asks real DNS).
+    pub fn dns(mut self, server: SocketAddr) -> Self {
+        self.dns.push(format!("nameservers = [\"{server}\"]"));
+        self
+    }
+
+    /// Adds a `[[route]]` with this TOML body.
+    pub fn route(mut self, body: &str) -> Self {
+        let _ = writeln!(self.routes, "[[route]]\n{body}");
+        self
+    }
+
+    /// Turns on the admin API on a free loopback port (a fixed one, so
+    /// that the CLI reading the file can reach it).
+    pub fn admin(mut self) -> Result<Self> {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        self.admin = Some(probe.local_addr()?);
+        Ok(self)
     }
 
     /// Routes `domains` to a smarthost.
@@ -138,6 +161,15 @@ impl Setup {
             ],
             &self.delivery,
         );
+        section(
+            &mut text,
+            "dns",
+            &["nameservers = [\"127.0.0.1:9\"]", "timeout = \"1s\"", "attempts = 1"],
+            &self.dns,
+        );
+        if let Some(admin) = self.admin {
+            let _ = writeln!(text, "[admin]\naddress = \"{admin}\"");
+        }
         text.push_str(&self.routes);
         if !self.plugins.is_empty() {
             // One compile cache for all tests; a small pool, since many
@@ -167,6 +199,8 @@ impl Setup {
 pub struct Gateway {
     /// The SMTP listener's address.
     pub addr: SocketAddr,
+    /// The admin API's address, when configured.
+    pub admin: Option<SocketAddr>,
     /// Holds the spool and config; removed on drop.
     pub dir: TempDir,
     shutdown: CancellationToken,
@@ -180,16 +214,23 @@ impl Gateway {
         let path = dir.path().join("mailgate.toml");
         std::fs::write(&path, setup.render(dir.path()))?;
         let config = Config::load(&path).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let listeners = mailgate::bind(&config).await?;
-        let addr = listeners.first().context("no listener")?.socket.local_addr()?;
+        let bound = mailgate::bind(&config).await?;
+        let addr = bound.listeners.first().context("no listener")?.socket.local_addr()?;
+        let admin = bound.admin.as_ref().map(|a| a.local_addr()).transpose()?;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(mailgate::run(config, listeners, shutdown.clone()));
+        let task = tokio::spawn(mailgate::run(config, bound, shutdown.clone()));
         Ok(Self {
             addr,
+            admin,
             dir,
             shutdown,
             task: Some(task),
         })
+    }
+
+    /// The configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("mailgate.toml")
     }
 
     /// The spool directory.

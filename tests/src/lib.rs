@@ -3,14 +3,18 @@
 //! and a raw SMTP client. Everything talks over real sockets on loopback.
 
 mod client;
+mod dns;
 mod gateway;
 mod sink;
+mod tls;
 
 use std::time::Duration;
 
 pub use client::{SmtpClient, TestReply, stuff};
+pub use dns::DnsServer;
 pub use gateway::{Gateway, GatewayProcess, Setup, count_queued};
 pub use sink::{Behavior, Received, SinkServer};
+pub use tls::TestCa;
 
 /// Waits until `condition` holds, polling; fails after `deadline`.
 pub async fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -24,6 +28,30 @@ pub async fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool)
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A DSN parsed with mail-parser: it must be a multipart/report; returns
+/// the text of its message/delivery-status part and of its headers part
+/// (empty when it has none).
+pub fn dsn_parts(content: &[u8]) -> anyhow::Result<(String, String)> {
+    use anyhow::Context as _;
+    use mail_parser::MimeHeaders as _;
+    let parsed = mail_parser::MessageParser::default()
+        .parse(content)
+        .context("the DSN does not parse")?;
+    anyhow::ensure!(
+        parsed.content_type().and_then(|c| c.subtype()) == Some("report"),
+        "not a multipart/report"
+    );
+    let part = |subtype: &str| {
+        parsed
+            .parts
+            .iter()
+            .find(|p| p.content_type().and_then(|c| c.subtype()) == Some(subtype))
+            .map(|p| String::from_utf8_lossy(p.contents()).into_owned())
+    };
+    let status = part("delivery-status").context("no message/delivery-status part")?;
+    Ok((status, part("rfc822-headers").unwrap_or_default()))
 }
 
 /// Sends the gateway's logs to the test output when `RUST_LOG` is set.

@@ -24,6 +24,12 @@ pub struct Received {
     pub raw: Vec<u8>,
     /// The content with dot-stuffing undone and the final `.` line removed.
     pub content: Vec<u8>,
+    /// It arrived inside TLS.
+    pub tls: bool,
+    /// The user the client authenticated as.
+    pub auth: Option<String>,
+    /// Which connection it came on (1 for the first the sink accepted).
+    pub connection: usize,
 }
 
 impl Received {
@@ -69,6 +75,14 @@ pub struct Behavior {
     pub mail_reply: Option<String>,
     /// Close the connection right after accepting each message.
     pub close_after_message: bool,
+    /// Offer STARTTLS with this configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Offer AUTH PLAIN and LOGIN (inside TLS only) and require it for
+    /// MAIL, accepting this user name and password.
+    pub auth: Option<(String, String)>,
+    /// Hold each transaction this long before answering the final dot
+    /// (to observe concurrency).
+    pub data_delay: std::time::Duration,
 }
 
 impl Default for Behavior {
@@ -81,6 +95,9 @@ impl Default for Behavior {
             eight_bit: true,
             mail_reply: None,
             close_after_message: false,
+            tls: None,
+            auth: None,
+            data_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -90,6 +107,9 @@ struct State {
     messages: Vec<Received>,
     connections: usize,
     mail_commands: usize,
+    active_transactions: usize,
+    max_active_transactions: usize,
+    auth_failures: usize,
 }
 
 /// The recording SMTP server.
@@ -161,6 +181,17 @@ impl SinkServer {
     pub fn mail_commands(&self) -> usize {
         lock(&self.state).mail_commands
     }
+
+    /// The most transactions (MAIL to the final reply) that were in
+    /// progress at once.
+    pub fn max_concurrent_transactions(&self) -> usize {
+        lock(&self.state).max_active_transactions
+    }
+
+    /// How many AUTH attempts failed.
+    pub fn auth_failures(&self) -> usize {
+        lock(&self.state).auth_failures
+    }
 }
 
 impl Drop for SinkServer {
@@ -173,25 +204,36 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// A connection before or after STARTTLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<Behavior>>) -> Result<()> {
-    {
-        lock(&state).connections += 1;
+    let connection = {
+        let mut state = lock(&state);
+        state.connections += 1;
         let mut b = lock(&behavior);
         if b.drop_connections > 0 {
             b.drop_connections -= 1;
             return Ok(());
         }
-    }
-    let mut stream = BufReader::new(stream);
+        state.connections
+    };
+    let mut stream: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
     stream.get_mut().write_all(b"220 sink.test ESMTP test sink\r\n").await?;
     let mut mail_from = String::new();
     let mut mail_params = String::new();
     let mut rcpt_to: Vec<String> = Vec::new();
     let mut in_transaction = false;
+    let mut tls = false;
+    let mut user: Option<String> = None;
     let mut line = Vec::new();
     loop {
         line.clear();
         if stream.read_until(b'\n', &mut line).await? == 0 {
+            if in_transaction {
+                lock(&state).active_transactions -= 1;
+            }
             return Ok(());
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
@@ -205,14 +247,53 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
             if b.eight_bit {
                 reply.push_str("250-8BITMIME\r\n250-SMTPUTF8\r\n");
             }
+            if b.tls.is_some() && !tls {
+                reply.push_str("250-STARTTLS\r\n");
+            }
+            if b.auth.is_some() && tls {
+                reply.push_str("250-AUTH PLAIN LOGIN\r\n");
+            }
             reply.push_str("250 SIZE 100000000");
             reply
+        } else if upper == "STARTTLS" {
+            let config = lock(&behavior).tls.clone();
+            match config {
+                Some(config) if !tls => {
+                    stream.get_mut().write_all(b"220 2.0.0 go ahead\r\n").await?;
+                    // Anything pipelined after STARTTLS is discarded.
+                    let plain = stream.into_inner();
+                    let secured = tokio_rustls::TlsAcceptor::from(config).accept(plain).await?;
+                    stream = BufReader::new(Box::new(secured));
+                    tls = true;
+                    user = None;
+                    in_transaction = false;
+                    continue;
+                }
+                _ => "502 5.5.1 not available".into(),
+            }
+        } else if upper.starts_with("AUTH ") {
+            let expected = lock(&behavior).auth.clone();
+            match expected {
+                Some((name, password)) if tls => {
+                    let given = authenticate(&mut stream, &text).await?;
+                    if given == Some((name.clone(), password)) {
+                        user = Some(name);
+                        "235 2.7.0 authenticated".into()
+                    } else {
+                        lock(&state).auth_failures += 1;
+                        "535 5.7.8 authentication credentials invalid".into()
+                    }
+                }
+                _ => "503 5.5.1 AUTH not available".into(),
+            }
         } else if upper.starts_with("HELO") {
             "250 sink.test".into()
         } else if upper.starts_with("MAIL FROM:") {
             let mut b = lock(&behavior);
             lock(&state).mail_commands += 1;
-            if b.tempfail_mail > 0 {
+            if b.auth.is_some() && user.is_none() {
+                "530 5.7.0 authentication required".into()
+            } else if b.tempfail_mail > 0 {
                 b.tempfail_mail -= 1;
                 "451 4.3.0 try again later".into()
             } else if let Some(reply) = &b.mail_reply {
@@ -222,6 +303,11 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                 mail_from = path;
                 mail_params = params;
                 rcpt_to.clear();
+                if !in_transaction {
+                    let mut state = lock(&state);
+                    state.active_transactions += 1;
+                    state.max_active_transactions = state.max_active_transactions.max(state.active_transactions);
+                }
                 in_transaction = true;
                 "250 2.1.0 ok".into()
             }
@@ -246,13 +332,22 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                 stream.get_mut().write_all(b"354 go ahead\r\n").await?;
                 let raw = read_data(&mut stream).await?;
                 let content = unstuff(&raw);
-                lock(&state).messages.push(Received {
-                    mail_from: mail_from.clone(),
-                    mail_params: mail_params.clone(),
-                    rcpt_to: std::mem::take(&mut rcpt_to),
-                    raw,
-                    content,
-                });
+                let delay = lock(&behavior).data_delay;
+                tokio::time::sleep(delay).await;
+                {
+                    let mut state = lock(&state);
+                    state.messages.push(Received {
+                        mail_from: mail_from.clone(),
+                        mail_params: mail_params.clone(),
+                        rcpt_to: std::mem::take(&mut rcpt_to),
+                        raw,
+                        content,
+                        tls,
+                        auth: user.clone(),
+                        connection,
+                    });
+                    state.active_transactions -= 1;
+                }
                 in_transaction = false;
                 if lock(&behavior).close_after_message {
                     stream.get_mut().write_all(b"250 2.0.0 ok: queued\r\n").await?;
@@ -262,17 +357,62 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
             }
         } else if upper == "RSET" {
             rcpt_to.clear();
+            if in_transaction {
+                lock(&state).active_transactions -= 1;
+            }
             in_transaction = false;
             "250 2.0.0 ok".into()
         } else if upper == "NOOP" {
             "250 2.0.0 ok".into()
         } else if upper == "QUIT" {
             stream.get_mut().write_all(b"221 2.0.0 bye\r\n").await?;
+            if in_transaction {
+                lock(&state).active_transactions -= 1;
+            }
             return Ok(());
         } else {
             "500 5.5.2 unrecognized".into()
         };
         stream.get_mut().write_all(format!("{reply}\r\n").as_bytes()).await?;
+    }
+}
+
+/// Reads AUTH PLAIN (initial response) or LOGIN; the user and password.
+async fn authenticate(stream: &mut BufReader<Box<dyn Io>>, command: &str) -> Result<Option<(String, String)>> {
+    use base64::Engine as _;
+    let decode = |text: &str| {
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .ok()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let mut words = command.split_whitespace().skip(1);
+    let mechanism = words.next().unwrap_or("").to_ascii_uppercase();
+    match mechanism.as_str() {
+        "PLAIN" => {
+            let Some(token) = words.next().and_then(decode) else {
+                return Ok(None);
+            };
+            let mut parts = token.split('\0').skip(1);
+            Ok(parts
+                .next()
+                .zip(parts.next())
+                .map(|(u, p)| (u.to_owned(), p.to_owned())))
+        }
+        "LOGIN" => {
+            let mut answers = Vec::new();
+            for prompt in ["VXNlcm5hbWU6", "UGFzc3dvcmQ6"] {
+                stream
+                    .get_mut()
+                    .write_all(format!("334 {prompt}\r\n").as_bytes())
+                    .await?;
+                let mut line = String::new();
+                stream.read_line(&mut line).await?;
+                answers.push(decode(&line).unwrap_or_default());
+            }
+            Ok(Some((answers[0].clone(), answers[1].clone())))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -288,7 +428,7 @@ fn split_path(rest: &str) -> (String, String) {
 
 /// Reads until a line that is exactly `.` terminated by CRLF, at the start
 /// of the data or after a CRLF.
-async fn read_data(stream: &mut BufReader<TcpStream>) -> Result<Vec<u8>> {
+async fn read_data(stream: &mut BufReader<Box<dyn Io>>) -> Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut chunk = vec![0u8; 65536];
     // Bytes before this offset have been searched for the terminator.

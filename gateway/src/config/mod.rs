@@ -20,8 +20,10 @@ pub use error::{ConfigError, Problem};
 pub use raw::LogFormat;
 use raw::{RawConfig, RawPlugin, RawRoute, RawStage};
 
-use crate::delivery::route::{NextHop, Route, RouteTable};
+use crate::delivery::route::{Route, RouteTable, Target};
+use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
 use crate::delivery::{ClientTimeouts, DeliverySettings};
+use crate::dns::{DnsSettings, Resolver};
 use crate::plugin::{Chain, PluginConfig, Runtime, RuntimeSettings};
 use crate::queue::RetrySchedule;
 use crate::server::policy::RelayPolicy;
@@ -53,6 +55,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// Engine-wide plugin settings.
     pub plugin_runtime: RuntimeSettings,
+    /// Where the admin API listens, if anywhere.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -180,6 +184,7 @@ impl Checker<'_> {
             delivery,
             plugins,
             plugin_runtime,
+            admin: raw.admin.address.map(|a| a.0),
         }
     }
 
@@ -303,7 +308,17 @@ impl Checker<'_> {
                 self.problem(name, format!("duplicate route name {:?}", name.get_ref()));
             }
         }
-        let routes = raw.routes.iter().filter_map(|r| self.route(r)).collect();
+        if *d.max_connections_per_destination.get_ref() == 0 {
+            self.problem(&d.max_connections_per_destination, "must be at least 1");
+        }
+        let default_policy = Arc::new(self.policy(0, &raw.delivery, None));
+        let routes = raw
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.route(i + 1, &raw.delivery, r))
+            .collect();
+        let resolver = Resolver::new(self.dns(raw));
         DeliverySettings {
             hostname,
             concurrency,
@@ -320,11 +335,136 @@ impl Checker<'_> {
                 data_done: d.data_done_timeout.0,
                 idle: d.idle_timeout.0,
             },
-            routes: RouteTable::new(routes),
+            routes: RouteTable::new(routes, default_policy),
+            resolver,
+            remote_port: d.mx_port,
+            delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
         }
     }
 
-    fn route(&mut self, spanned: &Spanned<RawRoute>) -> Option<Route> {
+    fn dns(&mut self, raw: &RawConfig) -> DnsSettings {
+        let nameservers = raw.dns.nameservers.as_ref().map(|servers| {
+            if servers.is_empty() {
+                self.problems.push(Problem::at(
+                    self.source,
+                    None,
+                    "`dns.nameservers` is empty; leave it out to use the system's",
+                ));
+            }
+            servers
+                .iter()
+                .filter_map(|server| match parse_nameserver(server.get_ref()) {
+                    Ok(addr) => Some(addr),
+                    Err(e) => {
+                        self.problem(server, e);
+                        None
+                    }
+                })
+                .collect()
+        });
+        if raw.dns.attempts == 0 {
+            self.problems
+                .push(Problem::at(self.source, None, "`dns.attempts` must be at least 1"));
+        }
+        DnsSettings {
+            nameservers,
+            timeout: raw.dns.timeout.0,
+            attempts: raw.dns.attempts.max(1),
+        }
+    }
+
+    /// The SMTP policy of route number `id` (0: the default), from the
+    /// `[delivery]` settings and the route's overrides.
+    fn policy(&mut self, id: usize, d: &raw::RawDelivery, route: Option<&RawRoute>) -> SmtpPolicy {
+        let tls = route.and_then(|r| r.tls).unwrap_or(d.tls);
+        let ca_file = route.and_then(|r| r.ca_file.as_ref()).or(d.ca_file.as_ref());
+        let danger = route
+            .and_then(|r| r.danger_accept_invalid_certs)
+            .unwrap_or(d.danger_accept_invalid_certs);
+        let resolved_ca = ca_file.map(|f| self.resolve(f.get_ref()));
+        let tls_config = match TlsConfigs::new(resolved_ca.as_deref(), danger) {
+            Ok(configs) => Some(configs),
+            Err(e) => {
+                match ca_file {
+                    Some(file) => self.problem(file, e),
+                    None => self.problems.push(Problem::at(self.source, None, e)),
+                }
+                None
+            }
+        };
+        let max_connections = match route.and_then(|r| r.max_connections.as_ref()) {
+            Some(n) if *n.get_ref() == 0 => {
+                self.problem(n, "must be at least 1");
+                1
+            }
+            Some(n) => *n.get_ref(),
+            None => *d.max_connections_per_destination.get_ref(),
+        };
+        let auth = route.and_then(|r| self.credentials(r));
+        if auth.is_some() && tls == TlsMode::Disabled {
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                format!(
+                    "route[{}]: AUTH needs TLS; `tls = \"disabled\"` would never send the credentials",
+                    id - 1
+                ),
+            ));
+        }
+        SmtpPolicy {
+            id,
+            tls,
+            // With a problem recorded the configuration is refused anyway;
+            // the fallback only keeps the conversion going.
+            tls_config: tls_config.unwrap_or_else(TlsConfigs::encrypt_only),
+            auth,
+            max_connections,
+        }
+    }
+
+    fn credentials(&mut self, route: &RawRoute) -> Option<Credentials> {
+        let username = route.auth_username.as_ref();
+        let password = match (&route.auth_password, &route.auth_password_file) {
+            (Some(p), None) => Some(p.get_ref().clone()),
+            (None, Some(file)) => match std::fs::read_to_string(self.resolve(file.get_ref())) {
+                Ok(text) => Some(text.lines().next().unwrap_or("").to_owned()),
+                Err(e) => {
+                    self.problem(file, format!("cannot read the password file: {e}"));
+                    None
+                }
+            },
+            (Some(_), Some(file)) => {
+                self.problem(file, "a route has `auth_password` or `auth_password_file`, not both");
+                None
+            }
+            (None, None) => None,
+        };
+        match (username, password) {
+            (Some(user), Some(password)) => Some(Credentials {
+                username: user.get_ref().clone(),
+                password,
+            }),
+            (Some(user), None) => {
+                if route.auth_password_file.is_none() && route.auth_password.is_none() {
+                    self.problem(user, "`auth_username` needs `auth_password` or `auth_password_file`");
+                }
+                None
+            }
+            (None, Some(_)) => {
+                let at = route
+                    .auth_password
+                    .as_ref()
+                    .map(Spanned::span)
+                    .or(route.auth_password_file.as_ref().map(Spanned::span));
+                self.problems
+                    .push(Problem::at(self.source, at, "a password needs `auth_username`"));
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn route(&mut self, id: usize, delivery: &raw::RawDelivery, spanned: &Spanned<RawRoute>) -> Option<Route> {
         let raw = spanned.get_ref();
         if raw.domains.is_empty() && raw.name.is_none() {
             self.problem(spanned, "a route needs a `name` or at least one pattern in `domains`");
@@ -336,30 +476,48 @@ impl Checker<'_> {
                 Err(e) => self.problem(pattern, e),
             }
         }
-        let next_hop = match (&raw.smarthost, &raw.maildir) {
-            (Some(host), None) => match NextHop::parse_smarthost(host.get_ref()) {
-                Ok(hop) => hop,
+        let mx = raw.mx.as_ref().filter(|mx| *mx.get_ref());
+        let target = match (&raw.smarthost, &raw.maildir, mx) {
+            (Some(host), None, None) => match Target::parse_smarthost(host.get_ref()) {
+                Ok(target) => target,
                 Err(e) => {
                     self.problem(host, e);
                     return None;
                 }
             },
-            (None, Some(dir)) => NextHop::Maildir(self.resolve(dir.get_ref())),
-            (Some(_), Some(dir)) => {
-                self.problem(dir, "a route has either `smarthost` or `maildir`, not both");
+            (None, Some(dir), None) => Target::Maildir(self.resolve(dir.get_ref())),
+            (None, None, Some(_)) => Target::Mx,
+            (None, None, None) => {
+                self.problem(spanned, "a route needs `smarthost`, `maildir` or `mx = true`");
                 return None;
             }
-            (None, None) => {
-                self.problem(spanned, "a route needs `smarthost` or `maildir`");
+            (_, maildir, mx) => {
+                let reason = "a route has exactly one of `smarthost`, `maildir` and `mx = true`";
+                match (maildir, mx) {
+                    (_, Some(mx)) => self.problem(mx, reason),
+                    (Some(dir), None) => self.problem(dir, reason),
+                    (None, None) => self.problem(spanned, reason),
+                }
                 return None;
             }
         };
+        let policy = Arc::new(self.policy(id, delivery, Some(raw)));
         Some(Route {
             name: raw.name.as_ref().map(|n| n.get_ref().clone()),
             patterns,
-            next_hop,
+            target,
+            policy,
         })
     }
+}
+
+/// Parses `ip`, `ip:port` or `[v6]:port` (port 53 by default).
+fn parse_nameserver(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .map_err(|_| format!("invalid name server {text:?}: expected \"ip\" or \"ip:port\""))
 }
 
 fn stage(raw: RawStage) -> Stage {

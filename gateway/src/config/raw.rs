@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::units::{HumanDuration, ListenAddress, Network};
+use crate::delivery::tls::TlsMode;
 use crate::plugin::{Capability, InstanceMode, OnError};
 use crate::smtp::data::{BareLineEndings, LongLines};
 
@@ -26,6 +27,10 @@ pub struct RawConfig {
     pub relay: RawRelay,
     /// `[delivery]`
     pub delivery: RawDelivery,
+    /// `[dns]`
+    pub dns: RawDns,
+    /// `[admin]`
+    pub admin: RawAdmin,
     /// `[[route]]`, tried in order.
     #[serde(rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -166,6 +171,23 @@ pub struct RawDelivery {
     /// `idle_timeout`: how long a connection waits for another message to
     /// the same host; default `"30s"`, `"0s"` turns reuse off.
     pub idle_timeout: HumanDuration,
+    /// `delay_warning`: send the sender a delay DSN once, when a message
+    /// has been queued this long; default `"4h"`, `"0s"` turns it off.
+    pub delay_warning: HumanDuration,
+    /// `max_connections_per_destination`: transactions in flight to one
+    /// smarthost or MX domain at once; default 20.
+    pub max_connections_per_destination: Spanned<usize>,
+    /// `mx_port`: the port MX hosts are contacted on; default 25 (change
+    /// it only to test against servers on loopback).
+    pub mx_port: u16,
+    /// `tls`: `"opportunistic"` (default), `"require"` or `"disabled"`.
+    pub tls: TlsMode,
+    /// `ca_file`: PEM certificates to verify servers against instead of
+    /// the system's roots.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// `danger_accept_invalid_certs`: with `tls = "require"`, encrypt but
+    /// accept any certificate; default false.
+    pub danger_accept_invalid_certs: bool,
 }
 
 impl Default for RawDelivery {
@@ -181,6 +203,44 @@ impl Default for RawDelivery {
             data_timeout: minutes(3),
             data_done_timeout: minutes(10),
             idle_timeout: HumanDuration(std::time::Duration::from_secs(30)),
+            delay_warning: minutes(4 * 60),
+            max_connections_per_destination: Spanned::new(0..0, 20),
+            mx_port: 25,
+            tls: TlsMode::Opportunistic,
+            ca_file: None,
+            danger_accept_invalid_certs: false,
+        }
+    }
+}
+
+/// `[admin]`: the HTTP admin API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// `address`: `"ip:port"` for the admin API (queue operations); none
+    /// by default. Bind it to loopback: it has no authentication.
+    pub address: Option<ListenAddress>,
+}
+
+/// `[dns]`: the resolver used for MX and host lookups.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// `nameservers`: `"ip"` or `"ip:port"` (`"[v6]:port"`); default the
+    /// system's (`/etc/resolv.conf`).
+    pub nameservers: Option<Vec<Spanned<String>>>,
+    /// `timeout`: per query; default `"5s"`.
+    pub timeout: HumanDuration,
+    /// `attempts`: tries per query; default 2.
+    pub attempts: usize,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        Self {
+            nameservers: None,
+            timeout: HumanDuration(std::time::Duration::from_secs(5)),
+            attempts: 2,
         }
     }
 }
@@ -199,6 +259,23 @@ pub struct RawRoute {
     pub smarthost: Option<Spanned<String>>,
     /// `maildir`: a directory to drop messages into, one file per recipient.
     pub maildir: Option<Spanned<PathBuf>>,
+    /// `mx = true`: relay to the recipient domain's MX hosts.
+    pub mx: Option<Spanned<bool>>,
+    /// `tls`: overrides `delivery.tls` for this route.
+    pub tls: Option<TlsMode>,
+    /// `ca_file`: overrides `delivery.ca_file`.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// `danger_accept_invalid_certs`: overrides the `[delivery]` setting.
+    pub danger_accept_invalid_certs: Option<bool>,
+    /// `max_connections`: overrides `delivery.max_connections_per_destination`.
+    pub max_connections: Option<Spanned<usize>>,
+    /// `auth_username`: AUTH to the smarthost as this user (needs TLS).
+    pub auth_username: Option<Spanned<String>>,
+    /// `auth_password`: its password.
+    pub auth_password: Option<Spanned<String>>,
+    /// `auth_password_file`: a file whose first line is the password
+    /// (instead of `auth_password`).
+    pub auth_password_file: Option<Spanned<PathBuf>>,
 }
 
 fn minutes(n: u64) -> HumanDuration {

@@ -9,11 +9,13 @@ use tracing::{error, info, warn};
 
 use super::DeliverySettings;
 use super::client::SmtpClient;
-use super::dsn::Bounce;
+use super::connect;
+use super::dsn::{Bounce, DsnKind};
 use super::error::{DeliveryError, Failure, Outcome};
 use super::maildir::MaildirDrop;
 use super::pool::ConnectionPool;
-use super::route::NextHop;
+use super::route::{Destination, NextHop};
+use super::tls::SmtpPolicy;
 use crate::queue::{DeliveryState, RecipientStatus, Spool, SpoolError, StoredMessage};
 use crate::smtp::{EnhancedCode, Mailbox};
 
@@ -36,8 +38,9 @@ pub struct AttemptResult {
     pub message: StoredMessage,
     /// What comes next for it.
     pub next: Next,
-    /// A bounce that was spooled and now needs delivering.
-    pub bounce: Option<StoredMessage>,
+    /// DSNs (a bounce, a delay warning) that were spooled and now need
+    /// delivering.
+    pub notices: Vec<StoredMessage>,
 }
 
 /// Runs one attempt.
@@ -68,16 +71,19 @@ pub async fn attempt(
         }
     }
     expire_if_too_old(settings, &mut message, &mut failures);
-    let bounce = match bounce(spool, settings, &message, &failures).await {
-        Ok(bounce) => bounce,
+    let mut notices = Vec::new();
+    match notify(spool, settings, &message, DsnKind::Failure, &failures).await {
+        Ok(bounce) => notices.extend(bounce),
         Err(e) => {
             // Keep the failures pending: the next attempt fails them again
             // and tries the bounce again, rather than losing it.
             error!(queue_id = %message.id, error = %e, "cannot spool the bounce; failed recipients stay queued");
             message.state = unbounced_as_pending(&message.state, &failures);
-            None
         }
-    };
+    }
+    if let Some(warning) = warn_if_delayed(spool, settings, &mut message).await {
+        notices.push(warning);
+    }
     let next = if message.state.is_finished() {
         if let Err(e) = spool.remove(&message.id).await {
             error!(queue_id = %message.id, error = %e, "cannot remove delivered message from the spool");
@@ -91,7 +97,92 @@ pub async fn attempt(
         }
         Next::RetryAt(Instant::now() + wait)
     };
-    AttemptResult { message, next, bounce }
+    AttemptResult { message, next, notices }
+}
+
+/// Fails every pending recipient of `message` with `reason`, bounces them
+/// to the sender and removes the message (the operator's `bounce`). On
+/// error the message is handed back unchanged on disk.
+pub async fn give_up(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    mut message: StoredMessage,
+    reason: &str,
+) -> Result<Option<StoredMessage>, (StoredMessage, SpoolError)> {
+    let mut failures = Vec::new();
+    for (index, status) in message.state.recipients.iter_mut().enumerate() {
+        if let RecipientStatus::Pending { .. } = status {
+            let failure = Failure {
+                status: EnhancedCode::new(5, 0, 0),
+                diagnostic: reason.to_owned(),
+                remote: None,
+                smtp_reply: false,
+            };
+            *status = RecipientStatus::Failed {
+                reason: reason.to_owned(),
+            };
+            failures.push((index, failure));
+        }
+    }
+    let notice = match notify(spool, settings, &message, DsnKind::Failure, &failures).await {
+        Ok(notice) => notice,
+        Err(e) => return Err((message, e)),
+    };
+    info!(queue_id = %message.id, status = "bounced", reason, "message bounced by the operator");
+    if let Err(e) = spool.remove(&message.id).await {
+        error!(queue_id = %message.id, error = %e, "cannot remove the bounced message from the spool");
+    }
+    Ok(notice)
+}
+
+/// Once per message, when it has waited `delay_warning` and still has
+/// pending recipients: a delay DSN to the sender (RFC 3464 `delayed`).
+async fn warn_if_delayed(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    message: &mut StoredMessage,
+) -> Option<StoredMessage> {
+    let after = settings.delay_warning?;
+    if message.state.delay_warned || message.state.is_finished() {
+        return None;
+    }
+    let age = SystemTime::now()
+        .duration_since(message.envelope.received_at)
+        .unwrap_or(Duration::ZERO);
+    if age < after {
+        return None;
+    }
+    let pending: Vec<(usize, Failure)> = message
+        .state
+        .recipients
+        .iter()
+        .enumerate()
+        .filter_map(|(index, status)| match status {
+            RecipientStatus::Pending { last_error } => Some((
+                index,
+                Failure {
+                    status: EnhancedCode::new(4, 0, 0),
+                    diagnostic: last_error.clone().unwrap_or_else(|| "not yet delivered".to_owned()),
+                    remote: None,
+                    smtp_reply: false,
+                },
+            )),
+            _ => None,
+        })
+        .collect();
+    let until = message.envelope.received_at + settings.retry.max_age;
+    match notify(spool, settings, message, DsnKind::Delay { until }, &pending).await {
+        Ok(warning) => {
+            // Sent (or not due, for the null sender): never again. The
+            // caller saves the state.
+            message.state.delay_warned = true;
+            warning
+        }
+        Err(e) => {
+            warn!(queue_id = %message.id, error = %e, "cannot spool the delay warning; trying again next attempt");
+            None
+        }
+    }
 }
 
 /// Pending recipients by next hop, in first-seen order; `None` is "no route".
@@ -132,8 +223,11 @@ async fn deliver_group(
             .iter()
             .map(|r| DeliveryError::NoRoute(r.domain_key()).outcome(None))
             .collect(),
-        Some(NextHop::Smarthost { host, port }) => {
-            deliver_smtp(spool, settings, pool, message, host, *port, &recipients).await
+        Some(hop @ NextHop::Smtp { destination, policy }) => {
+            let key = hop.pool_key();
+            // Held until the transaction ends: the per-destination limit.
+            let _permit = pool.acquire(&key, policy.max_connections).await;
+            deliver_smtp(spool, settings, pool, message, &key, destination, policy, &recipients).await
         }
         Some(NextHop::Maildir(dir)) => {
             let mut outcomes = Vec::with_capacity(recipients.len());
@@ -157,51 +251,63 @@ async fn deliver_group(
     }
 }
 
+#[expect(clippy::too_many_arguments, reason = "the attempt's context, passed through")]
 async fn deliver_smtp(
     spool: &Spool,
     settings: &DeliverySettings,
     pool: &ConnectionPool,
     message: &StoredMessage,
-    host: &str,
-    port: u16,
+    key: &str,
+    destination: &Destination,
+    policy: &SmtpPolicy,
     recipients: &[&Mailbox],
 ) -> Vec<Outcome> {
-    let pooled = pool.take(host, port);
+    let pooled = pool.take(key);
     let reused = pooled.is_some();
-    let mut sent = send_on(spool, settings, message, host, port, recipients, pooled).await;
-    if reused && matches!(&sent, Err(e) if e.is_stale_connection()) {
+    let mut sent = send_on(spool, settings, message, destination, policy, recipients, pooled).await;
+    if reused && matches!(&sent, Err((e, _)) if e.is_stale_connection()) {
         // The idle connection had gone away; nothing was accepted on it.
-        sent = send_on(spool, settings, message, host, port, recipients, None).await;
+        sent = send_on(spool, settings, message, destination, policy, recipients, None).await;
     }
     match sent {
         Ok((client, outcomes)) => {
             // The session is ready for the next MAIL: keep it for reuse.
-            pool.put(host, port, client);
+            pool.put(key, client);
             outcomes
         }
-        Err(e) => vec![e.outcome(Some(host)); recipients.len()],
+        Err((e, remote)) => vec![e.outcome(remote.as_deref()); recipients.len()],
     }
 }
 
-/// Sends the message on `client`, or on a new connection.
+/// Sends the message on `client`, or on a new connection. An error comes
+/// with the host it happened on, when one was reached.
 async fn send_on(
     spool: &Spool,
     settings: &DeliverySettings,
     message: &StoredMessage,
-    host: &str,
-    port: u16,
+    destination: &Destination,
+    policy: &SmtpPolicy,
     recipients: &[&Mailbox],
     client: Option<SmtpClient>,
-) -> Result<(SmtpClient, Vec<Outcome>), DeliveryError> {
+) -> Result<(SmtpClient, Vec<Outcome>), (DeliveryError, Option<String>)> {
     let mut client = match client {
         Some(client) => client,
-        None => SmtpClient::connect(host, port, &settings.hostname, settings.timeouts).await?,
+        None => connect::open(settings, destination, policy)
+            .await
+            .map_err(|e| (e, None))?,
     };
-    let content = spool.open_content(&message.id).await?;
-    let outcomes = client
+    let remote = Some(client.host().to_owned());
+    let content = match spool.open_content(&message.id).await {
+        Ok(content) => content,
+        Err(e) => return Err((e.into(), remote)),
+    };
+    match client
         .send(&message.envelope, recipients, content, message.content_len)
-        .await?;
-    Ok((client, outcomes))
+        .await
+    {
+        Ok(outcomes) => Ok((client, outcomes)),
+        Err(e) => Err((e, remote)),
+    }
 }
 
 fn record(
@@ -280,10 +386,11 @@ fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, f
 
 /// Spools a DSN for `failures`; `Ok(None)` when none is due (no failures,
 /// or the null sender).
-async fn bounce(
+async fn notify(
     spool: &Spool,
     settings: &DeliverySettings,
     message: &StoredMessage,
+    kind: DsnKind,
     failures: &[(usize, Failure)],
 ) -> Result<Option<StoredMessage>, SpoolError> {
     if failures.is_empty() || message.envelope.reverse_path.mailbox().is_none() {
@@ -297,6 +404,7 @@ async fn bounce(
         }
     };
     let bounce = Bounce {
+        kind,
         reporting_mta: &settings.hostname,
         queue_id: &message.id,
         original: &message.envelope,
@@ -312,7 +420,12 @@ async fn bounce(
     let mut writer = spool.create();
     writer.write(&content).await;
     let stored = spool.commit(writer, envelope).await?;
-    info!(queue_id = %stored.id, original = %message.id, "bounce queued");
+    let what = if kind == DsnKind::Failure {
+        "bounce"
+    } else {
+        "delay warning"
+    };
+    info!(queue_id = %stored.id, original = %message.id, dsn = what, "notification queued");
     Ok(Some(stored))
 }
 

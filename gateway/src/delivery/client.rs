@@ -1,15 +1,28 @@
 //! The outbound SMTP client (RFC 5321): greeting, EHLO with HELO fallback,
-//! one transaction with PIPELINING when offered (RFC 2920), SIZE, 8BITMIME
-//! and SMTPUTF8 rules, dot-stuffed content, per-recipient results.
+//! STARTTLS (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954), one transaction
+//! with PIPELINING when offered (RFC 2920), SIZE, 8BITMIME and SMTPUTF8
+//! rules, dot-stuffed content, per-recipient results.
 
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use super::ClientTimeouts;
 use super::error::{DeliveryError, Outcome};
+use super::tls::Credentials;
 use crate::queue::Envelope;
 use crate::smtp::command::BodyType;
 use crate::smtp::data::DotStuffer;
@@ -27,6 +40,9 @@ struct Extensions {
     pipelining: bool,
     eight_bit_mime: bool,
     smtputf8: bool,
+    starttls: bool,
+    auth_plain: bool,
+    auth_login: bool,
     size: Option<u64>,
 }
 
@@ -40,6 +56,16 @@ impl Extensions {
                 "PIPELINING" => ext.pipelining = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
+                "STARTTLS" => ext.starttls = true,
+                "AUTH" => {
+                    for mechanism in words.by_ref() {
+                        match mechanism.to_ascii_uppercase().as_str() {
+                            "PLAIN" => ext.auth_plain = true,
+                            "LOGIN" => ext.auth_login = true,
+                            _ => {}
+                        }
+                    }
+                }
                 "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
                 _ => {}
             }
@@ -48,57 +74,183 @@ impl Extensions {
     }
 }
 
+/// The connection, in clear or inside TLS.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// A connection to a next hop, greeted and ready for a transaction.
 #[derive(Debug)]
 pub struct SmtpClient {
-    stream: TcpStream,
+    stream: Stream,
     buffer: Vec<u8>,
     timeouts: ClientTimeouts,
     extensions: Extensions,
     host: String,
+    helo: String,
 }
 
 impl SmtpClient {
-    /// Connects to `host:port` (trying each address in turn), reads the
-    /// greeting and says EHLO (HELO if EHLO is refused).
-    pub async fn connect(host: &str, port: u16, helo: &str, timeouts: ClientTimeouts) -> Result<Self, DeliveryError> {
-        let addresses = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|source| DeliveryError::Resolve {
-                host: host.to_owned(),
-                source,
-            })?;
-        let mut last_error = std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses");
-        let mut connected = None;
-        for address in addresses {
-            match timeout(timeouts.connect, TcpStream::connect(address)).await {
-                Ok(Ok(stream)) => {
-                    connected = Some(stream);
-                    break;
-                }
-                Ok(Err(e)) => last_error = e,
-                Err(_) => last_error = std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+    /// Connects to `address` (a host called `host`), reads the greeting
+    /// and says EHLO (HELO if EHLO is refused).
+    pub async fn connect(
+        address: SocketAddr,
+        host: &str,
+        helo: &str,
+        timeouts: ClientTimeouts,
+    ) -> Result<Self, DeliveryError> {
+        let stream = match timeout(timeouts.connect, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(DeliveryError::Connect {
+                    host: format!("{host}[{}]", address.ip()),
+                    source,
+                });
             }
-        }
-        let stream = connected.ok_or_else(|| DeliveryError::Connect {
-            host: host.to_owned(),
-            source: last_error,
-        })?;
+            Err(_) => {
+                return Err(DeliveryError::Connect {
+                    host: format!("{host}[{}]", address.ip()),
+                    source: io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+                });
+            }
+        };
         // SMTP is a ping-pong of small writes: never wait on delayed ACKs.
         let _ = stream.set_nodelay(true);
         let mut client = Self {
-            stream,
+            stream: Stream::Plain(stream),
             buffer: Vec::new(),
             timeouts,
             extensions: Extensions::default(),
             host: host.to_owned(),
+            helo: helo.to_owned(),
         };
         client.expect_positive("greeting", timeouts.command).await?;
-        client.hello(helo).await?;
+        client.hello().await?;
         Ok(client)
     }
 
-    async fn hello(&mut self, name: &str) -> Result<(), DeliveryError> {
+    /// The next hop's host name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// True when the server offered STARTTLS.
+    pub fn offers_starttls(&self) -> bool {
+        self.extensions.starttls
+    }
+
+    /// True once the connection is inside TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream, Stream::Tls(_))
+    }
+
+    /// Upgrades with STARTTLS and says EHLO again (RFC 3207 section 4.2:
+    /// everything learnt before TLS is forgotten).
+    pub async fn starttls(mut self, config: Arc<ClientConfig>) -> Result<Self, DeliveryError> {
+        self.write("STARTTLS", b"STARTTLS\r\n").await?;
+        let reply = self.read_reply("STARTTLS", self.timeouts.command).await?;
+        if reply.code() != 220 {
+            return Err(DeliveryError::Rejected {
+                stage: "STARTTLS",
+                reply,
+            });
+        }
+        if !self.buffer.is_empty() {
+            // Bytes after the 220 arrived in clear: someone is injecting.
+            return Err(DeliveryError::Protocol(
+                "the server sent data after its STARTTLS reply".into(),
+            ));
+        }
+        let Stream::Plain(tcp) = self.stream else {
+            return Err(DeliveryError::Protocol("STARTTLS inside TLS".into()));
+        };
+        let name = ServerName::try_from(self.host.clone()).map_err(|e| DeliveryError::Tls {
+            host: self.host.clone(),
+            reason: format!("invalid server name: {e}"),
+        })?;
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        let tls = match timeout(self.timeouts.command, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(DeliveryError::Tls {
+                    host: self.host.clone(),
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => return Err(DeliveryError::Timeout("TLS handshake")),
+        };
+        self.stream = Stream::Tls(Box::new(tls));
+        self.extensions = Extensions::default();
+        self.hello().await?;
+        Ok(self)
+    }
+
+    /// AUTH PLAIN if offered, else AUTH LOGIN (RFC 4954).
+    pub async fn authenticate(&mut self, credentials: &Credentials) -> Result<(), DeliveryError> {
+        let stage = "AUTH";
+        if self.extensions.auth_plain {
+            let token = BASE64.encode(format!("\0{}\0{}", credentials.username, credentials.password));
+            self.write(stage, format!("AUTH PLAIN {token}\r\n").as_bytes()).await?;
+        } else if self.extensions.auth_login {
+            self.write(stage, b"AUTH LOGIN\r\n").await?;
+            for secret in [&credentials.username, &credentials.password] {
+                let reply = self.read_reply(stage, self.timeouts.command).await?;
+                if reply.code() != 334 {
+                    return Err(DeliveryError::Auth { reply });
+                }
+                self.write(stage, format!("{}\r\n", BASE64.encode(secret)).as_bytes())
+                    .await?;
+            }
+        } else {
+            return Err(DeliveryError::Security {
+                status: EnhancedCode::new(4, 7, 4),
+                reason: format!("{} offers no AUTH mechanism we support (PLAIN, LOGIN)", self.host),
+            });
+        }
+        let reply = self.read_reply(stage, self.timeouts.command).await?;
+        if reply.code() == 235 {
+            Ok(())
+        } else {
+            Err(DeliveryError::Auth { reply })
+        }
+    }
+
+    async fn hello(&mut self) -> Result<(), DeliveryError> {
+        let name = self.helo.clone();
         self.write("EHLO", format!("EHLO {name}\r\n").as_bytes()).await?;
         let reply = self.read_reply("EHLO", self.timeouts.command).await?;
         if reply.class() == ReplyClass::Positive {
@@ -190,6 +342,17 @@ impl SmtpClient {
             return Err(DeliveryError::Unsupported {
                 status: EnhancedCode::new(5, 6, 7),
                 reason: format!("{} does not support SMTPUTF8, which the message needs", self.host),
+            });
+        }
+        if envelope.eight_bit && !self.extensions.eight_bit_mime {
+            // RFC 6152: 8-bit content only to servers that offer 8BITMIME;
+            // we do not convert, so the sender hears of it.
+            return Err(DeliveryError::Unsupported {
+                status: EnhancedCode::new(5, 6, 3),
+                reason: format!(
+                    "{} does not support 8BITMIME and the message has 8-bit content",
+                    self.host
+                ),
             });
         }
         if let Some(limit) = self.extensions.size.filter(|&limit| content_len > limit) {
@@ -314,7 +477,11 @@ impl SmtpClient {
     }
 
     async fn write_with(&mut self, stage: &'static str, bytes: &[u8], wait: Duration) -> Result<(), DeliveryError> {
-        match timeout(wait, self.stream.write_all(bytes)).await {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match timeout(wait, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => Err(DeliveryError::Io { stage, source }),
             Err(_) => Err(DeliveryError::Timeout(stage)),
@@ -439,10 +606,13 @@ mod tests {
                 "SIZE 1000".into(),
                 "8BITMIME".into(),
                 "smtputf8".into(),
+                "STARTTLS".into(),
+                "AUTH LOGIN plain".into(),
             ],
         );
         let ext = Extensions::from_ehlo(&reply);
         assert!(ext.pipelining && ext.eight_bit_mime && ext.smtputf8);
+        assert!(ext.starttls && ext.auth_plain && ext.auth_login);
         assert_eq!(ext.size, Some(1000));
     }
 }

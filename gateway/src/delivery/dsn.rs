@@ -10,9 +10,24 @@ use crate::smtp::command::BodyType;
 use crate::smtp::trace::rfc5322_date;
 use crate::smtp::{Mailbox, ReversePath};
 
-/// A bounce for some recipients of one message.
+/// What a DSN reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DsnKind {
+    /// The recipients failed for good (`Action: failed`).
+    Failure,
+    /// The recipients are still being retried (`Action: delayed`), until
+    /// the given time.
+    Delay {
+        /// When the message will be given up.
+        until: SystemTime,
+    },
+}
+
+/// A DSN for some recipients of one message.
 #[derive(Debug)]
 pub struct Bounce<'a> {
+    /// Failure or delay.
+    pub kind: DsnKind,
     /// Our host name (Reporting-MTA).
     pub reporting_mta: &'a str,
     /// The original message's id.
@@ -42,7 +57,11 @@ impl Bounce<'_> {
         let mut text = String::new();
         text.push_str(&format!("From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n"));
         text.push_str(&format!("To: <{sender}>\r\n"));
-        text.push_str("Subject: Undelivered Mail Returned to Sender\r\n");
+        let (subject, action) = match self.kind {
+            DsnKind::Failure => ("Undelivered Mail Returned to Sender", "failed"),
+            DsnKind::Delay { .. } => ("Delayed Mail (still being retried)", "delayed"),
+        };
+        text.push_str(&format!("Subject: {subject}\r\n"));
         text.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
         text.push_str(&format!("Message-ID: <{}.bounce@{host}>\r\n", self.queue_id));
         text.push_str("Auto-Submitted: auto-replied\r\n");
@@ -56,8 +75,19 @@ impl Bounce<'_> {
             "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         ));
         text.push_str(&format!("This is the mail system at host {host}.\r\n\r\n"));
-        text.push_str("Your message could not be delivered to one or more recipients.\r\n");
-        text.push_str("It is attached below.\r\n\r\n");
+        match self.kind {
+            DsnKind::Failure => {
+                text.push_str("Your message could not be delivered to one or more recipients.\r\n");
+                text.push_str("Its headers are attached below.\r\n\r\n");
+            }
+            DsnKind::Delay { until } => {
+                text.push_str("Your message could not be delivered yet to one or more recipients.\r\n");
+                text.push_str(&format!(
+                    "Delivery will be retried until {}; you need not send it again.\r\n\r\n",
+                    rfc5322_date(until)
+                ));
+            }
+        }
         for (rcpt, failure) in &self.failures {
             text.push_str(&format!("<{rcpt}>: {}\r\n", failure.diagnostic));
         }
@@ -75,13 +105,16 @@ impl Bounce<'_> {
         for (rcpt, failure) in &self.failures {
             text.push_str("\r\n");
             text.push_str(&format!("Final-Recipient: rfc822; {rcpt}\r\n"));
-            text.push_str("Action: failed\r\n");
+            text.push_str(&format!("Action: {action}\r\n"));
             text.push_str(&format!("Status: {}\r\n", failure.status));
             if let Some(remote) = &failure.remote {
                 text.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
             }
             let kind = if failure.smtp_reply { "smtp" } else { "x-mailgate" };
             text.push_str(&format!("Diagnostic-Code: {kind}; {}\r\n", failure.diagnostic));
+            if let DsnKind::Delay { until } = self.kind {
+                text.push_str(&format!("Will-Retry-Until: {}\r\n", rfc5322_date(until)));
+            }
         }
         text.push_str("\r\n");
 
@@ -160,6 +193,7 @@ mod tests {
             smtp_reply: true,
         };
         let bounce = Bounce {
+            kind: DsnKind::Failure,
             reporting_mta: "gw.test",
             queue_id: &id,
             original: &env,
@@ -190,6 +224,7 @@ mod tests {
         let id = QueueId::generate();
         let env = original(ReversePath::Null);
         let bounce = Bounce {
+            kind: DsnKind::Failure,
             reporting_mta: "gw.test",
             queue_id: &id,
             original: &env,

@@ -11,13 +11,42 @@ pub enum DeliveryError {
     /// No route matches the recipient's domain.
     #[error("no route for domain {0}")]
     NoRoute(String),
-    /// The next hop's name did not resolve.
-    #[error("cannot resolve {host}: {source}")]
-    Resolve {
-        /// The host name.
+    /// A DNS lookup failed for now (or found nothing for a host name).
+    #[error("DNS lookup of {name} failed: {error}")]
+    Dns {
+        /// The name looked up.
+        name: String,
+        /// Why.
+        error: crate::dns::DnsError,
+    },
+    /// The recipient domain does not exist (NXDOMAIN).
+    #[error("domain {0} does not exist")]
+    NoSuchDomain(String),
+    /// The recipient domain accepts no mail (null MX, RFC 7505).
+    #[error("domain {0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// TLS could not be set up, or the certificate did not verify.
+    #[error("TLS with {host} failed: {reason}")]
+    Tls {
+        /// The host.
         host: String,
-        /// The resolver error.
-        source: io::Error,
+        /// Why.
+        reason: String,
+    },
+    /// The route's security policy cannot be met (STARTTLS required but
+    /// not offered, AUTH wanted but not possible).
+    #[error("{reason}")]
+    Security {
+        /// The status code for logs and DSNs.
+        status: EnhancedCode,
+        /// What is missing.
+        reason: String,
+    },
+    /// The smarthost refused our credentials.
+    #[error("authentication failed: {reply}")]
+    Auth {
+        /// Its reply.
+        reply: Reply,
     },
     /// No address of the next hop accepted a connection.
     #[error("connect to {host} failed: {source}")]
@@ -71,11 +100,13 @@ pub enum DeliveryError {
 
 impl DeliveryError {
     /// True when retrying cannot help: 5xx replies, no route, a missing
-    /// extension. Everything else (4xx, timeouts, connection failures,
-    /// local I/O) is retried.
+    /// extension, a domain that does not exist or takes no mail.
+    /// Everything else (4xx, timeouts, connection failures, DNS failures,
+    /// TLS and AUTH problems, local I/O) is retried: a misconfigured
+    /// credential or certificate must not bounce mail.
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::NoRoute(_) | Self::Unsupported { .. } => true,
+            Self::NoRoute(_) | Self::Unsupported { .. } | Self::NoSuchDomain(_) | Self::NullMx(_) => true,
             Self::Rejected { reply, .. } => reply.class() == ReplyClass::Permanent,
             _ => false,
         }
@@ -107,7 +138,12 @@ impl DeliveryError {
                 ReplyClass::Permanent => EnhancedCode::new(5, 0, 0),
                 _ => EnhancedCode::new(4, 0, 0),
             }),
-            Self::Resolve { .. } => EnhancedCode::new(4, 4, 3),
+            Self::Dns { .. } => EnhancedCode::new(4, 4, 3),
+            Self::NoSuchDomain(_) => EnhancedCode::new(5, 1, 2),
+            Self::NullMx(_) => EnhancedCode::new(5, 1, 10),
+            Self::Tls { .. } => EnhancedCode::new(4, 7, 5),
+            Self::Security { status, .. } => *status,
+            Self::Auth { .. } => EnhancedCode::new(4, 7, 8),
             Self::Connect { .. } | Self::Timeout(_) => EnhancedCode::new(4, 4, 1),
             Self::Io { .. } | Self::Protocol(_) => EnhancedCode::new(4, 4, 2),
             Self::Spool(_) | Self::Content(_) | Self::Maildir(_) => EnhancedCode::new(4, 3, 0),

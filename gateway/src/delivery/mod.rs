@@ -5,19 +5,22 @@
 
 mod attempt;
 mod client;
+mod connect;
 mod dsn;
 mod error;
 mod maildir;
 mod pool;
 pub mod route;
 mod runner;
+pub mod tls;
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
 pub use error::{DeliveryError, Failure, Outcome};
-pub use runner::run;
+pub use runner::{QueueCommand, QueueControl, QueueEntry, QueueStatus, control, offline, run};
 
+use crate::dns::Resolver;
 use crate::queue::RetrySchedule;
 use route::RouteTable;
 
@@ -34,6 +37,12 @@ pub struct DeliverySettings {
     pub timeouts: ClientTimeouts,
     /// Where mail goes.
     pub routes: RouteTable,
+    /// MX and host lookups.
+    pub resolver: Resolver,
+    /// The port MX hosts are contacted on (25; other values only for tests).
+    pub remote_port: u16,
+    /// Send a delay warning DSN once a message has waited this long.
+    pub delay_warning: Option<Duration>,
 }
 
 /// Outbound SMTP timeouts (RFC 5321 section 4.5.3.2).

@@ -1,26 +1,32 @@
-//! Outbound connection reuse: after a message is sent, its connection
-//! waits here for the next message to the same host, so a busy route pays
-//! for TCP setup, the greeting and EHLO once rather than per message.
+//! Outbound connections by destination: idle connections wait here for
+//! the next message to the same destination, so a busy route pays for TCP
+//! setup, the greeting, EHLO, TLS and AUTH once rather than per message;
+//! and a semaphore per destination caps the transactions in flight to it.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::client::SmtpClient;
 
 /// Idle connections kept per destination.
 const MAX_IDLE_PER_HOST: usize = 32;
 
-/// Where a connection goes: host and port.
-type Destination = (String, u16);
+/// Destinations whose limiter is kept although nobody uses it, before
+/// unused ones are forgotten.
+const MAX_IDLE_LIMITERS: usize = 10_000;
 
 /// A connection and when it became idle, oldest first in each list.
 type Idle = Vec<(SmtpClient, Instant)>;
 
-/// Idle connections by destination.
+/// Idle connections and concurrency limits by destination key
+/// (`NextHop::pool_key`).
 #[derive(Debug)]
 pub struct ConnectionPool {
-    idle: Mutex<HashMap<Destination, Idle>>,
+    idle: Mutex<HashMap<String, Idle>>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     idle_timeout: Duration,
 }
 
@@ -29,31 +35,65 @@ impl ConnectionPool {
     pub fn new(idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
             idle_timeout,
         }
     }
 
-    /// A connection to `host:port` that was idle for less than the timeout.
-    pub fn take(&self, host: &str, port: u16) -> Option<SmtpClient> {
+    /// Waits until fewer than `limit` transactions to `key` are in flight;
+    /// the permit ends this one's turn when dropped.
+    pub async fn acquire(&self, key: &str, limit: usize) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
+            if limits.len() > MAX_IDLE_LIMITERS {
+                limits.retain(|_, s| Arc::strong_count(s) > 1);
+            }
+            Arc::clone(
+                limits
+                    .entry(key.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1)))),
+            )
+        };
+        semaphore.acquire_owned().await.ok()
+    }
+
+    /// A connection to `key` that was idle for less than the timeout.
+    pub fn take(&self, key: &str) -> Option<SmtpClient> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let connections = idle.get_mut(&(host.to_owned(), port))?;
+        let connections = idle.get_mut(key)?;
         while let Some((client, since)) = connections.pop() {
             if since.elapsed() < self.idle_timeout {
                 return Some(client);
             }
             tokio::spawn(client.quit());
         }
+        idle.remove(key);
         None
     }
 
+    /// Closes connections idle for longer than the timeout.
+    pub fn reap(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let timeout = self.idle_timeout;
+        idle.retain(|_, connections| {
+            let (expired, kept): (Vec<_>, Vec<_>) =
+                connections.drain(..).partition(|(_, since)| since.elapsed() >= timeout);
+            *connections = kept;
+            for (client, _) in expired {
+                tokio::spawn(client.quit());
+            }
+            !connections.is_empty()
+        });
+    }
+
     /// Keeps a connection that just finished a transaction cleanly.
-    pub fn put(&self, host: &str, port: u16, client: SmtpClient) {
+    pub fn put(&self, key: &str, client: SmtpClient) {
         if self.idle_timeout.is_zero() {
             tokio::spawn(client.quit());
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let connections = idle.entry((host.to_owned(), port)).or_default();
+        let connections = idle.entry(key.to_owned()).or_default();
         // Oldest first: drop what expired, and the oldest when full.
         let timeout = self.idle_timeout;
         let (expired, kept): (Vec<_>, Vec<_>) =

@@ -1,46 +1,87 @@
 //! The queue runner: takes newly spooled messages and recovered ones,
-//! starts attempts up to the concurrency limit, and schedules retries.
+//! starts attempts up to the concurrency limit, schedules retries, and
+//! carries out operators' queue commands (list, show, retry, delete,
+//! bounce) so that they never race an attempt in flight.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
 
 use super::DeliverySettings;
-use super::attempt::{AttemptResult, Next, attempt};
+use super::attempt::{AttemptResult, Next, attempt, give_up};
 use super::pool::ConnectionPool;
-use crate::queue::{QueueReceiver, Spool, StoredMessage};
+use crate::queue::{DeliveryState, Envelope, QueueId, QueueReceiver, Spool, StoredMessage};
 
-/// A message waiting for its next attempt.
+/// How often idle outbound connections are checked for expiry.
+const REAP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Queue commands waiting for the runner; operators are few.
+const COMMAND_CAPACITY: usize = 64;
+
+/// Where a queued message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueStatus {
+    /// Waiting for its next attempt.
+    Waiting,
+    /// Due, waiting for a delivery slot.
+    Ready,
+    /// An attempt is in flight.
+    Delivering,
+}
+
+/// One queued message, as operators see it.
+#[derive(Clone, Debug, Serialize)]
+pub struct QueueEntry {
+    /// Its id.
+    pub id: QueueId,
+    /// Where it stands.
+    pub status: QueueStatus,
+    /// Content length in octets.
+    pub size: u64,
+    /// Its envelope.
+    pub envelope: Envelope,
+    /// Its delivery state.
+    pub state: DeliveryState,
+}
+
+/// What an operator can ask of the queue.
 #[derive(Debug)]
-struct Scheduled {
-    due: Instant,
-    seq: u64,
-    message: StoredMessage,
+pub enum QueueCommand {
+    /// Every queued message.
+    List(oneshot::Sender<Vec<QueueEntry>>),
+    /// One message.
+    Show(QueueId, oneshot::Sender<Option<QueueEntry>>),
+    /// Try these (or all, for `None`) now; answers how many were moved.
+    Retry(Option<QueueId>, oneshot::Sender<usize>),
+    /// Remove a message without notice.
+    Delete(QueueId, oneshot::Sender<Result<String, String>>),
+    /// Fail a message's pending recipients and bounce it to the sender.
+    Bounce(QueueId, oneshot::Sender<Result<String, String>>),
 }
 
-impl PartialEq for Scheduled {
-    fn eq(&self, other: &Self) -> bool {
-        (self.due, self.seq) == (other.due, other.seq)
-    }
+/// Sends commands to the runner.
+pub type QueueControl = mpsc::Sender<QueueCommand>;
+
+/// The runner's end of the command channel.
+pub type QueueCommands = mpsc::Receiver<QueueCommand>;
+
+/// A command channel for `run`.
+pub fn control() -> (QueueControl, QueueCommands) {
+    mpsc::channel(COMMAND_CAPACITY)
 }
 
-impl Eq for Scheduled {}
-
-impl PartialOrd for Scheduled {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Scheduled {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.due, self.seq).cmp(&(other.due, other.seq))
-    }
+/// An operator's action waiting for an attempt in flight to end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pending {
+    Delete,
+    Bounce,
 }
 
 /// The runner's queues.
@@ -48,10 +89,15 @@ struct Runner {
     spool: Arc<Spool>,
     settings: Arc<DeliverySettings>,
     pool: Arc<ConnectionPool>,
-    waiting: BinaryHeap<Reverse<Scheduled>>,
+    /// By due time, then arrival order.
+    waiting: BTreeMap<(Instant, u64), StoredMessage>,
     ready: VecDeque<StoredMessage>,
     in_flight: JoinSet<AttemptResult>,
+    /// Messages with an attempt in flight, and what to do after it.
+    busy: HashMap<QueueId, Option<Pending>>,
     seq: u64,
+    /// Offline (the queue CLI on a stopped gateway's spool): no deliveries.
+    paused: bool,
 }
 
 /// Delivers until `shutdown`; then waits for the attempts in flight (the
@@ -61,39 +107,33 @@ pub async fn run(
     spool: Arc<Spool>,
     settings: Arc<DeliverySettings>,
     mut inbox: QueueReceiver,
+    mut commands: QueueCommands,
     recovered: Vec<StoredMessage>,
     shutdown: CancellationToken,
 ) {
-    let mut runner = Runner {
-        spool,
-        pool: Arc::new(ConnectionPool::new(settings.timeouts.idle)),
-        settings,
-        waiting: BinaryHeap::new(),
-        ready: VecDeque::new(),
-        in_flight: JoinSet::new(),
-        seq: 0,
-    };
-    for message in recovered {
-        let due = message.state.next_attempt.map_or_else(Instant::now, |at| {
-            Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
-        });
-        runner.schedule(due, message);
-    }
+    let mut runner = Runner::new(spool, settings, recovered, false);
     let mut inbox_open = true;
+    let mut commands_open = true;
+    let mut reap = tokio::time::interval(REAP_INTERVAL);
     loop {
         runner.dispatch();
-        let next_due = runner.waiting.peek().map(|Reverse(s)| s.due);
+        let next_due = runner.waiting.keys().next().map(|(due, _)| *due);
         tokio::select! {
             () = shutdown.cancelled() => break,
             message = inbox.recv(), if inbox_open => match message {
                 Some(message) => runner.ready.push_back(message),
                 None => inbox_open = false,
             },
+            command = commands.recv(), if commands_open => match command {
+                Some(command) => runner.command(command).await,
+                None => commands_open = false,
+            },
             Some(joined) = runner.in_flight.join_next(), if !runner.in_flight.is_empty() => match joined {
-                Ok(result) => runner.finished(result),
+                Ok(result) => runner.finished(result).await,
                 Err(e) => error!(error = %e, "delivery task failed; its message is retried after restart"),
             },
             () = sleep_until(next_due), if next_due.is_some() => runner.promote_due(),
+            _ = reap.tick() => runner.pool.reap(),
         }
     }
     let in_flight = runner.in_flight.len();
@@ -103,6 +143,20 @@ pub async fn run(
     while runner.in_flight.join_next().await.is_some() {}
 }
 
+/// Carries out commands on a spool no gateway is running on (the caller
+/// holds the spool's lock) until the channel closes, delivering nothing.
+pub async fn offline(
+    spool: Arc<Spool>,
+    settings: Arc<DeliverySettings>,
+    recovered: Vec<StoredMessage>,
+    mut commands: QueueCommands,
+) {
+    let mut runner = Runner::new(spool, settings, recovered, true);
+    while let Some(command) = commands.recv().await {
+        runner.command(command).await;
+    }
+}
+
 async fn sleep_until(due: Option<Instant>) {
     if let Some(due) = due {
         tokio::time::sleep_until(due.into()).await;
@@ -110,27 +164,49 @@ async fn sleep_until(due: Option<Instant>) {
 }
 
 impl Runner {
+    fn new(spool: Arc<Spool>, settings: Arc<DeliverySettings>, recovered: Vec<StoredMessage>, paused: bool) -> Self {
+        let mut runner = Self {
+            spool,
+            pool: Arc::new(ConnectionPool::new(settings.timeouts.idle)),
+            settings,
+            waiting: BTreeMap::new(),
+            ready: VecDeque::new(),
+            in_flight: JoinSet::new(),
+            busy: HashMap::new(),
+            seq: 0,
+            paused,
+        };
+        for message in recovered {
+            let due = message.state.next_attempt.map_or_else(Instant::now, |at| {
+                Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+            });
+            runner.schedule(due, message);
+        }
+        runner
+    }
+
     fn schedule(&mut self, due: Instant, message: StoredMessage) {
         self.seq += 1;
-        self.waiting.push(Reverse(Scheduled {
-            due,
-            seq: self.seq,
-            message,
-        }));
+        self.waiting.insert((due, self.seq), message);
     }
 
     fn promote_due(&mut self) {
         let now = Instant::now();
-        while self.waiting.peek().is_some_and(|Reverse(s)| s.due <= now) {
-            if let Some(Reverse(scheduled)) = self.waiting.pop() {
-                self.ready.push_back(scheduled.message);
+        while let Some(entry) = self.waiting.first_entry() {
+            if entry.key().0 > now {
+                break;
             }
+            self.ready.push_back(entry.remove());
         }
     }
 
     fn dispatch(&mut self) {
+        if self.paused {
+            return;
+        }
         while self.in_flight.len() < self.settings.concurrency.get() {
             let Some(message) = self.ready.pop_front() else { break };
+            self.busy.insert(message.id.clone(), None);
             let span = info_span!("delivery", queue_id = %message.id, attempt = message.state.attempts + 1);
             let (spool, settings, pool) = (
                 Arc::clone(&self.spool),
@@ -142,12 +218,134 @@ impl Runner {
         }
     }
 
-    fn finished(&mut self, result: AttemptResult) {
-        if let Some(bounce) = result.bounce {
-            self.ready.push_back(bounce);
-        }
+    async fn finished(&mut self, result: AttemptResult) {
+        self.ready.extend(result.notices);
+        let pending = self.busy.remove(&result.message.id).flatten();
         if let Next::RetryAt(due) = result.next {
-            self.schedule(due, result.message);
+            match pending {
+                None => self.schedule(due, result.message),
+                Some(Pending::Delete) => self.delete(&result.message.id).await,
+                Some(Pending::Bounce) => self.bounce(result.message).await,
+            }
         }
+    }
+
+    /// Takes a message out of the waiting and ready queues.
+    fn take(&mut self, id: &QueueId) -> Option<StoredMessage> {
+        if let Some(key) = self.waiting.iter().find(|(_, m)| &m.id == id).map(|(k, _)| *k) {
+            return self.waiting.remove(&key);
+        }
+        let index = self.ready.iter().position(|m| &m.id == id)?;
+        self.ready.remove(index)
+    }
+
+    async fn command(&mut self, command: QueueCommand) {
+        match command {
+            QueueCommand::List(reply) => {
+                let _ = reply.send(self.entries(None).await);
+            }
+            QueueCommand::Show(id, reply) => {
+                let _ = reply.send(self.entries(Some(&id)).await.into_iter().next());
+            }
+            QueueCommand::Retry(id, reply) => {
+                let ids: Vec<QueueId> = match id {
+                    Some(id) => vec![id],
+                    None => self.waiting.values().map(|m| m.id.clone()).collect(),
+                };
+                let mut moved = 0;
+                for id in ids {
+                    let Some(mut message) = self.take(&id) else { continue };
+                    message.state.next_attempt = None;
+                    if let Err(e) = self.spool.save_state(&message.id, &message.state).await {
+                        error!(queue_id = %message.id, error = %e, "cannot save delivery state");
+                    }
+                    info!(queue_id = %message.id, "retry requested by the operator");
+                    self.ready.push_back(message);
+                    moved += 1;
+                }
+                let _ = reply.send(moved);
+            }
+            QueueCommand::Delete(id, reply) => {
+                let answer = if self.take(&id).is_some() {
+                    self.delete(&id).await;
+                    Ok(format!("{id} deleted"))
+                } else if let Some(pending) = self.busy.get_mut(&id) {
+                    *pending = Some(Pending::Delete);
+                    Ok(format!(
+                        "{id} is being delivered; deleted unless this attempt finishes it"
+                    ))
+                } else {
+                    Err(format!("no message {id} in the queue"))
+                };
+                let _ = reply.send(answer);
+            }
+            QueueCommand::Bounce(id, reply) => {
+                let answer = if let Some(message) = self.take(&id) {
+                    self.bounce(message).await;
+                    Ok(format!("{id} bounced"))
+                } else if let Some(pending) = self.busy.get_mut(&id) {
+                    *pending = Some(Pending::Bounce);
+                    Ok(format!(
+                        "{id} is being delivered; bounced unless this attempt finishes it"
+                    ))
+                } else {
+                    Err(format!("no message {id} in the queue"))
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    async fn delete(&mut self, id: &QueueId) {
+        match self.spool.remove(id).await {
+            Ok(()) => info!(queue_id = %id, status = "deleted", "message deleted by the operator"),
+            Err(e) => error!(queue_id = %id, error = %e, "cannot delete the message"),
+        }
+    }
+
+    async fn bounce(&mut self, message: StoredMessage) {
+        let id = message.id.clone();
+        match give_up(
+            &self.spool,
+            &self.settings,
+            message,
+            "delivery cancelled by the operator",
+        )
+        .await
+        {
+            Ok(notice) => self.ready.extend(notice),
+            Err((message, e)) => {
+                error!(queue_id = %id, error = %e, "cannot bounce the message; it stays queued");
+                self.ready.push_back(message);
+            }
+        }
+    }
+
+    /// Queue entries (all, or one id), in due order; messages in flight
+    /// are read from the spool.
+    async fn entries(&self, only: Option<&QueueId>) -> Vec<QueueEntry> {
+        let wanted = |id: &QueueId| only.is_none_or(|only| only == id);
+        let entry = |message: &StoredMessage, status| QueueEntry {
+            id: message.id.clone(),
+            status,
+            size: message.content_len,
+            envelope: message.envelope.clone(),
+            state: message.state.clone(),
+        };
+        let mut entries: Vec<QueueEntry> = Vec::new();
+        for message in self.ready.iter().filter(|m| wanted(&m.id)) {
+            entries.push(entry(message, QueueStatus::Ready));
+        }
+        for message in self.waiting.values().filter(|m| wanted(&m.id)) {
+            entries.push(entry(message, QueueStatus::Waiting));
+        }
+        for id in self.busy.keys().filter(|id| wanted(id)) {
+            let spool = Arc::clone(&self.spool);
+            let id = id.clone();
+            if let Ok(Ok(message)) = tokio::task::spawn_blocking(move || spool.load(&id)).await {
+                entries.push(entry(&message, QueueStatus::Delivering));
+            }
+        }
+        entries
     }
 }

@@ -125,6 +125,9 @@ pub struct DeliveryState {
     pub next_attempt: Option<SystemTime>,
     /// One status per envelope recipient, in the same order.
     pub recipients: Vec<RecipientStatus>,
+    /// A delay warning was sent to the sender.
+    #[serde(default)]
+    pub delay_warned: bool,
 }
 
 impl DeliveryState {
@@ -134,6 +137,7 @@ impl DeliveryState {
             attempts: 0,
             next_attempt: None,
             recipients: vec![RecipientStatus::Pending { last_error: None }; recipients],
+            delay_warned: false,
         }
     }
 

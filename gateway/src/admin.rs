@@ -1,0 +1,175 @@
+//! The admin listener: an HTTP/1.1 JSON API for queue operations (what
+//! `mailgate queue` uses against a running gateway). Bind it to loopback
+//! or a management network: it has no authentication of its own.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /queue` | every queued message |
+//! | `GET /queue/ID` | one message, 404 if not queued |
+//! | `POST /queue/retry` | retry everything waiting now |
+//! | `POST /queue/ID/retry` | retry one message now |
+//! | `DELETE /queue/ID` | remove a message without notice |
+//! | `POST /queue/ID/bounce` | fail its pending recipients, bounce to the sender |
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::delivery::{QueueCommand, QueueControl};
+use crate::queue::QueueId;
+
+/// Serves the admin API on `listener` until `shutdown`.
+pub async fn serve(listener: TcpListener, queue: QueueControl, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    warn!(error = %e, "admin listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let queue = queue.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let queue = queue.clone();
+                async move { Ok::<_, Infallible>(handle(request, &queue).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => if let Err(e) = result {
+                    debug!(error = %e, "admin connection ended with an error");
+                },
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+/// A queue operation, as the API and the CLI name them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueRequest {
+    /// `GET /queue`
+    List,
+    /// `GET /queue/ID`
+    Show(QueueId),
+    /// `POST /queue/retry` (`None`) or `POST /queue/ID/retry`
+    Retry(Option<QueueId>),
+    /// `DELETE /queue/ID`
+    Delete(QueueId),
+    /// `POST /queue/ID/bounce`
+    Bounce(QueueId),
+}
+
+impl QueueRequest {
+    /// The HTTP method and path of this request.
+    pub fn http(&self) -> (Method, String) {
+        match self {
+            Self::List => (Method::GET, "/queue".into()),
+            Self::Show(id) => (Method::GET, format!("/queue/{id}")),
+            Self::Retry(None) => (Method::POST, "/queue/retry".into()),
+            Self::Retry(Some(id)) => (Method::POST, format!("/queue/{id}/retry")),
+            Self::Delete(id) => (Method::DELETE, format!("/queue/{id}")),
+            Self::Bounce(id) => (Method::POST, format!("/queue/{id}/bounce")),
+        }
+    }
+
+    /// The request for an HTTP method and path; an error response for
+    /// anything else.
+    fn parse(method: &Method, path: &str) -> Result<Self, (StatusCode, serde_json::Value)> {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+        let id = |text: &str| {
+            QueueId::parse(text).ok_or_else(|| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    json!({ "error": format!("invalid queue id {text:?}") }),
+                )
+            })
+        };
+        match (method, segments.as_slice()) {
+            (&Method::GET, ["queue"]) => Ok(Self::List),
+            (&Method::POST, ["queue", "retry"]) => Ok(Self::Retry(None)),
+            (&Method::GET, ["queue", text]) => Ok(Self::Show(id(text)?)),
+            (&Method::POST, ["queue", text, "retry"]) => Ok(Self::Retry(Some(id(text)?))),
+            (&Method::DELETE, ["queue", text]) => Ok(Self::Delete(id(text)?)),
+            (&Method::POST, ["queue", text, "bounce"]) => Ok(Self::Bounce(id(text)?)),
+            _ => Err((StatusCode::NOT_FOUND, json!({ "error": "no such endpoint" }))),
+        }
+    }
+}
+
+async fn handle(request: Request<Incoming>, queue: &QueueControl) -> Response<Full<Bytes>> {
+    let (status, body) = match QueueRequest::parse(request.method(), request.uri().path()) {
+        Ok(request) => execute(queue, request).await,
+        Err(answer) => answer,
+    };
+    reply(status, body)
+}
+
+/// Carries out a request through the queue runner: the answer's status
+/// and JSON body, the same for the API and the offline CLI.
+pub async fn execute(queue: &QueueControl, request: QueueRequest) -> (StatusCode, serde_json::Value) {
+    let unavailable = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "error": "the queue runner is shutting down" }),
+        )
+    };
+    let outcome = |answer: Option<Result<String, String>>| match answer {
+        Some(Ok(result)) => (StatusCode::OK, json!({ "result": result })),
+        Some(Err(error)) => (StatusCode::NOT_FOUND, json!({ "error": error })),
+        None => unavailable(),
+    };
+    match request {
+        QueueRequest::List => match ask(queue, QueueCommand::List).await {
+            Some(entries) => (StatusCode::OK, json!(entries)),
+            None => unavailable(),
+        },
+        QueueRequest::Show(id) => match ask(queue, |tx| QueueCommand::Show(id.clone(), tx)).await {
+            Some(Some(entry)) => (StatusCode::OK, json!(entry)),
+            Some(None) => (
+                StatusCode::NOT_FOUND,
+                json!({ "error": format!("no message {id} in the queue") }),
+            ),
+            None => unavailable(),
+        },
+        QueueRequest::Retry(id) => match ask(queue, |tx| QueueCommand::Retry(id, tx)).await {
+            Some(retried) => (StatusCode::OK, json!({ "retried": retried })),
+            None => unavailable(),
+        },
+        QueueRequest::Delete(id) => outcome(ask(queue, |tx| QueueCommand::Delete(id, tx)).await),
+        QueueRequest::Bounce(id) => outcome(ask(queue, |tx| QueueCommand::Bounce(id, tx)).await),
+    }
+}
+
+/// Sends a command to the runner and waits for its answer; `None` when
+/// the runner is gone (shutting down).
+async fn ask<T>(queue: &QueueControl, command: impl FnOnce(oneshot::Sender<T>) -> QueueCommand) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    queue.send(command(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

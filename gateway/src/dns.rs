@@ -1,0 +1,255 @@
+//! The gateway's DNS resolver (hickory-resolver): MX lookups and next-hop
+//! addresses for delivery. Either the system's configuration
+//! (`/etc/resolv.conf`) or the name servers listed in `[dns]`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use tracing::warn;
+
+/// `[dns]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// Name servers to ask; `None` means the system's configuration.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// How long one query may take.
+    pub timeout: Duration,
+    /// Tries per query before giving up.
+    pub attempts: usize,
+}
+
+impl Default for DnsSettings {
+    fn default() -> Self {
+        Self {
+            nameservers: None,
+            timeout: Duration::from_secs(5),
+            attempts: 2,
+        }
+    }
+}
+
+/// Why a lookup found nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// NXDOMAIN: the name does not exist.
+    #[error("the name does not exist (NXDOMAIN)")]
+    NoSuchName,
+    /// The name exists but has no records of the type asked for.
+    #[error("no records of that type")]
+    NoRecords,
+    /// SERVFAIL, a timeout, a network error: try again later.
+    #[error("temporary DNS failure: {0}")]
+    Temporary(String),
+}
+
+/// An MX record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mx {
+    /// Lower is preferred.
+    pub preference: u16,
+    /// The mail exchanger's host name, without the trailing dot; empty for
+    /// the root (a null MX).
+    pub exchange: String,
+}
+
+/// The resolver, shared by all deliveries; built on first use, inside the
+/// runtime.
+#[derive(Clone)]
+pub struct Resolver {
+    settings: DnsSettings,
+    inner: Arc<OnceLock<Option<TokioResolver>>>,
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver").field("settings", &self.settings).finish()
+    }
+}
+
+impl Resolver {
+    /// A resolver for `settings`.
+    pub fn new(settings: DnsSettings) -> Self {
+        Self {
+            settings,
+            inner: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn settings(&self) -> &DnsSettings {
+        &self.settings
+    }
+
+    /// When the system configuration cannot be read, lookups fail as
+    /// temporary errors (mail stays queued) and a warning says why.
+    fn build(settings: &DnsSettings) -> Option<TokioResolver> {
+        let builder = match &settings.nameservers {
+            Some(servers) => {
+                let servers = servers
+                    .iter()
+                    .map(|addr| {
+                        let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                        for connection in &mut server.connections {
+                            connection.port = addr.port();
+                        }
+                        server
+                    })
+                    .collect();
+                TokioResolver::builder_with_config(
+                    ResolverConfig::from_parts(None, Vec::new(), servers),
+                    TokioRuntimeProvider::default(),
+                )
+            }
+            None => match TokioResolver::builder_tokio() {
+                Ok(builder) => builder,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the system resolver configuration; set `dns.nameservers`");
+                    return None;
+                }
+            },
+        };
+        let mut builder = builder;
+        let options = builder.options_mut();
+        options.timeout = settings.timeout;
+        options.attempts = settings.attempts;
+        options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        match builder.build() {
+            Ok(resolver) => Some(resolver),
+            Err(e) => {
+                warn!(error = %e, "cannot build the DNS resolver");
+                None
+            }
+        }
+    }
+
+    fn resolver(&self) -> Result<&TokioResolver, DnsError> {
+        self.inner
+            .get_or_init(|| Self::build(&self.settings))
+            .as_ref()
+            .ok_or_else(|| DnsError::Temporary("no DNS resolver configured".into()))
+    }
+
+    /// The MX records of `domain`, in the order received.
+    pub async fn mx(&self, domain: &str) -> Result<Vec<Mx>, DnsError> {
+        let lookup = self.resolver()?.mx_lookup(fqdn(domain)).await.map_err(classify)?;
+        let records: Vec<Mx> = lookup
+            .answers()
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::MX(mx) => Some(Mx {
+                    preference: mx.preference,
+                    exchange: mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                }),
+                _ => None,
+            })
+            .collect();
+        if records.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(records)
+    }
+
+    /// The addresses of `host` (A and AAAA, IPv4 first); an IP literal is
+    /// its own answer.
+    pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let lookup = self.resolver()?.lookup_ip(fqdn(host)).await.map_err(classify)?;
+        let addresses: Vec<IpAddr> = lookup.iter().collect();
+        if addresses.is_empty() {
+            return Err(DnsError::NoRecords);
+        }
+        Ok(addresses)
+    }
+}
+
+/// A fully qualified name, so search domains never apply.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+fn classify(error: NetError) -> DnsError {
+    if error.is_nx_domain() {
+        DnsError::NoSuchName
+    } else if error.is_no_records_found() {
+        DnsError::NoRecords
+    } else {
+        // SERVFAIL, REFUSED, timeouts, network errors.
+        DnsError::Temporary(error.to_string())
+    }
+}
+
+/// Orders MX records for delivery (RFC 5321 section 5.1): by preference,
+/// equal preferences shuffled. `None` for a null MX (RFC 7505: a single
+/// record whose exchange is the root).
+pub fn order_mx(mut records: Vec<Mx>) -> Option<Vec<String>> {
+    if records.len() == 1 && records[0].exchange.is_empty() {
+        return None;
+    }
+    records.retain(|r| !r.exchange.is_empty());
+    if records.is_empty() {
+        return None;
+    }
+    // Shuffle first, then sort stably by preference.
+    for i in (1..records.len()).rev() {
+        let j = rand::random_range(0..=i);
+        records.swap(i, j);
+    }
+    records.sort_by_key(|r| r.preference);
+    let mut hosts: Vec<String> = Vec::with_capacity(records.len());
+    for record in records {
+        if !hosts.contains(&record.exchange) {
+            hosts.push(record.exchange);
+        }
+    }
+    Some(hosts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mx(preference: u16, exchange: &str) -> Mx {
+        Mx {
+            preference,
+            exchange: exchange.into(),
+        }
+    }
+
+    #[test]
+    fn orders_by_preference_and_shuffles_ties() {
+        let mut seen_first = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let hosts = order_mx(vec![mx(20, "c"), mx(10, "a"), mx(10, "b"), mx(30, "d")]).unwrap();
+            assert_eq!(hosts.len(), 4);
+            assert_eq!(&hosts[2..], ["c", "d"]);
+            seen_first.insert(hosts[0].clone());
+        }
+        assert_eq!(seen_first.len(), 2, "equal preferences are shuffled");
+    }
+
+    #[test]
+    fn null_mx_means_no_mail() {
+        assert_eq!(order_mx(vec![mx(0, "")]), None);
+        // A root exchange next to real ones is ignored, not obeyed.
+        assert_eq!(order_mx(vec![mx(0, ""), mx(10, "a")]), Some(vec!["a".into()]));
+        assert_eq!(order_mx(vec![mx(10, "a"), mx(20, "a")]), Some(vec!["a".into()]));
+    }
+
+    #[test]
+    fn names_become_fully_qualified() {
+        assert_eq!(fqdn("example.com"), "example.com.");
+        assert_eq!(fqdn("example.com."), "example.com.");
+    }
+}

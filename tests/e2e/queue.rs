@@ -1,0 +1,270 @@
+//! The delivery engine's scheduling and operator side: retry timing, the
+//! per-destination concurrency limit, delay and failure DSNs, and queue
+//! operations through the CLI and the admin API of a running gateway.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mailgate_tests::{Gateway, Setup, SinkServer, SmtpClient, dsn_parts, wait_until};
+
+use crate::WAIT;
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mailgate-e2e"))
+}
+
+async fn send(gw: &Gateway, to: &str, subject: &str) -> Result<()> {
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    let content = format!("From: sender@back.test\r\nSubject: {subject}\r\n\r\nbody\r\n");
+    let reply = client
+        .send_message("sender@back.test", &[to], content.as_bytes())
+        .await?;
+    anyhow::ensure!(reply.code == 250, "not accepted: {}", reply.text());
+    Ok(())
+}
+
+/// Runs `mailgate queue --config CONFIG ARGS...`; its exit success and stdout.
+async fn queue_cli(config: &Path, args: &[&str]) -> Result<(bool, String)> {
+    let output = tokio::process::Command::new(binary())
+        .arg("queue")
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .await?;
+    eprintln!("queue {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_backoff_schedule() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    sink.behave(|b| b.tempfail_mail = 2);
+    let gw = Setup::new()
+        .delivery("retry_initial = \"400ms\"")
+        .delivery("retry_max = \"10s\"")
+        .route_all_to(sink.addr())
+        .start()
+        .await?;
+    send(&gw, "b@y.test", "timing").await?;
+    let mut seen = Vec::new();
+    for attempts in 1..=3 {
+        wait_until(WAIT, || sink.mail_commands() >= attempts).await?;
+        seen.push(Instant::now());
+    }
+    wait_until(WAIT, || sink.count() == 1).await?;
+    let first_wait = seen[1] - seen[0];
+    let second_wait = seen[2] - seen[1];
+    // 400 ms then 800 ms, each with +-20 % jitter.
+    assert!(first_wait >= Duration::from_millis(300), "{first_wait:?}");
+    assert!(second_wait >= Duration::from_millis(620), "{second_wait:?}");
+    assert!(
+        second_wait > first_wait,
+        "backoff grows: {first_wait:?} then {second_wait:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_destination_limit_caps_parallel_transactions() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    sink.behave(|b| b.data_delay = Duration::from_millis(300));
+    let gw = Setup::new()
+        .delivery("concurrency = 20")
+        .delivery("max_connections_per_destination = 2")
+        .route_all_to(sink.addr())
+        .start()
+        .await?;
+    for n in 0..8 {
+        send(&gw, &format!("u{n}@y.test"), "parallel").await?;
+    }
+    wait_until(WAIT, || sink.count() == 8).await?;
+    assert_eq!(
+        sink.max_concurrent_transactions(),
+        2,
+        "two at a time, and two were used"
+    );
+    // Connections were reused for later messages: fewer connections than messages.
+    let messages = sink.messages();
+    let mut connections: Vec<usize> = messages.iter().map(|m| m.connection).collect();
+    connections.sort_unstable();
+    connections.dedup();
+    assert!(
+        connections.len() < 8,
+        "several messages per connection: {connections:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delay_warning_then_a_bounce_reach_the_sender() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| {
+        b.rcpt_replies
+            .insert("slow@dest.test".into(), "451 4.2.0 mailbox busy".into());
+    });
+    let back = SinkServer::start().await?;
+    let gw = Setup::new()
+        .delivery("delay_warning = \"500ms\"")
+        .delivery("max_age = \"3s\"")
+        .route_to("\"dest.test\"", dest.addr())
+        .route_to("\"back.test\"", back.addr())
+        .start()
+        .await?;
+    send(&gw, "slow@dest.test", "patience").await?;
+
+    wait_until(WAIT, || back.count() >= 1).await?;
+    let warning = &back.messages()[0];
+    assert_eq!(warning.mail_from, "");
+    assert_eq!(warning.rcpt_to, ["sender@back.test"]);
+    let (status, headers) = dsn_parts(&warning.content)?;
+    assert!(status.contains("Action: delayed"), "{status}");
+    assert!(status.contains("Will-Retry-Until: "), "{status}");
+    assert!(status.contains("451 4.2.0 mailbox busy"), "{status}");
+    assert!(headers.contains("Subject: patience"), "{headers}");
+    assert!(warning.text().contains("Subject: Delayed Mail"));
+
+    wait_until(WAIT, || back.count() >= 2).await?;
+    let bounce = &back.messages()[1];
+    let (status, headers) = dsn_parts(&bounce.content)?;
+    assert!(status.contains("Action: failed"), "{status}");
+    assert!(status.contains("Status: 4.4.7"), "{status}");
+    assert!(status.contains("451 4.2.0 mailbox busy"), "{status}");
+    assert!(headers.contains("Subject: patience"), "{headers}");
+    wait_until(WAIT, || gw.queued() == 0).await?;
+    assert_eq!(back.count(), 2, "one warning, one bounce");
+    Ok(())
+}
+
+/// The queue's entries as `mailgate queue list --json` prints them.
+async fn listed(config: &Path) -> Result<Vec<serde_json::Value>> {
+    let (ok, out) = queue_cli(config, &["list", "--json"]).await?;
+    anyhow::ensure!(ok, "queue list failed");
+    Ok(serde_json::from_str::<serde_json::Value>(&out)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
+}
+
+fn ids(entries: &[serde_json::Value]) -> Vec<String> {
+    let mut ids: Vec<String> = entries
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_work_against_a_running_gateway() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| b.mail_reply = Some("451 4.3.0 not now".into()));
+    let back = SinkServer::start().await?;
+    let gw = Setup::new()
+        .admin()?
+        .delivery("retry_initial = \"1h\"")
+        .delivery("retry_max = \"1h\"")
+        .route_to("\"dest.test\"", dest.addr())
+        .route_to("\"back.test\"", back.addr())
+        .start()
+        .await?;
+    for n in 0..3 {
+        send(&gw, "user@dest.test", &format!("queued {n}")).await?;
+    }
+    wait_until(WAIT, || dest.mail_commands() >= 3).await?;
+    let config = gw.config();
+
+    let entries = listed(&config).await?;
+    assert_eq!(entries.len(), 3);
+    assert!(entries.iter().all(|e| e["status"] == "waiting"), "{entries:?}");
+    let ids = ids(&entries);
+    let (ok, text) = queue_cli(&config, &["list"]).await?;
+    assert!(
+        ok && text.contains(&ids[0]) && text.contains("451 4.3.0 not now"),
+        "{text}"
+    );
+
+    let (ok, shown) = queue_cli(&config, &["show", &ids[0]]).await?;
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&shown)?;
+    assert_eq!(shown["id"], ids[0].as_str());
+    assert_eq!(shown["state"]["attempts"], 1);
+
+    // retry ID: one more attempt now (not in an hour).
+    let before = dest.mail_commands();
+    let (ok, _) = queue_cli(&config, &["retry", &ids[0]]).await?;
+    assert!(ok);
+    wait_until(WAIT, || dest.mail_commands() == before + 1).await?;
+
+    // delete ID: gone without notice.
+    let (ok, _) = queue_cli(&config, &["delete", &ids[1]]).await?;
+    assert!(ok);
+    wait_until(WAIT, || gw.queued() == 2).await?;
+    assert!(!self::ids(&listed(&config).await?).contains(&ids[1]));
+    let (ok, _) = queue_cli(&config, &["delete", &ids[1]]).await?;
+    assert!(!ok, "deleting it again fails");
+
+    // bounce ID: the sender gets a DSN.
+    let (ok, _) = queue_cli(&config, &["bounce", &ids[2]]).await?;
+    assert!(ok);
+    wait_until(WAIT, || back.count() == 1).await?;
+    let (status, _) = dsn_parts(&back.messages()[0].content)?;
+    assert!(status.contains("delivery cancelled by the operator"), "{status}");
+
+    // retry --all, once the destination works again: delivered.
+    dest.behave(|b| b.mail_reply = None);
+    let (ok, out) = queue_cli(&config, &["retry", "--all"]).await?;
+    assert!(ok && out.contains("1 message(s)"), "{out}");
+    wait_until(WAIT, || dest.count() == 1).await?;
+    wait_until(WAIT, || gw.queued() == 0).await?;
+
+    // The API itself answers JSON, 404 for what is not queued.
+    let admin = gw.admin.context("admin address")?.to_string();
+    let response = http_get(&admin, &format!("/queue/{}", ids[0])).await?;
+    assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+    assert!(response.contains("application/json"), "{response}");
+    let response = http_get(&admin, "/queue/not-an-id").await?;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    Ok(())
+}
+
+async fn http_get(address: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_commands_work_on_a_stopped_gateways_spool() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| b.mail_reply = Some("451 4.3.0 not now".into()));
+    let gw = Setup::new()
+        .delivery("retry_initial = \"1h\"")
+        .delivery("retry_max = \"1h\"")
+        .route_all_to(dest.addr())
+        .start()
+        .await?;
+    send(&gw, "user@dest.test", "offline").await?;
+    wait_until(WAIT, || dest.mail_commands() >= 1).await?;
+    let config = gw.config();
+    let dir = gw.stop().await?;
+    let config = dir.path().join(config.file_name().context("name")?);
+
+    let entries = listed(&config).await?;
+    assert_eq!(entries.len(), 1);
+    let id = entries[0]["id"].as_str().context("id")?.to_owned();
+    let (ok, _) = queue_cli(&config, &["delete", &id]).await?;
+    assert!(ok);
+    assert!(listed(&config).await?.is_empty());
+    assert_eq!(mailgate_tests::count_queued(&dir.path().join("spool")), 0);
+    Ok(())
+}
