@@ -22,7 +22,7 @@ MESSAGES=${MESSAGES:-10000}
 SESSIONS=${SESSIONS:-20}
 SIZE=${SIZE:-1024}
 RCPTS=${RCPTS:-1}
-RELAYS=${RELAYS:-"mailgate mailgate-plugins postfix"}
+RELAYS=${RELAYS:-"mailgate mailgate-noreuse mailgate-plugins postfix"}
 
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -51,6 +51,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 sink_port=$(free_port)
 mailgate_port=$(free_port)
 plugins_port=$(free_port)
+noreuse_port=$(free_port)
 postfix_port=$(free_port)
 
 wait_port() {
@@ -194,6 +195,7 @@ declare -A rate
 for relay in $RELAYS; do
     case $relay in
         mailgate) start_mailgate "$mailgate_port" mailgate; port=$mailgate_port ;;
+        mailgate-noreuse) start_mailgate "$noreuse_port" mailgate-noreuse "$(printf '[delivery]\nidle_timeout = "0s"')"; port=$noreuse_port ;;
         mailgate-plugins) start_mailgate "$plugins_port" mailgate-plugins "$(plugin_chain)"; port=$plugins_port ;;
         postfix) start_postfix; port=$postfix_port ;;
         *) echo "unknown relay $relay" >&2; exit 2 ;;
@@ -209,5 +211,7 @@ for relay in $RELAYS; do
 done
 ratio() { python3 -c "print(f'ratio $1/$2: {${rate[$1]} / ${rate[$2]}:.2f}')"; }
 if [ -n "${rate[mailgate]:-}" ] && [ -n "${rate[postfix]:-}" ]; then ratio mailgate postfix; fi
+if [ -n "${rate[mailgate]:-}" ] && [ -n "${rate[mailgate-noreuse]:-}" ]; then ratio mailgate mailgate-noreuse; fi
+if [ -n "${rate[mailgate-noreuse]:-}" ] && [ -n "${rate[postfix]:-}" ]; then ratio mailgate-noreuse postfix; fi
 if [ -n "${rate[mailgate-plugins]:-}" ] && [ -n "${rate[mailgate]:-}" ]; then ratio mailgate-plugins mailgate; fi
 if [ -n "${rate[mailgate-plugins]:-}" ] && [ -n "${rate[postfix]:-}" ]; then ratio mailgate-plugins postfix; fi

@@ -247,3 +247,44 @@ async fn a_pooled_connection_the_server_closed_is_replaced() -> Result<()> {
     assert_eq!(sink.connections(), 4);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_bit_content_to_a_server_without_8bitmime_bounces() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| b.eight_bit = false);
+    let back = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_to("\"dest.test\"", dest.addr())
+        .route_to("\"back.test\"", back.addr())
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    client.expect("MAIL FROM:<s@back.test> BODY=8BITMIME", 250).await?;
+    client.expect("RCPT TO:<r@dest.test>", 250).await?;
+    client.expect("DATA", 354).await?;
+    client
+        .send("Subject: caf\u{e9}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nna\u{ef}ve\r\n.\r\n".as_bytes())
+        .await?;
+    client.expect_reply(250).await?;
+    wait_until(WAIT, || back.count() == 1).await?;
+    assert_eq!(dest.count(), 0, "never sent, rather than corrupted");
+    let (status, _) = mailgate_tests::dsn_parts(&back.messages()[0].content)?;
+    assert!(status.contains("Status: 5.6.3"), "{status}");
+    assert!(status.contains("8BITMIME"), "{status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_to_helo_when_ehlo_is_refused() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    sink.behave(|b| b.refuse_ehlo = true);
+    let gw = Setup::new().route_all_to(sink.addr()).start().await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    client
+        .send_message("a@x.test", &["b@y.test"], b"Subject: old server\r\n\r\nhi\r\n")
+        .await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    // Without EHLO there are no extensions: no SIZE= or BODY= parameters.
+    assert_eq!(sink.messages()[0].mail_params, "");
+    Ok(())
+}

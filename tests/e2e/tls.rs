@@ -160,6 +160,17 @@ async fn authenticates_to_a_smarthost() -> Result<()> {
     assert_eq!(received.auth.as_deref(), Some("relay-user"));
     assert!(received.tls);
 
+    // A server offering only AUTH LOGIN gets LOGIN.
+    sink.behave(|b| b.auth_login_only = true);
+    let gw = Setup::new()
+        .dns(dns.addr())
+        .route(&route("auth_password = \"s3cret pass\""))
+        .start()
+        .await?;
+    send(&gw).await?;
+    wait_until(WAIT, || sink.count() == 2).await?;
+    assert_eq!(sink.messages()[1].auth.as_deref(), Some("relay-user"));
+
     // A wrong password defers (it is a configuration problem, not the
     // sender's) and sends nothing.
     let gw = Setup::new()
@@ -169,7 +180,7 @@ async fn authenticates_to_a_smarthost() -> Result<()> {
         .await?;
     send(&gw).await?;
     wait_until(WAIT, || sink.auth_failures() >= 2).await?;
-    assert_eq!(sink.count(), 1);
+    assert_eq!(sink.count(), 2);
     assert_eq!(gw.queued(), 1);
     Ok(())
 }

@@ -80,6 +80,10 @@ pub struct Behavior {
     /// Offer AUTH PLAIN and LOGIN (inside TLS only) and require it for
     /// MAIL, accepting this user name and password.
     pub auth: Option<(String, String)>,
+    /// Refuse EHLO (a pre-ESMTP server): only HELO works.
+    pub refuse_ehlo: bool,
+    /// Offer only AUTH LOGIN (not PLAIN).
+    pub auth_login_only: bool,
     /// Hold each transaction this long before answering the final dot
     /// (to observe concurrency).
     pub data_delay: std::time::Duration,
@@ -97,6 +101,8 @@ impl Default for Behavior {
             close_after_message: false,
             tls: None,
             auth: None,
+            auth_login_only: false,
+            refuse_ehlo: false,
             data_delay: std::time::Duration::ZERO,
         }
     }
@@ -238,7 +244,9 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
         }
         let text = String::from_utf8_lossy(&line).trim_end().to_owned();
         let upper = text.to_ascii_uppercase();
-        let reply: String = if upper.starts_with("EHLO") {
+        let reply: String = if upper.starts_with("EHLO") && lock(&behavior).refuse_ehlo {
+            "502 5.5.1 EHLO not supported".into()
+        } else if upper.starts_with("EHLO") {
             let b = lock(&behavior).clone();
             let mut reply = String::from("250-sink.test\r\n");
             if b.pipelining {
@@ -251,7 +259,11 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                 reply.push_str("250-STARTTLS\r\n");
             }
             if b.auth.is_some() && tls {
-                reply.push_str("250-AUTH PLAIN LOGIN\r\n");
+                reply.push_str(if b.auth_login_only {
+                    "250-AUTH LOGIN\r\n"
+                } else {
+                    "250-AUTH PLAIN LOGIN\r\n"
+                });
             }
             reply.push_str("250 SIZE 100000000");
             reply
