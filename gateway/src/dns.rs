@@ -11,6 +11,7 @@ use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfi
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
+use rand::seq::SliceRandom;
 use tracing::warn;
 
 /// `[dns]`, validated.
@@ -22,16 +23,6 @@ pub struct DnsSettings {
     pub timeout: Duration,
     /// Tries per query before giving up.
     pub attempts: usize,
-}
-
-impl Default for DnsSettings {
-    fn default() -> Self {
-        Self {
-            nameservers: None,
-            timeout: Duration::from_secs(5),
-            attempts: 2,
-        }
-    }
 }
 
 /// Why a lookup found nothing.
@@ -79,11 +70,6 @@ impl Resolver {
             settings,
             inner: Arc::new(OnceLock::new()),
         }
-    }
-
-    /// The settings it was made with.
-    pub fn settings(&self) -> &DnsSettings {
-        &self.settings
     }
 
     /// When the system configuration cannot be read, lookups fail as
@@ -202,10 +188,7 @@ pub fn order_mx(mut records: Vec<Mx>) -> Option<Vec<String>> {
         return None;
     }
     // Shuffle first, then sort stably by preference.
-    for i in (1..records.len()).rev() {
-        let j = rand::random_range(0..=i);
-        records.swap(i, j);
-    }
+    records.shuffle(&mut rand::rng());
     records.sort_by_key(|r| r.preference);
     let mut hosts: Vec<String> = Vec::with_capacity(records.len());
     for record in records {

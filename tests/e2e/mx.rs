@@ -27,13 +27,8 @@ async fn gateway(dns: &DnsServer, port: u16, bounces: SocketAddr) -> Result<Gate
 }
 
 async fn send(gw: &Gateway, to: &str) -> Result<()> {
-    let mut client = SmtpClient::greeted(gw.addr).await?;
     let content = format!("From: sender@back.test\r\nTo: {to}\r\nSubject: mx test\r\n\r\nhello\r\n");
-    let reply = client
-        .send_message("sender@back.test", &[to], content.as_bytes())
-        .await?;
-    anyhow::ensure!(reply.code == 250, "not accepted: {}", reply.text());
-    Ok(())
+    SmtpClient::deliver(gw.addr, "sender@back.test", &[to], content.as_bytes()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

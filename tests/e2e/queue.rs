@@ -15,13 +15,8 @@ fn binary() -> PathBuf {
 }
 
 async fn send(gw: &Gateway, to: &str, subject: &str) -> Result<()> {
-    let mut client = SmtpClient::greeted(gw.addr).await?;
     let content = format!("From: sender@back.test\r\nSubject: {subject}\r\n\r\nbody\r\n");
-    let reply = client
-        .send_message("sender@back.test", &[to], content.as_bytes())
-        .await?;
-    anyhow::ensure!(reply.code == 250, "not accepted: {}", reply.text());
-    Ok(())
+    SmtpClient::deliver(gw.addr, "sender@back.test", &[to], content.as_bytes()).await
 }
 
 /// Runs `mailgate queue --config CONFIG ARGS...`; its exit success and stdout.

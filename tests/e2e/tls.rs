@@ -8,12 +8,7 @@ use mailgate_tests::{DnsServer, Gateway, Setup, SinkServer, SmtpClient, TestCa, 
 use crate::WAIT;
 
 async fn send(gw: &Gateway) -> Result<()> {
-    let mut client = SmtpClient::greeted(gw.addr).await?;
-    let reply = client
-        .send_message("a@x.test", &["b@relay.test"], b"Subject: tls\r\n\r\nhello\r\n")
-        .await?;
-    anyhow::ensure!(reply.code == 250, "not accepted: {}", reply.text());
-    Ok(())
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@relay.test"], b"Subject: tls\r\n\r\nhello\r\n").await
 }
 
 /// A DNS server saying `relay.test` is 127.0.0.1, for certificate names.

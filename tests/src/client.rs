@@ -129,6 +129,13 @@ impl SmtpClient {
         self.reply().await
     }
 
+    /// Connects to `addr`, sends one message and insists on its 250.
+    pub async fn deliver(addr: SocketAddr, from: &str, to: &[&str], content: &[u8]) -> Result<()> {
+        let reply = Self::greeted(addr).await?.send_message(from, to, content).await?;
+        anyhow::ensure!(reply.code == 250, "not accepted: {}", reply.text());
+        Ok(())
+    }
+
     /// Reads until the server closes the connection; returns what it sent.
     pub async fn read_to_close(&mut self) -> Result<Vec<u8>> {
         let mut rest = Vec::new();

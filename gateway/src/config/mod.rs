@@ -7,7 +7,7 @@ mod error;
 mod raw;
 mod units;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -108,6 +108,7 @@ impl Config {
             base: std::path::absolute(path.parent().unwrap_or(Path::new(".")))
                 .unwrap_or_else(|_| path.parent().unwrap_or(Path::new(".")).to_owned()),
             problems: Vec::new(),
+            tls_configs: HashMap::new(),
         };
         let plugin_spans = raw.plugin.iter().map(|p| p.get_ref().path.span()).collect();
         let config = check.convert(path, raw);
@@ -125,6 +126,10 @@ struct Checker<'a> {
     source: &'a str,
     base: PathBuf,
     problems: Vec<Problem>,
+    /// Client TLS configurations by CA file and `danger_` setting: built
+    /// once each (reading the system's roots is not free), shared by the
+    /// routes that agree.
+    tls_configs: HashMap<(Option<PathBuf>, bool), TlsConfigs>,
 }
 
 impl Checker<'_> {
@@ -381,9 +386,16 @@ impl Checker<'_> {
         let danger = route
             .and_then(|r| r.danger_accept_invalid_certs)
             .unwrap_or(d.danger_accept_invalid_certs);
-        let resolved_ca = ca_file.map(|f| self.resolve(f.get_ref()));
-        let tls_config = match TlsConfigs::new(resolved_ca.as_deref(), danger) {
-            Ok(configs) => Some(configs),
+        let key = (ca_file.map(|f| self.resolve(f.get_ref())), danger);
+        let built = match self.tls_configs.get(&key) {
+            Some(configs) => Ok(configs.clone()),
+            None => TlsConfigs::new(key.0.as_deref(), danger),
+        };
+        let tls_config = match built {
+            Ok(configs) => {
+                self.tls_configs.entry(key).or_insert_with(|| configs.clone());
+                Some(configs)
+            }
             Err(e) => {
                 match ca_file {
                     Some(file) => self.problem(file, e),

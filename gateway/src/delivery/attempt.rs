@@ -106,24 +106,14 @@ pub async fn attempt(
 pub async fn give_up(
     spool: &Spool,
     settings: &DeliverySettings,
-    mut message: StoredMessage,
+    message: StoredMessage,
     reason: &str,
 ) -> Result<Option<StoredMessage>, (StoredMessage, SpoolError)> {
-    let mut failures = Vec::new();
-    for (index, status) in message.state.recipients.iter_mut().enumerate() {
-        if let RecipientStatus::Pending { .. } = status {
-            let failure = Failure {
-                status: EnhancedCode::new(5, 0, 0),
-                diagnostic: reason.to_owned(),
-                remote: None,
-                smtp_reply: false,
-            };
-            *status = RecipientStatus::Failed {
-                reason: reason.to_owned(),
-            };
-            failures.push((index, failure));
-        }
-    }
+    // The message leaves the spool once the bounce is spooled, so its own
+    // state needs no update; on error it goes back to the queue as it was.
+    let failures = pending_failures(&message.state, |_| {
+        local_failure(EnhancedCode::new(5, 0, 0), reason.to_owned())
+    });
     let notice = match notify(spool, settings, &message, DsnKind::Failure, &failures).await {
         Ok(notice) => notice,
         Err(e) => return Err((message, e)),
@@ -146,30 +136,15 @@ async fn warn_if_delayed(
     if message.state.delay_warned || message.state.is_finished() {
         return None;
     }
-    let age = SystemTime::now()
-        .duration_since(message.envelope.received_at)
-        .unwrap_or(Duration::ZERO);
-    if age < after {
+    if age(message) < after {
         return None;
     }
-    let pending: Vec<(usize, Failure)> = message
-        .state
-        .recipients
-        .iter()
-        .enumerate()
-        .filter_map(|(index, status)| match status {
-            RecipientStatus::Pending { last_error } => Some((
-                index,
-                Failure {
-                    status: EnhancedCode::new(4, 0, 0),
-                    diagnostic: last_error.clone().unwrap_or_else(|| "not yet delivered".to_owned()),
-                    remote: None,
-                    smtp_reply: false,
-                },
-            )),
-            _ => None,
-        })
-        .collect();
+    let pending = pending_failures(&message.state, |last| {
+        local_failure(
+            EnhancedCode::new(4, 0, 0),
+            last.unwrap_or("not yet delivered").to_owned(),
+        )
+    });
     let until = message.envelope.received_at + settings.retry.max_age;
     match notify(spool, settings, message, DsnKind::Delay { until }, &pending).await {
         Ok(warning) => {
@@ -223,11 +198,8 @@ async fn deliver_group(
             .iter()
             .map(|r| DeliveryError::NoRoute(r.domain_key()).outcome(None))
             .collect(),
-        Some(hop @ NextHop::Smtp { destination, policy }) => {
-            let key = hop.pool_key();
-            // Held until the transaction ends: the per-destination limit.
-            let _permit = pool.acquire(&key, policy.max_connections).await;
-            deliver_smtp(spool, settings, pool, message, &key, destination, policy, &recipients).await
+        Some(NextHop::Smtp { destination, policy }) => {
+            deliver_smtp(spool, settings, pool, message, destination, policy, &recipients).await
         }
         Some(NextHop::Maildir(dir)) => {
             let mut outcomes = Vec::with_capacity(recipients.len());
@@ -251,17 +223,19 @@ async fn deliver_group(
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the attempt's context, passed through")]
 async fn deliver_smtp(
     spool: &Spool,
     settings: &DeliverySettings,
     pool: &ConnectionPool,
     message: &StoredMessage,
-    key: &str,
     destination: &Destination,
     policy: &SmtpPolicy,
     recipients: &[&Mailbox],
 ) -> Vec<Outcome> {
+    let key = destination.pool_key(policy);
+    let key = key.as_str();
+    // Held until the transaction ends: the per-destination limit.
+    let _permit = pool.acquire(key, policy.max_connections).await;
     let pooled = pool.take(key);
     let reused = pooled.is_some();
     let mut sent = send_on(spool, settings, message, destination, policy, recipients, pooled).await;
@@ -360,27 +334,53 @@ fn unbounced_as_pending(state: &DeliveryState, failures: &[(usize, Failure)]) ->
 
 /// Past `max_age`, deferred recipients fail for good (RFC 3463 4.4.7).
 fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, failures: &mut Vec<(usize, Failure)>) {
-    let age = SystemTime::now()
-        .duration_since(message.envelope.received_at)
-        .unwrap_or(Duration::ZERO);
+    let age = age(message);
     if age < settings.retry.max_age {
         return;
     }
-    for (index, status) in message.state.recipients.iter_mut().enumerate() {
-        if let RecipientStatus::Pending { last_error } = status {
-            let last = last_error.take().unwrap_or_else(|| "no attempt succeeded".to_owned());
-            let failure = Failure {
-                status: EnhancedCode::new(4, 4, 7),
-                diagnostic: format!("delivery time expired after {}s; last error: {last}", age.as_secs()),
-                remote: None,
-                smtp_reply: false,
-            };
-            info!(queue_id = %message.id, status = "expired", reply = %failure.diagnostic, "delivery expired");
-            *status = RecipientStatus::Failed {
+    let expired = pending_failures(&message.state, |last| {
+        let last = last.unwrap_or("no attempt succeeded");
+        let diagnostic = format!("delivery time expired after {}s; last error: {last}", age.as_secs());
+        local_failure(EnhancedCode::new(4, 4, 7), diagnostic)
+    });
+    for (index, failure) in expired {
+        info!(queue_id = %message.id, status = "expired", reply = %failure.diagnostic, "delivery expired");
+        if let Some(slot) = message.state.recipients.get_mut(index) {
+            *slot = RecipientStatus::Failed {
                 reason: failure.diagnostic.clone(),
             };
-            failures.push((index, failure));
         }
+        failures.push((index, failure));
+    }
+}
+
+/// How long the message has been queued.
+fn age(message: &StoredMessage) -> Duration {
+    SystemTime::now()
+        .duration_since(message.envelope.received_at)
+        .unwrap_or(Duration::ZERO)
+}
+
+/// A failure for each pending recipient, made from its last error.
+fn pending_failures(state: &DeliveryState, failure: impl Fn(Option<&str>) -> Failure) -> Vec<(usize, Failure)> {
+    state
+        .recipients
+        .iter()
+        .enumerate()
+        .filter_map(|(index, status)| match status {
+            RecipientStatus::Pending { last_error } => Some((index, failure(last_error.as_deref()))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A failure decided here rather than by a remote reply.
+fn local_failure(status: EnhancedCode, diagnostic: String) -> Failure {
+    Failure {
+        status,
+        diagnostic,
+        remote: None,
+        smtp_reply: false,
     }
 }
 

@@ -250,14 +250,15 @@ impl SmtpClient {
     }
 
     async fn hello(&mut self) -> Result<(), DeliveryError> {
-        let name = self.helo.clone();
-        self.write("EHLO", format!("EHLO {name}\r\n").as_bytes()).await?;
+        let ehlo = format!("EHLO {}\r\n", self.helo);
+        self.write("EHLO", ehlo.as_bytes()).await?;
         let reply = self.read_reply("EHLO", self.timeouts.command).await?;
         if reply.class() == ReplyClass::Positive {
             self.extensions = Extensions::from_ehlo(&reply);
             return Ok(());
         }
-        self.write("HELO", format!("HELO {name}\r\n").as_bytes()).await?;
+        let helo = format!("HELO {}\r\n", self.helo);
+        self.write("HELO", helo.as_bytes()).await?;
         self.expect_positive("HELO", self.timeouts.command).await?;
         Ok(())
     }

@@ -22,7 +22,7 @@ const MAX_IDLE_LIMITERS: usize = 10_000;
 type Idle = Vec<(SmtpClient, Instant)>;
 
 /// Idle connections and concurrency limits by destination key
-/// (`NextHop::pool_key`).
+/// (`Destination::pool_key`).
 #[derive(Debug)]
 pub struct ConnectionPool {
     idle: Mutex<HashMap<String, Idle>>,
@@ -45,14 +45,17 @@ impl ConnectionPool {
     pub async fn acquire(&self, key: &str, limit: usize) -> Option<OwnedSemaphorePermit> {
         let semaphore = {
             let mut limits = self.limits.lock().unwrap_or_else(PoisonError::into_inner);
-            if limits.len() > MAX_IDLE_LIMITERS {
-                limits.retain(|_, s| Arc::strong_count(s) > 1);
+            match limits.get(key) {
+                Some(semaphore) => Arc::clone(semaphore),
+                None => {
+                    if limits.len() > MAX_IDLE_LIMITERS {
+                        limits.retain(|_, s| Arc::strong_count(s) > 1);
+                    }
+                    let semaphore = Arc::new(Semaphore::new(limit.max(1)));
+                    limits.insert(key.to_owned(), Arc::clone(&semaphore));
+                    semaphore
+                }
             }
-            Arc::clone(
-                limits
-                    .entry(key.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(limit.max(1)))),
-            )
         };
         semaphore.acquire_owned().await.ok()
     }
@@ -74,14 +77,8 @@ impl ConnectionPool {
     /// Closes connections idle for longer than the timeout.
     pub fn reap(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        let timeout = self.idle_timeout;
         idle.retain(|_, connections| {
-            let (expired, kept): (Vec<_>, Vec<_>) =
-                connections.drain(..).partition(|(_, since)| since.elapsed() >= timeout);
-            *connections = kept;
-            for (client, _) in expired {
-                tokio::spawn(client.quit());
-            }
+            close_expired(connections, self.idle_timeout);
             !connections.is_empty()
         });
     }
@@ -95,17 +92,21 @@ impl ConnectionPool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         let connections = idle.entry(key.to_owned()).or_default();
         // Oldest first: drop what expired, and the oldest when full.
-        let timeout = self.idle_timeout;
-        let (expired, kept): (Vec<_>, Vec<_>) =
-            connections.drain(..).partition(|(_, since)| since.elapsed() >= timeout);
-        *connections = kept;
-        for (client, _) in expired {
-            tokio::spawn(client.quit());
-        }
+        close_expired(connections, self.idle_timeout);
         if connections.len() >= MAX_IDLE_PER_HOST {
             let (oldest, _) = connections.remove(0);
             tokio::spawn(oldest.quit());
         }
         connections.push((client, Instant::now()));
+    }
+}
+
+/// Closes (politely, in the background) the connections idle for `timeout`
+/// or longer.
+fn close_expired(connections: &mut Idle, timeout: Duration) {
+    let (expired, kept): (Vec<_>, Vec<_>) = connections.drain(..).partition(|(_, since)| since.elapsed() >= timeout);
+    *connections = kept;
+    for (client, _) in expired {
+        tokio::spawn(client.quit());
     }
 }

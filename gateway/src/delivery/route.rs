@@ -48,6 +48,15 @@ pub enum Destination {
     Mx(String),
 }
 
+impl Destination {
+    /// The key under which connections here are pooled and counted against
+    /// the per-destination limit: the destination and the policy (two
+    /// routes to one host with different credentials do not share).
+    pub fn pool_key(&self, policy: &SmtpPolicy) -> String {
+        format!("{self}#{}", policy.id)
+    }
+}
+
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -90,18 +99,6 @@ impl PartialEq for NextHop {
 }
 
 impl Eq for NextHop {}
-
-impl NextHop {
-    /// The key under which connections to this hop are pooled and counted
-    /// against the per-destination limit: the destination and the policy
-    /// (two routes to one host with different credentials do not share).
-    pub fn pool_key(&self) -> String {
-        match self {
-            Self::Smtp { destination, policy } => format!("{destination}#{}", policy.id),
-            Self::Maildir(path) => format!("maildir:{}", path.display()),
-        }
-    }
-}
 
 impl std::fmt::Display for NextHop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

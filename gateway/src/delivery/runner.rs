@@ -224,8 +224,7 @@ impl Runner {
         if let Next::RetryAt(due) = result.next {
             match pending {
                 None => self.schedule(due, result.message),
-                Some(Pending::Delete) => self.delete(&result.message.id).await,
-                Some(Pending::Bounce) => self.bounce(result.message).await,
+                Some(action) => self.apply(action, result.message).await,
             }
         }
     }
@@ -266,33 +265,38 @@ impl Runner {
                 let _ = reply.send(moved);
             }
             QueueCommand::Delete(id, reply) => {
-                let answer = if self.take(&id).is_some() {
-                    self.delete(&id).await;
-                    Ok(format!("{id} deleted"))
-                } else if let Some(pending) = self.busy.get_mut(&id) {
-                    *pending = Some(Pending::Delete);
-                    Ok(format!(
-                        "{id} is being delivered; deleted unless this attempt finishes it"
-                    ))
-                } else {
-                    Err(format!("no message {id} in the queue"))
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(self.end(id, Pending::Delete).await);
             }
             QueueCommand::Bounce(id, reply) => {
-                let answer = if let Some(message) = self.take(&id) {
-                    self.bounce(message).await;
-                    Ok(format!("{id} bounced"))
-                } else if let Some(pending) = self.busy.get_mut(&id) {
-                    *pending = Some(Pending::Bounce);
-                    Ok(format!(
-                        "{id} is being delivered; bounced unless this attempt finishes it"
-                    ))
-                } else {
-                    Err(format!("no message {id} in the queue"))
-                };
-                let _ = reply.send(answer);
+                let _ = reply.send(self.end(id, Pending::Bounce).await);
             }
+        }
+    }
+
+    /// Deletes or bounces a queued message now, or when its attempt in
+    /// flight ends.
+    async fn end(&mut self, id: QueueId, action: Pending) -> Result<String, String> {
+        let done = match action {
+            Pending::Delete => "deleted",
+            Pending::Bounce => "bounced",
+        };
+        if let Some(message) = self.take(&id) {
+            self.apply(action, message).await;
+            Ok(format!("{id} {done}"))
+        } else if let Some(pending) = self.busy.get_mut(&id) {
+            *pending = Some(action);
+            Ok(format!(
+                "{id} is being delivered; {done} unless this attempt finishes it"
+            ))
+        } else {
+            Err(format!("no message {id} in the queue"))
+        }
+    }
+
+    async fn apply(&mut self, action: Pending, message: StoredMessage) {
+        match action {
+            Pending::Delete => self.delete(&message.id).await,
+            Pending::Bounce => self.bounce(message).await,
         }
     }
 
