@@ -1,4 +1,5 @@
-//! The command line: `mailgate run`, `mailgate check` and `mailgate queue`.
+//! The command line: `mailgate run`, `mailgate check`, `mailgate queue`
+//! and `mailgate user`.
 //! Exit codes: 0 success, 64 bad configuration (EX_USAGE), 1 any other
 //! failure.
 
@@ -46,6 +47,36 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Manage the users file of SMTP AUTH (`[auth] users_file`). The
+    /// running gateway reads it again on SIGHUP.
+    User {
+        /// The configuration file naming the users file.
+        #[arg(long, short, required_unless_present = "file", conflicts_with = "file")]
+        config: Option<PathBuf>,
+        /// The users file itself.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        action: UserAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserAction {
+    /// Add a user, or set a new password for one. The password is asked
+    /// for on a terminal, else read from the first line of standard input.
+    Add {
+        /// The user name, as given in AUTH.
+        name: String,
+    },
+    /// Remove a user.
+    Delete {
+        /// The user name.
+        name: String,
+    },
+    /// List the user names.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +144,73 @@ pub fn main() -> ExitCode {
         },
         Command::Run { config } => run(&runtime, &config),
         Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
+        Command::User { config, file, action } => user(config.as_deref(), file, action),
     }
+}
+
+fn user(config: Option<&std::path::Path>, file: Option<PathBuf>, action: UserAction) -> ExitCode {
+    use crate::server::auth;
+    let file = match (file, config) {
+        (Some(file), _) => file,
+        (None, Some(config)) => match crate::config::users_file(config) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => return ExitCode::from(EXIT_CONFIG),
+    };
+    let result = match action {
+        UserAction::Add { name } => auth::check_name(&name)
+            .and_then(|()| read_new_password())
+            .and_then(|password| auth::hash_password(password.as_bytes()))
+            .and_then(|hash| auth::set_user(&file, &name, &hash).map_err(|e| format!("{}: {e}", file.display())))
+            .map(|existed| {
+                let verb = if existed { "updated" } else { "added" };
+                format!("user {name:?} {verb} in {}; send SIGHUP to a running gateway", file.display())
+            }),
+        UserAction::Delete { name } => match auth::remove_user(&file, &name) {
+            Ok(true) => Ok(format!("user {name:?} removed from {}", file.display())),
+            Ok(false) => Err(format!("no user {name:?} in {}", file.display())),
+            Err(e) => Err(format!("{}: {e}", file.display())),
+        },
+        UserAction::List => auth::Users::load(&file).map(|users| {
+            let mut names = users.names();
+            names.sort_unstable();
+            names.join("\n")
+        }),
+    };
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A new password: asked twice on a terminal, else the first line of stdin.
+fn read_new_password() -> Result<String, String> {
+    let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Again: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("the passwords differ".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        return Err("empty password".into());
+    }
+    Ok(password)
 }
 
 async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod net;
 pub mod plugin;
 pub mod queue;
 pub mod server;
@@ -20,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::task::spawn_blocking;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +28,8 @@ use tracing::{error, info, warn};
 
 use config::Config;
 use queue::{Spool, SpoolError};
+use server::auth::Authenticator;
+use server::tls::ServerTls;
 use server::{BoundListener, Inbound};
 
 /// Why the gateway could not start.
@@ -70,7 +72,7 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
                 source,
             })?;
         bound.push(BoundListener {
-            name: Arc::clone(&listener.name),
+            config: listener.clone(),
             socket,
         });
     }
@@ -86,6 +88,54 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
         listeners: bound,
         admin,
     })
+}
+
+/// What SIGHUP reads again: certificates and the users file. (The rest of
+/// the configuration is read at start-up only.)
+struct Reloadable {
+    certificates: Vec<Arc<ServerTls>>,
+    users: Option<Arc<Authenticator>>,
+}
+
+impl Reloadable {
+    fn reload(&self) {
+        for tls in &self.certificates {
+            match tls.reload() {
+                Ok(()) => info!(certificate = %tls.cert_file().display(), "certificate reloaded"),
+                Err(e) => error!(error = %e, "certificate not reloaded; the old one stays in use"),
+            }
+        }
+        if let Some(auth) = &self.users {
+            match auth.reload() {
+                Ok(users) => info!(users, "users file reloaded"),
+                Err(e) => error!(error = %e, "users file not reloaded; the old users stay"),
+            }
+        }
+    }
+}
+
+/// Reloads on every SIGHUP until `shutdown`.
+async fn reload_on_hangup(reloadable: Reloadable, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            error!(error = %e, "cannot install the SIGHUP handler; reloading is off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => {
+                if received.is_none() {
+                    return;
+                }
+                info!(signal = "SIGHUP", "reloading certificates and users");
+                reloadable.reload();
+            }
+        }
+    }
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains: sessions
@@ -107,16 +157,16 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
     info!(messages = recovered.len(), spool = %config.spool_dir.display(), "spool opened");
 
     let (queue, inbox) = queue::handoff();
-    let inbound = Arc::new(Inbound {
-        connections: Arc::new(Semaphore::new(config.server.max_connections.get())),
-        settings: config.server,
-        spool: Arc::clone(&spool),
-        queue,
-    });
+    let reloadable = Reloadable {
+        certificates: listeners.iter().filter_map(|l| l.config.tls.clone()).collect(),
+        users: config.server.auth.clone(),
+    };
+    let inbound = Arc::new(Inbound::new(config.server, Arc::clone(&spool), queue));
     let tracker = TaskTracker::new();
+    tracker.spawn(reload_on_hangup(reloadable, shutdown.clone()));
     for listener in listeners {
         if let Ok(address) = listener.socket.local_addr() {
-            info!(listener = %listener.name, %address, "listening");
+            info!(listener = %listener.config.name, role = listener.config.role.name(), %address, "listening");
         }
         tracker.spawn(server::serve(
             listener,

@@ -26,8 +26,10 @@ use crate::delivery::{ClientTimeouts, DeliverySettings};
 use crate::dns::{DnsSettings, Resolver};
 use crate::plugin::{Chain, PluginConfig, Runtime, RuntimeSettings};
 use crate::queue::RetrySchedule;
+use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
-use crate::server::{ListenerConfig, ServerSettings};
+use crate::server::tls::ServerTls;
+use crate::server::{ListenerConfig, ListenerRole, ServerSettings};
 use crate::smtp::address::DomainPattern;
 use crate::smtp::data::DataPolicy;
 use crate::smtp::session::{SessionConfig, Stage};
@@ -237,12 +239,93 @@ impl Checker<'_> {
             if !names.insert(inner.name.clone()) {
                 self.problem(listener, format!("duplicate listener name {:?}", inner.name));
             }
+            let role = inner.role.as_ref().map_or(ListenerRole::Relay, |r| *r.get_ref());
+            let tls = self.listener_tls(raw, inner);
+            if role != ListenerRole::Relay {
+                let at = inner.role.as_ref().map(Spanned::span);
+                let configured = inner.tls_cert_file.is_some()
+                    || inner.tls_key_file.is_some()
+                    || raw.tls.cert_file.is_some()
+                    || raw.tls.key_file.is_some();
+                // A certificate that is set but broken is reported where it is set.
+                if tls.is_none() && !configured {
+                    self.problems.push(Problem::at(
+                        self.source,
+                        at.clone(),
+                        format!(
+                            "the {} role needs a certificate: set `tls_cert_file` and `tls_key_file`, or [tls]",
+                            role.name()
+                        ),
+                    ));
+                }
+                if raw.auth.users_file.is_none() {
+                    self.problems.push(Problem::at(
+                        self.source,
+                        at,
+                        format!("the {} role needs AUTH: set `auth.users_file`", role.name()),
+                    ));
+                }
+            }
             listeners.push(ListenerConfig {
                 name: Arc::from(inner.name.as_str()),
                 address: inner.address.0,
+                role,
+                tls,
+                proxy_protocol: inner.proxy_protocol,
             });
         }
         listeners
+    }
+
+    /// A listener's certificate: its own files, else `[tls]`'s.
+    fn listener_tls(&mut self, raw: &RawConfig, listener: &raw::RawListener) -> Option<Arc<ServerTls>> {
+        let own = listener.tls_cert_file.is_some() || listener.tls_key_file.is_some();
+        let (cert, key) = if own {
+            (listener.tls_cert_file.as_ref(), listener.tls_key_file.as_ref())
+        } else {
+            (raw.tls.cert_file.as_ref(), raw.tls.key_file.as_ref())
+        };
+        match (cert, key) {
+            (Some(cert), Some(key)) => {
+                match ServerTls::load(&self.resolve(cert.get_ref()), &self.resolve(key.get_ref())) {
+                    Ok(tls) => Some(Arc::new(tls)),
+                    Err(e) => {
+                        self.problem(cert, e);
+                        None
+                    }
+                }
+            }
+            (Some(cert), None) => {
+                self.problem(cert, "a certificate needs its key file too");
+                None
+            }
+            (None, Some(key)) => {
+                self.problem(key, "a key needs its certificate file too");
+                None
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn authenticator(&mut self, raw: &RawConfig) -> Option<Arc<Authenticator>> {
+        let auth = &raw.auth;
+        if *auth.max_failures.get_ref() == 0 {
+            self.problem(&auth.max_failures, "must be at least 1");
+        }
+        let file = auth.users_file.as_ref()?;
+        let settings = AuthSettings {
+            users_file: self.resolve(file.get_ref()),
+            failure_delay: auth.failure_delay.0,
+            max_failures: (*auth.max_failures.get_ref()).max(1),
+            failure_window: auth.failure_window.0,
+        };
+        match Authenticator::new(settings) {
+            Ok(authenticator) => Some(Arc::new(authenticator)),
+            Err(e) => {
+                self.problem(file, e);
+                None
+            }
+        }
     }
 
     fn server_settings(&mut self, raw: &RawConfig, hostname: String) -> ServerSettings {
@@ -269,6 +352,14 @@ impl Checker<'_> {
             ));
             NonZeroUsize::MIN
         });
+        let max_connections_per_ip = NonZeroUsize::new(raw.server.max_connections_per_ip).unwrap_or_else(|| {
+            self.problems.push(Problem::at(
+                self.source,
+                None,
+                "`server.max_connections_per_ip` must be at least 1",
+            ));
+            NonZeroUsize::MIN
+        });
         ServerSettings {
             chain: None,
             session: Arc::new(SessionConfig {
@@ -279,14 +370,20 @@ impl Checker<'_> {
                     bare_line_endings: smtp.bare_line_endings,
                     long_lines: smtp.long_lines,
                 },
+                max_errors: smtp.max_errors,
+                max_idle_commands: smtp.max_idle_commands,
             }),
             command_timeout: smtp.command_timeout.0,
             data_timeout: smtp.data_timeout.0,
             max_connections,
+            max_connections_per_ip,
             relay: RelayPolicy::new(
                 accepted_domains,
                 raw.relay.trusted_networks.iter().map(|n| n.0).collect(),
             ),
+            auth: self.authenticator(raw),
+            user_message_limit: raw.auth.user_message_limit,
+            user_message_window: raw.auth.user_message_window.0,
         }
     }
 
@@ -521,6 +618,28 @@ impl Checker<'_> {
             policy,
         })
     }
+}
+
+/// The users file a configuration names (`[auth] users_file`), resolved
+/// against the file's directory, without validating the rest: `mailgate
+/// user add` must work before the users file exists.
+pub fn users_file(path: &Path) -> Result<PathBuf, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let invalid = |problem| ConfigError::Invalid {
+        path: path.to_owned(),
+        problems: vec![problem],
+    };
+    let raw: RawConfig =
+        toml::from_str(&source).map_err(|e| invalid(Problem::at(&source, e.span(), e.message())))?;
+    let file = raw
+        .auth
+        .users_file
+        .ok_or_else(|| invalid(Problem::at(&source, None, "`auth.users_file` is not set")))?;
+    let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).unwrap_or_default();
+    Ok(base.join(file.get_ref()))
 }
 
 /// Parses `ip`, `ip:port` or `[v6]:port` (port 53 by default).

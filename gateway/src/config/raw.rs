@@ -10,6 +10,7 @@ use toml::Spanned;
 use super::units::{HumanDuration, ListenAddress, Network};
 use crate::delivery::tls::TlsMode;
 use crate::plugin::{Capability, InstanceMode, OnError};
+use crate::server::ListenerRole;
 use crate::smtp::data::{BareLineEndings, LongLines};
 
 /// The whole file.
@@ -25,6 +26,10 @@ pub struct RawConfig {
     pub smtp: RawSmtp,
     /// `[relay]`
     pub relay: RawRelay,
+    /// `[tls]`
+    pub tls: RawTls,
+    /// `[auth]`
+    pub auth: RawAuth,
     /// `[delivery]`
     pub delivery: RawDelivery,
     /// `[dns]`
@@ -52,6 +57,9 @@ pub struct RawServer {
     pub spool_dir: PathBuf,
     /// `max_connections`: inbound connections open at once, over all listeners; default 1000.
     pub max_connections: usize,
+    /// `max_connections_per_ip`: connections open at once from one client
+    /// address (an IPv6 /64); trusted networks are exempt; default 50.
+    pub max_connections_per_ip: usize,
     /// `log_format`: `"text"` or `"json"`; default `"text"`.
     pub log_format: LogFormat,
     /// `shutdown_grace_period`: how long SIGTERM waits for work in flight; default `"30s"`.
@@ -64,6 +72,7 @@ impl Default for RawServer {
             hostname: None,
             spool_dir: PathBuf::from("/var/spool/mailgate"),
             max_connections: 1000,
+            max_connections_per_ip: 50,
             log_format: LogFormat::Text,
             shutdown_grace_period: HumanDuration(std::time::Duration::from_secs(30)),
         }
@@ -89,6 +98,60 @@ pub struct RawListener {
     pub name: String,
     /// `address`: `"ip:port"` to listen on.
     pub address: ListenAddress,
+    /// `role`: `"relay"` (default), `"submission"` or `"submissions"`.
+    pub role: Option<Spanned<ListenerRole>>,
+    /// `tls_cert_file`: this listener's certificate chain (PEM), instead of `tls.cert_file`.
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    /// `tls_key_file`: its private key (PEM), instead of `tls.key_file`.
+    pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// `proxy_protocol`: every connection starts with a PROXY header (v1
+    /// or v2) naming the real client; default false.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// `[tls]`: the certificate listeners use unless they name their own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    /// `cert_file`: certificate chain, PEM, leaf first.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// `key_file`: the private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<Spanned<PathBuf>>,
+}
+
+/// `[auth]`: SMTP AUTH for clients of the submission listeners.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// `users_file`: `name:argon2-hash` lines, written by `mailgate user add`.
+    pub users_file: Option<Spanned<PathBuf>>,
+    /// `failure_delay`: the wait before answering a client's first failed
+    /// AUTH; it doubles with each failure; default `"1s"`.
+    pub failure_delay: HumanDuration,
+    /// `max_failures`: failed AUTH per client address before it is
+    /// disconnected and refused for `failure_window`; default 5.
+    pub max_failures: Spanned<u32>,
+    /// `failure_window`: how long failures are remembered; default `"15m"`.
+    pub failure_window: HumanDuration,
+    /// `user_message_limit`: messages one user may send per
+    /// `user_message_window`; 0 for no limit; default 1000.
+    pub user_message_limit: u32,
+    /// `user_message_window`: default `"1h"`.
+    pub user_message_window: HumanDuration,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            users_file: None,
+            failure_delay: HumanDuration(std::time::Duration::from_secs(1)),
+            max_failures: Spanned::new(0..0, 5),
+            failure_window: minutes(15),
+            user_message_limit: 1000,
+            user_message_window: minutes(60),
+        }
+    }
 }
 
 /// `[smtp]`: inbound protocol limits and timeouts.
@@ -107,6 +170,13 @@ pub struct RawSmtp {
     pub command_timeout: HumanDuration,
     /// `data_timeout`: wait for the next chunk of DATA; default `"5m"`.
     pub data_timeout: HumanDuration,
+    /// `max_errors`: error replies a client may get before 421 4.7.0 and
+    /// close; counted from the last queued message; default 20.
+    pub max_errors: u32,
+    /// `max_idle_commands`: commands other than MAIL, RCPT and DATA (NOOP,
+    /// RSET, EHLO...) before 421 4.7.0 and close; counted from the last
+    /// queued message; default 100.
+    pub max_idle_commands: u32,
 }
 
 impl Default for RawSmtp {
@@ -118,6 +188,8 @@ impl Default for RawSmtp {
             long_lines: LongLines::Reject,
             command_timeout: minutes(5),
             data_timeout: minutes(5),
+            max_errors: 20,
+            max_idle_commands: 100,
         }
     }
 }

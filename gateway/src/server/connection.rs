@@ -2,26 +2,30 @@
 //! machine, and carries out its steps (send replies, decide stages, stream
 //! DATA into the spool, commit). Replies to pipelined commands are buffered
 //! and flushed when no further complete command is waiting (RFC 2920
-//! section 3.2), before any wait for input, and at the 354.
+//! section 3.2), before any wait for input, and at the 354. STARTTLS
+//! throws away whatever the client sent after it in clear (RFC 3207
+//! section 4.2; the CVE-2011-0411 command injection).
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::spawn_blocking;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{debug, error, info, warn};
 
 use super::filters::{Disposition, Filters, TransactionEdits};
-use super::{ConnectionError, Inbound};
+use super::{ConnectionError, Inbound, ListenerConfig, PREAMBLE_TIMEOUT, tls_info};
+use crate::net::Stream;
 use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataOutcome, DataReader, Feed};
-use crate::smtp::session::{ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
+use crate::smtp::session::{
+    AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step, TlsInfo,
+};
 
 /// A command line longer than this is not buffered: it is skipped up to its
 /// LF and answered 500 5.5.6. The session enforces the exact limits below it.
@@ -32,7 +36,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_PENDING_OUTPUT: usize = 64 * 1024;
 
 struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     input: BytesMut,
     output: Vec<u8>,
     /// Skipping the rest of an overlong command line.
@@ -47,14 +51,22 @@ enum DataEnd {
     TimedOut,
 }
 
-/// Serves one connection to its end.
+/// Serves one connection to its end; `tls` is set when it is encrypted
+/// from the start.
 pub async fn handle(
-    stream: TcpStream,
+    stream: Stream,
     info: ConnectionInfo,
+    listener: &ListenerConfig,
+    tls: Option<TlsInfo>,
     inbound: Arc<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
-    let (mut session, mut step) = Session::new(Arc::clone(&inbound.settings.session), info);
+    let (mut session, mut step) = Session::with_security(
+        Arc::clone(&inbound.settings.session),
+        info,
+        listener.security(),
+        tls,
+    );
     let mut filters = inbound.settings.chain.as_ref().map(Filters::new);
     let mut conn = Connection {
         stream,
@@ -118,7 +130,51 @@ pub async fn handle(
                     Some(writer) => conn.commit(&session, writer, edits).await,
                     None => QueueOutcome::Failed,
                 };
+                if let (QueueOutcome::Queued(_), Some(user)) = (&outcome, session.authenticated()) {
+                    conn.inbound.user_rates.record(user);
+                }
                 session.queued(outcome)
+            }
+            Step::StartTls(reply) => {
+                reply.write_to(&mut conn.output);
+                conn.flush().await?;
+                let Some(tls) = listener.tls.as_ref() else {
+                    return Ok(());
+                };
+                if !conn.input.is_empty() {
+                    warn!(
+                        octets = conn.input.len(),
+                        "discarding input sent in clear after STARTTLS"
+                    );
+                    conn.input.clear();
+                }
+                // The session never asks for TLS twice; end it if it did.
+                let Stream::Plain(tcp) = conn.stream else {
+                    return Ok(());
+                };
+                let wait = conn.inbound.settings.command_timeout.min(PREAMBLE_TIMEOUT);
+                match timeout(wait, tls.acceptor().accept(tcp)).await {
+                    Ok(Ok(stream)) => conn.stream = Stream::Tls(Box::new(stream.into())),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        return Ok(());
+                    }
+                    Err(_) => return Err(ConnectionError::Closed),
+                }
+                let Some(parameters) = tls_info(&conn.stream) else {
+                    return Ok(());
+                };
+                debug!(version = %parameters.version, cipher = %parameters.cipher, "TLS established");
+                session.tls_started(parameters);
+                conn.next_command(&mut session).await?
+            }
+            Step::Authenticate(attempt) => {
+                conn.flush().await?;
+                let outcome = match conn.inbound.settings.auth.as_ref() {
+                    Some(auth) => auth.check(session.connection().peer.ip(), attempt).await,
+                    None => AuthOutcome::Unavailable,
+                };
+                session.auth_checked(outcome)
             }
         };
     }
@@ -150,9 +206,19 @@ impl Connection {
         message: Option<&SpoolWriter>,
     ) -> Decision {
         if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient())
-            && !self.inbound.settings.relay.allows(session.connection().peer.ip(), rcpt)
+            && !self.inbound.settings.relay.allows(
+                session.connection().peer.ip(),
+                session.authenticated().is_some(),
+                rcpt,
+            )
         {
             return Decision::Refuse(Reply::relay_denied());
+        }
+        if let (Stage::Mail, Some(user)) = (stage, session.authenticated())
+            && !self.inbound.user_rates.allows(user)
+        {
+            warn!(user, "message rate limit reached");
+            return Decision::Refuse(Reply::user_rate_limited());
         }
         let Some(filters) = filters.filter(|f| f.runs_at(stage)) else {
             return Decision::Proceed;

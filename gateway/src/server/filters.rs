@@ -192,9 +192,9 @@ impl Filters {
         HookContext {
             client: connection.peer,
             listener: Arc::clone(&connection.listener),
-            tls: false,
+            tls: session.tls().is_some(),
             helo: session.hello().map(|h| h.name.clone()),
-            authenticated: None,
+            authenticated: session.authenticated().map(str::to_owned),
             reverse_path: txn.map(|t| t.reverse_path.clone()),
             recipients: txn.map(|t| t.recipients.clone()).unwrap_or_default(),
             metadata,

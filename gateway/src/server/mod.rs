@@ -1,9 +1,14 @@
-//! The inbound side: listeners, the accept loop with its connection limit,
-//! and the connection driver that feeds the SMTP state machine.
+//! The inbound side: listeners with their roles, the accept loop with its
+//! connection limits, PROXY protocol and implicit TLS, and the connection
+//! driver that feeds the SMTP state machine.
 
+pub mod auth;
 mod connection;
 mod filters;
+pub mod limits;
 pub mod policy;
+pub mod proxy;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,18 +17,49 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use serde::Deserialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::net::Stream;
 use crate::plugin::Chain;
 use crate::queue::{QueueSender, Spool};
 use crate::smtp::Reply;
-use crate::smtp::session::{ConnectionInfo, SessionConfig};
+use crate::smtp::session::{ConnectionInfo, Security, SessionConfig, TlsInfo};
+use auth::Authenticator;
+use limits::{ConnectionCounts, UserRates};
 use policy::RelayPolicy;
+use proxy::Proxied;
+use tls::ServerTls;
+
+/// What a listener is for (DESIGN section 6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerRole {
+    /// Port 25: mail from anywhere to the accepted domains, relaying for
+    /// trusted networks; STARTTLS offered when a certificate is set.
+    #[default]
+    Relay,
+    /// Port 587: STARTTLS, then AUTH before MAIL.
+    Submission,
+    /// Port 465: TLS from the first byte (RFC 8314), then AUTH before MAIL.
+    Submissions,
+}
+
+impl ListenerRole {
+    /// The lower-case name, as written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Relay => "relay",
+            Self::Submission => "submission",
+            Self::Submissions => "submissions",
+        }
+    }
+}
 
 /// One `[[listener]]`, validated.
 #[derive(Clone, Debug)]
@@ -32,6 +68,35 @@ pub struct ListenerConfig {
     pub name: Arc<str>,
     /// The address to bind.
     pub address: SocketAddr,
+    /// What it is for.
+    pub role: ListenerRole,
+    /// Its certificate; required by the submission roles.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Connections start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: bool,
+}
+
+impl ListenerConfig {
+    /// What the SMTP session offers and requires on this listener.
+    pub fn security(&self) -> Security {
+        match self.role {
+            ListenerRole::Relay => Security {
+                starttls: self.tls.is_some(),
+                auth: false,
+                auth_required: false,
+            },
+            ListenerRole::Submission => Security {
+                starttls: true,
+                auth: true,
+                auth_required: true,
+            },
+            ListenerRole::Submissions => Security {
+                starttls: false,
+                auth: true,
+                auth_required: true,
+            },
+        }
+    }
 }
 
 /// Inbound settings, validated.
@@ -47,15 +112,23 @@ pub struct ServerSettings {
     pub data_timeout: Duration,
     /// Connections open at once over all listeners.
     pub max_connections: NonZeroUsize,
+    /// Connections open at once per client address (trusted networks exempt).
+    pub max_connections_per_ip: NonZeroUsize,
     /// Who may send where.
     pub relay: RelayPolicy,
+    /// Checks AUTH credentials, when a users file is configured.
+    pub auth: Option<Arc<Authenticator>>,
+    /// Messages per authenticated user per window (0: no limit).
+    pub user_message_limit: u32,
+    /// The window of `user_message_limit`.
+    pub user_message_window: Duration,
 }
 
-/// A listening socket with its name.
+/// A listening socket with its configuration.
 #[derive(Debug)]
 pub struct BoundListener {
-    /// The listener's name.
-    pub name: Arc<str>,
+    /// The listener.
+    pub config: ListenerConfig,
     /// The socket.
     pub socket: TcpListener,
 }
@@ -89,6 +162,24 @@ pub struct Inbound {
     pub queue: QueueSender,
     /// Caps connections over all listeners.
     pub connections: Arc<Semaphore>,
+    /// Caps connections per client address.
+    pub per_client: Arc<ConnectionCounts>,
+    /// Counts messages per authenticated user.
+    pub user_rates: UserRates,
+}
+
+impl Inbound {
+    /// The shared state for `settings`.
+    pub fn new(settings: ServerSettings, spool: Arc<Spool>, queue: QueueSender) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(settings.max_connections.get())),
+            per_client: ConnectionCounts::new(settings.max_connections_per_ip.get()),
+            user_rates: UserRates::new(settings.user_message_limit, settings.user_message_window),
+            settings,
+            spool,
+            queue,
+        }
+    }
 }
 
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
@@ -96,6 +187,7 @@ static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 /// Accepts connections on `listener` until `shutdown`.
 pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: CancellationToken, tracker: TaskTracker) {
     let local = listener.socket.local_addr().ok();
+    let config = Arc::new(listener.config);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -105,28 +197,30 @@ pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: Can
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(listener = %listener.name, error = %e, "accept failed");
+                warn!(listener = %config.name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("conn", id, %peer, listener = %listener.name);
+        let span = info_span!("conn", id, %peer, listener = %config.name);
         let Ok(permit) = Arc::clone(&inbound.connections).try_acquire_owned() else {
-            tracker.spawn(refuse_busy(stream, Arc::clone(&inbound)).instrument(span));
+            warn!(parent: &span, "connection limit reached; refusing");
+            let reply = Reply::unavailable(&inbound.settings.session.hostname);
+            tracker.spawn(refuse(stream, reply).instrument(span));
             continue;
         };
         let info = ConnectionInfo {
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
-            listener: Arc::clone(&listener.name),
+            listener: Arc::clone(&config.name),
         };
-        let (inbound, shutdown) = (Arc::clone(&inbound), shutdown.clone());
+        let (inbound, shutdown, config) = (Arc::clone(&inbound), shutdown.clone(), Arc::clone(&config));
         tracker.spawn(
             async move {
                 debug!("connected");
-                match connection::handle(stream, info, inbound, shutdown).await {
+                match start(stream, info, &config, inbound, shutdown).await {
                     Ok(()) | Err(ConnectionError::Closed) => debug!("disconnected"),
                     Err(e) => debug!(error = %e, "connection ended"),
                 }
@@ -135,14 +229,86 @@ pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: Can
             .instrument(span),
         );
     }
-    info!(listener = %listener.name, "stopped accepting");
+    info!(listener = %config.name, "stopped accepting");
 }
 
-/// Over the connection limit: say so and close (RFC 5321 section 3.1 allows 421 at greeting).
-async fn refuse_busy(mut stream: TcpStream, inbound: Arc<Inbound>) {
-    warn!("connection limit reached; refusing");
+/// The steps before SMTP: the PROXY header, the per-client limit, and the
+/// handshake of an implicit-TLS listener.
+async fn start(
+    mut tcp: TcpStream,
+    mut info: ConnectionInfo,
+    config: &ListenerConfig,
+    inbound: Arc<Inbound>,
+    shutdown: CancellationToken,
+) -> Result<(), ConnectionError> {
+    let wait = inbound.settings.command_timeout.min(PREAMBLE_TIMEOUT);
+    if config.proxy_protocol {
+        match tokio::time::timeout(wait, proxy::read_header(&mut tcp)).await {
+            Ok(Ok(Proxied::Client { source, destination })) => {
+                debug!(client = %source, "PROXY header");
+                info.peer = source;
+                info.local = destination;
+            }
+            Ok(Ok(Proxied::Local)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "closing: the listener expects a PROXY protocol header");
+                return Ok(());
+            }
+            Err(_) => return Err(ConnectionError::Closed),
+        }
+    }
+    let ip = info.peer.ip();
+    let slot = if inbound.settings.relay.is_trusted(ip) {
+        None
+    } else {
+        match inbound.per_client.try_acquire(ip) {
+            Some(slot) => Some(slot),
+            None => {
+                warn!(client = %ip, "too many connections from one client; refusing");
+                if config.role == ListenerRole::Submissions {
+                    // The client expects a TLS handshake, not a reply in clear.
+                    return Ok(());
+                }
+                let host = &inbound.settings.session.hostname;
+                refuse(tcp, Reply::abuse_limit(host, "too many connections from your address")).await;
+                return Ok(());
+            }
+        }
+    };
+    let (stream, tls) = match (config.role, &config.tls) {
+        (ListenerRole::Submissions, Some(tls)) => match tokio::time::timeout(wait, tls.acceptor().accept(tcp)).await {
+            Ok(Ok(stream)) => {
+                let stream = Stream::Tls(Box::new(stream.into()));
+                let parameters = tls_info(&stream);
+                (stream, parameters)
+            }
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => return Err(ConnectionError::Closed),
+        },
+        _ => (Stream::Plain(tcp), None),
+    };
+    let result = connection::handle(stream, info, config, tls, inbound, shutdown).await;
+    drop(slot);
+    result
+}
+
+/// How long a client has for the PROXY header and an implicit-TLS handshake.
+const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The TLS parameters of an encrypted stream, for the session.
+fn tls_info(stream: &Stream) -> Option<TlsInfo> {
+    stream
+        .tls_parameters()
+        .map(|(version, cipher)| TlsInfo { version, cipher })
+}
+
+/// Says why and closes (RFC 5321 section 3.1 allows 421 at greeting).
+async fn refuse(mut stream: impl AsyncWrite + Unpin, reply: Reply) {
     let mut out = Vec::new();
-    Reply::unavailable(&inbound.settings.session.hostname).write_to(&mut out);
+    reply.write_to(&mut out);
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&out)).await;
     let _ = stream.shutdown().await;
 }

@@ -1,6 +1,6 @@
 //! The built-in relay policy (DESIGN section 6): anyone may send to the
-//! accepted domains; relaying anywhere else needs a trusted network (or,
-//! later, an authenticated user). The default is not an open relay.
+//! accepted domains; relaying anywhere else needs an authenticated user or
+//! a trusted network. The default is not an open relay.
 
 use std::net::IpAddr;
 
@@ -26,10 +26,15 @@ impl RelayPolicy {
         }
     }
 
-    /// True when `peer` may send to `recipient`.
-    pub fn allows(&self, peer: IpAddr, recipient: &Mailbox) -> bool {
+    /// True when `peer` is in a trusted network.
+    pub fn is_trusted(&self, peer: IpAddr) -> bool {
         let peer = canonical(peer);
-        if self.trusted_networks.iter().any(|net| net.contains(&peer)) {
+        self.trusted_networks.iter().any(|net| net.contains(&peer))
+    }
+
+    /// True when `peer`, authenticated or not, may send to `recipient`.
+    pub fn allows(&self, peer: IpAddr, authenticated: bool, recipient: &Mailbox) -> bool {
+        if authenticated || self.is_trusted(peer) {
             return true;
         }
         let domain = recipient.domain_key();
@@ -63,26 +68,30 @@ mod tests {
     #[test]
     fn accepted_domains_are_open_to_anyone() {
         let stranger: IpAddr = "198.51.100.7".parse().unwrap();
-        assert!(policy().allows(stranger, &Mailbox::parse("a@example.test").unwrap()));
-        assert!(policy().allows(stranger, &Mailbox::parse("a@Sub.Example.TEST").unwrap()));
-        assert!(!policy().allows(stranger, &Mailbox::parse("a@elsewhere.test").unwrap()));
+        assert!(policy().allows(stranger, false, &Mailbox::parse("a@example.test").unwrap()));
+        assert!(policy().allows(stranger, false, &Mailbox::parse("a@Sub.Example.TEST").unwrap()));
+        assert!(!policy().allows(stranger, false, &Mailbox::parse("a@elsewhere.test").unwrap()));
     }
 
     #[test]
     fn trusted_networks_may_relay_anywhere() {
-        assert!(policy().allows(
-            "10.1.2.3".parse().unwrap(),
+        assert!(policy().allows("10.1.2.3".parse().unwrap(), false,
             &Mailbox::parse("a@elsewhere.test").unwrap()
         ));
-        assert!(policy().allows(
-            "::ffff:10.1.2.3".parse().unwrap(),
+        assert!(policy().allows("::ffff:10.1.2.3".parse().unwrap(), false,
             &Mailbox::parse("a@elsewhere.test").unwrap()
         ));
-        assert!(policy().allows("::1".parse().unwrap(), &Mailbox::parse("a@elsewhere.test").unwrap()));
+        assert!(policy().allows("::1".parse().unwrap(), false, &Mailbox::parse("a@elsewhere.test").unwrap()));
+    }
+
+    #[test]
+    fn authenticated_users_may_relay_anywhere() {
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        assert!(policy().allows(stranger, true, &Mailbox::parse("a@elsewhere.test").unwrap()));
     }
 
     #[test]
     fn default_policy_relays_nothing() {
-        assert!(!RelayPolicy::default().allows("127.0.0.1".parse().unwrap(), &Mailbox::parse("a@x.test").unwrap()));
+        assert!(!RelayPolicy::default().allows("127.0.0.1".parse().unwrap(), false, &Mailbox::parse("a@x.test").unwrap()));
     }
 }

@@ -28,8 +28,12 @@ pub enum Command {
     Vrfy,
     /// `HELP [string]`
     Help,
+    /// `STARTTLS` (RFC 3207)
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954); the mechanism upper case.
+    Auth(String, Option<String>),
     /// A command RFC 5321 or an extension defines that this server does not
-    /// offer (EXPN, TURN, ETRN, and for now STARTTLS, AUTH and BDAT).
+    /// offer (EXPN, TURN, ETRN, BDAT).
     NotImplemented,
 }
 
@@ -119,7 +123,9 @@ impl Command {
             b"HELP" => Ok(Self::Help),
             b"VRFY" if args.trim().is_empty() => Err(ProtocolError::Syntax("VRFY address")),
             b"VRFY" => Ok(Self::Vrfy),
-            b"EXPN" | b"TURN" | b"ETRN" | b"STARTTLS" | b"AUTH" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => {
+            b"STARTTLS" => no_args(args, "STARTTLS takes no arguments").map(|()| Self::StartTls),
+            b"AUTH" => parse_auth(args),
+            b"EXPN" | b"TURN" | b"ETRN" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => {
                 Ok(Self::NotImplemented)
             }
             _ => Err(ProtocolError::Unrecognized),
@@ -139,6 +145,8 @@ impl Command {
             Self::Quit => "QUIT",
             Self::Vrfy => "VRFY",
             Self::Help => "HELP",
+            Self::StartTls => "STARTTLS",
+            Self::Auth(..) => "AUTH",
             Self::NotImplemented => "OTHER",
         }
     }
@@ -251,10 +259,35 @@ fn parse_mail(args: &str) -> Result<Command, ProtocolError> {
             ("SMTPUTF8", None) => parsed.smtputf8 = true,
             ("SIZE" | "BODY", None) => return Err(ProtocolError::Syntax("parameter needs a value")),
             ("SMTPUTF8", Some(_)) => return Err(ProtocolError::Syntax("SMTPUTF8 takes no value")),
+            // RFC 4954 section 5: the submitter's identity as a relay saw
+            // it. Accepted and not trusted (nothing here relays for another
+            // MTA's users), as Postfix does by default.
+            ("AUTH", Some(_)) => {}
+            ("AUTH", None) => return Err(ProtocolError::Syntax("parameter needs a value")),
             _ => return Err(ProtocolError::UnknownParameter(keyword)),
         }
     }
     Ok(Command::Mail(reverse_path, parsed))
+}
+
+/// `AUTH mechanism [initial-response]`: the mechanism is a SASL name
+/// (RFC 4422 section 3.1), the response base64 or `=` for an empty one.
+fn parse_auth(args: &str) -> Result<Command, ProtocolError> {
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    let usage = "AUTH mechanism [initial-response]";
+    let mechanism = words.next().ok_or(ProtocolError::Syntax(usage))?;
+    let valid = mechanism.len() <= 20
+        && mechanism
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(ProtocolError::Syntax(usage));
+    }
+    let initial = words.next().map(str::to_owned);
+    if words.next().is_some() {
+        return Err(ProtocolError::Syntax(usage));
+    }
+    Ok(Command::Auth(mechanism.to_ascii_uppercase(), initial))
 }
 
 fn parse_rcpt(args: &str) -> Result<Command, ProtocolError> {
@@ -382,7 +415,15 @@ mod tests {
             ("HELP", Command::Help),
             ("HELP MAIL", Command::Help),
             ("EXPN list", Command::NotImplemented),
-            ("STARTTLS", Command::NotImplemented),
+            ("BDAT 10 LAST", Command::NotImplemented),
+            ("starttls", Command::StartTls),
+            ("AUTH plain", Command::Auth("PLAIN".into(), None)),
+            ("AUTH PLAIN AGFAAHA=", Command::Auth("PLAIN".into(), Some("AGFAAHA=".into()))),
+            ("AUTH LOGIN =", Command::Auth("LOGIN".into(), Some("=".into()))),
+            (
+                "MAIL FROM:<a@b.test> AUTH=<>",
+                Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
+            ),
         ];
         for (line, expected) in cases {
             assert_eq!(Command::parse(line.as_bytes()), Ok(expected), "{line}");
@@ -413,6 +454,11 @@ mod tests {
             (b"DATA now", 501, "5.5.4"),
             (b"QUIT x", 501, "5.5.4"),
             (b"VRFY", 501, "5.5.4"),
+            (b"STARTTLS now", 501, "5.5.4"),
+            (b"AUTH", 501, "5.5.4"),
+            (b"AUTH PLAIN a b", 501, "5.5.4"),
+            (b"AUTH PL@IN", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> AUTH", 501, "5.5.4"),
             (b"EHLO \xff\xfe", 501, "5.5.4"),
         ];
         for (line, code, enhanced) in cases {

@@ -235,7 +235,7 @@ impl Reply {
         Self::new(
             214,
             EnhancedCode::new(2, 0, 0),
-            "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+            "Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
         )
     }
 
@@ -339,6 +339,74 @@ impl Reply {
             421,
             EnhancedCode::new(4, 3, 2),
             format!("{host} Service not available, closing transmission channel"),
+        )
+    }
+
+    /// `220 2.0.0`: go ahead with the TLS handshake (RFC 3207).
+    pub fn start_tls() -> Self {
+        Self::new(220, EnhancedCode::new(2, 0, 0), "Ready to start TLS")
+    }
+
+    /// `334 challenge`: the next step of an AUTH exchange (RFC 4954).
+    pub fn auth_challenge(base64: &str) -> Self {
+        Self::plain(334, vec![base64.to_owned()])
+    }
+
+    /// `235 2.7.0`: authenticated.
+    pub fn auth_succeeded() -> Self {
+        Self::new(235, EnhancedCode::new(2, 7, 0), "Authentication successful")
+    }
+
+    /// `535 5.7.8`: wrong user name or password.
+    pub fn auth_failed() -> Self {
+        Self::new(535, EnhancedCode::new(5, 7, 8), "Authentication credentials invalid")
+    }
+
+    /// `538 5.7.11`: AUTH before STARTTLS where it is offered after it.
+    pub fn auth_needs_tls() -> Self {
+        Self::new(
+            538,
+            EnhancedCode::new(5, 7, 11),
+            "Encryption required for requested authentication mechanism",
+        )
+    }
+
+    /// `530 5.7.0`: MAIL on a submission listener before AUTH.
+    pub fn auth_required() -> Self {
+        Self::new(530, EnhancedCode::new(5, 7, 0), "Authentication required")
+    }
+
+    /// `501 5.7.0`: the client answered a challenge with `*`.
+    pub fn auth_cancelled() -> Self {
+        Self::new(501, EnhancedCode::new(5, 7, 0), "Authentication aborted")
+    }
+
+    /// `501 5.5.2`: an AUTH response that is not base64.
+    pub fn auth_bad_encoding() -> Self {
+        Self::new(501, EnhancedCode::new(5, 5, 2), "Cannot decode response")
+    }
+
+    /// `504 5.5.4`: a SASL mechanism that is not offered.
+    pub fn auth_unknown_mechanism() -> Self {
+        Self::new(504, EnhancedCode::new(5, 5, 4), "Unrecognized authentication type")
+    }
+
+    /// `454 4.7.0`: authentication could not be checked just now.
+    pub fn auth_unavailable() -> Self {
+        Self::new(454, EnhancedCode::new(4, 7, 0), "Temporary authentication failure")
+    }
+
+    /// `421 4.7.0`: an abuse limit was reached; the connection is closed.
+    pub fn abuse_limit(host: &str, text: &str) -> Self {
+        Self::new(421, EnhancedCode::new(4, 7, 0), format!("{host} Error: {text}"))
+    }
+
+    /// `450 4.7.1`: the authenticated user sent too many messages lately.
+    pub fn user_rate_limited() -> Self {
+        Self::new(
+            450,
+            EnhancedCode::new(4, 7, 1),
+            "Error: too many messages from this user; try again later",
         )
     }
 

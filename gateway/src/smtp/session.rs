@@ -34,6 +34,67 @@ pub struct SessionConfig {
     pub max_recipients: usize,
     /// Size limit and line policies for DATA.
     pub data: DataPolicy,
+    /// Error replies (4xx, 5xx) a client may get before 421 and close;
+    /// the count restarts when a message is queued.
+    pub max_errors: u32,
+    /// Commands outside MAIL, RCPT and DATA (NOOP, RSET, EHLO, ...) before
+    /// 421 and close; the count restarts when a message is queued.
+    pub max_idle_commands: u32,
+}
+
+/// What a listener offers and requires of its clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// STARTTLS is offered while the connection is in clear.
+    pub starttls: bool,
+    /// AUTH is offered once the connection is encrypted.
+    pub auth: bool,
+    /// MAIL needs AUTH first (the submission roles).
+    pub auth_required: bool,
+}
+
+/// The TLS parameters of an encrypted connection, for the trace header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// A user name and password from an AUTH exchange, to be checked by the
+/// driver. The password never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthAttempt {
+    /// `PLAIN` or `LOGIN`.
+    pub mechanism: &'static str,
+    /// The authentication identity.
+    pub username: String,
+    /// The password, as sent.
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuthAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthAttempt")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What checking an `AuthAttempt` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The password is right.
+    Success,
+    /// Unknown user or wrong password: 535 5.7.8.
+    Failure,
+    /// Too many failures from this client: 421 and close.
+    Blocked,
+    /// The check itself failed: 454 4.7.0.
+    Unavailable,
 }
 
 /// Where the connection comes from and arrived.
@@ -141,6 +202,13 @@ pub enum Step {
     ReceiveData(Reply, DataReader),
     /// Commit the message and envelope to the spool, then call `Session::queued`.
     Queue,
+    /// Send the reply and flush it, throw away any input already read
+    /// (RFC 3207 section 4.2: it was sent before TLS and cannot be
+    /// trusted), do the TLS handshake, then call `Session::tls_started`;
+    /// close the connection if the handshake fails.
+    StartTls(Reply),
+    /// Check the user name and password, then call `Session::auth_checked`.
+    Authenticate(AuthAttempt),
 }
 
 #[derive(Debug)]
@@ -153,6 +221,8 @@ enum State {
     Mail(Hello, Transaction),
     /// At least one recipient accepted; DATA allowed.
     Rcpt(Hello, Transaction),
+    /// Inside an AUTH exchange: the next line is a response, not a command.
+    Auth(Hello, AuthStep),
     /// The driver is streaming the message.
     Data(Hello, Transaction),
     /// A stage is out with the driver.
@@ -169,6 +239,21 @@ enum Pending {
     Rcpt(Hello, Transaction, Mailbox),
     Data(Hello, Transaction, MessageInfo),
     Queue(Hello, Transaction, MessageInfo),
+    /// The driver is doing the TLS handshake.
+    StartTls,
+    /// The driver is checking credentials for this user.
+    Auth(Hello, String),
+}
+
+/// Where an AUTH exchange stands.
+#[derive(Debug)]
+enum AuthStep {
+    /// `AUTH PLAIN` sent without an initial response.
+    Plain,
+    /// `AUTH LOGIN`: waiting for the user name.
+    LoginUser,
+    /// `AUTH LOGIN`: waiting for this user's password.
+    LoginPassword(String),
 }
 
 /// One SMTP server session.
@@ -177,37 +262,145 @@ pub struct Session {
     state: State,
     config: Arc<SessionConfig>,
     connection: ConnectionInfo,
+    security: Security,
+    /// Set once the connection is encrypted.
+    tls: Option<TlsInfo>,
+    /// The authenticated user.
+    user: Option<String>,
+    /// Error replies since the last queued message.
+    errors: u32,
+    /// Commands outside a transaction since the last queued message.
+    idle_commands: u32,
 }
 
 impl Session {
-    /// A new session; the first step is always `Check(Stage::Connect)`.
+    /// A new session on a listener without TLS or AUTH; the first step is
+    /// always `Check(Stage::Connect)`.
     pub fn new(config: Arc<SessionConfig>, connection: ConnectionInfo) -> (Self, Step) {
+        Self::with_security(config, connection, Security::default(), None)
+    }
+
+    /// A new session on a listener offering `security`; `tls` is set when
+    /// the connection is encrypted from the start (implicit TLS).
+    pub fn with_security(
+        config: Arc<SessionConfig>,
+        connection: ConnectionInfo,
+        security: Security,
+        tls: Option<TlsInfo>,
+    ) -> (Self, Step) {
         let session = Self {
             state: State::Pending(Pending::Connect),
             config,
             connection,
+            security,
+            tls,
+            user: None,
+            errors: 0,
+            idle_commands: 0,
         };
         (session, Step::Check(Stage::Connect))
     }
 
-    /// Handles one command line, without its CRLF.
+    /// Handles one line from the client, without its CRLF: a command, or a
+    /// response inside an AUTH exchange.
     pub fn command(&mut self, line: &[u8]) -> Step {
+        if let State::Auth(..) = self.state {
+            let State::Auth(hello, step) = mem::replace(&mut self.state, State::Closing) else {
+                return Step::Reply(Reply::local_error());
+            };
+            let (state, step) = self.auth_response(hello, step, line);
+            self.state = state;
+            return self.counted(step);
+        }
         if line.len() + 2 > line_limit(line) {
-            return Step::Reply(Reply::line_too_long());
+            return self.counted(Step::Reply(Reply::line_too_long()));
         }
         let command = match Command::parse(line) {
             Ok(command) => command,
-            Err(error) => return Step::Reply(error.reply()),
+            Err(error) => return self.counted(Step::Reply(error.reply())),
         };
+        if !matches!(command, Command::Mail(..) | Command::Rcpt(..) | Command::Data | Command::Quit) {
+            self.idle_commands += 1;
+            if self.idle_commands > self.config.max_idle_commands {
+                self.state = State::Closing;
+                return Step::Close(Reply::abuse_limit(
+                    &self.config.hostname,
+                    "too many commands without a transaction",
+                ));
+            }
+        }
         let state = mem::replace(&mut self.state, State::Closing);
         let (state, step) = self.on_command(state, command);
         self.state = state;
-        step
+        self.counted(step)
+    }
+
+    /// Counts error replies; past the limit the connection is closed with
+    /// 421 instead (Postfix's `smtpd_hard_error_limit`).
+    fn counted(&mut self, step: Step) -> Step {
+        let Step::Reply(reply) = &step else {
+            return step;
+        };
+        if reply.code() < 400 {
+            return step;
+        }
+        self.errors += 1;
+        if self.errors <= self.config.max_errors {
+            return step;
+        }
+        self.state = State::Closing;
+        Step::Close(Reply::abuse_limit(&self.config.hostname, "too many errors"))
     }
 
     /// The driver saw a command line longer than it buffers.
     pub fn line_too_long(&mut self) -> Step {
-        Step::Reply(Reply::line_too_long())
+        if let State::Auth(hello, _) = mem::replace(&mut self.state, State::Closing) {
+            self.state = State::Ready(hello);
+        }
+        let step = Step::Reply(Reply::line_too_long());
+        self.counted(step)
+    }
+
+    /// The TLS handshake after STARTTLS succeeded. Everything learnt
+    /// before it is forgotten (RFC 3207 section 4.2): the client must
+    /// greet again.
+    pub fn tls_started(&mut self, tls: TlsInfo) {
+        self.tls = Some(tls);
+        self.user = None;
+        self.state = State::Greeted;
+    }
+
+    /// The outcome of checking an `AuthAttempt`.
+    pub fn auth_checked(&mut self, outcome: AuthOutcome) -> Step {
+        let State::Pending(Pending::Auth(hello, user)) = mem::replace(&mut self.state, State::Closing) else {
+            return Step::Reply(Reply::local_error());
+        };
+        let reply = match outcome {
+            AuthOutcome::Success => {
+                self.user = Some(user);
+                Reply::auth_succeeded()
+            }
+            AuthOutcome::Failure => Reply::auth_failed(),
+            AuthOutcome::Unavailable => Reply::auth_unavailable(),
+            AuthOutcome::Blocked => {
+                return Step::Close(Reply::abuse_limit(
+                    &self.config.hostname,
+                    "too many failed authentication attempts",
+                ));
+            }
+        };
+        self.state = State::Ready(hello);
+        self.counted(Step::Reply(reply))
+    }
+
+    /// The connection is encrypted.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The authenticated user.
+    pub fn authenticated(&self) -> Option<&str> {
+        self.user.as_deref()
     }
 
     /// The client was silent past the timeout.
@@ -226,13 +419,16 @@ impl Session {
         use State as S;
         let reply = |state: State, reply: Reply| (state, Step::Reply(reply));
         match (state, command) {
-            (state @ (S::Data(..) | S::Pending(_) | S::Closing), _) => {
+            (state @ (S::Data(..) | S::Pending(_) | S::Auth(..) | S::Closing), _) => {
                 // The driver only sends commands when the session awaits one.
                 (state, Step::Reply(Reply::local_error()))
             }
             (_, Command::Ehlo(name)) => greeting(HelloKind::Ehlo, name),
             (_, Command::Helo(name)) => greeting(HelloKind::Helo, name),
             (S::Greeted, Command::Mail(..)) => reply(S::Greeted, Reply::bad_sequence("send HELO/EHLO first")),
+            (S::Ready(hello), Command::Mail(..)) if self.security.auth_required && self.user.is_none() => {
+                reply(S::Ready(hello), Reply::auth_required())
+            }
             (S::Ready(hello), Command::Mail(reverse_path, parameters)) => self.mail(hello, reverse_path, parameters),
             (state @ (S::Mail(..) | S::Rcpt(..)), Command::Mail(..)) => {
                 reply(state, Reply::bad_sequence("nested MAIL command"))
@@ -261,8 +457,87 @@ impl Session {
             (state, Command::Vrfy) => reply(state, Reply::cannot_verify()),
             (state, Command::Help) => reply(state, Reply::help()),
             (state, Command::NotImplemented) => reply(state, Reply::not_implemented()),
+            (state, Command::StartTls) => self.starttls(state),
+            (S::Ready(hello), Command::Auth(mechanism, initial)) => self.auth(hello, &mechanism, initial.as_deref()),
+            (S::Greeted, Command::Auth(..)) => reply(S::Greeted, Reply::bad_sequence("send EHLO first")),
+            (state @ (S::Mail(..) | S::Rcpt(..)), Command::Auth(..)) => {
+                reply(state, Reply::bad_sequence("AUTH not permitted during a mail transaction"))
+            }
             (_, Command::Quit) => (S::Closing, Step::Close(Reply::closing())),
         }
+    }
+
+    fn starttls(&self, state: State) -> (State, Step) {
+        let refusal = if self.tls.is_some() {
+            Reply::bad_sequence("TLS already active")
+        } else if !self.security.starttls {
+            Reply::not_implemented()
+        } else if matches!(state, State::Mail(..) | State::Rcpt(..)) {
+            Reply::bad_sequence("STARTTLS not permitted during a mail transaction")
+        } else {
+            return (State::Pending(Pending::StartTls), Step::StartTls(Reply::start_tls()));
+        };
+        (state, Step::Reply(refusal))
+    }
+
+    /// `AUTH mechanism [initial-response]` in the Ready state (RFC 4954).
+    fn auth(&self, hello: Hello, mechanism: &str, initial: Option<&str>) -> (State, Step) {
+        let refusal = if !self.security.auth {
+            Some(Reply::bad_sequence("authentication not enabled"))
+        } else if self.tls.is_none() {
+            Some(Reply::auth_needs_tls())
+        } else if self.user.is_some() {
+            Some(Reply::bad_sequence("already authenticated"))
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            return (State::Ready(hello), Step::Reply(reply));
+        }
+        match (mechanism, initial) {
+            ("PLAIN", None) => (State::Auth(hello, AuthStep::Plain), Step::Reply(Reply::auth_challenge(""))),
+            ("PLAIN", Some(response)) => self.auth_response(hello, AuthStep::Plain, response.as_bytes()),
+            ("LOGIN", None) => (
+                State::Auth(hello, AuthStep::LoginUser),
+                Step::Reply(Reply::auth_challenge(LOGIN_USERNAME)),
+            ),
+            ("LOGIN", Some(response)) => self.auth_response(hello, AuthStep::LoginUser, response.as_bytes()),
+            _ => (State::Ready(hello), Step::Reply(Reply::auth_unknown_mechanism())),
+        }
+    }
+
+    /// One client response inside an AUTH exchange.
+    fn auth_response(&self, hello: Hello, step: AuthStep, line: &[u8]) -> (State, Step) {
+        if line == b"*" {
+            return (State::Ready(hello), Step::Reply(Reply::auth_cancelled()));
+        }
+        let Some(decoded) = decode_base64(line) else {
+            return (State::Ready(hello), Step::Reply(Reply::auth_bad_encoding()));
+        };
+        let attempt = match step {
+            AuthStep::Plain => match split_plain(&decoded) {
+                Some(attempt) => attempt,
+                None => return (State::Ready(hello), Step::Reply(Reply::auth_bad_encoding())),
+            },
+            AuthStep::LoginUser => {
+                return match String::from_utf8(decoded) {
+                    Ok(user) if !user.is_empty() => (
+                        State::Auth(hello, AuthStep::LoginPassword(user)),
+                        Step::Reply(Reply::auth_challenge(LOGIN_PASSWORD)),
+                    ),
+                    _ => (State::Ready(hello), Step::Reply(Reply::auth_bad_encoding())),
+                };
+            }
+            AuthStep::LoginPassword(username) => AuthAttempt {
+                mechanism: "LOGIN",
+                username,
+                password: decoded,
+            },
+        };
+        (
+            State::Pending(Pending::Auth(hello, attempt.username.clone())),
+            Step::Authenticate(attempt),
+        )
     }
 
     fn mail(&self, hello: Hello, reverse_path: ReversePath, parameters: MailParameters) -> (State, Step) {
@@ -329,7 +604,9 @@ impl Session {
                 txn.refused += 1;
                 after_recipient(hello, txn)
             }
-            P::Queue(..) => return (State::Pending(pending), Step::Reply(Reply::local_error())),
+            P::Queue(..) | P::StartTls | P::Auth(..) => {
+                return (State::Pending(pending), Step::Reply(Reply::local_error()));
+            }
         };
         (state, Step::Reply(refuse))
     }
@@ -341,7 +618,15 @@ impl Session {
             P::Connect => (State::Greeted, Step::Reply(Reply::greeting(host))),
             P::Helo(hello) => {
                 let reply = match hello.kind {
-                    HelloKind::Ehlo => Reply::ehlo(host, &hello.name, ehlo_keywords(self.config.data.max_bytes)),
+                    HelloKind::Ehlo => Reply::ehlo(
+                        host,
+                        &hello.name,
+                        ehlo_keywords(
+                            self.config.data.max_bytes,
+                            self.security.starttls && self.tls.is_none(),
+                            self.security.auth && self.tls.is_some(),
+                        ),
+                    ),
                     HelloKind::Helo => Reply::helo(host),
                 };
                 (State::Ready(hello), Step::Reply(reply))
@@ -352,7 +637,7 @@ impl Session {
                 (State::Rcpt(hello, txn), Step::Reply(Reply::recipient_ok()))
             }
             P::Data(hello, txn, info) => (State::Pending(P::Queue(hello, txn, info)), Step::Queue),
-            P::Queue(..) => (State::Pending(pending), Step::Reply(Reply::local_error())),
+            P::Queue(..) | P::StartTls | P::Auth(..) => (State::Pending(pending), Step::Reply(Reply::local_error())),
         }
     }
 
@@ -385,8 +670,12 @@ impl Session {
         };
         self.state = State::Ready(hello);
         match outcome {
-            QueueOutcome::Queued(id) => Step::Reply(Reply::queued(&id)),
-            QueueOutcome::Failed => Step::Reply(Reply::local_error()),
+            QueueOutcome::Queued(id) => {
+                self.errors = 0;
+                self.idle_commands = 0;
+                Step::Reply(Reply::queued(&id))
+            }
+            QueueOutcome::Failed => self.counted(Step::Reply(Reply::local_error())),
         }
     }
 
@@ -422,15 +711,16 @@ impl Session {
     /// The greeting in effect, or the one being decided at the helo stage.
     pub fn hello(&self) -> Option<&Hello> {
         match &self.state {
-            State::Ready(h) | State::Mail(h, _) | State::Rcpt(h, _) | State::Data(h, _) => Some(h),
+            State::Ready(h) | State::Mail(h, _) | State::Rcpt(h, _) | State::Data(h, _) | State::Auth(h, _) => Some(h),
             State::Pending(
                 Pending::Helo(h)
                 | Pending::Mail(h, _)
                 | Pending::Rcpt(h, ..)
                 | Pending::Data(h, ..)
-                | Pending::Queue(h, ..),
+                | Pending::Queue(h, ..)
+                | Pending::Auth(h, _),
             ) => Some(h),
-            State::Greeted | State::Closing | State::Pending(Pending::Connect) => None,
+            State::Greeted | State::Closing | State::Pending(Pending::Connect | Pending::StartTls) => None,
         }
     }
 
@@ -465,10 +755,19 @@ impl Session {
     pub fn trace_header(&self, id: &str, date: SystemTime) -> String {
         let hello = self.hello();
         let txn = self.transaction();
-        let protocol = match (hello.map(|h| h.kind), txn.is_some_and(|t| t.parameters.smtputf8)) {
-            (Some(HelloKind::Ehlo), true) => "UTF8SMTP",
-            (Some(HelloKind::Ehlo), false) => "ESMTP",
-            _ => "SMTP",
+        // RFC 3848 and RFC 6531: S for TLS, A for an authenticated client.
+        let extended = hello.is_some_and(|h| h.kind == HelloKind::Ehlo);
+        let utf8 = txn.is_some_and(|t| t.parameters.smtputf8);
+        let protocol = match (extended, utf8, self.tls.is_some(), self.user.is_some()) {
+            (false, ..) => "SMTP",
+            (true, false, false, false) => "ESMTP",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, true, true) => "ESMTPSA",
+            (true, true, false, false) => "UTF8SMTP",
+            (true, true, true, false) => "UTF8SMTPS",
+            (true, true, false, true) => "UTF8SMTPA",
+            (true, true, true, true) => "UTF8SMTPSA",
         };
         let recipient = match txn.map(|t| t.recipients.as_slice()) {
             Some([only]) => Some(only),
@@ -479,12 +778,41 @@ impl Session {
             peer: self.connection.peer.ip(),
             host: &self.config.hostname,
             protocol,
+            tls: self.tls.as_ref(),
             id,
             recipient,
             date,
         }
         .header()
     }
+}
+
+/// The LOGIN mechanism's prompts, base64 of `Username:` and `Password:`.
+const LOGIN_USERNAME: &str = "VXNlcm5hbWU6";
+const LOGIN_PASSWORD: &str = "UGFzc3dvcmQ6";
+
+/// A SASL response: base64, or `=` for an empty one (RFC 4954 section 4).
+fn decode_base64(line: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if line == b"=" {
+        return Some(Vec::new());
+    }
+    base64::engine::general_purpose::STANDARD.decode(line).ok()
+}
+
+/// A PLAIN message: `authzid NUL authcid NUL passwd` (RFC 4616). Acting
+/// for another identity is not offered: an authzid must name the user.
+fn split_plain(message: &[u8]) -> Option<AuthAttempt> {
+    let mut parts = message.split(|&b| b == 0);
+    let (authzid, authcid, password) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || authcid.is_empty() || !(authzid.is_empty() || authzid == authcid) {
+        return None;
+    }
+    Some(AuthAttempt {
+        mechanism: "PLAIN",
+        username: String::from_utf8(authcid.to_vec()).ok()?,
+        password: password.to_vec(),
+    })
 }
 
 /// EHLO/HELO: a new greeting also resets any transaction (RFC 5321 section 4.1.4).
@@ -537,6 +865,8 @@ mod tests {
                 bare_line_endings: BareLineEndings::Normalize,
                 long_lines: LongLines::Reject,
             },
+            max_errors: 20,
+            max_idle_commands: 30,
         })
     }
 
@@ -564,7 +894,19 @@ mod tests {
     /// does, deciding stages with `policy`; returns what the server wrote
     /// and what it queued.
     fn transcript(input: &[u8], policy: impl Fn(Stage, &Session) -> Decision) -> (String, Vec<Queued>) {
-        let (mut session, mut step) = Session::new(config(), connection());
+        secure_transcript(Security::default(), input, policy, |_| AuthOutcome::Unavailable)
+    }
+
+    /// `transcript` on a listener offering `security`: STARTTLS succeeds
+    /// at once (the input after it stands for what is sent inside TLS),
+    /// and `auth` decides each AUTH attempt.
+    fn secure_transcript(
+        security: Security,
+        input: &[u8],
+        policy: impl Fn(Stage, &Session) -> Decision,
+        auth: impl Fn(&AuthAttempt) -> AuthOutcome,
+    ) -> (String, Vec<Queued>) {
+        let (mut session, mut step) = Session::with_security(config(), connection(), security, None);
         let mut output = Vec::new();
         let mut queued = Vec::new();
         let mut content = Vec::new();
@@ -573,13 +915,23 @@ mod tests {
             step = match step {
                 Step::Reply(reply) => {
                     reply.write_to(&mut output);
-                    let Some(end) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    let Some(line) = next_line(&mut rest) else {
                         break;
                     };
-                    let line = &rest[..end];
-                    rest = &rest[end + 2..];
                     session.command(line)
                 }
+                Step::StartTls(reply) => {
+                    reply.write_to(&mut output);
+                    session.tls_started(TlsInfo {
+                        version: "TLSv1.3".into(),
+                        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                    });
+                    let Some(line) = next_line(&mut rest) else {
+                        break;
+                    };
+                    session.command(line)
+                }
+                Step::Authenticate(attempt) => session.auth_checked(auth(&attempt)),
                 Step::Close(reply) => {
                     reply.write_to(&mut output);
                     break;
@@ -606,6 +958,14 @@ mod tests {
             };
         }
         (String::from_utf8(output).unwrap(), queued)
+    }
+
+    /// Takes one CRLF-terminated line off the front of `rest`.
+    fn next_line<'a>(rest: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let line = &rest[..end];
+        *rest = &rest[end + 2..];
+        Some(line)
     }
 
     fn proceed(_: Stage, _: &Session) -> Decision {
@@ -644,6 +1004,10 @@ mod tests {
             Just(b"DATA\r\n".to_vec()),
             Just(b"\r\n.\r\n".to_vec()),
             Just(b"RSET\r\n".to_vec()),
+            Just(b"STARTTLS\r\n".to_vec()),
+            Just(b"AUTH PLAIN AGFsaWNlAHB3\r\n".to_vec()),
+            Just(b"AUTH LOGIN\r\n".to_vec()),
+            Just(b"*\r\n".to_vec()),
             proptest::collection::vec(any::<u8>(), 0..40),
         ];
         proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
@@ -651,13 +1015,197 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_input_panics_the_session(input in client_bytes()) {
-            let (output, _) = transcript(&input, proceed);
+        fn no_input_panics_the_session(input in client_bytes(), secure in any::<bool>()) {
+            let security = if secure { SUBMISSION } else { Security::default() };
+            let (output, _) = secure_transcript(security, &input, proceed, check_password);
             // Every reply line is well formed.
             for line in output.split_terminator("\r\n") {
                 prop_assert!(line.len() >= 4 && line.as_bytes()[..3].iter().all(u8::is_ascii_digit), "{line:?}");
             }
         }
+    }
+
+    const SUBMISSION: Security = Security {
+        starttls: true,
+        auth: true,
+        auth_required: true,
+    };
+
+    /// alice's password is "pw"; "blocked" is a client past its failures.
+    fn check_password(attempt: &AuthAttempt) -> AuthOutcome {
+        match (attempt.username.as_str(), attempt.password.as_slice()) {
+            ("alice", b"pw") => AuthOutcome::Success,
+            ("blocked", _) => AuthOutcome::Blocked,
+            _ => AuthOutcome::Failure,
+        }
+    }
+
+    fn base64(text: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    #[test]
+    fn starttls_is_offered_in_clear_and_resets_the_session() {
+        let input = format!(
+            "EHLO c\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@x.test>\r\nSTARTTLS\r\nMAIL FROM:<a@x.test>\r\nEHLO c\r\nSTARTTLS\r\nQUIT\r\n",
+            base64(b"\0alice\0pw")
+        );
+        let (out, _) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
+        assert_codes(
+            &out,
+            &["220", "250", "538 5.7.11", "530 5.7.0", "220 2.0.0", "503 5.5.1", "250", "503 5.5.1", "221 2.0.0"],
+        );
+        let ehlo_replies: Vec<&str> = out.split("250 ENHANCEDSTATUSCODES\r\n").collect();
+        assert!(ehlo_replies[0].contains("250-STARTTLS\r\n") && !ehlo_replies[0].contains("AUTH"), "{out}");
+        assert!(ehlo_replies[1].contains("250-AUTH PLAIN LOGIN\r\n") && !ehlo_replies[1].contains("STARTTLS"), "{out}");
+        assert!(out.contains("503 5.5.1 Error: send HELO/EHLO first"), "{out}");
+        assert!(out.contains("503 5.5.1 Error: TLS already active"), "{out}");
+    }
+
+    #[test]
+    fn starttls_is_refused_where_not_offered() {
+        let (out, _) = transcript(b"EHLO c\r\nSTARTTLS\r\nAUTH PLAIN\r\n", proceed);
+        assert!(!out.contains("STARTTLS"), "{out}");
+        assert_codes(&out, &["220", "250", "502 5.5.1", "503 5.5.1"]);
+    }
+
+    #[test]
+    fn auth_plain_and_login_in_every_form() {
+        let plain = base64(b"\0alice\0pw");
+        let alice = base64(b"alice");
+        let pw = base64(b"pw");
+        let cases = [
+            format!("AUTH PLAIN {plain}\r\n"),
+            format!("AUTH PLAIN\r\n{plain}\r\n"),
+            format!("AUTH LOGIN\r\n{alice}\r\n{pw}\r\n"),
+            format!("AUTH LOGIN {alice}\r\n{pw}\r\n"),
+            format!("auth plain {}\r\n", base64(b"alice\0alice\0pw")),
+        ];
+        for auth in cases {
+            let input = format!("STARTTLS\r\nEHLO c\r\n{auth}MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+            let (out, queued) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
+            assert!(out.contains("235 2.7.0 Authentication successful\r\n"), "{auth}: {out}");
+            assert!(out.ends_with("250 2.0.0 Ok: queued as Q1\r\n"), "{auth}: {out}");
+            assert_eq!(queued.len(), 1);
+        }
+        let (out, _) = secure_transcript(
+            SUBMISSION,
+            format!("STARTTLS\r\nEHLO c\r\nAUTH LOGIN\r\n{alice}\r\n").as_bytes(),
+            proceed,
+            check_password,
+        );
+        assert!(out.ends_with("334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n"), "{out}");
+    }
+
+    #[test]
+    fn auth_refusals() {
+        let input = format!(
+            "STARTTLS\r\nAUTH PLAIN\r\nEHLO c\r\nAUTH CRAM-MD5\r\nAUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n!!!\r\nAUTH PLAIN {}\r\nAUTH PLAIN {}\r\nAUTH PLAIN {}\r\nMAIL FROM:<a@x.test>\r\nAUTH PLAIN {}\r\nAUTH PLAIN {}\r\nRSET\r\nAUTH PLAIN {}\r\n",
+            base64(b"\0alice\0wrong"),
+            base64(b"bob\0alice\0pw"),
+            base64(b"\0alice\0pw"),
+            base64(b"\0alice\0pw"),
+            base64(b"\0alice\0pw"),
+            base64(b"\0alice\0pw"),
+        );
+        let (out, _) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
+        assert_codes(
+            &out,
+            &[
+                "220",
+                "220 2.0.0",
+                "503 5.5.1",
+                "250",
+                "504 5.5.4",
+                "334",
+                "501 5.7.0",
+                "334",
+                "501 5.5.2",
+                "535 5.7.8",
+                "501 5.5.2",
+                "235 2.7.0",
+                "250 2.1.0",
+                "503 5.5.1",
+                "503 5.5.1",
+                "250 2.0.0",
+                "503 5.5.1",
+            ],
+        );
+        assert!(out.contains("AUTH not permitted during a mail transaction"), "{out}");
+        assert!(out.contains("already authenticated"), "{out}");
+    }
+
+    #[test]
+    fn too_many_auth_failures_close_the_connection() {
+        let input = format!("STARTTLS\r\nEHLO c\r\nAUTH PLAIN {}\r\nNOOP\r\n", base64(b"\0blocked\0pw"));
+        let (out, _) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
+        assert_codes(&out, &["220", "220 2.0.0", "250", "421 4.7.0"]);
+    }
+
+    #[test]
+    fn authenticated_sessions_are_traced_as_esmtpsa() {
+        let (mut session, _) = Session::with_security(config(), connection(), SUBMISSION, None);
+        let _ = session.decide(Decision::Proceed);
+        assert!(matches!(session.command(b"STARTTLS"), Step::StartTls(_)));
+        session.tls_started(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+        });
+        let _ = session.command(b"EHLO c.test");
+        let _ = session.decide(Decision::Proceed);
+        let Step::Authenticate(attempt) = session.command(format!("AUTH PLAIN {}", base64(b"\0alice\0pw")).as_bytes())
+        else {
+            panic!("AUTH must ask for a check")
+        };
+        assert_eq!(format!("{attempt:?}"), "AuthAttempt { mechanism: \"PLAIN\", username: \"alice\", password: \"<redacted>\" }");
+        let _ = session.auth_checked(AuthOutcome::Success);
+        assert_eq!(session.authenticated(), Some("alice"));
+        let _ = session.command(b"MAIL FROM:<a@x.test>");
+        let _ = session.decide(Decision::Proceed);
+        let header = session.trace_header("ID1", std::time::UNIX_EPOCH);
+        assert!(header.contains("(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)"), "{header}");
+        assert!(header.contains("with ESMTPSA id ID1"), "{header}");
+    }
+
+    #[test]
+    fn too_many_errors_close_the_connection() {
+        // config(): 20 error replies are answered; the 21st closes.
+        let input = "FOO\r\n".repeat(25);
+        let (out, _) = transcript(input.as_bytes(), proceed);
+        let mut expected = vec!["220"];
+        expected.extend(std::iter::repeat_n("500 5.5.2", 20));
+        expected.push("421 4.7.0");
+        assert_codes(&out, &expected);
+        assert!(out.ends_with("421 4.7.0 mx.test Error: too many errors\r\n"), "{out}");
+    }
+
+    #[test]
+    fn errors_are_forgiven_when_a_message_is_queued() {
+        let mut input = "FOO\r\n".repeat(15);
+        input.push_str("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+        input.push_str(&"FOO\r\n".repeat(15));
+        let (out, queued) = transcript(input.as_bytes(), proceed);
+        assert_eq!(queued.len(), 1);
+        assert!(!out.contains("421"), "{out}");
+    }
+
+    #[test]
+    fn too_many_commands_without_a_transaction_close_the_connection() {
+        // config(): 30 such commands are answered; the 31st closes.
+        let input = "NOOP\r\n".repeat(31);
+        let (out, _) = transcript(input.as_bytes(), proceed);
+        assert_eq!(out.matches("250 2.0.0 Ok\r\n").count(), 30, "{out}");
+        assert!(
+            out.ends_with("421 4.7.0 mx.test Error: too many commands without a transaction\r\n"),
+            "{out}"
+        );
+        // Transactions do not count.
+        let message = "MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
+        let input = format!("EHLO c\r\n{}", message.repeat(40));
+        let (out, queued) = transcript(input.as_bytes(), proceed);
+        assert_eq!(queued.len(), 40);
+        assert!(!out.contains("421"), "{out}");
     }
 
     #[test]

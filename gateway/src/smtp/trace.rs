@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::address::Mailbox;
+use super::session::TlsInfo;
 
 /// What goes into one `Received:` header.
 #[derive(Debug)]
@@ -15,8 +16,10 @@ pub struct Trace<'a> {
     pub peer: IpAddr,
     /// Our host name.
     pub host: &'a str,
-    /// The `with` protocol: SMTP, ESMTP, UTF8SMTP (RFC 3848, RFC 6531).
+    /// The `with` protocol: SMTP, ESMTP, ESMTPSA, UTF8SMTP... (RFC 3848, RFC 6531).
     pub protocol: &'static str,
+    /// The TLS parameters, when the connection is encrypted.
+    pub tls: Option<&'a TlsInfo>,
     /// The queue id of the message.
     pub id: &'a str,
     /// The recipient, named only when there is exactly one (RFC 5321
@@ -33,10 +36,14 @@ impl Trace<'_> {
             IpAddr::V4(ip) => format!("[{ip}]"),
             IpAddr::V6(ip) => format!("[IPv6:{ip}]"),
         };
-        let mut header = format!(
-            "Received: from {} ({})\r\n\tby {} (mailgate) with {} id {}",
-            self.helo, literal, self.host, self.protocol, self.id
-        );
+        let mut header = format!("Received: from {} ({})", self.helo, literal);
+        if let Some(tls) = self.tls {
+            header.push_str(&format!("\r\n\t(using {} with cipher {})", tls.version, tls.cipher));
+        }
+        header.push_str(&format!(
+            "\r\n\tby {} (mailgate) with {} id {}",
+            self.host, self.protocol, self.id
+        ));
         if let Some(rcpt) = self.recipient {
             header.push_str(&format!("\r\n\tfor <{rcpt}>"));
         }
@@ -67,6 +74,7 @@ mod tests {
             peer: "192.0.2.7".parse().unwrap(),
             host: "mx.example.test",
             protocol: "ESMTP",
+            tls: None,
             id: "ABC123",
             recipient: Some(&rcpt),
             date: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
@@ -74,6 +82,28 @@ mod tests {
         assert_eq!(
             trace.header(),
             "Received: from client.test ([192.0.2.7])\r\n\tby mx.example.test (mailgate) with ESMTP id ABC123\r\n\tfor <to@example.test>;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn names_the_tls_parameters() {
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        };
+        let trace = Trace {
+            helo: "client.test",
+            peer: "192.0.2.7".parse().unwrap(),
+            host: "mx.example.test",
+            protocol: "ESMTPSA",
+            tls: Some(&tls),
+            id: "ABC123",
+            recipient: None,
+            date: UNIX_EPOCH,
+        };
+        assert_eq!(
+            trace.header(),
+            "Received: from client.test ([192.0.2.7])\r\n\t(using TLSv1.3 with cipher TLS13_AES_256_GCM_SHA384)\r\n\tby mx.example.test (mailgate) with ESMTPSA id ABC123;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
         );
     }
 }
