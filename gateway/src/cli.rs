@@ -168,7 +168,10 @@ fn user(config: Option<&std::path::Path>, file: Option<PathBuf>, action: UserAct
             .and_then(|hash| auth::set_user(&file, &name, &hash).map_err(|e| format!("{}: {e}", file.display())))
             .map(|existed| {
                 let verb = if existed { "updated" } else { "added" };
-                format!("user {name:?} {verb} in {}; send SIGHUP to a running gateway", file.display())
+                format!(
+                    "user {name:?} {verb} in {}; send SIGHUP to a running gateway",
+                    file.display()
+                )
             }),
         UserAction::Delete { name } => match auth::remove_user(&file, &name) {
             Ok(true) => Ok(format!("user {name:?} removed from {}", file.display())),

@@ -8,6 +8,7 @@ mod config;
 mod delivery;
 mod durability;
 mod example_plugins;
+mod inbound;
 mod limits;
 mod mx;
 mod plugins;

@@ -400,12 +400,12 @@ modifications = [
     };
     assert_eq!(
         header("X-At-Connect"),
-        "ip=127.0.0.1 listener=test helo= from=- rcpts=0"
+        "ip=127.0.0.1 listener=test tls=false auth=- helo= from=- rcpts=0"
     );
     assert_eq!(header("X-Greeting"), "seen");
     assert_eq!(
         header("X-At-Rcpt"),
-        "ip=127.0.0.1 listener=test helo=client.test from=a@x.test rcpts=0"
+        "ip=127.0.0.1 listener=test tls=false auth=- helo=client.test from=a@x.test rcpts=0"
     );
     assert_eq!(header("X-From-Other-Plugin"), "from the first plugin");
     assert!(

@@ -1,12 +1,18 @@
 //! `SmtpClient`: a deliberately simple SMTP client for tests, which can
-//! also send raw bytes the protocol forbids.
+//! also send raw bytes the protocol forbids, and speaks TLS (STARTTLS or
+//! implicit) with rustls.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use mailgate::net::Stream;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 /// How long a test waits for any one reply.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -35,7 +41,7 @@ impl TestReply {
 /// One client connection.
 #[derive(Debug)]
 pub struct SmtpClient {
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Stream>,
 }
 
 impl SmtpClient {
@@ -46,8 +52,46 @@ impl SmtpClient {
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
         Ok(Self {
-            stream: BufReader::new(stream),
+            stream: BufReader::new(Stream::Plain(stream)),
         })
+    }
+
+    /// Connects to an implicit-TLS listener, checking its certificate
+    /// for `name`, without reading the greeting.
+    pub async fn connect_tls(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> Result<Self> {
+        Self::connect(addr).await?.tls_handshake(config, name).await
+    }
+
+    /// Sends STARTTLS, expects 220, and does the handshake.
+    pub async fn starttls(mut self, config: Arc<ClientConfig>, name: &str) -> Result<Self> {
+        self.expect("STARTTLS", 220).await?;
+        self.tls_handshake(config, name).await
+    }
+
+    /// The TLS handshake, from where the connection stands.
+    pub async fn tls_handshake(self, config: Arc<ClientConfig>, name: &str) -> Result<Self> {
+        if !self.stream.buffer().is_empty() {
+            bail!("the server sent data before the TLS handshake");
+        }
+        let Stream::Plain(tcp) = self.stream.into_inner() else {
+            bail!("already inside TLS");
+        };
+        let name = ServerName::try_from(name.to_owned())?;
+        let tls = tokio::time::timeout(REPLY_TIMEOUT, TlsConnector::from(config).connect(name, tcp))
+            .await
+            .context("timed out in the TLS handshake")?
+            .context("TLS handshake")?;
+        Ok(Self {
+            stream: BufReader::new(Stream::Tls(Box::new(tls.into()))),
+        })
+    }
+
+    /// The server's certificate (DER), once inside TLS.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self.stream.get_ref() {
+            Stream::Tls(tls) => Some(tls.get_ref().1.peer_certificates()?.first()?.to_vec()),
+            Stream::Plain(_) => None,
+        }
     }
 
     /// Connects, reads the 220 greeting and says EHLO.

@@ -32,6 +32,10 @@ pub struct Setup {
     routes: String,
     plugins: Vec<String>,
     admin: Option<SocketAddr>,
+    listeners: String,
+    auth: Vec<String>,
+    certificate: Option<(String, String)>,
+    users: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -55,6 +59,35 @@ impl Setup {
     /// Adds a `key = value` line to `[relay]`.
     pub fn relay(mut self, line: &str) -> Self {
         self.relay.push(line.to_owned());
+        self
+    }
+
+    /// Adds a `[[listener]]` on a free loopback port; `body` holds its
+    /// keys after `name` and `address` (`role`, `proxy_protocol`...).
+    pub fn listener(mut self, name: &str, body: &str) -> Self {
+        let _ = writeln!(
+            self.listeners,
+            "[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\n{body}"
+        );
+        self
+    }
+
+    /// Sets `[tls]` to this certificate and key (PEM), written next to
+    /// the configuration as `cert.pem` and `key.pem`.
+    pub fn certificate(mut self, (cert, key): (String, String)) -> Self {
+        self.certificate = Some((cert, key));
+        self
+    }
+
+    /// Adds a user to the users file (`[auth] users_file = "users"`).
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.to_owned(), password.to_owned()));
+        self
+    }
+
+    /// Adds a `key = value` line to `[auth]`.
+    pub fn auth(mut self, line: &str) -> Self {
+        self.auth.push(line.to_owned());
         self
     }
 
@@ -136,8 +169,12 @@ impl Setup {
                     let _ = writeln!(text, "{default}");
                 }
             }
-            for line in lines {
-                let _ = writeln!(text, "{line}");
+            // A key given twice takes its last value.
+            let key = |line: &str| line.split('=').next().unwrap_or("").trim().to_owned();
+            for (i, line) in lines.iter().enumerate() {
+                if !lines[i + 1..].iter().any(|later| key(later) == key(line)) {
+                    let _ = writeln!(text, "{line}");
+                }
             }
         };
         let spool = format!("spool_dir = \"{}\"", dir.join("spool").display());
@@ -148,7 +185,13 @@ impl Setup {
             &self.server,
         );
         text.push_str("[[listener]]\nname = \"test\"\naddress = \"127.0.0.1:0\"\n");
+        text.push_str(&self.listeners);
         section(&mut text, "smtp", &[], &self.smtp);
+        if self.certificate.is_some() {
+            let _ = writeln!(text, "[tls]\ncert_file = \"cert.pem\"\nkey_file = \"key.pem\"");
+        }
+        let users = (!self.users.is_empty()).then_some("users_file = \"users\"");
+        section(&mut text, "auth", users.as_slice(), &self.auth);
         section(&mut text, "relay", &[], &self.relay);
         section(
             &mut text,
@@ -187,6 +230,26 @@ impl Setup {
         text
     }
 
+    /// Writes the configuration and the files it names (certificate,
+    /// users) into `dir`; returns the configuration's path.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        if let Some((cert, key)) = &self.certificate {
+            std::fs::write(dir.join("cert.pem"), cert)?;
+            std::fs::write(dir.join("key.pem"), key)?;
+        }
+        if !self.users.is_empty() {
+            let mut text = String::new();
+            for (name, password) in &self.users {
+                let hash = mailgate::server::auth::hash_password(password.as_bytes()).map_err(anyhow::Error::msg)?;
+                let _ = writeln!(text, "{name}:{hash}");
+            }
+            std::fs::write(dir.join("users"), text)?;
+        }
+        let path = dir.join("mailgate.toml");
+        std::fs::write(&path, self.render(dir))?;
+        Ok(path)
+    }
+
     /// Starts the gateway in-process.
     pub async fn start(self) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
@@ -201,6 +264,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     /// The admin API's address, when configured.
     pub admin: Option<SocketAddr>,
+    /// Every listener's name and address.
+    pub listeners: Vec<(String, SocketAddr)>,
     /// Holds the spool and config; removed on drop.
     pub dir: TempDir,
     shutdown: CancellationToken,
@@ -211,21 +276,34 @@ impl Gateway {
     /// Starts with `setup`, keeping files in `dir`.
     pub async fn start_in(setup: Setup, dir: TempDir) -> Result<Self> {
         crate::init_logging();
-        let path = dir.path().join("mailgate.toml");
-        std::fs::write(&path, setup.render(dir.path()))?;
+        let path = setup.write(dir.path())?;
         let config = Config::load(&path).await.map_err(|e| anyhow::anyhow!("{e}"))?;
         let bound = mailgate::bind(&config).await?;
         let addr = bound.listeners.first().context("no listener")?.socket.local_addr()?;
+        let listeners = bound
+            .listeners
+            .iter()
+            .map(|l| Ok((l.config.name.to_string(), l.socket.local_addr()?)))
+            .collect::<Result<_>>()?;
         let admin = bound.admin.as_ref().map(|a| a.local_addr()).transpose()?;
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(mailgate::run(config, bound, shutdown.clone()));
         Ok(Self {
             addr,
             admin,
+            listeners,
             dir,
             shutdown,
             task: Some(task),
         })
+    }
+
+    /// The address of the listener called `name`.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(self.addr, |(_, addr)| *addr)
     }
 
     /// The configuration file.
@@ -323,6 +401,15 @@ impl GatewayProcess {
             .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
     }
 
+    /// The address of the listener called `name`, read from the log.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let field = format!("listener={name} ");
+        log.iter()
+            .filter(|l| l.contains("listening") && l.contains(&field))
+            .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
+    }
+
     /// The log lines so far.
     pub fn log(&self) -> Vec<String> {
         self.log
@@ -339,6 +426,19 @@ impl GatewayProcess {
     /// SIGKILL, and wait for the process to be gone.
     pub async fn kill(mut self) -> Result<()> {
         self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGHUP: reload certificates and users.
+    pub fn hangup(&self) -> Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        let status = std::process::Command::new("kill")
+            .arg("-HUP")
+            .arg(pid.to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -HUP failed");
+        }
         Ok(())
     }
 

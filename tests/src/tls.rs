@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use rustls::ServerConfig;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A certificate authority for one test.
@@ -34,6 +34,27 @@ impl TestCa {
     pub fn write(&self, path: &Path) -> Result<()> {
         std::fs::write(path, self.pem())?;
         Ok(())
+    }
+
+    /// A certificate for `names` (host names or IP addresses) and its
+    /// key, both PEM, for a gateway's `cert_file` and `key_file`.
+    pub fn issue(&self, names: &[&str]) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A client configuration trusting only this CA.
+    pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 
     /// A TLS 1.2/1.3 server configuration with a certificate for `names`.

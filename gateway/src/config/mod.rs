@@ -632,8 +632,7 @@ pub fn users_file(path: &Path) -> Result<PathBuf, ConfigError> {
         path: path.to_owned(),
         problems: vec![problem],
     };
-    let raw: RawConfig =
-        toml::from_str(&source).map_err(|e| invalid(Problem::at(&source, e.span(), e.message())))?;
+    let raw: RawConfig = toml::from_str(&source).map_err(|e| invalid(Problem::at(&source, e.span(), e.message())))?;
     let file = raw
         .auth
         .users_file

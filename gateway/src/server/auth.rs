@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
@@ -85,7 +85,10 @@ impl Users {
     /// call it off the async runtime. An unknown user costs the same as a
     /// known one, so timing does not tell which names exist.
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
-        let hash = self.hashes.get(username).map_or_else(|| dummy_hash().as_str(), String::as_str);
+        let hash = self
+            .hashes
+            .get(username)
+            .map_or_else(|| dummy_hash().as_str(), String::as_str);
         let Ok(parsed) = PasswordHash::new(hash) else {
             return false;
         };
@@ -230,7 +233,10 @@ impl Authenticator {
         let verified = tokio::task::spawn_blocking(move || users.verify(&attempt.username, &attempt.password)).await;
         match verified {
             Ok(true) => {
-                self.failures.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
+                self.failures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
                 info!(user = %username, "authenticated");
                 AuthOutcome::Success
             }
@@ -310,7 +316,10 @@ mod tests {
         assert!(Users::parse("bob:plaintext\n").unwrap_err().1.contains("invalid hash"));
         let hash = hash_password(b"x").unwrap();
         let twice = format!("bob:{hash}\nbob:{hash}\n");
-        assert_eq!(Users::parse(&twice).unwrap_err(), (2, "user \"bob\" appears twice".to_owned()));
+        assert_eq!(
+            Users::parse(&twice).unwrap_err(),
+            (2, "user \"bob\" appears twice".to_owned())
+        );
     }
 
     #[tokio::test]
@@ -322,12 +331,18 @@ mod tests {
         assert_eq!(auth.check(ip, attempt("alice", "wrong")).await, AuthOutcome::Failure);
         let started = Instant::now();
         assert_eq!(auth.check(ip, attempt("nobody", "s3cret")).await, AuthOutcome::Failure);
-        assert!(started.elapsed() >= Duration::from_millis(20), "the second failure waits twice as long");
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "the second failure waits twice as long"
+        );
         assert_eq!(auth.check(ip, attempt("alice", "wrong")).await, AuthOutcome::Blocked);
         // Blocked now, even with the right password; other clients are not.
         assert_eq!(auth.check(ip, attempt("alice", "s3cret")).await, AuthOutcome::Blocked);
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        assert_eq!(auth.check(other, attempt("alice", "s3cret")).await, AuthOutcome::Success);
+        assert_eq!(
+            auth.check(other, attempt("alice", "s3cret")).await,
+            AuthOutcome::Success
+        );
     }
 
     #[test]

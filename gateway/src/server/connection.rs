@@ -23,9 +23,7 @@ use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataOutcome, DataReader, Feed};
-use crate::smtp::session::{
-    AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step, TlsInfo,
-};
+use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step, TlsInfo};
 
 /// A command line longer than this is not buffered: it is skipped up to its
 /// LF and answered 500 5.5.6. The session enforces the exact limits below it.
@@ -61,12 +59,8 @@ pub async fn handle(
     inbound: Arc<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
-    let (mut session, mut step) = Session::with_security(
-        Arc::clone(&inbound.settings.session),
-        info,
-        listener.security(),
-        tls,
-    );
+    let (mut session, mut step) =
+        Session::with_security(Arc::clone(&inbound.settings.session), info, listener.security(), tls);
     let mut filters = inbound.settings.chain.as_ref().map(Filters::new);
     let mut conn = Connection {
         stream,

@@ -75,13 +75,21 @@ mod tests {
 
     #[test]
     fn trusted_networks_may_relay_anywhere() {
-        assert!(policy().allows("10.1.2.3".parse().unwrap(), false,
+        assert!(policy().allows(
+            "10.1.2.3".parse().unwrap(),
+            false,
             &Mailbox::parse("a@elsewhere.test").unwrap()
         ));
-        assert!(policy().allows("::ffff:10.1.2.3".parse().unwrap(), false,
+        assert!(policy().allows(
+            "::ffff:10.1.2.3".parse().unwrap(),
+            false,
             &Mailbox::parse("a@elsewhere.test").unwrap()
         ));
-        assert!(policy().allows("::1".parse().unwrap(), false, &Mailbox::parse("a@elsewhere.test").unwrap()));
+        assert!(policy().allows(
+            "::1".parse().unwrap(),
+            false,
+            &Mailbox::parse("a@elsewhere.test").unwrap()
+        ));
     }
 
     #[test]
@@ -92,6 +100,10 @@ mod tests {
 
     #[test]
     fn default_policy_relays_nothing() {
-        assert!(!RelayPolicy::default().allows("127.0.0.1".parse().unwrap(), false, &Mailbox::parse("a@x.test").unwrap()));
+        assert!(!RelayPolicy::default().allows(
+            "127.0.0.1".parse().unwrap(),
+            false,
+            &Mailbox::parse("a@x.test").unwrap()
+        ));
     }
 }

@@ -125,9 +125,7 @@ impl Command {
             b"VRFY" => Ok(Self::Vrfy),
             b"STARTTLS" => no_args(args, "STARTTLS takes no arguments").map(|()| Self::StartTls),
             b"AUTH" => parse_auth(args),
-            b"EXPN" | b"TURN" | b"ETRN" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => {
-                Ok(Self::NotImplemented)
-            }
+            b"EXPN" | b"TURN" | b"ETRN" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => Ok(Self::NotImplemented),
             _ => Err(ProtocolError::Unrecognized),
         }
     }
@@ -418,7 +416,10 @@ mod tests {
             ("BDAT 10 LAST", Command::NotImplemented),
             ("starttls", Command::StartTls),
             ("AUTH plain", Command::Auth("PLAIN".into(), None)),
-            ("AUTH PLAIN AGFAAHA=", Command::Auth("PLAIN".into(), Some("AGFAAHA=".into()))),
+            (
+                "AUTH PLAIN AGFAAHA=",
+                Command::Auth("PLAIN".into(), Some("AGFAAHA=".into())),
+            ),
             ("AUTH LOGIN =", Command::Auth("LOGIN".into(), Some("=".into()))),
             (
                 "MAIL FROM:<a@b.test> AUTH=<>",

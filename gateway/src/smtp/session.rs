@@ -319,7 +319,10 @@ impl Session {
             Ok(command) => command,
             Err(error) => return self.counted(Step::Reply(error.reply())),
         };
-        if !matches!(command, Command::Mail(..) | Command::Rcpt(..) | Command::Data | Command::Quit) {
+        if !matches!(
+            command,
+            Command::Mail(..) | Command::Rcpt(..) | Command::Data | Command::Quit
+        ) {
             self.idle_commands += 1;
             if self.idle_commands > self.config.max_idle_commands {
                 self.state = State::Closing;
@@ -354,7 +357,10 @@ impl Session {
 
     /// The driver saw a command line longer than it buffers.
     pub fn line_too_long(&mut self) -> Step {
-        if let State::Auth(hello, _) = mem::replace(&mut self.state, State::Closing) {
+        // Inside an AUTH exchange the line was a response: the exchange fails.
+        if let State::Auth(..) = self.state
+            && let State::Auth(hello, _) = mem::replace(&mut self.state, State::Closing)
+        {
             self.state = State::Ready(hello);
         }
         let step = Step::Reply(Reply::line_too_long());
@@ -460,9 +466,10 @@ impl Session {
             (state, Command::StartTls) => self.starttls(state),
             (S::Ready(hello), Command::Auth(mechanism, initial)) => self.auth(hello, &mechanism, initial.as_deref()),
             (S::Greeted, Command::Auth(..)) => reply(S::Greeted, Reply::bad_sequence("send EHLO first")),
-            (state @ (S::Mail(..) | S::Rcpt(..)), Command::Auth(..)) => {
-                reply(state, Reply::bad_sequence("AUTH not permitted during a mail transaction"))
-            }
+            (state @ (S::Mail(..) | S::Rcpt(..)), Command::Auth(..)) => reply(
+                state,
+                Reply::bad_sequence("AUTH not permitted during a mail transaction"),
+            ),
             (_, Command::Quit) => (S::Closing, Step::Close(Reply::closing())),
         }
     }
@@ -495,7 +502,10 @@ impl Session {
             return (State::Ready(hello), Step::Reply(reply));
         }
         match (mechanism, initial) {
-            ("PLAIN", None) => (State::Auth(hello, AuthStep::Plain), Step::Reply(Reply::auth_challenge(""))),
+            ("PLAIN", None) => (
+                State::Auth(hello, AuthStep::Plain),
+                Step::Reply(Reply::auth_challenge("")),
+            ),
             ("PLAIN", Some(response)) => self.auth_response(hello, AuthStep::Plain, response.as_bytes()),
             ("LOGIN", None) => (
                 State::Auth(hello, AuthStep::LoginUser),
@@ -1054,11 +1064,27 @@ mod tests {
         let (out, _) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
         assert_codes(
             &out,
-            &["220", "250", "538 5.7.11", "530 5.7.0", "220 2.0.0", "503 5.5.1", "250", "503 5.5.1", "221 2.0.0"],
+            &[
+                "220",
+                "250",
+                "538 5.7.11",
+                "530 5.7.0",
+                "220 2.0.0",
+                "503 5.5.1",
+                "250",
+                "503 5.5.1",
+                "221 2.0.0",
+            ],
         );
         let ehlo_replies: Vec<&str> = out.split("250 ENHANCEDSTATUSCODES\r\n").collect();
-        assert!(ehlo_replies[0].contains("250-STARTTLS\r\n") && !ehlo_replies[0].contains("AUTH"), "{out}");
-        assert!(ehlo_replies[1].contains("250-AUTH PLAIN LOGIN\r\n") && !ehlo_replies[1].contains("STARTTLS"), "{out}");
+        assert!(
+            ehlo_replies[0].contains("250-STARTTLS\r\n") && !ehlo_replies[0].contains("AUTH"),
+            "{out}"
+        );
+        assert!(
+            ehlo_replies[1].contains("250-AUTH PLAIN LOGIN\r\n") && !ehlo_replies[1].contains("STARTTLS"),
+            "{out}"
+        );
         assert!(out.contains("503 5.5.1 Error: send HELO/EHLO first"), "{out}");
         assert!(out.contains("503 5.5.1 Error: TLS already active"), "{out}");
     }
@@ -1083,7 +1109,8 @@ mod tests {
             format!("auth plain {}\r\n", base64(b"alice\0alice\0pw")),
         ];
         for auth in cases {
-            let input = format!("STARTTLS\r\nEHLO c\r\n{auth}MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
+            let input =
+                format!("STARTTLS\r\nEHLO c\r\n{auth}MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
             let (out, queued) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
             assert!(out.contains("235 2.7.0 Authentication successful\r\n"), "{auth}: {out}");
             assert!(out.ends_with("250 2.0.0 Ok: queued as Q1\r\n"), "{auth}: {out}");
@@ -1138,7 +1165,10 @@ mod tests {
 
     #[test]
     fn too_many_auth_failures_close_the_connection() {
-        let input = format!("STARTTLS\r\nEHLO c\r\nAUTH PLAIN {}\r\nNOOP\r\n", base64(b"\0blocked\0pw"));
+        let input = format!(
+            "STARTTLS\r\nEHLO c\r\nAUTH PLAIN {}\r\nNOOP\r\n",
+            base64(b"\0blocked\0pw")
+        );
         let (out, _) = secure_transcript(SUBMISSION, input.as_bytes(), proceed, check_password);
         assert_codes(&out, &["220", "220 2.0.0", "250", "421 4.7.0"]);
     }
@@ -1158,13 +1188,19 @@ mod tests {
         else {
             panic!("AUTH must ask for a check")
         };
-        assert_eq!(format!("{attempt:?}"), "AuthAttempt { mechanism: \"PLAIN\", username: \"alice\", password: \"<redacted>\" }");
+        assert_eq!(
+            format!("{attempt:?}"),
+            "AuthAttempt { mechanism: \"PLAIN\", username: \"alice\", password: \"<redacted>\" }"
+        );
         let _ = session.auth_checked(AuthOutcome::Success);
         assert_eq!(session.authenticated(), Some("alice"));
         let _ = session.command(b"MAIL FROM:<a@x.test>");
         let _ = session.decide(Decision::Proceed);
         let header = session.trace_header("ID1", std::time::UNIX_EPOCH);
-        assert!(header.contains("(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)"), "{header}");
+        assert!(
+            header.contains("(using TLSv1.3 with cipher TLS13_AES_128_GCM_SHA256)"),
+            "{header}"
+        );
         assert!(header.contains("with ESMTPSA id ID1"), "{header}");
     }
 

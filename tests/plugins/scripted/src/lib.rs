@@ -184,9 +184,11 @@ impl Scripted {
             Change::MetadataFromContext { key } => {
                 let client = txn.client();
                 let value = format!(
-                    "ip={} listener={} helo={} from={} rcpts={}",
+                    "ip={} listener={} tls={} auth={} helo={} from={} rcpts={}",
                     client.ip,
                     client.listener,
+                    client.tls,
+                    client.authenticated.as_deref().unwrap_or("-"),
                     client.helo.unwrap_or_default(),
                     match txn.reverse_path() {
                         Some(ReversePath::Mailbox(m)) => m.to_string(),
