@@ -62,6 +62,22 @@ async fn ehlo(client: &mut SmtpClient) -> Result<Vec<String>> {
     Ok(client.expect("EHLO client.test", 250).await?.lines)
 }
 
+/// Connects to a STARTTLS listener, upgrades and says EHLO again.
+async fn upgraded(addr: std::net::SocketAddr, pki: &Pki) -> Result<SmtpClient> {
+    let (client, _) = greeted(addr).await?;
+    let mut client = client.starttls(Arc::clone(&pki.client), "gw.test").await?;
+    ehlo(&mut client).await?;
+    Ok(client)
+}
+
+/// Connects to an implicit-TLS listener, reads the greeting, says EHLO.
+async fn implicit(addr: std::net::SocketAddr, pki: &Pki) -> Result<(SmtpClient, Vec<String>)> {
+    let mut client = SmtpClient::connect_tls(addr, Arc::clone(&pki.client), "gw.test").await?;
+    client.expect_reply(220).await?;
+    let keywords = ehlo(&mut client).await?;
+    Ok((client, keywords))
+}
+
 /// The value of header `name` in a relayed message's text.
 fn header(text: &str, name: &str) -> String {
     let text = text.replace("\r\n\t", " ").replace("\r\n ", " ");
@@ -131,9 +147,7 @@ async fn auth_login_over_implicit_tls() -> Result<()> {
     let pki = Pki::new()?;
     let sink = SinkServer::start().await?;
     let gw = pki.setup()?.route_all_to(sink.addr()).start().await?;
-    let mut client = SmtpClient::connect_tls(gw.listener("submissions"), Arc::clone(&pki.client), "gw.test").await?;
-    client.expect_reply(220).await?;
-    let keywords = ehlo(&mut client).await?;
+    let (mut client, keywords) = implicit(gw.listener("submissions"), &pki).await?;
     assert!(keywords.contains(&"AUTH PLAIN LOGIN".to_owned()), "{keywords:?}");
     assert!(!keywords.contains(&"STARTTLS".to_owned()), "not again inside TLS");
     client.expect("STARTTLS", 503).await?;
@@ -409,9 +423,7 @@ async fn messages_per_user_are_capped() -> Result<()> {
         .route_all_to(sink.addr())
         .start()
         .await?;
-    let mut client = SmtpClient::connect_tls(gw.listener("submissions"), Arc::clone(&pki.client), "gw.test").await?;
-    client.expect_reply(220).await?;
-    ehlo(&mut client).await?;
+    let (mut client, _) = implicit(gw.listener("submissions"), &pki).await?;
     client
         .expect(&format!("AUTH PLAIN {}", plain("alice", "s3cret")), 235)
         .await?;
@@ -436,9 +448,7 @@ async fn failed_auth_slows_down_then_disconnects_the_client() -> Result<()> {
         .auth("max_failures = 3")
         .start()
         .await?;
-    let (client, _) = greeted(gw.listener("submission")).await?;
-    let mut client = client.starttls(Arc::clone(&pki.client), "gw.test").await?;
-    ehlo(&mut client).await?;
+    let mut client = upgraded(gw.listener("submission"), &pki).await?;
     for least in [300, 600] {
         let started = Instant::now();
         client
@@ -456,9 +466,7 @@ async fn failed_auth_slows_down_then_disconnects_the_client() -> Result<()> {
     );
     assert!(client.read_to_close().await?.is_empty());
     // The address stays shut out for a while, even with the right password.
-    let (client, _) = greeted(gw.listener("submission")).await?;
-    let mut client = client.starttls(Arc::clone(&pki.client), "gw.test").await?;
-    ehlo(&mut client).await?;
+    let mut client = upgraded(gw.listener("submission"), &pki).await?;
     client
         .expect(&format!("AUTH PLAIN {}", plain("alice", "s3cret")), 421)
         .await?;
@@ -523,17 +531,10 @@ async fn sighup_reloads_certificates_and_users() -> Result<()> {
         ensure!(Instant::now() < deadline, "the new certificate was never served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (client, _) = greeted(gateway.addr).await?;
-    let mut client = client.starttls(Arc::clone(&pki.client), "gw.test").await?;
-    ehlo(&mut client).await?;
-    // The relay listener offers no AUTH; bob is checked on submission.
-    client.expect("QUIT", 221).await?;
     let submission = gateway
         .listener("submission")
         .context("no submission listener in the log")?;
-    let (client, _) = greeted(submission).await?;
-    let mut client = client.starttls(Arc::clone(&pki.client), "gw.test").await?;
-    ehlo(&mut client).await?;
+    let mut client = upgraded(submission, &pki).await?;
     client
         .expect(&format!("AUTH PLAIN {}", plain("bob", "hunter2")), 235)
         .await?;

@@ -431,27 +431,24 @@ impl GatewayProcess {
 
     /// SIGHUP: reload certificates and users.
     pub fn hangup(&self) -> Result<()> {
+        self.signal("HUP")
+    }
+
+    fn signal(&self, name: &str) -> Result<()> {
         let pid = self.child.id().context("already exited")?;
         let status = std::process::Command::new("kill")
-            .arg("-HUP")
+            .arg(format!("-{name}"))
             .arg(pid.to_string())
             .status()?;
         if !status.success() {
-            bail!("kill -HUP failed");
+            bail!("kill -{name} failed");
         }
         Ok(())
     }
 
     /// SIGTERM, and wait for the exit status.
     pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
-        let pid = self.child.id().context("already exited")?;
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
+        self.signal("TERM")?;
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
 }
