@@ -163,6 +163,33 @@ async fn auth_login_over_implicit_tls() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_clients_are_served_too() -> Result<()> {
+    let pki = Pki::new()?;
+    let sink = SinkServer::start().await?;
+    let gw = pki.setup()?.route_all_to(sink.addr()).start().await?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certificate_der(&pki.ca.pem())?.into())?;
+    let tls12 = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS12])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut client = SmtpClient::connect_tls(gw.listener("submissions"), Arc::new(tls12), "gw.test").await?;
+    client.expect_reply(220).await?;
+    ehlo(&mut client).await?;
+    client
+        .expect(&format!("AUTH PLAIN {}", plain("alice", "s3cret")), 235)
+        .await?;
+    let reply = client
+        .send_message("alice@x.test", &["carol@elsewhere.test"], MESSAGE)
+        .await?;
+    ensure!(reply.code == 250, "{}", reply.first_line());
+    wait_until(WAIT, || sink.count() == 1).await?;
+    let received = header(&sink.messages()[0].text(), "Received");
+    assert!(received.contains("(using TLSv1.2 with cipher TLS_ECDHE_"), "{received}");
+    Ok(())
+}
+
 /// CVE-2011-0411: a command pipelined after STARTTLS in the same write
 /// must not be carried out inside the TLS session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

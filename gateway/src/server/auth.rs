@@ -225,12 +225,14 @@ impl Authenticator {
         if self.failures_of(key) >= self.settings.max_failures {
             return AuthOutcome::Blocked;
         }
-        let Ok(_permit) = self.checking.acquire().await else {
+        let Ok(permit) = self.checking.acquire().await else {
             return AuthOutcome::Unavailable;
         };
         let users = Arc::clone(&self.users.read().unwrap_or_else(PoisonError::into_inner));
         let username = attempt.username.clone();
         let verified = tokio::task::spawn_blocking(move || users.verify(&attempt.username, &attempt.password)).await;
+        // Free the slot before any failure delay: a guesser waits alone.
+        drop(permit);
         match verified {
             Ok(true) => {
                 self.failures
