@@ -157,8 +157,15 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
     info!(messages = recovered.len(), spool = %config.spool_dir.display(), "spool opened");
 
     let (queue, inbox) = queue::handoff();
+    let mut certificates: Vec<Arc<ServerTls>> = Vec::new();
+    // Listeners that share files share one certificate: reload it once.
+    for tls in listeners.iter().filter_map(|l| l.config.tls.as_ref()) {
+        if !certificates.iter().any(|known| Arc::ptr_eq(known, tls)) {
+            certificates.push(Arc::clone(tls));
+        }
+    }
     let reloadable = Reloadable {
-        certificates: listeners.iter().filter_map(|l| l.config.tls.clone()).collect(),
+        certificates,
         users: config.server.auth.clone(),
     };
     let inbound = Arc::new(Inbound::new(config.server, Arc::clone(&spool), queue));

@@ -9,6 +9,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// The TLS parameters of an encrypted connection, for logs and trace headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `TLSv1.3` or `TLSv1.2`.
+    pub version: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
 /// A TCP stream in clear or inside TLS.
 #[derive(Debug)]
 pub enum Stream {
@@ -25,7 +34,7 @@ impl Stream {
     }
 
     /// The negotiated protocol version and cipher suite, once in TLS.
-    pub fn tls_parameters(&self) -> Option<(String, String)> {
+    pub fn tls_info(&self) -> Option<TlsInfo> {
         let Self::Tls(tls) = self else {
             return None;
         };
@@ -35,8 +44,8 @@ impl Stream {
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_owned(),
             other => format!("{other:?}"),
         };
-        let cipher = state.negotiated_cipher_suite()?.suite();
-        Some((version, format!("{cipher:?}")))
+        let cipher = format!("{:?}", state.negotiated_cipher_suite()?.suite());
+        Some(TlsInfo { version, cipher })
     }
 }
 

@@ -201,19 +201,22 @@ async fn relaying_needs_an_accepted_domain_or_a_trusted_network() -> Result<()> 
     Ok(())
 }
 
+/// Sends message number `n` (its subject) from a@x.test to b@y.test.
+async fn send_numbered(client: &mut SmtpClient, n: usize) -> Result<()> {
+    let content = format!("Subject: {n}\r\n\r\nx\r\n");
+    client
+        .send_message("a@x.test", &["b@y.test"], content.as_bytes())
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_reused_for_later_messages() -> Result<()> {
     let sink = SinkServer::start().await?;
     let gw = Setup::new().route_all_to(sink.addr()).start().await?;
     let mut client = SmtpClient::greeted(gw.addr).await?;
     for n in 0..5 {
-        client
-            .send_message(
-                "a@x.test",
-                &["b@y.test"],
-                format!("Subject: {n}\r\n\r\nx\r\n").as_bytes(),
-            )
-            .await?;
+        send_numbered(&mut client, n).await?;
         wait_until(WAIT, || sink.count() == n + 1).await?;
     }
     assert_eq!(sink.connections(), 1, "one connection carried all five messages");
@@ -234,13 +237,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced() -> Result<()> {
         .await?;
     let mut client = SmtpClient::greeted(gw.addr).await?;
     for n in 0..4 {
-        client
-            .send_message(
-                "a@x.test",
-                &["b@y.test"],
-                format!("Subject: {n}\r\n\r\nx\r\n").as_bytes(),
-            )
-            .await?;
+        send_numbered(&mut client, n).await?;
         wait_until(WAIT, || sink.count() == n + 1 && gw.queued() == 0).await?;
     }
     assert_eq!(sink.count(), 4, "each message arrived exactly once");

@@ -8,11 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use mailgate_tests::{GatewayProcess, SinkServer, SmtpClient, count_queued, stuff, wait_until};
 
-use crate::WAIT;
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mailgate-e2e"))
-}
+use crate::{WAIT, binary};
 
 /// Deliveries in flight at once: the most that a kill can interrupt between
 /// the downstream's 250 and the spool update.

@@ -3,18 +3,17 @@
 //! the relay policy, abuse limits, the PROXY protocol, reloading on SIGHUP,
 //! and Python's smtplib as a second, independent client.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use mailgate_tests::{GatewayProcess, Setup, SinkServer, SmtpClient, TestCa, wait_until};
+use mailgate_tests::{Gateway, GatewayProcess, Setup, SinkServer, SmtpClient, TestCa, wait_until};
 use rustls::ClientConfig;
 
-use crate::WAIT;
 use crate::plugins::scripted;
+use crate::{WAIT, binary};
 
 const MESSAGE: &[u8] = b"Subject: inbound\r\n\r\nhello\r\n";
 
@@ -43,6 +42,15 @@ impl Pki {
             .listener("submission", "role = \"submission\"")
             .listener("submissions", "role = \"submissions\""))
     }
+}
+
+/// A CA, a sink, and a gateway set up by `Pki::setup`, changed by
+/// `tweak`, relaying everything to the sink.
+async fn relaying(tweak: impl FnOnce(Setup) -> Setup) -> Result<(Pki, SinkServer, Gateway)> {
+    let pki = Pki::new()?;
+    let sink = SinkServer::start().await?;
+    let gw = tweak(pki.setup()?).route_all_to(sink.addr()).start().await?;
+    Ok((pki, sink, gw))
 }
 
 fn plain(user: &str, password: &str) -> String {
@@ -89,15 +97,8 @@ fn header(text: &str, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_needs_tls_then_auth_and_then_relays_anywhere() -> Result<()> {
-    let pki = Pki::new()?;
-    let sink = SinkServer::start().await?;
     let settings = "[plugin.settings.mail]\nmodifications = [{ kind = \"metadata-from-context\", key = \"ctx\" }]\n[plugin.settings.data]\nmodifications = [{ kind = \"header-from-metadata\", name = \"X-Context\", key = \"ctx\" }]\n";
-    let gw = pki
-        .setup()?
-        .route_all_to(sink.addr())
-        .plugin(&scripted("context", "\"mail\", \"data\"", settings))
-        .start()
-        .await?;
+    let (pki, sink, gw) = relaying(|setup| setup.plugin(&scripted("context", "\"mail\", \"data\"", settings))).await?;
     let (mut client, keywords) = greeted(gw.listener("submission")).await?;
     assert!(keywords.contains(&"STARTTLS".to_owned()), "{keywords:?}");
     assert!(
@@ -144,9 +145,7 @@ async fn submission_needs_tls_then_auth_and_then_relays_anywhere() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_login_over_implicit_tls() -> Result<()> {
-    let pki = Pki::new()?;
-    let sink = SinkServer::start().await?;
-    let gw = pki.setup()?.route_all_to(sink.addr()).start().await?;
+    let (pki, sink, gw) = relaying(|setup| setup).await?;
     let (mut client, keywords) = implicit(gw.listener("submissions"), &pki).await?;
     assert!(keywords.contains(&"AUTH PLAIN LOGIN".to_owned()), "{keywords:?}");
     assert!(!keywords.contains(&"STARTTLS".to_owned()), "not again inside TLS");
@@ -165,9 +164,7 @@ async fn auth_login_over_implicit_tls() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_1_2_clients_are_served_too() -> Result<()> {
-    let pki = Pki::new()?;
-    let sink = SinkServer::start().await?;
-    let gw = pki.setup()?.route_all_to(sink.addr()).start().await?;
+    let (pki, sink, gw) = relaying(|setup| setup).await?;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate_der(&pki.ca.pem())?.into())?;
     let tls12 = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -194,16 +191,9 @@ async fn tls_1_2_clients_are_served_too() -> Result<()> {
 /// must not be carried out inside the TLS session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_injected_after_starttls_are_not_executed() -> Result<()> {
-    let pki = Pki::new()?;
-    let sink = SinkServer::start().await?;
     // The relay listener "test" offers STARTTLS because [tls] is set;
     // loopback is trusted here so that the injected MAIL would be accepted.
-    let gw = pki
-        .setup()?
-        .relay("trusted_networks = [\"127.0.0.0/8\"]")
-        .route_all_to(sink.addr())
-        .start()
-        .await?;
+    let (pki, sink, gw) = relaying(|setup| setup.relay("trusted_networks = [\"127.0.0.0/8\"]")).await?;
     let (mut client, keywords) = greeted(gw.addr).await?;
     assert!(keywords.contains(&"STARTTLS".to_owned()), "{keywords:?}");
     assert!(
@@ -232,9 +222,7 @@ async fn commands_injected_after_starttls_are_not_executed() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_smtplib_submits_over_starttls_and_implicit_tls() -> Result<()> {
-    let pki = Pki::new()?;
-    let sink = SinkServer::start().await?;
-    let gw = pki.setup()?.route_all_to(sink.addr()).start().await?;
+    let (pki, sink, gw) = relaying(|setup| setup).await?;
     let ca_file = gw.dir.path().join("ca.pem");
     pki.ca.write(&ca_file)?;
     let script = r#"
@@ -442,14 +430,7 @@ async fn errors_and_commands_without_a_transaction_are_capped() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_user_are_capped() -> Result<()> {
-    let pki = Pki::new()?;
-    let sink = SinkServer::start().await?;
-    let gw = pki
-        .setup()?
-        .auth("user_message_limit = 2")
-        .route_all_to(sink.addr())
-        .start()
-        .await?;
+    let (pki, sink, gw) = relaying(|setup| setup.auth("user_message_limit = 2")).await?;
     let (mut client, _) = implicit(gw.listener("submissions"), &pki).await?;
     client
         .expect(&format!("AUTH PLAIN {}", plain("alice", "s3cret")), 235)
@@ -498,10 +479,6 @@ async fn failed_auth_slows_down_then_disconnects_the_client() -> Result<()> {
         .expect(&format!("AUTH PLAIN {}", plain("alice", "s3cret")), 421)
         .await?;
     Ok(())
-}
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mailgate-e2e"))
 }
 
 /// The certificate a STARTTLS handshake on `addr` presents.

@@ -19,3 +19,8 @@ mod tls;
 
 /// How long a test waits for something to arrive.
 const WAIT: Duration = Duration::from_secs(30);
+
+/// The `mailgate` program built for the tests.
+fn binary() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_mailgate-e2e"))
+}

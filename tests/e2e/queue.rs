@@ -2,17 +2,13 @@
 //! per-destination concurrency limit, delay and failure DSNs, and queue
 //! operations through the CLI and the admin API of a running gateway.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use mailgate_tests::{Gateway, Setup, SinkServer, SmtpClient, dsn_parts, wait_until};
 
-use crate::WAIT;
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_mailgate-e2e"))
-}
+use crate::{WAIT, binary};
 
 async fn send(gw: &Gateway, to: &str, subject: &str) -> Result<()> {
     let content = format!("From: sender@back.test\r\nSubject: {subject}\r\n\r\nbody\r\n");

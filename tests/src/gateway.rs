@@ -394,19 +394,21 @@ impl GatewayProcess {
         Ok(process)
     }
 
+    /// The address of the first listener that logged "listening".
     fn listening_address(&self) -> Option<SocketAddr> {
-        let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        log.iter()
-            .filter(|l| l.contains("listening"))
-            .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
+        self.logged_address("")
     }
 
     /// The address of the listener called `name`, read from the log.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.logged_address(&format!("listener={name} "))
+    }
+
+    /// The address in the first "listening" log line that contains `field`.
+    fn logged_address(&self, field: &str) -> Option<SocketAddr> {
         let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let field = format!("listener={name} ");
         log.iter()
-            .filter(|l| l.contains("listening") && l.contains(&field))
+            .filter(|l| l.contains("listening") && l.contains(field))
             .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
     }
 

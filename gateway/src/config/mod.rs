@@ -105,12 +105,10 @@ impl Config {
             toml::from_str(source).map_err(|e| invalid(vec![Problem::at(source, e.span(), e.message())]))?;
         let mut check = Checker {
             source,
-            // Absolute, so that paths stay right whatever the working
-            // directory later is (and wasmtime's cache insists on it).
-            base: std::path::absolute(path.parent().unwrap_or(Path::new(".")))
-                .unwrap_or_else(|_| path.parent().unwrap_or(Path::new(".")).to_owned()),
+            base: base_dir(path),
             problems: Vec::new(),
             tls_configs: HashMap::new(),
+            server_tls: HashMap::new(),
         };
         let plugin_spans = raw.plugin.iter().map(|p| p.get_ref().path.span()).collect();
         let config = check.convert(path, raw);
@@ -132,6 +130,9 @@ struct Checker<'a> {
     /// once each (reading the system's roots is not free), shared by the
     /// routes that agree.
     tls_configs: HashMap<(Option<PathBuf>, bool), TlsConfigs>,
+    /// Server certificates by certificate and key file: listeners that
+    /// share files share one loaded certificate.
+    server_tls: HashMap<(PathBuf, PathBuf), Arc<ServerTls>>,
 }
 
 impl Checker<'_> {
@@ -240,15 +241,14 @@ impl Checker<'_> {
                 self.problem(listener, format!("duplicate listener name {:?}", inner.name));
             }
             let role = inner.role.as_ref().map_or(ListenerRole::Relay, |r| *r.get_ref());
-            let tls = self.listener_tls(raw, inner);
+            // A certificate that is set but broken is reported where it is set.
+            let (tls, broken) = match self.listener_tls(raw, inner) {
+                Ok(tls) => (tls, false),
+                Err(()) => (None, true),
+            };
             if role != ListenerRole::Relay {
                 let at = inner.role.as_ref().map(Spanned::span);
-                let configured = inner.tls_cert_file.is_some()
-                    || inner.tls_key_file.is_some()
-                    || raw.tls.cert_file.is_some()
-                    || raw.tls.key_file.is_some();
-                // A certificate that is set but broken is reported where it is set.
-                if tls.is_none() && !configured {
+                if tls.is_none() && !broken {
                     self.problems.push(Problem::at(
                         self.source,
                         at.clone(),
@@ -277,34 +277,51 @@ impl Checker<'_> {
         listeners
     }
 
-    /// A listener's certificate: its own files, else `[tls]`'s.
-    fn listener_tls(&mut self, raw: &RawConfig, listener: &raw::RawListener) -> Option<Arc<ServerTls>> {
+    /// A listener's certificate: its own files, else `[tls]`'s; `Err` when
+    /// they are set but unusable (the problem is recorded).
+    fn listener_tls(&mut self, raw: &RawConfig, listener: &raw::RawListener) -> Result<Option<Arc<ServerTls>>, ()> {
         let own = listener.tls_cert_file.is_some() || listener.tls_key_file.is_some();
         let (cert, key) = if own {
             (listener.tls_cert_file.as_ref(), listener.tls_key_file.as_ref())
         } else {
             (raw.tls.cert_file.as_ref(), raw.tls.key_file.as_ref())
         };
-        match (cert, key) {
-            (Some(cert), Some(key)) => {
-                match ServerTls::load(&self.resolve(cert.get_ref()), &self.resolve(key.get_ref())) {
-                    Ok(tls) => Some(Arc::new(tls)),
-                    Err(e) => {
-                        self.problem(cert, e);
-                        None
-                    }
-                }
-            }
+        let (cert, key) = match (cert, key) {
+            (Some(cert), Some(key)) => (cert, key),
             (Some(cert), None) => {
                 self.problem(cert, "a certificate needs its key file too");
-                None
+                return Err(());
             }
             (None, Some(key)) => {
                 self.problem(key, "a key needs its certificate file too");
-                None
+                return Err(());
             }
-            (None, None) => None,
+            (None, None) => return Ok(None),
+        };
+        let files = (self.resolve(cert.get_ref()), self.resolve(key.get_ref()));
+        if let Some(tls) = self.server_tls.get(&files) {
+            return Ok(Some(Arc::clone(tls)));
         }
+        match ServerTls::load(&files.0, &files.1) {
+            Ok(tls) => {
+                let tls = Arc::new(tls);
+                self.server_tls.insert(files, Arc::clone(&tls));
+                Ok(Some(tls))
+            }
+            Err(e) => {
+                self.problem(cert, e);
+                Err(())
+            }
+        }
+    }
+
+    /// `value` as a count that must be at least 1; `key` names it in the problem.
+    fn at_least_one(&mut self, value: usize, key: &str) -> NonZeroUsize {
+        NonZeroUsize::new(value).unwrap_or_else(|| {
+            self.problems
+                .push(Problem::at(self.source, None, format!("`{key}` must be at least 1")));
+            NonZeroUsize::MIN
+        })
     }
 
     fn authenticator(&mut self, raw: &RawConfig) -> Option<Arc<Authenticator>> {
@@ -344,22 +361,9 @@ impl Checker<'_> {
                 Err(e) => self.problem(pattern, e),
             }
         }
-        let max_connections = NonZeroUsize::new(raw.server.max_connections).unwrap_or_else(|| {
-            self.problems.push(Problem::at(
-                self.source,
-                None,
-                "`server.max_connections` must be at least 1",
-            ));
-            NonZeroUsize::MIN
-        });
-        let max_connections_per_ip = NonZeroUsize::new(raw.server.max_connections_per_ip).unwrap_or_else(|| {
-            self.problems.push(Problem::at(
-                self.source,
-                None,
-                "`server.max_connections_per_ip` must be at least 1",
-            ));
-            NonZeroUsize::MIN
-        });
+        let max_connections = self.at_least_one(raw.server.max_connections, "server.max_connections");
+        let max_connections_per_ip =
+            self.at_least_one(raw.server.max_connections_per_ip, "server.max_connections_per_ip");
         ServerSettings {
             chain: None,
             session: Arc::new(SessionConfig {
@@ -396,14 +400,7 @@ impl Checker<'_> {
                 "`delivery.retry_initial` is longer than `delivery.retry_max`",
             ));
         }
-        let concurrency = NonZeroUsize::new(d.concurrency).unwrap_or_else(|| {
-            self.problems.push(Problem::at(
-                self.source,
-                None,
-                "`delivery.concurrency` must be at least 1",
-            ));
-            NonZeroUsize::MIN
-        });
+        let concurrency = self.at_least_one(d.concurrency, "delivery.concurrency");
         let mut names = HashSet::new();
         for name in raw.routes.iter().filter_map(|r| r.get_ref().name.as_ref()) {
             if !names.insert(name.get_ref().clone()) {
@@ -637,8 +634,15 @@ pub fn users_file(path: &Path) -> Result<PathBuf, ConfigError> {
         .auth
         .users_file
         .ok_or_else(|| invalid(Problem::at(&source, None, "`auth.users_file` is not set")))?;
-    let base = std::path::absolute(path.parent().unwrap_or(Path::new("."))).unwrap_or_default();
-    Ok(base.join(file.get_ref()))
+    Ok(base_dir(path).join(file.get_ref()))
+}
+
+/// The directory relative paths in the configuration at `path` are
+/// resolved against. Absolute, so that paths stay right whatever the
+/// working directory later is (and wasmtime's cache insists on it).
+fn base_dir(path: &Path) -> PathBuf {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned())
 }
 
 /// Parses `ip`, `ip:port` or `[v6]:port` (port 53 by default).

@@ -229,7 +229,7 @@ impl Authenticator {
             return AuthOutcome::Unavailable;
         };
         let users = Arc::clone(&self.users.read().unwrap_or_else(PoisonError::into_inner));
-        let username = attempt.username.clone();
+        let (username, mechanism) = (attempt.username.clone(), attempt.mechanism);
         let verified = tokio::task::spawn_blocking(move || users.verify(&attempt.username, &attempt.password)).await;
         // Free the slot before any failure delay: a guesser waits alone.
         drop(permit);
@@ -239,12 +239,12 @@ impl Authenticator {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&key);
-                info!(user = %username, "authenticated");
+                info!(user = %username, mechanism, "authenticated");
                 AuthOutcome::Success
             }
             Ok(false) => {
                 let count = self.record_failure(key);
-                warn!(user = %username, failures = count, "authentication failed");
+                warn!(user = %username, mechanism, failures = count, "authentication failed");
                 if count >= self.settings.max_failures {
                     return AuthOutcome::Blocked;
                 }

@@ -14,16 +14,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::spawn_blocking;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
 use super::filters::{Disposition, Filters, TransactionEdits};
-use super::{ConnectionError, Inbound, ListenerConfig, PREAMBLE_TIMEOUT, tls_info};
-use crate::net::Stream;
+use super::{ConnectionError, Inbound, ListenerConfig, PREAMBLE_TIMEOUT, handshake};
+use crate::net::{Stream, TlsInfo};
 use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::data::{DataOutcome, DataReader, Feed};
-use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step, TlsInfo};
+use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
 
 /// A command line longer than this is not buffered: it is skipped up to its
 /// LF and answered 500 5.5.6. The session enforces the exact limits below it.
@@ -147,18 +147,10 @@ pub async fn handle(
                     return Ok(());
                 };
                 let wait = conn.inbound.settings.command_timeout.min(PREAMBLE_TIMEOUT);
-                match timeout(wait, tls.acceptor().accept(tcp)).await {
-                    Ok(Ok(stream)) => conn.stream = Stream::Tls(Box::new(stream.into())),
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
-                        return Ok(());
-                    }
-                    Err(_) => return Err(ConnectionError::Closed),
-                }
-                let Some(parameters) = tls_info(&conn.stream) else {
+                let Some((stream, parameters)) = handshake(tls, tcp, wait).await? else {
                     return Ok(());
                 };
-                debug!(version = %parameters.version, cipher = %parameters.cipher, "TLS established");
+                conn.stream = stream;
                 session.tls_started(parameters);
                 conn.next_command(&mut session).await?
             }

@@ -25,11 +25,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::net::Stream;
+use crate::net::{Stream, TlsInfo};
 use crate::plugin::Chain;
 use crate::queue::{QueueSender, Spool};
 use crate::smtp::Reply;
-use crate::smtp::session::{ConnectionInfo, Security, SessionConfig, TlsInfo};
+use crate::smtp::session::{ConnectionInfo, Security, SessionConfig};
 use auth::Authenticator;
 use limits::{ConnectionCounts, UserRates};
 use policy::RelayPolicy;
@@ -276,17 +276,9 @@ async fn start(
         }
     };
     let (stream, tls) = match (config.role, &config.tls) {
-        (ListenerRole::Submissions, Some(tls)) => match tokio::time::timeout(wait, tls.acceptor().accept(tcp)).await {
-            Ok(Ok(stream)) => {
-                let stream = Stream::Tls(Box::new(stream.into()));
-                let parameters = tls_info(&stream);
-                (stream, parameters)
-            }
-            Ok(Err(e)) => {
-                debug!(error = %e, "TLS handshake failed");
-                return Ok(());
-            }
-            Err(_) => return Err(ConnectionError::Closed),
+        (ListenerRole::Submissions, Some(tls)) => match handshake(tls, tcp, wait).await? {
+            Some((stream, parameters)) => (stream, Some(parameters)),
+            None => return Ok(()),
         },
         _ => (Stream::Plain(tcp), None),
     };
@@ -295,14 +287,32 @@ async fn start(
     result
 }
 
-/// How long a client has for the PROXY header and an implicit-TLS handshake.
+/// How long a client has for the PROXY header and a TLS handshake.
 const PREAMBLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The TLS parameters of an encrypted stream, for the session.
-fn tls_info(stream: &Stream) -> Option<TlsInfo> {
-    stream
-        .tls_parameters()
-        .map(|(version, cipher)| TlsInfo { version, cipher })
+/// The server side of a TLS handshake (implicit TLS or after STARTTLS),
+/// within `wait`. `None` when it failed (logged): the connection is to be
+/// closed without a word, since its state is unknown.
+async fn handshake(
+    tls: &ServerTls,
+    tcp: TcpStream,
+    wait: Duration,
+) -> Result<Option<(Stream, TlsInfo)>, ConnectionError> {
+    match tokio::time::timeout(wait, tls.acceptor().accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let stream = Stream::Tls(Box::new(stream.into()));
+            let parameters = stream.tls_info();
+            if let Some(p) = &parameters {
+                debug!(version = %p.version, cipher = %p.cipher, "TLS established");
+            }
+            Ok(parameters.map(|p| (stream, p)))
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            Ok(None)
+        }
+        Err(_) => Err(ConnectionError::Closed),
+    }
 }
 
 /// Says why and closes (RFC 5321 section 3.1 allows 421 at greeting).

@@ -44,7 +44,7 @@ impl RelayPolicy {
 
 /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, from a dual-stack
 /// socket) is checked as the IPv4 address it is.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(super) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

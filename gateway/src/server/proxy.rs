@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use ppp::v1::Addresses as V1Addresses;
+use ppp::v1::{Addresses as V1Addresses, IPv4, IPv6};
 use ppp::v2::{Addresses as V2Addresses, Command as V2Command};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -29,6 +29,25 @@ pub enum Proxied {
     /// A connection of the balancer's own (v2 LOCAL, v1 UNKNOWN, or a
     /// non-TCP family): the socket's addresses stand.
     Local,
+}
+
+// Both versions carry the same address types.
+impl From<IPv4> for Proxied {
+    fn from(a: IPv4) -> Self {
+        Self::Client {
+            source: SocketAddr::new(a.source_address.into(), a.source_port),
+            destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
+        }
+    }
+}
+
+impl From<IPv6> for Proxied {
+    fn from(a: IPv6) -> Self {
+        Self::Client {
+            source: SocketAddr::new(a.source_address.into(), a.source_port),
+            destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
+        }
+    }
 }
 
 /// Why a header was refused; the connection is closed without a reply.
@@ -69,14 +88,8 @@ async fn read_v1(stream: &mut (impl AsyncRead + Unpin), mut header: Vec<u8>) -> 
     }
     let parsed = ppp::v1::Header::try_from(header.as_slice()).map_err(|e| ProxyError::Invalid(e.to_string()))?;
     Ok(match parsed.addresses {
-        V1Addresses::Tcp4(a) => Proxied::Client {
-            source: SocketAddr::new(a.source_address.into(), a.source_port),
-            destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-        },
-        V1Addresses::Tcp6(a) => Proxied::Client {
-            source: SocketAddr::new(a.source_address.into(), a.source_port),
-            destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-        },
+        V1Addresses::Tcp4(a) => Proxied::from(a),
+        V1Addresses::Tcp6(a) => Proxied::from(a),
         V1Addresses::Unknown => Proxied::Local,
     })
 }
@@ -98,14 +111,8 @@ async fn read_v2(stream: &mut (impl AsyncRead + Unpin), mut header: Vec<u8>) -> 
         return Ok(Proxied::Local);
     }
     Ok(match parsed.addresses {
-        V2Addresses::IPv4(a) => Proxied::Client {
-            source: SocketAddr::new(a.source_address.into(), a.source_port),
-            destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-        },
-        V2Addresses::IPv6(a) => Proxied::Client {
-            source: SocketAddr::new(a.source_address.into(), a.source_port),
-            destination: SocketAddr::new(a.destination_address.into(), a.destination_port),
-        },
+        V2Addresses::IPv4(a) => Proxied::from(a),
+        V2Addresses::IPv6(a) => Proxied::from(a),
         V2Addresses::Unspecified | V2Addresses::Unix(_) => Proxied::Local,
     })
 }

@@ -16,6 +16,7 @@ use super::data::{DataOutcome, DataPolicy, DataReader, MessageInfo};
 use super::extensions::ehlo_keywords;
 use super::reply::Reply;
 use super::trace::Trace;
+use crate::net::TlsInfo;
 
 /// The longest command line, CRLF included (RFC 5321 section 4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
@@ -51,15 +52,6 @@ pub struct Security {
     pub auth: bool,
     /// MAIL needs AUTH first (the submission roles).
     pub auth_required: bool,
-}
-
-/// The TLS parameters of an encrypted connection, for the trace header.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsInfo {
-    /// `TLSv1.3` or `TLSv1.2`.
-    pub version: String,
-    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
 }
 
 /// A user name and password from an AUTH exchange, to be checked by the
@@ -304,10 +296,7 @@ impl Session {
     /// Handles one line from the client, without its CRLF: a command, or a
     /// response inside an AUTH exchange.
     pub fn command(&mut self, line: &[u8]) -> Step {
-        if let State::Auth(..) = self.state {
-            let State::Auth(hello, step) = mem::replace(&mut self.state, State::Closing) else {
-                return Step::Reply(Reply::local_error());
-            };
+        if let Some((hello, step)) = self.take_auth() {
             let (state, step) = self.auth_response(hello, step, line);
             self.state = state;
             return self.counted(step);
@@ -358,13 +347,22 @@ impl Session {
     /// The driver saw a command line longer than it buffers.
     pub fn line_too_long(&mut self) -> Step {
         // Inside an AUTH exchange the line was a response: the exchange fails.
-        if let State::Auth(..) = self.state
-            && let State::Auth(hello, _) = mem::replace(&mut self.state, State::Closing)
-        {
+        if let Some((hello, _)) = self.take_auth() {
             self.state = State::Ready(hello);
         }
         let step = Step::Reply(Reply::line_too_long());
         self.counted(step)
+    }
+
+    /// Takes the state out if it is inside an AUTH exchange.
+    fn take_auth(&mut self) -> Option<(Hello, AuthStep)> {
+        match mem::replace(&mut self.state, State::Closing) {
+            State::Auth(hello, step) => Some((hello, step)),
+            other => {
+                self.state = other;
+                None
+            }
+        }
     }
 
     /// The TLS handshake after STARTTLS succeeded. Everything learnt

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::address::Mailbox;
-use super::session::TlsInfo;
+use crate::net::TlsInfo;
 
 /// What goes into one `Received:` header.
 #[derive(Debug)]
