@@ -1,9 +1,14 @@
-//! The admin listener: an HTTP/1.1 JSON API for queue operations (what
-//! `mailgate queue` uses against a running gateway). Bind it to loopback
-//! or a management network: it has no authentication of its own.
+//! The admin listener: HTTP/1.1 for Prometheus, health checks, reloads
+//! and queue operations (what `mailgate queue` and `mailgate reload` use
+//! against a running gateway). Bind it to loopback or a management
+//! network: it has no authentication of its own.
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /metrics` | Prometheus text format |
+//! | `GET /healthz` | 200 while the process serves HTTP at all |
+//! | `GET /readyz` | 200 while accepting mail, 503 once shutting down |
+//! | `POST /reload` | reload the configuration; 200, or 422 with why not |
 //! | `GET /queue` | every queued message |
 //! | `GET /queue/ID` | one message, 404 if not queued |
 //! | `POST /queue/retry` | retry everything waiting now |
@@ -12,6 +17,7 @@
 //! | `POST /queue/ID/bounce` | fail its pending recipients, bounce to the sender |
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -26,13 +32,26 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::delivery::{QueueCommand, QueueControl};
+use crate::metrics::metrics;
 use crate::queue::QueueId;
+use crate::reload::Reloader;
 
-/// Serves the admin API on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, queue: QueueControl, shutdown: CancellationToken) {
+/// What the admin API acts on.
+#[derive(Debug)]
+pub struct AdminState {
+    /// The queue runner.
+    pub queue: QueueControl,
+    /// Reloads the configuration.
+    pub reloader: Arc<Reloader>,
+    /// Cancelled once the gateway is shutting down (not ready any more).
+    pub draining: CancellationToken,
+}
+
+/// Serves the admin API on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
     loop {
         let stream = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
@@ -42,19 +61,19 @@ pub async fn serve(listener: TcpListener, queue: QueueControl, shutdown: Cancell
                 }
             },
         };
-        let queue = queue.clone();
-        let shutdown = shutdown.clone();
+        let state = Arc::clone(&state);
+        let stop = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let queue = queue.clone();
-                async move { Ok::<_, Infallible>(handle(request, &queue).await) }
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(handle(request, &state).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 result = connection => if let Err(e) = result {
                     debug!(error = %e, "admin connection ended with an error");
                 },
-                () = shutdown.cancelled() => {}
+                () = stop.cancelled() => {}
             }
         });
     }
@@ -112,12 +131,43 @@ impl QueueRequest {
     }
 }
 
-async fn handle(request: Request<Incoming>, queue: &QueueControl) -> Response<Full<Bytes>> {
-    let (status, body) = match QueueRequest::parse(request.method(), request.uri().path()) {
-        Ok(request) => execute(queue, request).await,
+async fn handle(request: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let (method, path) = (request.method(), request.uri().path());
+    match (method, path) {
+        (&Method::GET, "/metrics") => {
+            return text(StatusCode::OK, "text/plain; version=0.0.4", metrics().render());
+        }
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "text/plain", "ok\n".into()),
+        (&Method::GET, "/readyz") if state.draining.is_cancelled() => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".into());
+        }
+        (&Method::GET, "/readyz") => return text(StatusCode::OK, "text/plain", "ready\n".into()),
+        (&Method::POST, "/reload") => {
+            return match state.reloader.reload().await {
+                Ok(generation) => reply(
+                    StatusCode::OK,
+                    json!({ "result": "reloaded", "generation": generation }),
+                ),
+                Err(error) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({ "error": error })),
+            };
+        }
+        _ => {}
+    }
+    let (status, body) = match QueueRequest::parse(method, path) {
+        Ok(request) => execute(&state.queue, request).await,
         Err(answer) => answer,
     };
     reply(status, body)
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// Carries out a request through the queue runner: the answer's status
@@ -165,11 +215,5 @@ async fn ask<T>(queue: &QueueControl, command: impl FnOnce(oneshot::Sender<T>) -
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
+    text(status, "application/json", body.to_string())
 }

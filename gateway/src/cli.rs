@@ -1,7 +1,7 @@
-//! The command line: `mailgate run`, `mailgate check`, `mailgate queue`
-//! and `mailgate user`.
+//! The command line: `mailgate run`, `mailgate check`, `mailgate reload`,
+//! `mailgate queue` and `mailgate user`.
 //! Exit codes: 0 success, 64 bad configuration (EX_USAGE), 1 any other
-//! failure.
+//! failure (for `run`: also a shutdown whose grace period ran out).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +34,14 @@ enum Command {
     /// Validate a configuration file and exit.
     Check {
         /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Reload the running gateway's configuration and plugins (what
+    /// SIGHUP does), through its admin API; prints why when it fails.
+    Reload {
+        /// The configuration file (checked here first, then reloaded by
+        /// the gateway).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -143,6 +151,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(&runtime, &config),
+        Command::Reload { config } => runtime.block_on(reload(&config)),
         Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
         Command::User { config, file, action } => user(config.as_deref(), file, action),
     }
@@ -214,6 +223,43 @@ fn read_new_password() -> Result<String, String> {
         return Err("empty password".into());
     }
     Ok(password)
+}
+
+/// Checks the file here (without plugins), then asks the gateway to load
+/// it. Exit 64 when the file is invalid, 1 when the gateway refused it or
+/// cannot be reached.
+async fn reload(path: &std::path::Path) -> ExitCode {
+    let config = match std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+        .and_then(|text| Config::from_source(path, &text).map_err(|e| e.to_string()))
+    {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(address) = config.admin else {
+        eprintln!(
+            "mailgate: {} has no `[admin] address` to reach the gateway; send it SIGHUP instead",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    match admin_request(address, hyper::Method::POST, "/reload").await {
+        Ok((status, body)) if status.is_success() => {
+            println!("reloaded: generation {}", body["generation"]);
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            eprintln!("mailgate: {}", body["error"].as_str().unwrap_or("reload failed"));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("mailgate: asking the admin API at {address}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
@@ -295,7 +341,8 @@ async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<
             let address = config.admin.context(
                 "a gateway is running on this spool and the configuration has no `[admin] address` to reach it",
             )?;
-            admin_request(address, &request)
+            let (method, path) = request.http();
+            admin_request(address, method, &path)
                 .await
                 .with_context(|| format!("asking the admin API at {address}"))
         }
@@ -305,13 +352,13 @@ async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<
 
 async fn admin_request(
     address: std::net::SocketAddr,
-    request: &QueueRequest,
+    method: hyper::Method,
+    path: &str,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     use http_body_util::BodyExt as _;
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let (method, path) = request.http();
     let request = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -388,7 +435,8 @@ fn run(runtime: &tokio::runtime::Runtime, path: &std::path::Path) -> ExitCode {
         crate::run(config, bound, shutdown).await
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(crate::Stopped::Drained) => ExitCode::SUCCESS,
+        Ok(crate::Stopped::GraceExpired) => ExitCode::FAILURE,
         Err(e) => {
             tracing::error!(error = %e, "start-up failed");
             eprintln!("mailgate: {e:#}");

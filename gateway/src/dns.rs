@@ -14,6 +14,8 @@ use hickory_resolver::proto::rr::RData;
 use rand::seq::SliceRandom;
 use tracing::warn;
 
+use crate::metrics::{DnsKind, DnsResult, metrics};
+
 /// `[dns]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DnsSettings {
@@ -123,6 +125,12 @@ impl Resolver {
 
     /// The MX records of `domain`, in the order received.
     pub async fn mx(&self, domain: &str) -> Result<Vec<Mx>, DnsError> {
+        let result = self.lookup_mx(domain).await;
+        count(DnsKind::Mx, &result);
+        result
+    }
+
+    async fn lookup_mx(&self, domain: &str) -> Result<Vec<Mx>, DnsError> {
         let lookup = self.resolver()?.mx_lookup(fqdn(domain)).await.map_err(classify)?;
         let records: Vec<Mx> = lookup
             .answers()
@@ -147,6 +155,12 @@ impl Resolver {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
+        let result = self.lookup_addresses(host).await;
+        count(DnsKind::Ip, &result);
+        result
+    }
+
+    async fn lookup_addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
         let lookup = self.resolver()?.lookup_ip(fqdn(host)).await.map_err(classify)?;
         let addresses: Vec<IpAddr> = lookup.iter().collect();
         if addresses.is_empty() {
@@ -154,6 +168,17 @@ impl Resolver {
         }
         Ok(addresses)
     }
+}
+
+/// Counts a lookup in `mailgate_dns_lookups_total`.
+fn count<T>(kind: DnsKind, result: &Result<T, DnsError>) {
+    let result = match result {
+        Ok(_) => DnsResult::Found,
+        Err(DnsError::NoSuchName) => DnsResult::NxDomain,
+        Err(DnsError::NoRecords) => DnsResult::NoData,
+        Err(DnsError::Temporary(_)) => DnsResult::Error,
+    };
+    metrics().dns(kind, result);
 }
 
 /// A fully qualified name, so search domains never apply.

@@ -9,9 +9,11 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod metrics;
 pub mod net;
 pub mod plugin;
 pub mod queue;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod smtp;
@@ -21,6 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::spawn_blocking;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,9 +31,8 @@ use tracing::{error, info, warn};
 
 use config::Config;
 use queue::{Spool, SpoolError};
-use server::auth::Authenticator;
-use server::tls::ServerTls;
-use server::{BoundListener, Inbound};
+use reload::Reloader;
+use server::{BoundListener, Generation, Inbound};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,32 +92,8 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     })
 }
 
-/// What SIGHUP reads again: certificates and the users file. (The rest of
-/// the configuration is read at start-up only.)
-struct Reloadable {
-    certificates: Vec<Arc<ServerTls>>,
-    users: Option<Arc<Authenticator>>,
-}
-
-impl Reloadable {
-    fn reload(&self) {
-        for tls in &self.certificates {
-            match tls.reload() {
-                Ok(()) => info!(certificate = %tls.cert_file().display(), "certificate reloaded"),
-                Err(e) => error!(error = %e, "certificate not reloaded; the old one stays in use"),
-            }
-        }
-        if let Some(auth) = &self.users {
-            match auth.reload() {
-                Ok(users) => info!(users, "users file reloaded"),
-                Err(e) => error!(error = %e, "users file not reloaded; the old users stay"),
-            }
-        }
-    }
-}
-
 /// Reloads on every SIGHUP until `shutdown`.
-async fn reload_on_hangup(reloadable: Reloadable, shutdown: CancellationToken) {
+async fn reload_on_hangup(reloader: Arc<Reloader>, shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -131,17 +109,29 @@ async fn reload_on_hangup(reloadable: Reloadable, shutdown: CancellationToken) {
                 if received.is_none() {
                     return;
                 }
-                info!(signal = "SIGHUP", "reloading certificates and users");
-                reloadable.reload();
+                info!(signal = "SIGHUP", "reloading the configuration");
+                // The outcome is logged and counted by the reloader.
+                let _ = reloader.reload().await;
             }
         }
     }
 }
 
+/// How the gateway stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything in flight finished within the grace period.
+    Drained,
+    /// The grace period ran out; what was still in flight stays spooled
+    /// (nothing accepted is lost) or was never acknowledged.
+    GraceExpired,
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then drains: sessions
-/// finish at their next command boundary, deliveries in flight get the
-/// grace period, everything else stays spooled.
-pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> Result<(), StartError> {
+/// finish at their next command boundary (a transfer in DATA may
+/// finish), deliveries in flight get the grace period, everything else
+/// stays spooled.
+pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> Result<Stopped, StartError> {
     let Bound { listeners, admin } = bound;
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let scanned = {
@@ -155,22 +145,20 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
         error!(error = %problem, "spool entry set aside in corrupt/");
     }
     info!(messages = recovered.len(), spool = %config.spool_dir.display(), "spool opened");
+    metrics::metrics();
 
     let (queue, inbox) = queue::handoff();
-    let mut certificates: Vec<Arc<ServerTls>> = Vec::new();
-    // Listeners that share files share one certificate: reload it once.
-    for tls in listeners.iter().filter_map(|l| l.config.tls.as_ref()) {
-        if !certificates.iter().any(|known| Arc::ptr_eq(known, tls)) {
-            certificates.push(Arc::clone(tls));
-        }
-    }
-    let reloadable = Reloadable {
-        certificates,
-        users: config.server.auth.clone(),
+    let (delivery_settings, delivery_updates) = watch::channel(Arc::new(config.delivery.clone()));
+    let generation = Generation {
+        number: 1,
+        settings: config.server.clone(),
+        listeners: config.listeners.iter().cloned().map(Arc::new).collect(),
     };
-    let inbound = Arc::new(Inbound::new(config.server, Arc::clone(&spool), queue));
+    let inbound = Arc::new(Inbound::new(generation, Arc::clone(&spool), queue));
+    let reloader = Arc::new(Reloader::new(&config, Arc::clone(&inbound), delivery_settings));
+    drop(config);
     let tracker = TaskTracker::new();
-    tracker.spawn(reload_on_hangup(reloadable, shutdown.clone()));
+    tracker.spawn(reload_on_hangup(Arc::clone(&reloader), shutdown.clone()));
     for listener in listeners {
         if let Ok(address) = listener.socket.local_addr() {
             info!(listener = %listener.config.name, role = listener.config.role.name(), %address, "listening");
@@ -184,36 +172,44 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
     }
     drop(inbound);
     let (control, commands) = delivery::control();
-    if let Some(admin) = admin {
-        if let Ok(address) = admin.local_addr() {
-            info!(listener = "admin", %address, "listening");
-        }
-        tracker.spawn(admin::serve(admin, control, shutdown.clone()));
-    } else {
-        drop(control);
-    }
     tracker.spawn(delivery::run(
         spool,
-        Arc::new(config.delivery),
+        delivery_updates,
         inbox,
         commands,
         recovered,
         shutdown.clone(),
     ));
+    // The admin API outlives the drain, so that /readyz can say so.
+    let admin_stop = CancellationToken::new();
+    if let Some(admin) = admin {
+        if let Ok(address) = admin.local_addr() {
+            info!(listener = "admin", %address, "listening");
+        }
+        let state = admin::AdminState {
+            queue: control,
+            reloader: Arc::clone(&reloader),
+            draining: shutdown.clone(),
+        };
+        tokio::spawn(admin::serve(admin, Arc::new(state), admin_stop.clone()));
+    } else {
+        drop(control);
+    }
 
     shutdown.cancelled().await;
-    info!(grace_period = ?config.shutdown_grace_period, "shutting down");
+    let grace_period = reloader.grace_period();
+    info!(?grace_period, "shutting down");
     tracker.close();
-    if tokio::time::timeout(config.shutdown_grace_period, tracker.wait())
-        .await
-        .is_ok()
-    {
+    let stopped = if tokio::time::timeout(grace_period, tracker.wait()).await.is_ok() {
         info!("drained; stopped");
+        Stopped::Drained
     } else {
         warn!(
             tasks = tracker.len(),
             "grace period over; work still in flight stays spooled"
         );
-    }
-    Ok(())
+        Stopped::GraceExpired
+    };
+    admin_stop.cancel();
+    Ok(stopped)
 }

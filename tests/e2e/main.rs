@@ -11,6 +11,7 @@ mod example_plugins;
 mod inbound;
 mod limits;
 mod mx;
+mod operations;
 mod plugins;
 mod queue;
 mod relay;

@@ -118,6 +118,11 @@ impl Setup {
         Ok(self)
     }
 
+    /// The admin API's address, when `admin` was called.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
     /// Routes `domains` to a smarthost.
     pub fn route_to(mut self, domains: &str, smarthost: SocketAddr) -> Self {
         let _ = write!(
@@ -269,7 +274,7 @@ pub struct Gateway {
     /// Holds the spool and config; removed on drop.
     pub dir: TempDir,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), mailgate::StartError>>>,
+    task: Option<JoinHandle<Result<mailgate::Stopped, mailgate::StartError>>>,
 }
 
 impl Gateway {
@@ -360,11 +365,16 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Runs `binary run --config config` and waits until it listens.
     pub async fn start(binary: &Path, config: &Path) -> Result<Self> {
+        Self::start_logging(binary, config, "info").await
+    }
+
+    /// Like `start`, with `RUST_LOG` set to `filter`.
+    pub async fn start_logging(binary: &Path, config: &Path, filter: &str) -> Result<Self> {
         let mut child = Command::new(binary)
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -396,20 +406,38 @@ impl GatewayProcess {
 
     /// The address of the first listener that logged "listening".
     fn listening_address(&self) -> Option<SocketAddr> {
-        self.logged_address("")
+        self.logged_address(None)
     }
 
     /// The address of the listener called `name`, read from the log.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
-        self.logged_address(&format!("listener={name} "))
+        self.logged_address(Some(name))
     }
 
-    /// The address in the first "listening" log line that contains `field`.
-    fn logged_address(&self, field: &str) -> Option<SocketAddr> {
+    /// The address in the first "listening" log line (text or JSON) of
+    /// the listener called `name`, or of any listener.
+    fn logged_address(&self, name: Option<&str>) -> Option<SocketAddr> {
         let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        log.iter()
-            .filter(|l| l.contains("listening") && l.contains(field))
-            .find_map(|l| l.split("address=").nth(1)?.split_whitespace().next()?.parse().ok())
+        log.iter().find_map(|line| {
+            if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+                let fields = &json["fields"];
+                let wanted = name.is_none_or(|name| fields["listener"] == name);
+                return (fields["message"] == "listening" && wanted)
+                    .then(|| fields["address"].as_str()?.parse().ok())
+                    .flatten();
+            }
+            let wanted = name.is_none_or(|name| line.contains(&format!("listener={name} ")));
+            if !line.contains("listening") || !wanted {
+                return None;
+            }
+            line.split("address=").nth(1)?.split_whitespace().next()?.parse().ok()
+        })
+    }
+
+    /// The log, shared: it goes on filling until the process's stderr
+    /// closes, after the process is gone.
+    pub fn log_handle(&self) -> Arc<Mutex<Vec<String>>> {
+        Arc::clone(&self.log)
     }
 
     /// The log lines so far.
@@ -431,12 +459,13 @@ impl GatewayProcess {
         Ok(())
     }
 
-    /// SIGHUP: reload certificates and users.
+    /// SIGHUP: reload the configuration.
     pub fn hangup(&self) -> Result<()> {
         self.signal("HUP")
     }
 
-    fn signal(&self, name: &str) -> Result<()> {
+    /// Sends the signal called `name` (`TERM`, `HUP`...).
+    pub fn signal(&self, name: &str) -> Result<()> {
         let pid = self.child.id().context("already exited")?;
         let status = std::process::Command::new("kill")
             .arg(format!("-{name}"))
@@ -449,8 +478,13 @@ impl GatewayProcess {
     }
 
     /// SIGTERM, and wait for the exit status.
-    pub async fn terminate(mut self) -> Result<std::process::ExitStatus> {
+    pub async fn terminate(self) -> Result<std::process::ExitStatus> {
         self.signal("TERM")?;
+        self.wait().await
+    }
+
+    /// Waits (30 s at most) for the process to exit.
+    pub async fn wait(mut self) -> Result<std::process::ExitStatus> {
         Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
     }
 }

@@ -5,6 +5,7 @@
 mod client;
 mod dns;
 mod gateway;
+mod http;
 mod sink;
 mod tls;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 pub use client::{SmtpClient, TestReply, stuff};
 pub use dns::DnsServer;
 pub use gateway::{Gateway, GatewayProcess, Setup, count_queued};
+pub use http::http;
 pub use sink::{Behavior, Received, SinkServer};
 pub use tls::TestCa;
 

@@ -215,16 +215,21 @@ trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<Behavior>>) -> Result<()> {
+    // Behavior before state, always (as at MAIL): the other order deadlocks.
+    let dropped = {
+        let mut b = lock(&behavior);
+        let dropped = b.drop_connections > 0;
+        b.drop_connections = b.drop_connections.saturating_sub(1);
+        dropped
+    };
     let connection = {
         let mut state = lock(&state);
         state.connections += 1;
-        let mut b = lock(&behavior);
-        if b.drop_connections > 0 {
-            b.drop_connections -= 1;
-            return Ok(());
-        }
         state.connections
     };
+    if dropped {
+        return Ok(());
+    }
     let mut stream: BufReader<Box<dyn Io>> = BufReader::new(Box::new(stream));
     stream.get_mut().write_all(b"220 sink.test ESMTP test sink\r\n").await?;
     let mut mail_from = String::new();

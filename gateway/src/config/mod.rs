@@ -66,6 +66,13 @@ impl Config {
     /// plugins (each one's `init` runs once with its settings), so that a
     /// broken plugin stops start-up with the file, line and key.
     pub async fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_reusing(path, None).await
+    }
+
+    /// Like `load`, but plugins are compiled with `runtime` (the running
+    /// gateway's engine) when the engine-wide settings did not change: a
+    /// reload then shares the instance pool instead of reserving another.
+    pub async fn load_reusing(path: &Path, runtime: Option<&Arc<Runtime>>) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -73,10 +80,13 @@ impl Config {
         let (mut config, plugin_spans) = Self::parse(path, &source)?;
         if !config.plugins.is_empty() {
             let located = |index: usize, reason: String| Problem::at(&source, plugin_spans.get(index).cloned(), reason);
-            let runtime = Runtime::new(&config.plugin_runtime).map_err(|e| ConfigError::Invalid {
-                path: path.to_owned(),
-                problems: vec![Problem::at(&source, None, e.to_string())],
-            })?;
+            let runtime = match runtime.filter(|r| r.settings == config.plugin_runtime) {
+                Some(runtime) => Arc::clone(runtime),
+                None => Runtime::new(&config.plugin_runtime).map_err(|e| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problems: vec![Problem::at(&source, None, e.to_string())],
+                })?,
+            };
             let routes = config.delivery.routes.names().map(str::to_owned).collect();
             let chain = Chain::load(runtime, config.plugins.clone(), routes)
                 .await

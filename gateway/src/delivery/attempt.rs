@@ -16,6 +16,7 @@ use super::maildir::MaildirDrop;
 use super::pool::ConnectionPool;
 use super::route::{Destination, NextHop};
 use super::tls::SmtpPolicy;
+use crate::metrics::{DeliveryResult, metrics};
 use crate::queue::{DeliveryState, RecipientStatus, Spool, SpoolError, StoredMessage};
 use crate::smtp::{EnhancedCode, Mailbox};
 
@@ -50,6 +51,7 @@ pub async fn attempt(
     pool: &ConnectionPool,
     mut message: StoredMessage,
 ) -> AttemptResult {
+    let started = Instant::now();
     let groups = group_by_hop(settings, &message);
     message.state.attempts += 1;
     let mut failures: Vec<(usize, Failure)> = Vec::new();
@@ -97,6 +99,12 @@ pub async fn attempt(
         }
         Next::RetryAt(Instant::now() + wait)
     };
+    let result = match next {
+        Next::RetryAt(_) => DeliveryResult::Deferred,
+        Next::Done if failures.is_empty() => DeliveryResult::Delivered,
+        Next::Done => DeliveryResult::Failed,
+    };
+    metrics().delivery(result, started.elapsed().as_secs_f64());
     AttemptResult { message, next, notices }
 }
 

@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 
+use crate::metrics::{Direction, metrics};
+
 use super::ClientTimeouts;
 use super::error::{DeliveryError, Outcome};
 use super::tls::Credentials;
@@ -162,7 +164,9 @@ impl SmtpClient {
             reason: format!("invalid server name: {e}"),
         })?;
         let handshake = TlsConnector::from(config).connect(name, tcp);
-        let tls = match timeout(self.timeouts.command, handshake).await {
+        let result = timeout(self.timeouts.command, handshake).await;
+        metrics().tls(Direction::Outbound, matches!(result, Ok(Ok(_))));
+        let tls = match result {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
                 return Err(DeliveryError::Tls {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span};
@@ -16,6 +16,7 @@ use tracing::{Instrument, error, info, info_span};
 use super::DeliverySettings;
 use super::attempt::{AttemptResult, Next, attempt, give_up};
 use super::pool::ConnectionPool;
+use crate::metrics::metrics;
 use crate::queue::{DeliveryState, Envelope, QueueId, QueueReceiver, Spool, StoredMessage};
 
 /// How often idle outbound connections are checked for expiry.
@@ -102,24 +103,35 @@ struct Runner {
 
 /// Delivers until `shutdown`; then waits for the attempts in flight (the
 /// caller bounds that wait with the grace period). `recovered` are the
-/// messages found in the spool at start-up.
+/// messages found in the spool at start-up. New settings published on
+/// `settings` (a reload) apply to the attempts started after them.
 pub async fn run(
     spool: Arc<Spool>,
-    settings: Arc<DeliverySettings>,
+    mut settings: watch::Receiver<Arc<DeliverySettings>>,
     mut inbox: QueueReceiver,
     mut commands: QueueCommands,
     recovered: Vec<StoredMessage>,
     shutdown: CancellationToken,
 ) {
-    let mut runner = Runner::new(spool, settings, recovered, false);
+    let first = Arc::clone(&settings.borrow_and_update());
+    let mut runner = Runner::new(spool, first, recovered, false);
+    let mut settings_open = true;
     let mut inbox_open = true;
     let mut commands_open = true;
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     loop {
         runner.dispatch();
+        runner.gauge();
         let next_due = runner.waiting.keys().next().map(|(due, _)| *due);
         tokio::select! {
             () = shutdown.cancelled() => break,
+            changed = settings.changed(), if settings_open => match changed {
+                Ok(()) => {
+                    let next = Arc::clone(&settings.borrow_and_update());
+                    runner.reconfigure(next);
+                }
+                Err(_) => settings_open = false,
+            },
             message = inbox.recv(), if inbox_open => match message {
                 Some(message) => runner.ready.push_back(message),
                 None => inbox_open = false,
@@ -183,6 +195,22 @@ impl Runner {
             runner.schedule(due, message);
         }
         runner
+    }
+
+    /// New settings for the attempts from now on. Idle outbound
+    /// connections were opened under the old ones (TLS, credentials):
+    /// they are let go.
+    fn reconfigure(&mut self, settings: Arc<DeliverySettings>) {
+        self.pool = Arc::new(ConnectionPool::new(settings.timeouts.idle));
+        self.settings = settings;
+    }
+
+    /// Sets `mailgate_queue_messages`.
+    fn gauge(&self) {
+        let [waiting, ready, delivering] = &metrics().queue;
+        waiting.set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
+        ready.set(i64::try_from(self.ready.len()).unwrap_or(i64::MAX));
+        delivering.set(i64::try_from(self.in_flight.len()).unwrap_or(i64::MAX));
     }
 
     fn schedule(&mut self, due: Instant, message: StoredMessage) {

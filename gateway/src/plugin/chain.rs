@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tracing::{Instrument, debug_span, warn};
 use wasmtime::component::Resource;
@@ -28,7 +29,7 @@ pub struct Chain {
     plugins: Vec<LoadedPlugin>,
     routes: HashSet<String>,
     // Keeps the engine (and its epoch ticker) alive as long as the chain.
-    _runtime: Arc<Runtime>,
+    runtime: Arc<Runtime>,
 }
 
 impl Chain {
@@ -51,11 +52,16 @@ impl Chain {
             Ok(Arc::new(Self {
                 plugins,
                 routes,
-                _runtime: runtime,
+                runtime,
             }))
         } else {
             Err(errors)
         }
+    }
+
+    /// The engine its plugins run on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
     }
 
     /// True when some plugin runs at `stage`.
@@ -131,14 +137,21 @@ impl ChainSession {
                 continue;
             }
             let span = debug_span!("hook", plugin = %plugin.config.name, name = stage.name());
+            let started = Instant::now();
             let checked = self
                 .call(index, plugin, call, &wit_ctx)
                 .instrument(span)
                 .await
                 .and_then(|outcome| convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal));
+            let seconds = started.elapsed().as_secs_f64();
             let (verdict, mods) = match checked {
-                Ok(checked) => checked,
+                Ok(checked) => {
+                    plugin.metrics.call(stage.name(), checked.0.name(), seconds);
+                    checked
+                }
                 Err(fault) => {
+                    plugin.metrics.call(stage.name(), "fault", seconds);
+                    plugin.metrics.fault(fault.kind());
                     // A faulted instance is never used again.
                     self.live[index] = None;
                     warn!(plugin = %plugin.config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault");

@@ -35,6 +35,21 @@ pub enum Verdict {
     Quarantine(String),
 }
 
+impl Verdict {
+    /// Its name, as `mailgate_plugin_calls_total` labels it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Continue => "continue",
+            Self::Accept => "accept",
+            Self::Reject(_) => "reject",
+            Self::Tempfail(_) => "tempfail",
+            Self::Disconnect(_) => "disconnect",
+            Self::Discard => "discard",
+            Self::Quarantine(_) => "quarantine",
+        }
+    }
+}
+
 /// The WIT context for a hook.
 pub fn context(ctx: &HookContext) -> wit::Context {
     wit::Context {

@@ -17,7 +17,7 @@ use super::state::State;
 pub const TICK: Duration = Duration::from_millis(1);
 
 /// Engine-wide plugin settings (`[plugins]`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuntimeSettings {
     /// Where compiled components are cached between restarts.
     pub cache_dir: PathBuf,
@@ -33,6 +33,8 @@ pub struct Runtime {
     pub engine: Engine,
     /// WASI (no files, env, sockets) plus the gateway's imports.
     pub linker: Linker<State>,
+    /// What it was built for.
+    pub settings: RuntimeSettings,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -87,7 +89,11 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
         bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_error)?;
         start_ticker(&engine)?;
-        Ok(Arc::new(Self { engine, linker }))
+        Ok(Arc::new(Self {
+            engine,
+            linker,
+            settings: settings.clone(),
+        }))
     }
 }
 

@@ -103,6 +103,8 @@ pub struct LoadedPlugin {
     engine: Engine,
     pre: PluginPre<State>,
     idle: Mutex<Vec<Live>>,
+    /// Its counters, by hook and verdict.
+    pub metrics: crate::metrics::PluginMetrics,
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -145,6 +147,7 @@ impl LoadedPlugin {
             engine: runtime.engine.clone(),
             pre,
             idle: Mutex::new(Vec::new()),
+            metrics: crate::metrics::metrics().plugin(&config.name),
             config,
         };
         let first = loaded

@@ -208,12 +208,22 @@ impl Authenticator {
         })
     }
 
-    /// Reads the users file again; on failure the old users stay.
-    pub fn reload(&self) -> Result<usize, String> {
-        let users = Users::load(&self.settings.users_file)?;
-        let count = users.len();
-        *self.users.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(users);
-        Ok(count)
+    /// Takes over the failures `old` remembers (a reload replaces the
+    /// authenticator; a guesser must not get a fresh start from it).
+    pub fn inherit_failures(&self, old: &Self) {
+        if std::ptr::eq(self, old) {
+            return;
+        }
+        let remembered = old.failures.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(remembered);
+    }
+
+    /// How many users the file named.
+    pub fn users(&self) -> usize {
+        self.users.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
     /// Checks `attempt` from a client at `ip`. A failure is answered only
@@ -365,16 +375,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reload_reads_the_file_again() {
+    async fn a_reloaded_authenticator_remembers_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = authenticator(dir.path());
-        let hash = hash_password(b"pw").unwrap();
-        std::fs::write(dir.path().join("users"), format!("bob:{hash}\n")).unwrap();
-        assert_eq!(auth.reload().unwrap(), 1);
+        let old = authenticator(dir.path());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        assert_eq!(auth.check(ip, attempt("bob", "pw")).await, AuthOutcome::Success);
-        std::fs::write(dir.path().join("users"), "garbage\n").unwrap();
-        assert!(auth.reload().is_err());
-        assert_eq!(auth.check(ip, attempt("bob", "pw")).await, AuthOutcome::Success);
+        for _ in 0..3 {
+            old.check(ip, attempt("alice", "wrong")).await;
+        }
+        assert_eq!(old.check(ip, attempt("alice", "s3cret")).await, AuthOutcome::Blocked);
+        let new = authenticator(dir.path());
+        new.inherit_failures(&old);
+        assert_eq!(new.check(ip, attempt("alice", "s3cret")).await, AuthOutcome::Blocked);
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(new.check(other, attempt("alice", "s3cret")).await, AuthOutcome::Success);
     }
 }

@@ -14,10 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::spawn_blocking;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 use super::filters::{Disposition, Filters, TransactionEdits};
-use super::{ConnectionError, Inbound, ListenerConfig, PREAMBLE_TIMEOUT, handshake};
+use super::{Accepted, ConnectionError, Generation, Inbound, PREAMBLE_TIMEOUT, handshake};
+use crate::metrics::{ListenerMetrics, metrics};
 use crate::net::{Stream, TlsInfo};
 use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
@@ -39,8 +40,11 @@ struct Connection {
     output: Vec<u8>,
     /// Skipping the rest of an overlong command line.
     discarding: bool,
+    /// The generation of settings in use: taken again at each MAIL.
+    settings: Arc<Generation>,
     inbound: Arc<Inbound>,
     shutdown: CancellationToken,
+    counters: ListenerMetrics,
 }
 
 /// How reading DATA ended.
@@ -51,68 +55,99 @@ enum DataEnd {
 
 /// Serves one connection to its end; `tls` is set when it is encrypted
 /// from the start.
-pub async fn handle(
+pub(super) async fn handle(
     stream: Stream,
     info: ConnectionInfo,
-    listener: &ListenerConfig,
     tls: Option<TlsInfo>,
+    accepted: Accepted,
     inbound: Arc<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
+    let Accepted {
+        listener,
+        generation: settings,
+        counters,
+    } = accepted;
     let (mut session, mut step) =
-        Session::with_security(Arc::clone(&inbound.settings.session), info, listener.security(), tls);
-    let mut filters = inbound.settings.chain.as_ref().map(Filters::new);
+        Session::with_security(Arc::clone(&settings.settings.session), info, listener.security(), tls);
+    let mut filters = settings.settings.chain.as_ref().map(Filters::new);
     let mut conn = Connection {
         stream,
         input: BytesMut::with_capacity(4096),
         output: Vec::with_capacity(1024),
         discarding: false,
+        settings,
         inbound,
         shutdown,
+        counters,
     };
     // The message between the end of DATA and its commit. Held here rather
     // than in the session because the session does no I/O.
     let mut message: Option<SpoolWriter> = None;
+    // The span of the current transaction, from MAIL to its end.
+    let mut txn: Option<Span> = None;
+    let mut transactions: u32 = 0;
     loop {
         if let Some(filters) = filters.as_mut() {
             filters.follow(&session);
         }
+        match (session.transaction().is_some(), &txn) {
+            (true, None) => {
+                transactions += 1;
+                txn = Some(info_span!("txn", n = transactions, queue_id = field::Empty));
+            }
+            (false, Some(_)) => txn = None,
+            _ => {}
+        }
+        let span = txn.clone().unwrap_or_else(Span::none);
         step = match step {
             Step::Reply(reply) => {
-                reply.write_to(&mut conn.output);
+                conn.answer(&mut session, &reply);
                 conn.next_command(&mut session).await?
             }
             Step::Close(reply) => {
-                reply.write_to(&mut conn.output);
+                conn.answer(&mut session, &reply);
                 conn.flush().await?;
                 let _ = conn.stream.shutdown().await;
                 return Ok(());
             }
             Step::Check(stage) => {
+                if stage == Stage::Mail {
+                    conn.renew(&mut filters);
+                }
                 let decision = conn
                     .check(stage, &mut session, filters.as_mut(), message.as_ref())
+                    .instrument(span.clone())
                     .await;
-                if let (Stage::Data, Decision::Refuse(reply) | Decision::Disconnect(reply)) = (stage, &decision)
-                    && let Some(writer) = message.take()
-                {
-                    log_rejected(&writer, reply);
+                if let Decision::Refuse(reply) | Decision::Disconnect(reply) = &decision {
+                    metrics().message(stage.name(), refusal(reply));
+                    if let (Stage::Data, Some(writer)) = (stage, message.take()) {
+                        let _entered = span.enter();
+                        MessageLog::new(&writer, &session, "rejected").emit(reply);
+                    }
                 }
                 session.decide(decision)
             }
             Step::ReceiveData(reply, reader) => {
-                reply.write_to(&mut conn.output);
+                conn.answer(&mut session, &reply);
                 conn.flush().await?;
                 let mut writer = conn.inbound.spool.create();
+                span.record("queue_id", writer.id().as_str());
                 let trace = session.trace_header(writer.id().as_str(), SystemTime::now());
                 writer.write(trace.as_bytes()).await;
                 match conn.receive_data(reader, &mut writer).await? {
                     DataEnd::TimedOut => session.timeout(),
+                    DataEnd::Read(DataOutcome::Complete(info)) => {
+                        message = Some(writer);
+                        session.data_end(DataOutcome::Complete(info))
+                    }
                     DataEnd::Read(outcome) => {
+                        let log = MessageLog::new(&writer, &session, "rejected");
                         let step = session.data_end(outcome);
-                        match (outcome, &step) {
-                            (DataOutcome::Complete(_), _) => message = Some(writer),
-                            (_, Step::Reply(reply)) => log_rejected(&writer, reply),
-                            _ => {}
+                        if let Step::Reply(reply) = &step {
+                            metrics().message("data", refusal(reply));
+                            let _entered = span.enter();
+                            log.emit(reply);
                         }
                         step
                     }
@@ -120,17 +155,23 @@ pub async fn handle(
             }
             Step::Queue => {
                 let edits = filters.as_mut().map(Filters::take_transaction).unwrap_or_default();
-                let outcome = match message.take() {
-                    Some(writer) => conn.commit(&session, writer, edits).await,
-                    None => QueueOutcome::Failed,
+                let (outcome, log) = match message.take() {
+                    Some(writer) => conn.commit(&session, writer, edits).instrument(span.clone()).await,
+                    None => (QueueOutcome::Failed, None),
                 };
                 if let (QueueOutcome::Queued(_), Some(user)) = (&outcome, session.authenticated()) {
                     conn.inbound.user_rates.record(user);
                 }
-                session.queued(outcome)
+                let step = session.queued(outcome);
+                if let (Some(log), Step::Reply(reply)) = (log, &step) {
+                    metrics().message("data", log.outcome);
+                    let _entered = span.enter();
+                    log.emit(reply);
+                }
+                step
             }
             Step::StartTls(reply) => {
-                reply.write_to(&mut conn.output);
+                conn.answer(&mut session, &reply);
                 conn.flush().await?;
                 let Some(tls) = listener.tls.as_ref() else {
                     return Ok(());
@@ -146,7 +187,7 @@ pub async fn handle(
                 let Stream::Plain(tcp) = conn.stream else {
                     return Ok(());
                 };
-                let wait = conn.inbound.settings.command_timeout.min(PREAMBLE_TIMEOUT);
+                let wait = conn.settings.settings.command_timeout.min(PREAMBLE_TIMEOUT);
                 let Some((stream, parameters)) = handshake(tls, tcp, wait).await? else {
                     return Ok(());
                 };
@@ -156,7 +197,7 @@ pub async fn handle(
             }
             Step::Authenticate(attempt) => {
                 conn.flush().await?;
-                let outcome = match conn.inbound.settings.auth.as_ref() {
+                let outcome = match conn.settings.settings.auth.as_ref() {
                     Some(auth) => auth.check(session.connection().peer.ip(), attempt).await,
                     None => AuthOutcome::Unavailable,
                 };
@@ -166,8 +207,52 @@ pub async fn handle(
     }
 }
 
-fn log_rejected(writer: &SpoolWriter, reply: &Reply) {
-    info!(queue_id = %writer.id(), size = writer.len(), outcome = "rejected", reply = %reply, "message rejected");
+/// `mailgate_messages_total`'s result for a refusal.
+fn refusal(reply: &Reply) -> &'static str {
+    if reply.code() >= 500 { "rejected" } else { "tempfailed" }
+}
+
+/// The one info line per message outcome (STYLE section 7): the only log
+/// line that names envelope addresses.
+struct MessageLog {
+    id: String,
+    size: u64,
+    from: String,
+    rcpts: usize,
+    outcome: &'static str,
+    /// Why a plugin quarantined it.
+    reason: Option<String>,
+}
+
+impl MessageLog {
+    fn new(writer: &SpoolWriter, session: &Session, outcome: &'static str) -> Self {
+        let txn = session.transaction();
+        Self {
+            id: writer.id().to_string(),
+            size: writer.len(),
+            from: txn.map(|t| t.reverse_path.to_string()).unwrap_or_default(),
+            rcpts: txn.map_or(0, |t| t.recipients.len()),
+            outcome,
+            reason: None,
+        }
+    }
+
+    fn emit(&self, reply: &Reply) {
+        let Self {
+            id,
+            size,
+            from,
+            rcpts,
+            outcome,
+            reason,
+        } = self;
+        match reason {
+            Some(reason) => {
+                info!(queue_id = %id, from = %from, rcpts, size, outcome, reply = %reply, reason = %reason, "message {outcome}");
+            }
+            None => info!(queue_id = %id, from = %from, rcpts, size, outcome, reply = %reply, "message {outcome}"),
+        }
+    }
 }
 
 /// Messages up to this size are parsed for plugins on the runtime; larger
@@ -192,7 +277,7 @@ impl Connection {
         message: Option<&SpoolWriter>,
     ) -> Decision {
         if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient())
-            && !self.inbound.settings.relay.allows(
+            && !self.settings.settings.relay.allows(
                 session.connection().peer.ip(),
                 session.authenticated().is_some(),
                 rcpt,
@@ -238,7 +323,7 @@ impl Connection {
             self.input.reserve(4096);
             let read = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(session.shutdown()),
-                read = timeout(self.inbound.settings.command_timeout, self.stream.read_buf(&mut self.input)) => read,
+                read = timeout(self.settings.settings.command_timeout, self.stream.read_buf(&mut self.input)) => read,
             };
             match read {
                 Err(_) => return Ok(session.timeout()),
@@ -292,6 +377,7 @@ impl Connection {
                 content.clear();
                 let feed = reader.feed(&self.input, &mut content);
                 if !content.is_empty() {
+                    self.counters.received.inc_by(content.len() as u64);
                     writer.write(&content).await;
                 }
                 match feed {
@@ -304,7 +390,7 @@ impl Connection {
             }
             self.input.reserve(READ_CHUNK);
             match timeout(
-                self.inbound.settings.data_timeout,
+                self.settings.settings.data_timeout,
                 self.stream.read_buf(&mut self.input),
             )
             .await
@@ -319,9 +405,15 @@ impl Connection {
 
     /// Applies the plugins' edits, then spools the message and tells the
     /// delivery engine (or drops or quarantines it, as a plugin decided).
-    async fn commit(&self, session: &Session, mut writer: SpoolWriter, edits: TransactionEdits) -> QueueOutcome {
+    /// Returns the outcome and what to log once the reply is known.
+    async fn commit(
+        &self,
+        session: &Session,
+        mut writer: SpoolWriter,
+        edits: TransactionEdits,
+    ) -> (QueueOutcome, Option<MessageLog>) {
         let (Some(txn), Some(info)) = (session.transaction(), session.message()) else {
-            return QueueOutcome::Failed;
+            return (QueueOutcome::Failed, None);
         };
         let mut envelope = Envelope {
             reverse_path: txn.reverse_path.clone(),
@@ -348,50 +440,95 @@ impl Connection {
             envelope.size = writer.len();
         }
         let id = writer.id().to_string();
-        let rcpts = envelope.recipients.len();
+        let log = |outcome| MessageLog {
+            id: id.clone(),
+            size: envelope.size,
+            from: envelope.reverse_path.to_string(),
+            rcpts: envelope.recipients.len(),
+            outcome,
+            reason: None,
+        };
         match edits.disposition {
-            Disposition::Discard => {
-                info!(queue_id = %id, rcpts, size = envelope.size, outcome = "discarded", "message discarded by a plugin");
-                QueueOutcome::Queued(id)
-            }
-            Disposition::Deliver if rcpts == 0 => {
-                info!(queue_id = %id, outcome = "discarded", "no recipients left after plugins; message discarded");
-                QueueOutcome::Queued(id)
+            Disposition::Discard => (QueueOutcome::Queued(id.clone()), Some(log("discarded"))),
+            // Every recipient was removed by plugins.
+            Disposition::Deliver if envelope.recipients.is_empty() => {
+                (QueueOutcome::Queued(id.clone()), Some(log("discarded")))
             }
             Disposition::Quarantine(reason) => {
-                envelope.quarantine = Some(reason.clone());
+                let log = MessageLog {
+                    reason: Some(reason.clone()),
+                    ..log("quarantined")
+                };
+                envelope.quarantine = Some(reason);
                 match self.inbound.spool.quarantine(writer, envelope).await {
-                    Ok(_) => {
-                        info!(queue_id = %id, rcpts, outcome = "quarantined", reason = %reason, "message quarantined");
-                        QueueOutcome::Queued(id)
-                    }
+                    Ok(_) => (QueueOutcome::Queued(id), Some(log)),
                     Err(e) => {
                         error!(error = %e, "cannot quarantine message; answering 451");
-                        QueueOutcome::Failed
+                        (
+                            QueueOutcome::Failed,
+                            Some(MessageLog {
+                                outcome: "tempfailed",
+                                ..log
+                            }),
+                        )
                     }
                 }
             }
-            Disposition::Deliver => match self.inbound.spool.commit(writer, envelope).await {
-                Ok(stored) => {
-                    info!(queue_id = %id, from = %stored.envelope.reverse_path, rcpts, size = stored.content_len, outcome = "queued", "message accepted");
-                    // If the engine is gone (shutdown), the message stays
-                    // spooled and is delivered after the restart.
-                    let _ = self.inbound.queue.send(stored).await;
-                    QueueOutcome::Queued(id)
+            Disposition::Deliver => {
+                let log = log("queued");
+                match self.inbound.spool.commit(writer, envelope).await {
+                    Ok(stored) => {
+                        // If the engine is gone (shutdown), the message stays
+                        // spooled and is delivered after the restart.
+                        let _ = self.inbound.queue.send(stored).await;
+                        (QueueOutcome::Queued(id), Some(log))
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot spool message; answering 451");
+                        (
+                            QueueOutcome::Failed,
+                            Some(MessageLog {
+                                outcome: "tempfailed",
+                                ..log
+                            }),
+                        )
+                    }
                 }
-                Err(e) => {
-                    error!(error = %e, "cannot spool message; answering 451");
-                    QueueOutcome::Failed
-                }
-            },
+            }
         }
+    }
+
+    /// A transaction starts: it runs on the current generation, so after
+    /// a reload the new plugin chain and policy apply from this MAIL on.
+    fn renew(&mut self, filters: &mut Option<Filters>) {
+        let current = self.inbound.current();
+        if Arc::ptr_eq(&current, &self.settings) {
+            return;
+        }
+        *filters = match (filters.take(), &current.settings.chain) {
+            (Some(mut old), Some(chain)) => {
+                old.rechain(chain);
+                Some(old)
+            }
+            (None, Some(chain)) => Some(Filters::new(chain)),
+            (_, None) => None,
+        };
+        self.settings = current;
+    }
+
+    /// Queues a reply, counting it against the command it answers.
+    fn answer(&mut self, session: &mut Session, reply: &Reply) {
+        if let Some(verb) = session.take_verb() {
+            metrics().command(verb, reply.code());
+        }
+        reply.write_to(&mut self.output);
     }
 
     async fn flush(&mut self) -> Result<(), ConnectionError> {
         if self.output.is_empty() {
             return Ok(());
         }
-        let wait = self.inbound.settings.command_timeout;
+        let wait = self.settings.settings.command_timeout;
         match timeout(wait, self.stream.write_all(&self.output)).await {
             Ok(result) => result?,
             Err(_) => return Err(ConnectionError::WriteTimeout),

@@ -91,6 +91,15 @@ impl Filters {
         }
     }
 
+    /// Moves to `chain` (after a reload) between transactions: what the
+    /// connect and helo stages set stays; the old chain's instances go.
+    pub fn rechain(&mut self, chain: &Arc<Chain>) {
+        if !Arc::ptr_eq(&self.chain, chain) {
+            self.session = chain.session();
+            self.chain = Arc::clone(chain);
+        }
+    }
+
     /// True when some plugin runs at `stage`.
     pub fn runs_at(&self, stage: Stage) -> bool {
         self.chain.runs_at(stage)

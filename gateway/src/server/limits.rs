@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 /// Connections open per client address.
 #[derive(Debug)]
 pub struct ConnectionCounts {
-    max: usize,
+    max: AtomicUsize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -38,9 +39,14 @@ impl ConnectionCounts {
     /// At most `max` connections per client address.
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
-            max,
+            max: AtomicUsize::new(max),
             open: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Changes the limit (a reload); open connections stay.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
     }
 
     /// A slot for a connection from `ip`, or `None` when it has `max` open.
@@ -48,7 +54,7 @@ impl ConnectionCounts {
         let key = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(key).or_insert(0);
-        if *count >= self.max {
+        if *count >= self.max.load(Ordering::Relaxed) {
             return None;
         }
         *count += 1;
@@ -74,8 +80,8 @@ impl Drop for ClientSlot {
 /// Messages per authenticated user in a fixed window.
 #[derive(Debug)]
 pub struct UserRates {
-    limit: u32,
-    window: Duration,
+    limit: AtomicU32,
+    window: Mutex<Duration>,
     sent: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
@@ -83,10 +89,21 @@ impl UserRates {
     /// At most `limit` messages per user per `window`; 0 means no limit.
     pub fn new(limit: u32, window: Duration) -> Self {
         Self {
-            limit,
-            window,
+            limit: AtomicU32::new(limit),
+            window: Mutex::new(window),
             sent: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Changes the limit and window (a reload); counts so far stay.
+    pub fn set_limit(&self, limit: u32, window: Duration) {
+        self.limit.store(limit, Ordering::Relaxed);
+        *self.window.lock().unwrap_or_else(PoisonError::into_inner) = window;
+    }
+
+    fn limits(&self) -> (u32, Duration) {
+        let window = *self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.limit.load(Ordering::Relaxed), window)
     }
 
     /// True when `user` may send another message now.
@@ -100,23 +117,25 @@ impl UserRates {
     }
 
     fn allows_at(&self, user: &str, now: Instant) -> bool {
-        if self.limit == 0 {
+        let (limit, window) = self.limits();
+        if limit == 0 {
             return true;
         }
         let sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
         match sent.get(user) {
-            Some((start, count)) => now.duration_since(*start) >= self.window || *count < self.limit,
+            Some((start, count)) => now.duration_since(*start) >= window || *count < limit,
             None => true,
         }
     }
 
     fn record_at(&self, user: &str, now: Instant) {
-        if self.limit == 0 {
+        let (limit, window) = self.limits();
+        if limit == 0 {
             return;
         }
         let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
         let entry = sent.entry(user.to_owned()).or_insert((now, 0));
-        if now.duration_since(entry.0) >= self.window {
+        if now.duration_since(entry.0) >= window {
             *entry = (now, 0);
         }
         entry.1 += 1;

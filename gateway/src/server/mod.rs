@@ -13,8 +13,8 @@ pub mod tls;
 use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::metrics::{Direction, ListenerMetrics, metrics};
 use crate::net::{Stream, TlsInfo};
 use crate::plugin::Chain;
 use crate::queue::{QueueSender, Spool};
@@ -151,11 +152,31 @@ pub enum ConnectionError {
     WriteTimeout,
 }
 
-/// What every inbound connection shares.
+/// What a reload replaces on the inbound side: the settings and the
+/// listeners' configurations. A connection takes the current generation
+/// when it is accepted and again at each MAIL, so a transaction runs on
+/// one generation from start to end.
 #[derive(Debug)]
-pub struct Inbound {
+pub struct Generation {
+    /// 1 at start-up, plus one per successful reload.
+    pub number: u64,
     /// Inbound settings.
     pub settings: ServerSettings,
+    /// The listeners, by name.
+    pub listeners: Vec<Arc<ListenerConfig>>,
+}
+
+impl Generation {
+    /// The listener called `name`.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerConfig>> {
+        self.listeners.iter().find(|l| &*l.name == name)
+    }
+}
+
+/// What every inbound connection shares, across reloads.
+#[derive(Debug)]
+pub struct Inbound {
+    current: RwLock<Arc<Generation>>,
     /// Where accepted mail goes.
     pub spool: Arc<Spool>,
     /// Tells the delivery engine about newly spooled mail.
@@ -169,16 +190,50 @@ pub struct Inbound {
 }
 
 impl Inbound {
-    /// The shared state for `settings`.
-    pub fn new(settings: ServerSettings, spool: Arc<Spool>, queue: QueueSender) -> Self {
+    /// The shared state for the first generation.
+    pub fn new(generation: Generation, spool: Arc<Spool>, queue: QueueSender) -> Self {
+        let settings = &generation.settings;
         Self {
             connections: Arc::new(Semaphore::new(settings.max_connections.get())),
             per_client: ConnectionCounts::new(settings.max_connections_per_ip.get()),
             user_rates: UserRates::new(settings.user_message_limit, settings.user_message_window),
-            settings,
+            current: RwLock::new(Arc::new(generation)),
             spool,
             queue,
         }
+    }
+
+    /// The generation new connections and transactions use.
+    pub fn current(&self) -> Arc<Generation> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `next` current: connections and transactions already under
+    /// way finish on the generation they hold. The shared limits take the
+    /// new values; AUTH failure counts carry over.
+    pub fn replace(&self, next: Generation) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let (old, new) = (&current.settings, &next.settings);
+        let (before, after) = (old.max_connections.get(), new.max_connections.get());
+        if after > before {
+            self.connections.add_permits(after - before);
+        } else if before > after {
+            // Taken back as connections end.
+            let connections = Arc::clone(&self.connections);
+            let excess = u32::try_from(before - after).unwrap_or(u32::MAX);
+            tokio::spawn(async move {
+                if let Ok(permits) = connections.acquire_many_owned(excess).await {
+                    permits.forget();
+                }
+            });
+        }
+        self.per_client.set_max(new.max_connections_per_ip.get());
+        self.user_rates
+            .set_limit(new.user_message_limit, new.user_message_window);
+        if let (Some(old), Some(new)) = (&old.auth, &new.auth) {
+            new.inherit_failures(old);
+        }
+        *current = Arc::new(next);
     }
 }
 
@@ -187,7 +242,9 @@ static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 /// Accepts connections on `listener` until `shutdown`.
 pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: CancellationToken, tracker: TaskTracker) {
     let local = listener.socket.local_addr().ok();
-    let config = Arc::new(listener.config);
+    let name = Arc::clone(&listener.config.name);
+    let first = Arc::new(listener.config);
+    let counters = metrics().listener(&name);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -197,30 +254,41 @@ pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: Can
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                warn!(listener = %config.name, error = %e, "accept failed");
+                warn!(listener = %name, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
         let id = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
-        let span = info_span!("conn", id, %peer, listener = %config.name);
+        let span = info_span!("conn", id, %peer, listener = %name);
+        let generation = inbound.current();
+        // A reload cannot add or remove listeners, so this one is there.
+        let config = Arc::clone(generation.listener(&name).unwrap_or(&first));
         let Ok(permit) = Arc::clone(&inbound.connections).try_acquire_owned() else {
             warn!(parent: &span, "connection limit reached; refusing");
-            let reply = Reply::unavailable(&inbound.settings.session.hostname);
+            counters.refused.inc();
+            let reply = Reply::unavailable(&generation.settings.session.hostname);
             tracker.spawn(refuse(stream, reply).instrument(span));
             continue;
         };
         let info = ConnectionInfo {
             peer,
             local: stream.local_addr().ok().or(local).unwrap_or(peer),
-            listener: Arc::clone(&config.name),
+            listener: Arc::clone(&name),
         };
-        let (inbound, shutdown, config) = (Arc::clone(&inbound), shutdown.clone(), Arc::clone(&config));
+        let (inbound, shutdown) = (Arc::clone(&inbound), shutdown.clone());
+        let counters = counters.clone();
         tracker.spawn(
             async move {
                 debug!("connected");
-                match start(stream, info, &config, inbound, shutdown).await {
+                let _active = counters.session();
+                let accepted = Accepted {
+                    listener: config,
+                    generation,
+                    counters: counters.clone(),
+                };
+                match start(stream, info, accepted, inbound, shutdown).await {
                     Ok(()) | Err(ConnectionError::Closed) => debug!("disconnected"),
                     Err(e) => debug!(error = %e, "connection ended"),
                 }
@@ -229,7 +297,17 @@ pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: Can
             .instrument(span),
         );
     }
-    info!(listener = %config.name, "stopped accepting");
+    info!(listener = %name, "stopped accepting");
+}
+
+/// What a connection was accepted with.
+struct Accepted {
+    /// Its listener's configuration.
+    listener: Arc<ListenerConfig>,
+    /// The settings of the time.
+    generation: Arc<Generation>,
+    /// Its listener's counters.
+    counters: ListenerMetrics,
 }
 
 /// The steps before SMTP: the PROXY header, the per-client limit, and the
@@ -237,11 +315,17 @@ pub async fn serve(listener: BoundListener, inbound: Arc<Inbound>, shutdown: Can
 async fn start(
     mut tcp: TcpStream,
     mut info: ConnectionInfo,
-    config: &ListenerConfig,
+    accepted: Accepted,
     inbound: Arc<Inbound>,
     shutdown: CancellationToken,
 ) -> Result<(), ConnectionError> {
-    let wait = inbound.settings.command_timeout.min(PREAMBLE_TIMEOUT);
+    let Accepted {
+        listener: config,
+        generation,
+        counters,
+    } = &accepted;
+    let settings = &generation.settings;
+    let wait = settings.command_timeout.min(PREAMBLE_TIMEOUT);
     if config.proxy_protocol {
         match tokio::time::timeout(wait, proxy::read_header(&mut tcp)).await {
             Ok(Ok(Proxied::Client { source, destination })) => {
@@ -258,23 +342,25 @@ async fn start(
         }
     }
     let ip = info.peer.ip();
-    let slot = if inbound.settings.relay.is_trusted(ip) {
+    let slot = if settings.relay.is_trusted(ip) {
         None
     } else {
         match inbound.per_client.try_acquire(ip) {
             Some(slot) => Some(slot),
             None => {
                 warn!(client = %ip, "too many connections from one client; refusing");
+                counters.refused.inc();
                 if config.role == ListenerRole::Submissions {
                     // The client expects a TLS handshake, not a reply in clear.
                     return Ok(());
                 }
-                let host = &inbound.settings.session.hostname;
+                let host = &settings.session.hostname;
                 refuse(tcp, Reply::abuse_limit(host, "too many connections from your address")).await;
                 return Ok(());
             }
         }
     };
+    counters.accepted.inc();
     let (stream, tls) = match (config.role, &config.tls) {
         (ListenerRole::Submissions, Some(tls)) => match handshake(tls, tcp, wait).await? {
             Some((stream, parameters)) => (stream, Some(parameters)),
@@ -282,7 +368,7 @@ async fn start(
         },
         _ => (Stream::Plain(tcp), None),
     };
-    let result = connection::handle(stream, info, config, tls, inbound, shutdown).await;
+    let result = connection::handle(stream, info, tls, accepted, inbound, shutdown).await;
     drop(slot);
     result
 }
@@ -300,6 +386,7 @@ async fn handshake(
 ) -> Result<Option<(Stream, TlsInfo)>, ConnectionError> {
     match tokio::time::timeout(wait, tls.acceptor().accept(tcp)).await {
         Ok(Ok(stream)) => {
+            metrics().tls(Direction::Inbound, true);
             let stream = Stream::Tls(Box::new(stream.into()));
             let parameters = stream.tls_info();
             if let Some(p) = &parameters {
@@ -308,10 +395,14 @@ async fn handshake(
             Ok(parameters.map(|p| (stream, p)))
         }
         Ok(Err(e)) => {
+            metrics().tls(Direction::Inbound, false);
             debug!(error = %e, "TLS handshake failed");
             Ok(None)
         }
-        Err(_) => Err(ConnectionError::Closed),
+        Err(_) => {
+            metrics().tls(Direction::Inbound, false);
+            Err(ConnectionError::Closed)
+        }
     }
 }
 

@@ -129,25 +129,21 @@ impl Command {
             _ => Err(ProtocolError::Unrecognized),
         }
     }
+}
 
-    /// The verb, upper case, for logs and metrics labels (a bounded set).
-    pub fn verb(&self) -> &'static str {
-        match self {
-            Self::Ehlo(_) => "EHLO",
-            Self::Helo(_) => "HELO",
-            Self::Mail(..) => "MAIL",
-            Self::Rcpt(..) => "RCPT",
-            Self::Data => "DATA",
-            Self::Rset => "RSET",
-            Self::Noop => "NOOP",
-            Self::Quit => "QUIT",
-            Self::Vrfy => "VRFY",
-            Self::Help => "HELP",
-            Self::StartTls => "STARTTLS",
-            Self::Auth(..) => "AUTH",
-            Self::NotImplemented => "OTHER",
-        }
-    }
+/// The verb of a command line, upper case, for logs and metrics labels: one
+/// of a bounded set (`OTHER` for anything unknown), even when the rest of
+/// the line does not parse.
+pub fn verb(line: &[u8]) -> &'static str {
+    const KNOWN: [&str; 14] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "EXPN", "HELP", "STARTTLS", "AUTH",
+        "BDAT",
+    ];
+    let (word, _) = split_verb(line);
+    KNOWN
+        .into_iter()
+        .find(|known| word.eq_ignore_ascii_case(known.as_bytes()))
+        .unwrap_or("OTHER")
 }
 
 fn split_verb(line: &[u8]) -> (&[u8], &[u8]) {

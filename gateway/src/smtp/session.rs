@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::address::{Mailbox, ReversePath};
-use super::command::{Command, MailParameters};
+use super::command::{self, Command, MailParameters};
 use super::data::{DataOutcome, DataPolicy, DataReader, MessageInfo};
 use super::extensions::ehlo_keywords;
 use super::reply::Reply;
@@ -263,6 +263,8 @@ pub struct Session {
     errors: u32,
     /// Commands outside a transaction since the last queued message.
     idle_commands: u32,
+    /// The verb of the command being answered, for metrics.
+    verb: Option<&'static str>,
 }
 
 impl Session {
@@ -289,6 +291,7 @@ impl Session {
             user: None,
             errors: 0,
             idle_commands: 0,
+            verb: None,
         };
         (session, Step::Check(Stage::Connect))
     }
@@ -296,6 +299,11 @@ impl Session {
     /// Handles one line from the client, without its CRLF: a command, or a
     /// response inside an AUTH exchange.
     pub fn command(&mut self, line: &[u8]) -> Step {
+        self.verb = Some(if matches!(self.state, State::Auth(..)) {
+            "AUTH"
+        } else {
+            command::verb(line)
+        });
         if let Some((hello, step)) = self.take_auth() {
             let (state, step) = self.auth_response(hello, step, line);
             self.state = state;
@@ -346,6 +354,7 @@ impl Session {
 
     /// The driver saw a command line longer than it buffers.
     pub fn line_too_long(&mut self) -> Step {
+        self.verb = Some("OTHER");
         // Inside an AUTH exchange the line was a response: the exchange fails.
         if let Some((hello, _)) = self.take_auth() {
             self.state = State::Ready(hello);
@@ -395,6 +404,12 @@ impl Session {
         };
         self.state = State::Ready(hello);
         self.counted(Step::Reply(reply))
+    }
+
+    /// The verb of the command the next reply answers (once: the reply to
+    /// DATA's 354 has one, the reply after the final dot none).
+    pub fn take_verb(&mut self) -> Option<&'static str> {
+        self.verb.take()
     }
 
     /// The connection is encrypted.
