@@ -225,19 +225,25 @@ fn read_new_password() -> Result<String, String> {
     Ok(password)
 }
 
+/// The configuration at `path`, validated without loading plugins; on
+/// error it is printed and the exit code is 64.
+fn validated(path: &std::path::Path) -> Result<Config, ExitCode> {
+    std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+        .and_then(|text| Config::from_source(path, &text).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_CONFIG)
+        })
+}
+
 /// Checks the file here (without plugins), then asks the gateway to load
 /// it. Exit 64 when the file is invalid, 1 when the gateway refused it or
 /// cannot be reached.
 async fn reload(path: &std::path::Path) -> ExitCode {
-    let config = match std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|text| Config::from_source(path, &text).map_err(|e| e.to_string()))
-    {
+    let config = match validated(path) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let Some(address) = config.admin else {
         eprintln!(
@@ -263,15 +269,9 @@ async fn reload(path: &std::path::Path) -> ExitCode {
 }
 
 async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
-    let config = match std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|text| Config::from_source(path, &text).map_err(|e| e.to_string()))
-    {
+    let config = match validated(path) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
     let parse_id = |text: &str| crate::queue::QueueId::parse(text).ok_or_else(|| format!("invalid queue id {text:?}"));
     let (request, json) = match &action {

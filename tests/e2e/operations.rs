@@ -159,60 +159,73 @@ async fn metrics_count_a_delivery_a_plugin_reject_and_a_fault() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
 
-    let expect = |name: &str, labels: &[(&str, &str)], value: f64| {
-        let got = after.value(name, labels);
-        assert_eq!(got, value, "{name}{labels:?}");
-    };
-    expect("mailgate_delivery_attempts_total", &[("result", "delivered")], 1.0);
-    expect("mailgate_delivery_attempts_total", &[("result", "deferred")], 0.0);
-    let plugin = |name, hook, verdict| [("plugin", name), ("hook", hook), ("verdict", verdict)];
-    expect("mailgate_plugin_calls_total", &plugin("gate", "rcpt", "continue"), 1.0);
-    expect("mailgate_plugin_calls_total", &plugin("gate", "rcpt", "reject"), 1.0);
-    expect("mailgate_plugin_calls_total", &plugin("faulty", "data", "fault"), 1.0);
-    expect(
-        "mailgate_plugin_faults_total",
-        &[("plugin", "faulty"), ("kind", "trap")],
-        1.0,
-    );
-    expect(
-        "mailgate_plugin_call_duration_seconds_count",
-        &[("plugin", "gate"), ("hook", "rcpt")],
-        2.0,
-    );
-    expect(
-        "mailgate_messages_total",
-        &[("stage", "data"), ("result", "queued")],
-        1.0,
-    );
-    expect(
-        "mailgate_messages_total",
-        &[("stage", "rcpt"), ("result", "rejected")],
-        1.0,
-    );
-    expect(
-        "mailgate_smtp_commands_total",
-        &[("command", "MAIL"), ("result", "2xx")],
-        2.0,
-    );
-    expect(
-        "mailgate_smtp_commands_total",
-        &[("command", "RCPT"), ("result", "5xx")],
-        1.0,
-    );
-    expect(
-        "mailgate_smtp_commands_total",
-        &[("command", "DATA"), ("result", "3xx")],
-        1.0,
-    );
-    expect(
-        "mailgate_smtp_connections_total",
-        &[("listener", "test"), ("result", "accepted")],
-        1.0,
-    );
-    expect("mailgate_smtp_sessions_active", &[("listener", "test")], 1.0);
-    expect("mailgate_queue_messages", &[("state", "delivering")], 0.0);
-    expect("mailgate_dns_lookups_total", &[], 0.0);
-    expect("mailgate_config_last_reload_successful", &[], 1.0);
+    type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
+    let expected: &[Expected] = &[
+        ("mailgate_delivery_attempts_total", &[("result", "delivered")], 1.0),
+        ("mailgate_delivery_attempts_total", &[("result", "deferred")], 0.0),
+        (
+            "mailgate_plugin_calls_total",
+            &[("plugin", "gate"), ("hook", "rcpt"), ("verdict", "continue")],
+            1.0,
+        ),
+        (
+            "mailgate_plugin_calls_total",
+            &[("plugin", "gate"), ("hook", "rcpt"), ("verdict", "reject")],
+            1.0,
+        ),
+        (
+            "mailgate_plugin_calls_total",
+            &[("plugin", "faulty"), ("hook", "data"), ("verdict", "fault")],
+            1.0,
+        ),
+        (
+            "mailgate_plugin_faults_total",
+            &[("plugin", "faulty"), ("kind", "trap")],
+            1.0,
+        ),
+        (
+            "mailgate_plugin_call_duration_seconds_count",
+            &[("plugin", "gate"), ("hook", "rcpt")],
+            2.0,
+        ),
+        (
+            "mailgate_messages_total",
+            &[("stage", "data"), ("result", "queued")],
+            1.0,
+        ),
+        (
+            "mailgate_messages_total",
+            &[("stage", "rcpt"), ("result", "rejected")],
+            1.0,
+        ),
+        (
+            "mailgate_smtp_commands_total",
+            &[("command", "MAIL"), ("result", "2xx")],
+            2.0,
+        ),
+        (
+            "mailgate_smtp_commands_total",
+            &[("command", "RCPT"), ("result", "5xx")],
+            1.0,
+        ),
+        (
+            "mailgate_smtp_commands_total",
+            &[("command", "DATA"), ("result", "3xx")],
+            1.0,
+        ),
+        (
+            "mailgate_smtp_connections_total",
+            &[("listener", "test"), ("result", "accepted")],
+            1.0,
+        ),
+        ("mailgate_smtp_sessions_active", &[("listener", "test")], 1.0),
+        ("mailgate_queue_messages", &[("state", "delivering")], 0.0),
+        ("mailgate_dns_lookups_total", &[], 0.0),
+        ("mailgate_config_last_reload_successful", &[], 1.0),
+    ];
+    for (name, labels, value) in expected {
+        assert_eq!(after.value(name, labels), *value, "{name}{labels:?}");
+    }
     assert!(after.value("mailgate_smtp_received_bytes_total", &[("listener", "test")]) >= 20.0);
     assert!(after.has("mailgate_delivery_duration_seconds"));
 
