@@ -145,7 +145,6 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
         error!(error = %problem, "spool entry set aside in corrupt/");
     }
     info!(messages = recovered.len(), spool = %config.spool_dir.display(), "spool opened");
-    metrics::metrics();
 
     let (queue, inbox) = queue::handoff();
     let (delivery_settings, delivery_updates) = watch::channel(Arc::new(config.delivery.clone()));

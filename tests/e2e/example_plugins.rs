@@ -3,17 +3,9 @@
 
 use anyhow::Result;
 use mailgate_tests::plugins::{EXTERNAL_TAGGER, HEADER_REWRITE, SMARTHOST_ROUTER, SPAM_SCORE};
-use mailgate_tests::{Setup, SinkServer, SmtpClient, wait_until};
+use mailgate_tests::{Setup, SinkServer, SmtpClient, header, wait_until};
 
 use crate::WAIT;
-
-fn header(text: &str, name: &str) -> Option<String> {
-    let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ");
-    unfolded
-        .lines()
-        .take_while(|l| !l.is_empty())
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smarthost_router_forwards_by_recipient_and_sender_domain() -> Result<()> {

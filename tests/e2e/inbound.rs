@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use mailgate_tests::{Gateway, GatewayProcess, Setup, SinkServer, SmtpClient, TestCa, wait_until};
+use mailgate_tests::{Gateway, GatewayProcess, Setup, SinkServer, SmtpClient, TestCa, header, wait_until};
 use rustls::ClientConfig;
 
 use crate::plugins::scripted;
@@ -86,15 +86,6 @@ async fn implicit(addr: std::net::SocketAddr, pki: &Pki) -> Result<(SmtpClient, 
     Ok((client, keywords))
 }
 
-/// The value of header `name` in a relayed message's text.
-fn header(text: &str, name: &str) -> String {
-    let text = text.replace("\r\n\t", " ").replace("\r\n ", " ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
-        .unwrap_or_default()
-        .to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submission_needs_tls_then_auth_and_then_relays_anywhere() -> Result<()> {
     let settings = "[plugin.settings.mail]\nmodifications = [{ kind = \"metadata-from-context\", key = \"ctx\" }]\n[plugin.settings.data]\nmodifications = [{ kind = \"header-from-metadata\", name = \"X-Context\", key = \"ctx\" }]\n";
@@ -131,11 +122,11 @@ async fn submission_needs_tls_then_auth_and_then_relays_anywhere() -> Result<()>
 
     wait_until(WAIT, || sink.count() == 1).await?;
     let text = sink.messages()[0].text();
-    let received = header(&text, "Received");
+    let received = header(&text, "Received").unwrap_or_default();
     assert!(received.contains("with ESMTPSA"), "{received}");
     assert!(received.contains("(using TLSv1.3 with cipher "), "{received}");
     // The plugin saw the identity and the encryption at MAIL.
-    let context = header(&text, "X-Context");
+    let context = header(&text, "X-Context").unwrap_or_default();
     assert!(
         context.contains("listener=submission tls=true auth=alice "),
         "{context}"
@@ -182,7 +173,7 @@ async fn tls_1_2_clients_are_served_too() -> Result<()> {
         .await?;
     ensure!(reply.code == 250, "{}", reply.first_line());
     wait_until(WAIT, || sink.count() == 1).await?;
-    let received = header(&sink.messages()[0].text(), "Received");
+    let received = header(&sink.messages()[0].text(), "Received").unwrap_or_default();
     assert!(received.contains("(using TLSv1.2 with cipher TLS_ECDHE_"), "{received}");
     Ok(())
 }
@@ -265,7 +256,11 @@ print("ok")
     ensure!(output.status.success(), "smtplib failed: {stderr}");
     assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
     wait_until(WAIT, || sink.count() == 2).await?;
-    let mut subjects: Vec<String> = sink.messages().iter().map(|m| header(&m.text(), "Subject")).collect();
+    let mut subjects: Vec<String> = sink
+        .messages()
+        .iter()
+        .map(|m| header(&m.text(), "Subject").unwrap_or_default())
+        .collect();
     subjects.sort();
     assert_eq!(subjects, ["implicit", "starttls"]);
     Ok(())
@@ -338,7 +333,7 @@ async fn proxy_headers_are_honoured_only_where_enabled() -> Result<()> {
         ensure!(reply.code == 250, "{}", reply.first_line());
         let count = sink.count() + 1;
         wait_until(WAIT, || sink.count() >= count).await?;
-        let received = header(&sink.messages()[count - 1].text(), "Received");
+        let received = header(&sink.messages()[count - 1].text(), "Received").unwrap_or_default();
         assert!(
             received.starts_with(&format!("from c.test ({client_ip})")),
             "{received}"
@@ -359,7 +354,7 @@ async fn proxy_headers_are_honoured_only_where_enabled() -> Result<()> {
     let reply = client.send_message("a@x.test", &["b@elsewhere.test"], MESSAGE).await?;
     ensure!(reply.code == 250, "loopback is still trusted: {}", reply.first_line());
     wait_until(WAIT, || sink.count() == 3).await?;
-    let received = header(&sink.messages()[2].text(), "Received");
+    let received = header(&sink.messages()[2].text(), "Received").unwrap_or_default();
     assert!(received.starts_with("from c.test ([127.0.0.1])"), "{received}");
     Ok(())
 }

@@ -15,7 +15,9 @@ use anyhow::{Context, Result, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use mailgate_tests::plugins::FAULTY;
-use mailgate_tests::{GatewayProcess, Setup, SinkServer, SmtpClient, TestCa, count_queued, http, stuff, wait_until};
+use mailgate_tests::{
+    GatewayProcess, Setup, SinkServer, SmtpClient, TestCa, count_queued, header, http, stuff, wait_until,
+};
 
 use crate::plugins::scripted;
 use crate::{WAIT, binary};
@@ -62,11 +64,6 @@ fn tagger(version: &str) -> String {
             "[plugin.settings.data]\nmodifications = [{{ kind = \"add-header\", name = \"X-Chain\", value = \"{version}\" }}]\n"
         ),
     )
-}
-
-fn header(text: &str, name: &str) -> Option<String> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
 }
 
 /// What the sink received, by X-Test-Id: the X-Chain header of each.
@@ -264,7 +261,7 @@ async fn reloads_under_load_switch_the_chain_for_new_transactions_only() -> Resu
     let base = Setup::new().admin()?.route_all_to(sink.addr());
     let dir = tempfile::tempdir()?;
     let config = base.clone().plugin(&tagger("v1")).write(dir.path())?;
-    let gateway = Arc::new(GatewayProcess::start(&binary(), &config).await?);
+    let gateway = GatewayProcess::start(&binary(), &config).await?;
     let addr = gateway.addr;
 
     // A transaction begun on generation 1 and finished after the reload.
@@ -363,7 +360,6 @@ async fn reloads_under_load_switch_the_chain_for_new_transactions_only() -> Resu
     }
     assert_eq!(versions.len(), 3, "every chain served: {versions:?}");
     drop(held);
-    let gateway = Arc::into_inner(gateway).context("gateway still shared")?;
     let status = gateway.terminate().await?;
     assert!(status.success(), "{status:?}");
     Ok(())

@@ -32,6 +32,15 @@ pub async fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool)
     }
 }
 
+/// The value of header `name` in a message's header section, unfolded.
+pub fn header(text: &str, name: &str) -> Option<String> {
+    let unfolded = text.replace("\r\n ", " ").replace("\r\n\t", " ");
+    unfolded
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+}
+
 /// A DSN parsed with mail-parser: it must be a multipart/report; returns
 /// the text of its message/delivery-status part and of its headers part
 /// (empty when it has none).
