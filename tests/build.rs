@@ -14,9 +14,13 @@ const RUST_PLUGINS: &[(&str, &str)] = &[
     ("SMARTHOST_ROUTER", "smarthost_router"),
     ("HEADER_REWRITE", "header_rewrite"),
     ("SPAM_SCORE", "spam_score"),
+    ("DNSBL", "dnsbl"),
+    ("GREYLIST", "greylist"),
+    ("RATE_LIMIT", "rate_limit"),
     ("SCRIPTED", "test_scripted"),
     ("FAULTY", "test_faulty"),
     ("WRONG_WORLD", "test_wrong_world"),
+    ("PROBE", "test_probe"),
 ];
 
 fn main() -> Result<(), String> {
@@ -29,6 +33,7 @@ fn main() -> Result<(), String> {
         root.join("plugins/Cargo.toml"),
         root.join("plugins/Cargo.lock"),
         root.join("plugins/external-tagger/app.py"),
+        root.join("plugins/external-tagger/wit/world.wit"),
         root.join("plugin-sdk/src"),
         root.join("plugin-sdk/Cargo.toml"),
         root.join("wit"),
@@ -117,9 +122,12 @@ fn build_python_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, String
     let status = Command::new("componentize-py")
         // No __pycache__ in the source tree (it would retrigger this script).
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        // Its own world (wit/world.wit, with mailgate's wit/ as a
+        // dependency): the hooks plus only the capabilities it uses, since
+        // componentize-py imports the whole world whatever the code calls.
         .arg("-d")
-        .arg(root.join("wit"))
-        .args(["-w", "plugin", "componentize", "-p"])
+        .arg(root.join("plugins/external-tagger/wit"))
+        .args(["-w", "tagger", "componentize", "-p"])
         .arg(root.join("plugins").join("external-tagger"))
         .arg("app")
         .arg("-o")

@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailgate::plugin::{
-    Capability, Chain, HookContext, InstanceMode, OnError, ParsedMessage, PluginConfig, Runtime, RuntimeSettings,
-    StageCall,
+    Capability, Chain, HookContext, HostServices, InstanceMode, OnError, ParsedMessage, PluginConfig, Runtime,
+    RuntimeSettings, StageCall,
 };
 use mailgate::smtp::command::MailParameters;
 use mailgate::smtp::session::Stage;
@@ -79,9 +79,14 @@ async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>
             .unwrap_or(64 << 20),
     };
     let runtime = Runtime::new(&settings).expect("the engine starts");
-    let chain = Chain::load(runtime, scenario.plugins.clone(), HashSet::from(["sink".to_owned()]))
-        .await
-        .unwrap_or_else(|e| panic!("{}: {e:?}", scenario.label));
+    let chain = Chain::load(
+        runtime,
+        HostServices::none(),
+        scenario.plugins.clone(),
+        HashSet::from(["sink".to_owned()]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{}: {e:?}", scenario.label));
     let ctx = HookContext {
         client: "192.0.2.1:40000".parse().expect("an address"),
         listener: Arc::from("bench"),

@@ -1,6 +1,7 @@
 //! The gateway's DNS resolver (hickory-resolver): MX lookups and next-hop
-//! addresses for delivery. Either the system's configuration
-//! (`/etc/resolv.conf`) or the name servers listed in `[dns]`.
+//! addresses for delivery, and the lookups of the plugins' `dns`
+//! capability. Either the system's configuration (`/etc/resolv.conf`) or
+//! the name servers listed in `[dns]`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -10,11 +11,12 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use rand::seq::SliceRandom;
 use tracing::warn;
 
 use crate::metrics::{DnsKind, DnsResult, metrics};
+use crate::plugin::{self, BoxFuture, DnsAnswer, DnsFailure, DnsRecord, DnsService};
 
 /// `[dns]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +172,96 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// A plugin's lookup, bounded by the resolver's timeout times its
+    /// attempts.
+    async fn plugin_lookup(&self, kind: plugin::DnsKind, name: &str) -> DnsAnswer {
+        let (query, record_type, metric) = match kind {
+            plugin::DnsKind::A => (fqdn(name), RecordType::A, DnsKind::A),
+            plugin::DnsKind::Aaaa => (fqdn(name), RecordType::AAAA, DnsKind::Aaaa),
+            plugin::DnsKind::Mx => (fqdn(name), RecordType::MX, DnsKind::Mx),
+            plugin::DnsKind::Txt => (fqdn(name), RecordType::TXT, DnsKind::Txt),
+            plugin::DnsKind::Ptr => {
+                let ip = name
+                    .parse::<IpAddr>()
+                    .map_err(|_| DnsFailure::Invalid(format!("{name:?} is not an IP address")))?;
+                (reverse_name(ip), RecordType::PTR, DnsKind::Ptr)
+            }
+        };
+        let limit = self.settings.timeout * u32::try_from(self.settings.attempts).unwrap_or(u32::MAX);
+        let lookup = async {
+            let resolver = self.resolver()?;
+            resolver.lookup(query, record_type).await.map_err(classify)
+        };
+        let result = match tokio::time::timeout(limit, lookup).await {
+            Ok(Ok(lookup)) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| record(&r.data))
+                .collect::<Vec<_>>()),
+            Ok(Err(DnsError::NoRecords)) => Ok(Vec::new()),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(DnsError::Temporary(format!("no answer within {limit:?}"))),
+        };
+        let counted = match &result {
+            Ok(records) if records.is_empty() => Err(DnsError::NoRecords),
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.clone()),
+        };
+        count(metric, &counted);
+        result.map_err(|e| match e {
+            DnsError::NoSuchName => DnsFailure::NoSuchName,
+            DnsError::NoRecords => DnsFailure::Temporary("no records".into()),
+            DnsError::Temporary(reason) => DnsFailure::Temporary(reason),
+        })
+    }
+}
+
+impl DnsService for Resolver {
+    fn lookup(&self, kind: plugin::DnsKind, name: String) -> BoxFuture<'_, DnsAnswer> {
+        Box::pin(async move { self.plugin_lookup(kind, &name).await })
+    }
+}
+
+/// A record as plugins see it; other types (a CNAME on the way) are left out.
+fn record(data: &RData) -> Option<DnsRecord> {
+    Some(match data {
+        RData::A(a) => DnsRecord::Ip(IpAddr::V4(a.0)),
+        RData::AAAA(aaaa) => DnsRecord::Ip(IpAddr::V6(aaaa.0)),
+        RData::MX(mx) => DnsRecord::Mx {
+            preference: mx.preference,
+            exchange: mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+        },
+        RData::TXT(txt) => DnsRecord::Txt(
+            txt.txt_data
+                .iter()
+                .map(|part| String::from_utf8_lossy(part))
+                .collect::<String>(),
+        ),
+        RData::PTR(ptr) => DnsRecord::Name(ptr.0.to_ascii().trim_end_matches('.').to_owned()),
+        _ => return None,
+    })
+}
+
+/// The PTR name of an address: `4.3.2.1.in-addr.arpa.` or the nibbles of
+/// an IPv6 address under `ip6.arpa.`.
+fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            format!("{d}.{c}.{b}.{a}.in-addr.arpa.")
+        }
+        IpAddr::V6(v6) => {
+            let mut name = String::with_capacity(73);
+            for byte in v6.octets().iter().rev() {
+                name.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            name.push_str("ip6.arpa.");
+            name
+        }
+    }
+}
+
 /// Counts a lookup in `mailgate_dns_lookups_total`.
 fn count<T>(kind: DnsKind, result: &Result<T, DnsError>) {
     let result = match result {
@@ -253,6 +345,15 @@ mod tests {
         // A root exchange next to real ones is ignored, not obeyed.
         assert_eq!(order_mx(vec![mx(0, ""), mx(10, "a")]), Some(vec!["a".into()]));
         assert_eq!(order_mx(vec![mx(10, "a"), mx(20, "a")]), Some(vec!["a".into()]));
+    }
+
+    #[test]
+    fn reverse_names() {
+        assert_eq!(reverse_name("192.0.2.1".parse().unwrap()), "1.2.0.192.in-addr.arpa.");
+        assert_eq!(
+            reverse_name("2001:db8::1".parse().unwrap()),
+            "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa."
+        );
     }
 
     #[test]

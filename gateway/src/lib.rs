@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dns;
+pub mod kv;
 pub mod metrics;
 pub mod net;
 pub mod plugin;
@@ -50,6 +51,9 @@ pub enum StartError {
     /// The spool could not be opened or read.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The plugins' key-value store could not be opened.
+    #[error("{0}")]
+    Kv(String),
 }
 
 /// Every bound socket: the SMTP listeners and the admin API's.
@@ -145,6 +149,14 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
         error!(error = %problem, "spool entry set aside in corrupt/");
     }
     info!(messages = recovered.len(), spool = %config.spool_dir.display(), "spool opened");
+    // A store that cannot open stops start-up rather than every message.
+    if config
+        .plugins
+        .iter()
+        .any(|p| p.capabilities.contains(&plugin::Capability::Kv))
+    {
+        config.kv.open().await.map_err(StartError::Kv)?;
+    }
 
     let (queue, inbox) = queue::handoff();
     let (delivery_settings, delivery_updates) = watch::channel(Arc::new(config.delivery.clone()));
@@ -155,6 +167,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
     };
     let inbound = Arc::new(Inbound::new(generation, Arc::clone(&spool), queue));
     let reloader = Arc::new(Reloader::new(&config, Arc::clone(&inbound), delivery_settings));
+    let kv = Arc::clone(&config.kv);
     drop(config);
     let tracker = TaskTracker::new();
     tracker.spawn(reload_on_hangup(Arc::clone(&reloader), shutdown.clone()));
@@ -210,5 +223,8 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
         Stopped::GraceExpired
     };
     admin_stop.cancel();
+    if let Err(e) = kv.flush().await {
+        warn!(error = %e, "cannot flush the key-value store");
+    }
     Ok(stopped)
 }

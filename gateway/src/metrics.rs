@@ -10,7 +10,8 @@
 //! and a reload keeps the counters. Hot paths hold handles created once
 //! (per listener, per plugin, fixed tables), not label lookups per event.
 
-use std::sync::LazyLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -103,7 +104,7 @@ pub const DELIVERY_DURATION: Metric = Metric {
 /// `mailgate_dns_lookups_total{type,result}`.
 pub const DNS_LOOKUPS: Metric = Metric {
     name: "mailgate_dns_lookups_total",
-    help: "DNS lookups by type (mx, ip) and result (found, nxdomain, nodata, error).",
+    help: "DNS lookups by type (mx and ip for delivery; a, aaaa, mx, txt and ptr for plugins) and result (found, nxdomain, nodata, error).",
     labels: &["type", "result"],
 };
 /// `mailgate_tls_handshakes_total{direction,result}`.
@@ -197,11 +198,12 @@ pub struct Metrics {
     pub queue: [IntGauge; 3],
     delivery_attempts: [IntCounter; 3],
     delivery_duration: [Histogram; 3],
-    dns: [[IntCounter; 4]; 2],
+    dns: [[IntCounter; 4]; 6],
     tls: [[IntCounter; 2]; 2],
     reloads: [IntCounter; 2],
     /// `mailgate_config_last_reload_successful`.
     pub last_reload_successful: IntGauge,
+    plugin_defined: Mutex<PluginDefined>,
 }
 
 /// The process's metrics.
@@ -269,13 +271,14 @@ impl Metrics {
             queue: ["waiting", "ready", "delivering"].map(|state| queue.with_label_values(&[state])),
             delivery_attempts: results.map(|r| attempts.with_label_values(&[r])),
             delivery_duration: results.map(|r| durations.with_label_values(&[r])),
-            dns: ["mx", "ip"].map(|kind| {
+            dns: DNS_KINDS.map(|kind| {
                 ["found", "nxdomain", "nodata", "error"].map(|result| dns.with_label_values(&[kind, result]))
             }),
             tls: ["inbound", "outbound"]
                 .map(|direction| ["ok", "failed"].map(|r| tls.with_label_values(&[direction, r]))),
             reloads: ["success", "failure"].map(|r| reloads.with_label_values(&[r])),
             last_reload_successful: last,
+            plugin_defined: Mutex::default(),
             registry,
         }
     }
@@ -357,13 +360,24 @@ pub enum DeliveryResult {
     Failed = 2,
 }
 
+/// The `type` label of `mailgate_dns_lookups_total`, by `DnsKind`.
+const DNS_KINDS: [&str; 6] = ["mx", "ip", "a", "aaaa", "txt", "ptr"];
+
 /// The type of a DNS lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DnsKind {
-    /// MX records.
+    /// MX records (delivery or a plugin).
     Mx = 0,
-    /// A and AAAA records.
+    /// A and AAAA records of a next hop (delivery).
     Ip = 1,
+    /// A records (a plugin).
+    A = 2,
+    /// AAAA records (a plugin).
+    Aaaa = 3,
+    /// TXT records (a plugin).
+    Txt = 4,
+    /// PTR records (a plugin).
+    Ptr = 5,
 }
 
 /// How a DNS lookup ended.
@@ -445,6 +459,155 @@ impl PluginMetrics {
         if let Some(k) = FAULT_KINDS.iter().position(|x| *x == kind) {
             self.faults[k].inc();
         }
+    }
+}
+
+/// Most label combinations one plugin may create over all its metrics.
+pub const MAX_PLUGIN_SERIES: usize = 1000;
+
+/// The metrics plugins define by using them (the `metrics` capability).
+#[derive(Debug, Default)]
+struct PluginDefined {
+    /// By exported name.
+    families: HashMap<String, Family>,
+    /// Per plugin, the (family, label values) it created.
+    series: HashMap<String, HashSet<(String, Vec<String>)>>,
+    /// (plugin, problem) already logged.
+    warned: HashSet<(String, String)>,
+}
+
+#[derive(Debug)]
+enum Family {
+    Counter(IntCounterVec, Vec<String>),
+    Histogram(HistogramVec, Vec<String>),
+}
+
+/// A plugin's metric or label name: `[a-z][a-z0-9_]{0,63}`.
+fn valid_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl Metrics {
+    /// Adds to a plugin's counter `name` (`mailgate_plugin_<name>_total`).
+    pub fn plugin_counter_add(&self, plugin: &str, name: &str, labels: &[(String, String)], value: u64) {
+        let exported = format!("mailgate_plugin_{}_total", name.strip_suffix("_total").unwrap_or(name));
+        self.plugin_metric(plugin, name, exported, labels, true, |family, values| {
+            if let Family::Counter(vec, _) = family {
+                vec.with_label_values(values).inc_by(value);
+            }
+        });
+    }
+
+    /// Records a value in a plugin's histogram `name` (`mailgate_plugin_<name>`).
+    pub fn plugin_histogram_observe(&self, plugin: &str, name: &str, labels: &[(String, String)], value: f64) {
+        let exported = format!("mailgate_plugin_{name}");
+        self.plugin_metric(plugin, name, exported, labels, false, |family, values| {
+            if let Family::Histogram(vec, _) = family {
+                vec.with_label_values(values).observe(value);
+            }
+        });
+    }
+
+    fn plugin_metric(
+        &self,
+        plugin: &str,
+        name: &str,
+        exported: String,
+        labels: &[(String, String)],
+        counter: bool,
+        record: impl FnOnce(&Family, &[&str]),
+    ) {
+        let mut defined = self.plugin_defined.lock().unwrap_or_else(PoisonError::into_inner);
+        let problem = match self.plugin_series(&mut defined, plugin, name, &exported, labels, counter) {
+            Ok(values) => {
+                if let Some(family) = defined.families.get(&exported) {
+                    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+                    record(family, &values);
+                }
+                return;
+            }
+            Err(problem) => problem,
+        };
+        if defined.warned.insert((plugin.to_owned(), problem.clone())) {
+            tracing::warn!(plugin, metric = name, "plugin metric ignored: {problem}");
+        }
+    }
+
+    /// The label values in the family's order, creating the family on
+    /// first use; an error says why the use is ignored.
+    fn plugin_series(
+        &self,
+        defined: &mut PluginDefined,
+        plugin: &str,
+        name: &str,
+        exported: &str,
+        labels: &[(String, String)],
+        counter: bool,
+    ) -> Result<Vec<String>, String> {
+        if !valid_plugin_name(name) {
+            return Err(format!(
+                "{name:?} is not a valid metric name ([a-z][a-z0-9_]*, at most 64)"
+            ));
+        }
+        for (label, _) in labels {
+            if !valid_plugin_name(label) || label == "plugin" {
+                return Err(format!("{label:?} is not a valid label name for {name}"));
+            }
+        }
+        if !defined.families.contains_key(exported) {
+            let mut names = vec!["plugin".to_owned()];
+            names.extend(labels.iter().map(|(label, _)| label.clone()));
+            let unique: HashSet<&String> = names.iter().collect();
+            if unique.len() != names.len() {
+                return Err(format!("{name} repeats a label"));
+            }
+            let help = format!(
+                "Plugin-defined {} `{name}`.",
+                if counter { "counter" } else { "histogram" }
+            );
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let family = if counter {
+                IntCounterVec::new(Opts::new(exported, help), &refs).map(|vec| {
+                    let _ = self.registry.register(Box::new(vec.clone()));
+                    Family::Counter(vec, names)
+                })
+            } else {
+                HistogramVec::new(HistogramOpts::new(exported, help), &refs).map(|vec| {
+                    let _ = self.registry.register(Box::new(vec.clone()));
+                    Family::Histogram(vec, names)
+                })
+            };
+            let family = family.map_err(|e| format!("cannot define {name}: {e}"))?;
+            defined.families.insert(exported.to_owned(), family);
+        }
+        let names = match defined.families.get(exported) {
+            Some(Family::Counter(_, names)) if counter => names,
+            Some(Family::Histogram(_, names)) if !counter => names,
+            _ => return Err(format!("{exported} is already defined as another kind of metric")),
+        };
+        if names.len() != labels.len() + 1 {
+            return Err(format!("{name} was first used with the labels {:?}", &names[1..]));
+        }
+        let mut values = vec![plugin.to_owned()];
+        for label in &names[1..] {
+            match labels.iter().find(|(given, _)| given == label) {
+                Some((_, value)) => values.push(value.clone()),
+                None => return Err(format!("{name} was first used with the labels {:?}", &names[1..])),
+            }
+        }
+        let series = defined.series.entry(plugin.to_owned()).or_default();
+        let key = (exported.to_owned(), values.clone());
+        if !series.contains(&key) {
+            if series.len() >= MAX_PLUGIN_SERIES {
+                return Err(format!("more than {MAX_PLUGIN_SERIES} label combinations"));
+            }
+            series.insert(key);
+        }
+        Ok(values)
     }
 }
 

@@ -18,8 +18,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{error, info};
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, Reuse};
 use crate::delivery::DeliverySettings;
+use crate::kv::{Kv, KvSettings};
 use crate::metrics::metrics;
 use crate::server::{Generation, Inbound};
 
@@ -30,6 +31,7 @@ struct Fixed {
     spool_dir: PathBuf,
     admin: Option<SocketAddr>,
     log_format: LogFormat,
+    kv: KvSettings,
 }
 
 impl Fixed {
@@ -43,6 +45,7 @@ impl Fixed {
             spool_dir: config.spool_dir.clone(),
             admin: config.admin,
             log_format: config.log_format,
+            kv: config.kv.settings().clone(),
         }
     }
 
@@ -61,6 +64,9 @@ impl Fixed {
         if self.log_format != next.log_format {
             changed.push("server.log_format");
         }
+        if self.kv != next.kv {
+            changed.push("[kv]");
+        }
         changed
     }
 }
@@ -70,6 +76,7 @@ impl Fixed {
 pub struct Reloader {
     path: PathBuf,
     fixed: Fixed,
+    kv: Arc<Kv>,
     inbound: Arc<Inbound>,
     delivery: watch::Sender<Arc<DeliverySettings>>,
     grace_period: Mutex<Duration>,
@@ -84,6 +91,7 @@ impl Reloader {
         Self {
             path: config.path.clone(),
             fixed: Fixed::of(config),
+            kv: Arc::clone(&config.kv),
             grace_period: Mutex::new(config.shutdown_grace_period),
             busy: tokio::sync::Mutex::new(inbound.current().number),
             inbound,
@@ -115,8 +123,11 @@ impl Reloader {
 
     async fn load(&self, number: u64) -> Result<u64, String> {
         let serving = self.inbound.current();
-        let runtime = serving.settings.chain.as_ref().map(|chain| chain.runtime());
-        let config = Config::load_reusing(&self.path, runtime)
+        let reuse = Reuse {
+            runtime: serving.settings.chain.as_ref().map(|chain| chain.runtime()),
+            kv: Some(&self.kv),
+        };
+        let config = Config::load_reusing(&self.path, reuse)
             .await
             .map_err(|e| e.to_string())?;
         let changed = self.fixed.changed(&Fixed::of(&config));

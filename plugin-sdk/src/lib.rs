@@ -33,9 +33,12 @@
 //! plugin's settings table, then the hooks of the stages the plugin is
 //! configured for. Modifications (header edits, rewrites, routes, metadata)
 //! are asked for through the [`Transaction`]; which are legal depends on the
-//! stage (see each method). Capabilities ([`log`], [`clock`]) must be
-//! granted in the gateway's configuration: a plugin that uses one it was not
-//! granted fails to load.
+//! stage (see each method). Capabilities ([`log`], [`clock`], [`dns`],
+//! [`kv`], [`metrics`]) must be granted in the gateway's configuration: a
+//! plugin that uses one it was not granted fails to load. [`dns::Resolver`]
+//! and [`kv::Store`] are traits with in-memory stand-ins
+//! ([`dns::StaticZone`], [`kv::Memory`]), so a plugin's logic can be unit
+//! tested on the host.
 
 #![deny(missing_docs)]
 
@@ -50,14 +53,17 @@ pub mod bindings {
 }
 
 pub mod clock;
+pub mod dns;
+pub mod kv;
 pub mod log;
 mod message;
+pub mod metrics;
 mod settings;
 mod transaction;
 mod types;
 
 pub use message::{Message, Part};
-pub use settings::Settings;
+pub use settings::{Settings, duration, parse_duration};
 pub use transaction::Transaction;
 pub use types::{BodyType, Client, Header, MailParameters, Mailbox, NextHop, Reply, ReversePath, Verdict};
 

@@ -7,7 +7,7 @@ readers treat it with care. Runs at the `data` stage.
 Build (offline once componentize-py is installed from PyPI):
 
     pip install componentize-py==0.25.1
-    componentize-py -d ../../wit -w plugin componentize -p . app -o external_tagger.wasm
+    componentize-py -d wit -w tagger componentize -p . app -o external_tagger.wasm
 
 Settings (`[plugin.settings]`):
 
@@ -19,7 +19,7 @@ import json
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import types
+from wit_world.imports import log, types
 
 # Set by `init`; one plugin instance serves one transaction (or several,
 # with `instances = "reused"`), so module state is per instance.
@@ -86,4 +86,5 @@ class Hooks(exports.Hooks):
         if not subject.startswith(prefix):
             new_subject = f"{prefix} {subject}".rstrip()
             changes.append(types.Modification_SetHeader(types.Header("Subject", new_subject)))
+        log.write(log.Level.DEBUG, f"tagged a message from {sender}")
         return outcome(modifications=changes)

@@ -172,7 +172,7 @@ async fn python_plugin_tags_external_senders() -> Result<()> {
         let gw = Setup::new()
             .route_all_to(sink.addr())
             .plugin(&plugin(&format!(
-                "capabilities = [\"log\", \"clock\"]\ninstances = \"{instances}\""
+                "capabilities = [\"log\"]\ninstances = \"{instances}\""
             )))
             .start()
             .await?;

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+mod capabilities;
 mod config;
 mod delivery;
 mod durability;

@@ -1,6 +1,6 @@
 //! `DnsServer`: a real DNS server on loopback (UDP) answering from a zone
-//! the test writes: MX, A, AAAA, null MX, NXDOMAIN for unknown names and
-//! SERVFAIL where asked. Encoding and decoding use hickory-proto.
+//! the test writes: MX, A, AAAA, TXT, PTR, null MX, NXDOMAIN for unknown
+//! names and SERVFAIL where asked. Encoding and decoding use hickory-proto.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -81,6 +81,19 @@ impl DnsServer {
             IpAddr::V4(v4) => self.add(host, RecordType::A, RData::A(A(v4))),
             IpAddr::V6(v6) => self.add(host, RecordType::AAAA, RData::AAAA(AAAA(v6))),
         }
+    }
+
+    /// A TXT record of one string.
+    pub fn txt(&self, name: &str, text: &str) {
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(vec![text.to_owned()])));
+    }
+
+    /// A PTR record for `ip`, in in-addr.arpa or ip6.arpa.
+    pub fn ptr(&self, ip: IpAddr, target: &str) -> Result<()> {
+        let name = Name::from(ip).to_ascii();
+        let target = Name::from_ascii(key(target))?;
+        self.add(&name, RecordType::PTR, RData::PTR(PTR(target)));
+        Ok(())
     }
 
     /// Answers SERVFAIL for every query about `name`.

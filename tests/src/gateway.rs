@@ -29,6 +29,7 @@ pub struct Setup {
     relay: Vec<String>,
     delivery: Vec<String>,
     dns: Vec<String>,
+    kv: Vec<String>,
     routes: String,
     plugins: Vec<String>,
     admin: Option<SocketAddr>,
@@ -101,6 +102,13 @@ impl Setup {
     /// a closed port on loopback, so no test ever asks real DNS).
     pub fn dns(mut self, server: SocketAddr) -> Self {
         self.dns.push(format!("nameservers = [\"{server}\"]"));
+        self
+    }
+
+    /// Adds a `key = value` line to `[kv]` (by default the embedded store
+    /// in the spool directory).
+    pub fn kv(mut self, line: &str) -> Self {
+        self.kv.push(line.to_owned());
         self
     }
 
@@ -215,6 +223,7 @@ impl Setup {
             &["nameservers = [\"127.0.0.1:9\"]", "timeout = \"1s\"", "attempts = 1"],
             &self.dns,
         );
+        section(&mut text, "kv", &[], &self.kv);
         if let Some(admin) = self.admin {
             let _ = writeln!(text, "[admin]\naddress = \"{admin}\"");
         }

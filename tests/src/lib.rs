@@ -6,6 +6,7 @@ mod client;
 mod dns;
 mod gateway;
 mod http;
+mod redis;
 mod sink;
 mod tls;
 
@@ -15,6 +16,7 @@ pub use client::{SmtpClient, TestReply, stuff};
 pub use dns::DnsServer;
 pub use gateway::{Gateway, GatewayProcess, Setup, count_queued};
 pub use http::http;
+pub use redis::RedisServer;
 pub use sink::{Behavior, Received, SinkServer};
 pub use tls::TestCa;
 

@@ -18,13 +18,14 @@ use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
 pub use raw::LogFormat;
-use raw::{RawConfig, RawPlugin, RawRoute, RawStage};
+use raw::{KvBackend, RawConfig, RawPlugin, RawRoute, RawStage};
 
 use crate::delivery::route::{Route, RouteTable, Target};
 use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
 use crate::delivery::{ClientTimeouts, DeliverySettings};
 use crate::dns::{DnsSettings, Resolver};
-use crate::plugin::{Chain, PluginConfig, Runtime, RuntimeSettings};
+use crate::kv::{Kv, KvSettings};
+use crate::plugin::{Chain, HostServices, PluginConfig, Runtime, RuntimeSettings, SystemClock};
 use crate::queue::RetrySchedule;
 use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
@@ -33,6 +34,23 @@ use crate::server::{ListenerConfig, ListenerRole, ServerSettings};
 use crate::smtp::address::DomainPattern;
 use crate::smtp::data::DataPolicy;
 use crate::smtp::session::{SessionConfig, Stage};
+
+/// What loading a configuration may take over from the one serving.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Reuse<'a> {
+    /// The plugin engine, kept when `[plugins]` is unchanged.
+    pub runtime: Option<&'a Arc<Runtime>>,
+    /// The key-value store, kept when `[kv]` is unchanged.
+    pub kv: Option<&'a Arc<Kv>>,
+}
+
+/// A plugin's name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+fn valid_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
 
 /// The validated configuration.
 #[derive(Debug)]
@@ -59,6 +77,8 @@ pub struct Config {
     pub plugin_runtime: RuntimeSettings,
     /// Where the admin API listens, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
+    /// The plugins' key-value store (opened on first use).
+    pub kv: Arc<Kv>,
 }
 
 impl Config {
@@ -66,21 +86,26 @@ impl Config {
     /// plugins (each one's `init` runs once with its settings), so that a
     /// broken plugin stops start-up with the file, line and key.
     pub async fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_reusing(path, None).await
+        Self::load_reusing(path, Reuse::default()).await
     }
 
     /// Like `load`, but plugins are compiled with `runtime` (the running
     /// gateway's engine) when the engine-wide settings did not change: a
     /// reload then shares the instance pool instead of reserving another.
-    pub async fn load_reusing(path: &Path, runtime: Option<&Arc<Runtime>>) -> Result<Self, ConfigError> {
+    pub async fn load_reusing(path: &Path, reuse: Reuse<'_>) -> Result<Self, ConfigError> {
         let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
         let (mut config, plugin_spans) = Self::parse(path, &source)?;
+        // The store stays open across reloads (its settings need a
+        // restart): a second handle on the same file could not open it.
+        if let Some(kv) = reuse.kv.filter(|kv| kv.settings() == config.kv.settings()) {
+            config.kv = Arc::clone(kv);
+        }
         if !config.plugins.is_empty() {
             let located = |index: usize, reason: String| Problem::at(&source, plugin_spans.get(index).cloned(), reason);
-            let runtime = match runtime.filter(|r| r.settings == config.plugin_runtime) {
+            let runtime = match reuse.runtime.filter(|r| r.settings == config.plugin_runtime) {
                 Some(runtime) => Arc::clone(runtime),
                 None => Runtime::new(&config.plugin_runtime).map_err(|e| ConfigError::Invalid {
                     path: path.to_owned(),
@@ -88,7 +113,12 @@ impl Config {
                 })?,
             };
             let routes = config.delivery.routes.names().map(str::to_owned).collect();
-            let chain = Chain::load(runtime, config.plugins.clone(), routes)
+            let host = HostServices {
+                dns: Arc::new(config.delivery.resolver.clone()),
+                kv: config.kv.clone(),
+                clock: Arc::new(SystemClock),
+            };
+            let chain = Chain::load(runtime, host, config.plugins.clone(), routes)
                 .await
                 .map_err(|errors| ConfigError::Invalid {
                     path: path.to_owned(),
@@ -186,6 +216,7 @@ impl Checker<'_> {
                 "`plugins.max_instances` must be at least 1",
             ));
         }
+        let kv = Kv::new(self.kv(&raw, &spool_dir));
         let plugin_runtime = RuntimeSettings {
             cache_dir,
             max_instances: raw.plugins.max_instances,
@@ -203,6 +234,7 @@ impl Checker<'_> {
             plugins,
             plugin_runtime,
             admin: raw.admin.address.map(|a| a.0),
+            kv,
         }
     }
 
@@ -214,6 +246,12 @@ impl Checker<'_> {
                 let p: &RawPlugin = spanned.get_ref();
                 if !names.insert(p.name.get_ref().clone()) {
                     self.problem(&p.name, format!("duplicate plugin name {:?}", p.name.get_ref()));
+                }
+                if !valid_plugin_name(p.name.get_ref()) {
+                    self.problem(
+                        &p.name,
+                        "a plugin name is 1 to 64 letters, digits, `-`, `_` or `.` (it names the plugin's logs, metrics and key-value namespace)",
+                    );
                 }
                 if p.stages.get_ref().is_empty() {
                     self.problem(&p.stages, "a plugin needs at least one stage");
@@ -448,6 +486,45 @@ impl Checker<'_> {
             resolver,
             remote_port: d.mx_port,
             delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
+        }
+    }
+
+    fn kv(&mut self, raw: &RawConfig, spool_dir: &Path) -> KvSettings {
+        let kv = &raw.kv;
+        match kv.backend.get_ref() {
+            KvBackend::Embedded => {
+                if let Some(url) = &kv.url {
+                    self.problem(url, "`url` is for `backend = \"redis\"`");
+                }
+                KvSettings::Embedded {
+                    path: kv
+                        .path
+                        .as_ref()
+                        .map_or_else(|| spool_dir.join("kv.redb"), |p| self.resolve(p.get_ref())),
+                }
+            }
+            KvBackend::Redis => {
+                if let Some(path) = &kv.path {
+                    self.problem(path, "`path` is for `backend = \"embedded\"`");
+                }
+                let url = match &kv.url {
+                    Some(url) => {
+                        if let Err(e) = crate::kv::check_redis_url(url.get_ref()) {
+                            self.problem(url, format!("not a Redis URL: {e}"));
+                        }
+                        url.get_ref().clone()
+                    }
+                    None => {
+                        self.problem(&kv.backend, "`backend = \"redis\"` needs `url`");
+                        String::new()
+                    }
+                };
+                KvSettings::Redis {
+                    url,
+                    key_prefix: kv.key_prefix.clone(),
+                    timeout: kv.timeout.0.max(Duration::from_millis(1)),
+                }
+            }
         }
     }
 

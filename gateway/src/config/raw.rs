@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub delivery: RawDelivery,
     /// `[dns]`
     pub dns: RawDns,
+    /// `[kv]`
+    pub kv: RawKv,
     /// `[admin]`
     pub admin: RawAdmin,
     /// `[[route]]`, tried in order.
@@ -313,6 +315,48 @@ impl Default for RawDns {
             nameservers: None,
             timeout: HumanDuration(std::time::Duration::from_secs(5)),
             attempts: 2,
+        }
+    }
+}
+
+/// `[kv]`: the store behind the plugins' `kv` capability.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKv {
+    /// `backend`: `"embedded"` (one file on local disk) or `"redis"`
+    /// (shared by several gateways); default `"embedded"`.
+    pub backend: Spanned<KvBackend>,
+    /// `path`: the embedded store's file; default `kv.redb` in `spool_dir`.
+    /// Relative paths are relative to the configuration file.
+    pub path: Option<Spanned<PathBuf>>,
+    /// `url`: the Redis server, `"redis://host:port/db"`; required with
+    /// `backend = "redis"`.
+    pub url: Option<Spanned<String>>,
+    /// `key_prefix`: put before every Redis key; default `"mailgate:"`.
+    pub key_prefix: String,
+    /// `timeout`: how long one Redis operation may take; default `"1s"`.
+    pub timeout: HumanDuration,
+}
+
+/// `kv.backend`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvBackend {
+    /// redb, in one file.
+    #[default]
+    Embedded,
+    /// A Redis server.
+    Redis,
+}
+
+impl Default for RawKv {
+    fn default() -> Self {
+        Self {
+            backend: Spanned::new(0..0, KvBackend::Embedded),
+            path: None,
+            url: None,
+            key_prefix: "mailgate:".to_owned(),
+            timeout: HumanDuration(std::time::Duration::from_secs(1)),
         }
     }
 }

@@ -16,6 +16,7 @@ use super::bindings::mailgate::plugin::types::{Context, MetadataEntry};
 use super::convert::{self, Verdict};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
+use super::host::HostServices;
 use super::load::{Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
 use super::message::{MessageHandle, ParsedMessage};
 use super::outcome::{Decision, HookContext, Modification, StageResult};
@@ -30,6 +31,7 @@ pub struct Chain {
     routes: HashSet<String>,
     // Keeps the engine (and its epoch ticker) alive as long as the chain.
     runtime: Arc<Runtime>,
+    host: HostServices,
 }
 
 impl Chain {
@@ -37,13 +39,14 @@ impl Chain {
     /// may route to. Errors come back with the index of the plugin.
     pub async fn load(
         runtime: Arc<Runtime>,
+        host: HostServices,
         configs: Vec<PluginConfig>,
         routes: HashSet<String>,
     ) -> Result<Arc<Self>, Vec<(usize, PluginError)>> {
         let mut plugins = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
         for (index, config) in configs.into_iter().enumerate() {
-            match LoadedPlugin::load(&runtime, config).await {
+            match LoadedPlugin::load(&runtime, config, host.clone()).await {
                 Ok(plugin) => plugins.push(plugin),
                 Err(e) => errors.push((index, e)),
             }
@@ -53,6 +56,7 @@ impl Chain {
                 plugins,
                 routes,
                 runtime,
+                host,
             }))
         } else {
             Err(errors)
@@ -62,6 +66,11 @@ impl Chain {
     /// The engine its plugins run on.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.runtime
+    }
+
+    /// What its plugins' capabilities reach.
+    pub fn host(&self) -> &HostServices {
+        &self.host
     }
 
     /// True when some plugin runs at `stage`.

@@ -1,12 +1,12 @@
 //! The host side of the plugin world's imports. Each method converts and
 //! delegates; a missing resource is a trap.
 
-use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
-use super::bindings::mailgate::plugin::{clock, log, types};
+use super::bindings::mailgate::plugin::{clock, dns, kv, log, metrics, types};
+use super::host::{DnsAnswer, DnsFailure, DnsKind, DnsRecord};
 use super::message::MessageHandle;
 use super::state::State;
 
@@ -75,13 +75,302 @@ impl log::Host for State {
 
 impl clock::Host for State {
     async fn now_millis(&mut self) -> wasmtime::Result<u64> {
-        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        Ok(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+        Ok(self.host.clock.now_millis())
     }
 
     async fn monotonic_nanos(&mut self) -> wasmtime::Result<u64> {
-        static ORIGIN: OnceLock<Instant> = OnceLock::new();
-        let origin = *ORIGIN.get_or_init(Instant::now);
-        Ok(u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX))
+        Ok(self.host.clock.monotonic_nanos())
+    }
+}
+
+impl State {
+    /// Time spent waiting on the host (DNS, the store) does not count
+    /// against the plugin's time budget: its deadline moves by that much.
+    fn excuse(&mut self, since: Instant) {
+        self.deadline += since.elapsed();
+    }
+
+    async fn lookup(&mut self, kind: DnsKind, name: String) -> DnsAnswer {
+        let key = (kind, name.to_ascii_lowercase());
+        if let Some(answer) = self.dns_cache.get(&key) {
+            return answer.clone();
+        }
+        let answer = if let Err(reason) = valid_query(kind, &key.1) {
+            Err(DnsFailure::Invalid(reason))
+        } else if self.dns_lookups >= MAX_DNS_LOOKUPS {
+            return Err(DnsFailure::Temporary(format!(
+                "more than {MAX_DNS_LOOKUPS} lookups in one transaction"
+            )));
+        } else {
+            self.dns_lookups += 1;
+            let started = Instant::now();
+            let answer = self.host.dns.lookup(kind, key.1.clone()).await;
+            self.excuse(started);
+            answer
+        };
+        self.dns_cache.insert(key, answer.clone());
+        answer
+    }
+}
+
+/// Uncached lookups one transaction may make.
+pub const MAX_DNS_LOOKUPS: u32 = 64;
+
+/// A name a resolver can be asked about: 1 to 253 octets of printable
+/// ASCII in labels of 1 to 63; for PTR, an IP address.
+fn valid_query(kind: DnsKind, name: &str) -> Result<(), String> {
+    if kind == DnsKind::Ptr {
+        return name
+            .parse::<std::net::IpAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("{name:?} is not an IP address"));
+    }
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    let ok = !trimmed.is_empty()
+        && trimmed.len() <= 253
+        && trimmed
+            .split('.')
+            .all(|label| (1..=63).contains(&label.len()) && label.bytes().all(|b| b.is_ascii_graphic()));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid domain name"))
+    }
+}
+
+fn dns_error(failure: DnsFailure) -> dns::Error {
+    match failure {
+        DnsFailure::NoSuchName => dns::Error::NoSuchName,
+        DnsFailure::Invalid(reason) => dns::Error::Invalid(reason),
+        DnsFailure::Temporary(reason) => dns::Error::Temporary(reason),
+    }
+}
+
+/// The strings of an answer's records of one shape.
+fn strings(answer: DnsAnswer, pick: impl Fn(DnsRecord) -> Option<String>) -> Result<Vec<String>, dns::Error> {
+    answer
+        .map(|records| records.into_iter().filter_map(pick).collect())
+        .map_err(dns_error)
+}
+
+impl dns::Host for State {
+    async fn a(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::Error>> {
+        let answer = self.lookup(DnsKind::A, name).await;
+        Ok(strings(answer, |r| match r {
+            DnsRecord::Ip(ip @ std::net::IpAddr::V4(_)) => Some(ip.to_string()),
+            _ => None,
+        }))
+    }
+
+    async fn aaaa(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::Error>> {
+        let answer = self.lookup(DnsKind::Aaaa, name).await;
+        Ok(strings(answer, |r| match r {
+            DnsRecord::Ip(ip @ std::net::IpAddr::V6(_)) => Some(ip.to_string()),
+            _ => None,
+        }))
+    }
+
+    async fn mx(&mut self, name: String) -> wasmtime::Result<Result<Vec<dns::MxRecord>, dns::Error>> {
+        let answer = self.lookup(DnsKind::Mx, name).await;
+        Ok(answer
+            .map(|records| {
+                records
+                    .into_iter()
+                    .filter_map(|r| match r {
+                        DnsRecord::Mx { preference, exchange } => Some(dns::MxRecord { preference, exchange }),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .map_err(dns_error))
+    }
+
+    async fn txt(&mut self, name: String) -> wasmtime::Result<Result<Vec<String>, dns::Error>> {
+        let answer = self.lookup(DnsKind::Txt, name).await;
+        Ok(strings(answer, |r| match r {
+            DnsRecord::Txt(text) => Some(text),
+            _ => None,
+        }))
+    }
+
+    async fn ptr(&mut self, ip: String) -> wasmtime::Result<Result<Vec<String>, dns::Error>> {
+        let answer = self.lookup(DnsKind::Ptr, ip).await;
+        Ok(strings(answer, |r| match r {
+            DnsRecord::Name(name) => Some(name),
+            _ => None,
+        }))
+    }
+}
+
+/// Longest key a plugin may use.
+const MAX_KEY: usize = 512;
+/// Largest value a plugin may store.
+const MAX_VALUE: usize = 64 << 10;
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        Err(format!("a key must be 1 to {MAX_KEY} octets long"))
+    } else {
+        Ok(())
+    }
+}
+
+fn ttl(seconds: u32) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)))
+}
+
+impl kv::Host for State {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let started = Instant::now();
+        let result = self.host.kv.get(&self.plugin, &key).await;
+        self.excuse(started);
+        Ok(result)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, ttl_seconds: u32) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        if value.len() > MAX_VALUE {
+            return Ok(Err(format!("a value must be at most {MAX_VALUE} octets long")));
+        }
+        let started = Instant::now();
+        let result = self.host.kv.set(&self.plugin, &key, value, ttl(ttl_seconds)).await;
+        self.excuse(started);
+        Ok(result)
+    }
+
+    async fn increment(&mut self, key: String, delta: i64, ttl_seconds: u32) -> wasmtime::Result<Result<i64, String>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let started = Instant::now();
+        let result = self
+            .host
+            .kv
+            .increment(&self.plugin, &key, delta, ttl(ttl_seconds))
+            .await;
+        self.excuse(started);
+        Ok(result)
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let started = Instant::now();
+        let result = self.host.kv.delete(&self.plugin, &key).await;
+        self.excuse(started);
+        Ok(result)
+    }
+}
+
+impl metrics::Host for State {
+    async fn counter_add(&mut self, name: String, labels: Vec<(String, String)>, value: u64) -> wasmtime::Result<()> {
+        crate::metrics::metrics().plugin_counter_add(&self.plugin, &name, &labels, value);
+        Ok(())
+    }
+
+    async fn histogram_observe(
+        &mut self,
+        name: String,
+        labels: Vec<(String, String)>,
+        value: f64,
+    ) -> wasmtime::Result<()> {
+        crate::metrics::metrics().plugin_histogram_observe(&self.plugin, &name, &labels, value);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::plugin::host::{BoxFuture, DnsService, HostServices};
+
+    /// Answers every lookup with one address and counts the lookups.
+    #[derive(Default)]
+    struct Counting(AtomicU32);
+
+    impl DnsService for Counting {
+        fn lookup(&self, _: DnsKind, _: String) -> BoxFuture<'_, DnsAnswer> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(vec![DnsRecord::Ip("192.0.2.1".parse().unwrap())]) })
+        }
+    }
+
+    fn state(dns: Arc<Counting>) -> State {
+        let host = HostServices {
+            dns,
+            ..HostServices::none()
+        };
+        State::new(Arc::from("p"), 1 << 20, host)
+    }
+
+    #[tokio::test]
+    async fn lookups_are_cached_per_transaction_and_bounded() {
+        let dns = Arc::new(Counting::default());
+        let mut state = state(Arc::clone(&dns));
+        for name in ["a.test", "A.test", "a.test."] {
+            let answer = dns::Host::a(&mut state, name.into()).await.unwrap();
+            assert!(matches!(answer.as_deref(), Ok([ip]) if ip == "192.0.2.1"), "{answer:?}");
+        }
+        assert_eq!(
+            dns.0.load(Ordering::SeqCst),
+            2,
+            "a.test and a.test. are cached apart, case is not"
+        );
+        assert!(matches!(
+            dns::Host::a(&mut state, "a..test".into()).await.unwrap(),
+            Err(dns::Error::Invalid(_))
+        ));
+        assert!(matches!(
+            dns::Host::ptr(&mut state, "not-an-ip".into()).await.unwrap(),
+            Err(dns::Error::Invalid(_))
+        ));
+        assert_eq!(
+            dns.0.load(Ordering::SeqCst),
+            2,
+            "invalid names never reach the resolver"
+        );
+        // An AAAA lookup answered with an IPv4 address shows nothing.
+        let answer = dns::Host::aaaa(&mut state, "a.test".into()).await.unwrap();
+        assert!(matches!(answer.as_deref(), Ok([])), "{answer:?}");
+
+        for n in 0..MAX_DNS_LOOKUPS {
+            let _ = dns::Host::txt(&mut state, format!("n{n}.test")).await.unwrap();
+        }
+        assert!(matches!(
+            dns::Host::txt(&mut state, "one-more.test".into()).await.unwrap(),
+            Err(dns::Error::Temporary(_))
+        ));
+        assert_eq!(
+            dns.0.load(Ordering::SeqCst),
+            MAX_DNS_LOOKUPS,
+            "the limit counts lookups that went out"
+        );
+
+        state.end_transaction();
+        let _ = dns::Host::a(&mut state, "a.test".into()).await.unwrap();
+        assert_eq!(
+            dns.0.load(Ordering::SeqCst),
+            MAX_DNS_LOOKUPS + 1,
+            "a new transaction asks again"
+        );
+    }
+
+    #[test]
+    fn names_a_resolver_may_be_asked() {
+        assert!(valid_query(DnsKind::A, "1.0.0.127.zen.spamhaus.org").is_ok());
+        assert!(valid_query(DnsKind::Txt, "sel._domainkey.example.com.").is_ok());
+        assert!(valid_query(DnsKind::A, "").is_err());
+        assert!(valid_query(DnsKind::A, "a b.test").is_err());
+        assert!(valid_query(DnsKind::A, &"a".repeat(64)).is_err());
+        assert!(valid_query(DnsKind::Ptr, "2001:db8::1").is_ok());
     }
 }

@@ -14,6 +14,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use super::bindings::{Plugin, PluginPre};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
+use super::host::HostServices;
 use super::state::State;
 use crate::smtp::session::Stage;
 
@@ -54,13 +55,33 @@ pub enum Capability {
     Log,
     /// `mailgate:plugin/clock`.
     Clock,
+    /// `mailgate:plugin/dns`.
+    Dns,
+    /// `mailgate:plugin/kv`.
+    Kv,
+    /// `mailgate:plugin/metrics`.
+    Metrics,
 }
 
 impl Capability {
+    /// The name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Log => "log",
+            Self::Clock => "clock",
+            Self::Dns => "dns",
+            Self::Kv => "kv",
+            Self::Metrics => "metrics",
+        }
+    }
+
     fn interface(self) -> &'static str {
         match self {
             Self::Log => "mailgate:plugin/log@",
             Self::Clock => "mailgate:plugin/clock@",
+            Self::Dns => "mailgate:plugin/dns@",
+            Self::Kv => "mailgate:plugin/kv@",
+            Self::Metrics => "mailgate:plugin/metrics@",
         }
     }
 }
@@ -101,6 +122,7 @@ pub struct LoadedPlugin {
     /// Its configuration.
     pub config: PluginConfig,
     engine: Engine,
+    host: HostServices,
     pre: PluginPre<State>,
     idle: Mutex<Vec<Live>>,
     /// Its counters, by hook and verdict.
@@ -119,7 +141,7 @@ impl LoadedPlugin {
     /// Compiles and checks the plugin, then creates one instance and calls
     /// `init` with its settings, so a broken plugin or bad settings stop
     /// start-up rather than the first message.
-    pub async fn load(runtime: &Arc<Runtime>, config: PluginConfig) -> Result<Self, PluginError> {
+    pub async fn load(runtime: &Arc<Runtime>, config: PluginConfig, host: HostServices) -> Result<Self, PluginError> {
         let plugin = config.name.to_string();
         let bytes = tokio::fs::read(&config.path)
             .await
@@ -145,6 +167,7 @@ impl LoadedPlugin {
         let pre = PluginPre::new(pre).map_err(mismatch)?;
         let loaded = Self {
             engine: runtime.engine.clone(),
+            host,
             pre,
             idle: Mutex::new(Vec::new()),
             metrics: crate::metrics::metrics().plugin(&config.name),
@@ -168,7 +191,11 @@ impl LoadedPlugin {
         }
         let mut store = Store::new(
             &self.engine,
-            State::new(Arc::clone(&self.config.name), self.config.memory_limit),
+            State::new(
+                Arc::clone(&self.config.name),
+                self.config.memory_limit,
+                self.host.clone(),
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(|ctx| {
@@ -203,8 +230,9 @@ impl LoadedPlugin {
 
     /// Ends an instance's use for a transaction: kept warm in reused mode,
     /// dropped otherwise.
-    pub fn release(&self, live: Live) {
+    pub fn release(&self, mut live: Live) {
         if self.config.instances == InstanceMode::Reused {
+            live.store.data_mut().end_transaction();
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < MAX_IDLE {
                 idle.push(live);
@@ -248,11 +276,7 @@ fn check_capabilities(engine: &Engine, component: &Component, config: &PluginCon
             && !name.starts_with("mailgate:plugin/types@")
             && !config.capabilities.iter().any(|c| name.starts_with(c.interface()));
         if ungranted {
-            let granted: Vec<String> = config
-                .capabilities
-                .iter()
-                .map(|c| format!("{c:?}").to_lowercase())
-                .collect();
+            let granted: Vec<String> = config.capabilities.iter().map(|c| c.name().to_owned()).collect();
             return Err(PluginError::NotGranted {
                 plugin: config.name.to_string(),
                 path: config.path.clone(),

@@ -10,6 +10,7 @@ mod convert;
 mod edit;
 mod engine;
 mod error;
+mod host;
 mod imports;
 mod load;
 mod message;
@@ -20,6 +21,10 @@ pub use chain::{Chain, ChainSession, StageCall};
 pub use edit::rewrite;
 pub use engine::{Runtime, RuntimeSettings};
 pub use error::{Fault, PluginError};
+pub use host::{
+    BoxFuture, ClockService, DnsAnswer, DnsFailure, DnsKind, DnsRecord, DnsService, HostServices, KvError, KvService,
+    NoDns, NoKv, SystemClock,
+};
 pub use load::{Capability, InstanceMode, OnError, PluginConfig};
 pub use message::ParsedMessage;
 pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

@@ -1,14 +1,18 @@
 //! What a plugin instance's store holds: a WASI context with no files,
 //! environment, arguments, stdio or network; the resource table (the
-//! message handle lives there during `on-data`); the memory limiter; and
-//! the deadline of the call in progress.
+//! message handle lives there during `on-data`); the memory limiter; the
+//! deadline of the call in progress; and what the capabilities reach, with
+//! the transaction's DNS cache.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::host::{DnsAnswer, DnsKind, HostServices};
 
 /// Store data of one plugin instance.
 pub struct State {
@@ -21,11 +25,17 @@ pub struct State {
     pub limiter: MemoryLimiter,
     /// When the call in progress must have returned.
     pub deadline: Instant,
+    /// What the capabilities reach.
+    pub host: HostServices,
+    /// DNS answers of the current transaction.
+    pub dns_cache: HashMap<(DnsKind, String), DnsAnswer>,
+    /// DNS lookups of the current transaction that were not cached.
+    pub dns_lookups: u32,
 }
 
 impl State {
     /// Fresh state for an instance of `plugin` allowed `memory_limit` bytes.
-    pub fn new(plugin: Arc<str>, memory_limit: usize) -> Self {
+    pub fn new(plugin: Arc<str>, memory_limit: usize, host: HostServices) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
@@ -40,7 +50,17 @@ impl State {
                 exceeded: false,
             },
             deadline: Instant::now(),
+            host,
+            dns_cache: HashMap::new(),
+            dns_lookups: 0,
         }
+    }
+
+    /// Forgets the transaction's DNS answers (a reused instance starts the
+    /// next transaction afresh).
+    pub fn end_transaction(&mut self) {
+        self.dns_cache.clear();
+        self.dns_lookups = 0;
     }
 }
 

@@ -1,0 +1,169 @@
+//! The store behind the plugins' `kv` capability: an embedded, persistent
+//! store in one file (redb) by default, or Redis so that several gateways
+//! share state. Keys are namespaced per plugin (`<plugin>:<key>`). The
+//! store opens on first use, so checking a configuration never locks the
+//! file of a running gateway.
+
+mod embedded;
+mod redis;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::plugin::{BoxFuture, KvError, KvService};
+
+/// `[kv]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvSettings {
+    /// One file on local disk.
+    Embedded {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A Redis server shared by several gateways.
+    Redis {
+        /// `redis://host:port/db` (or `rediss://`, `unix://`).
+        url: String,
+        /// Put before every key.
+        key_prefix: String,
+        /// How long one operation may take.
+        timeout: Duration,
+    },
+}
+
+/// Whether `url` is a Redis URL the client accepts.
+pub fn check_redis_url(url: &str) -> Result<(), String> {
+    redis::check_url(url)
+}
+
+/// The key of `key` in `namespace`, as stored.
+fn stored_key(namespace: &str, key: &str) -> String {
+    format!("{namespace}:{key}")
+}
+
+enum Backend {
+    Embedded(embedded::Embedded),
+    Redis(redis::Redis),
+}
+
+/// The store, opened on first use (or by `open` at start-up).
+pub struct Kv {
+    settings: KvSettings,
+    backend: OnceCell<Backend>,
+}
+
+impl std::fmt::Debug for Kv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kv")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kv {
+    /// A store for `settings`, not opened yet.
+    pub fn new(settings: KvSettings) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            backend: OnceCell::new(),
+        })
+    }
+
+    /// What it was made for.
+    pub fn settings(&self) -> &KvSettings {
+        &self.settings
+    }
+
+    /// Opens the store if it is not open yet; a failure is retried at the
+    /// next use.
+    pub async fn open(&self) -> Result<(), KvError> {
+        self.backend().await.map(|_| ())
+    }
+
+    /// Makes every write so far durable (the embedded store commits
+    /// without fsync and flushes every second; shutdown flushes at once).
+    pub async fn flush(&self) -> Result<(), KvError> {
+        match self.backend.get() {
+            Some(Backend::Embedded(store)) => store.flush().await,
+            Some(Backend::Redis(_)) | None => Ok(()),
+        }
+    }
+
+    async fn backend(&self) -> Result<&Backend, KvError> {
+        self.backend
+            .get_or_try_init(|| async {
+                match &self.settings {
+                    KvSettings::Embedded { path } => {
+                        embedded::Embedded::open(path.clone()).await.map(Backend::Embedded)
+                    }
+                    KvSettings::Redis {
+                        url,
+                        key_prefix,
+                        timeout,
+                    } => redis::Redis::new(url, key_prefix, *timeout).map(Backend::Redis),
+                }
+            })
+            .await
+    }
+
+    async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>, KvError> {
+        match self.backend().await? {
+            Backend::Embedded(store) => store.get(key).await,
+            Backend::Redis(store) => store.get(key).await,
+        }
+    }
+
+    async fn set_value(&self, key: String, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
+        match self.backend().await? {
+            Backend::Embedded(store) => store.set(key, value, ttl).await,
+            Backend::Redis(store) => store.set(key, value, ttl).await,
+        }
+    }
+
+    async fn increment_value(&self, key: String, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
+        match self.backend().await? {
+            Backend::Embedded(store) => store.increment(key, delta, ttl).await,
+            Backend::Redis(store) => store.increment(key, delta, ttl).await,
+        }
+    }
+
+    async fn delete_value(&self, key: String) -> Result<(), KvError> {
+        match self.backend().await? {
+            Backend::Embedded(store) => store.delete(key).await,
+            Backend::Redis(store) => store.delete(key).await,
+        }
+    }
+}
+
+impl KvService for Kv {
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, KvError>> {
+        Box::pin(self.get_value(stored_key(namespace, key)))
+    }
+
+    fn set<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), KvError>> {
+        Box::pin(self.set_value(stored_key(namespace, key), value, ttl))
+    }
+
+    fn increment<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<i64, KvError>> {
+        Box::pin(self.increment_value(stored_key(namespace, key), delta, ttl))
+    }
+
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
+        Box::pin(self.delete_value(stored_key(namespace, key)))
+    }
+}

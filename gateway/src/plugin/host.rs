@@ -1,0 +1,216 @@
+//! What the capabilities reach outside an instance: the resolver (`dns`),
+//! the key-value store (`kv`) and the clock (`clock`), as traits so that
+//! `mailgate plugin test` can answer them from a recorded transcript. The
+//! gateway's resolver (`crate::dns`) and stores (`crate::kv`) implement
+//! them.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// A boxed future, for the object-safe service traits.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The record type of a `dns` lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsKind {
+    /// IPv4 addresses.
+    A,
+    /// IPv6 addresses.
+    Aaaa,
+    /// Mail exchangers.
+    Mx,
+    /// Text records.
+    Txt,
+    /// Names of an address.
+    Ptr,
+}
+
+impl DnsKind {
+    /// The record type's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::A => "a",
+            Self::Aaaa => "aaaa",
+            Self::Mx => "mx",
+            Self::Txt => "txt",
+            Self::Ptr => "ptr",
+        }
+    }
+}
+
+/// One record of an answer: an address (A, AAAA), an MX, a text (TXT) or
+/// a name (PTR).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsRecord {
+    /// An A or AAAA record's address.
+    Ip(std::net::IpAddr),
+    /// An MX record.
+    Mx {
+        /// Lower is preferred.
+        preference: u16,
+        /// The exchange without the trailing dot; "" for the root.
+        exchange: String,
+    },
+    /// A TXT record's strings, joined.
+    Txt(String),
+    /// A PTR record's name, without the trailing dot.
+    Name(String),
+}
+
+/// Why a lookup has no answer (NODATA is an empty answer, not a failure).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum DnsFailure {
+    /// NXDOMAIN.
+    #[error("no such name")]
+    NoSuchName,
+    /// Not a valid name or address.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// SERVFAIL, a timeout, a network error.
+    #[error("temporary failure: {0}")]
+    Temporary(String),
+}
+
+/// A `dns` answer.
+pub type DnsAnswer = Result<Vec<DnsRecord>, DnsFailure>;
+
+/// Answers `dns` lookups. For `Ptr`, `name` is an IP address.
+pub trait DnsService: Send + Sync {
+    /// Looks up `name`.
+    fn lookup(&self, kind: DnsKind, name: String) -> BoxFuture<'_, DnsAnswer>;
+}
+
+/// A `kv` failure, as the plugin sees it.
+pub type KvError = String;
+
+/// A key-value store with expiry. `namespace` is the plugin's name; stores
+/// keep namespaces apart.
+pub trait KvService: Send + Sync {
+    /// The value of `key`, or `None` when absent or expired.
+    fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, KvError>>;
+    /// Sets `key`, expiring after `ttl` (never when `None`).
+    fn set<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), KvError>>;
+    /// Adds `delta` to the counter at `key` (absent: 0) and returns the new
+    /// value; `ttl` applies when this creates the key.
+    fn increment<'a>(
+        &'a self,
+        namespace: &'a str,
+        key: &'a str,
+        delta: i64,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<i64, KvError>>;
+    /// Removes `key`.
+    fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KvError>>;
+}
+
+/// The `clock` capability's source of time.
+pub trait ClockService: Send + Sync {
+    /// Milliseconds since the Unix epoch.
+    fn now_millis(&self) -> u64;
+    /// Nanoseconds since an arbitrary origin.
+    fn monotonic_nanos(&self) -> u64;
+}
+
+/// The system's clocks.
+#[derive(Debug, Default)]
+pub struct SystemClock;
+
+impl ClockService for SystemClock {
+    fn now_millis(&self) -> u64 {
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn monotonic_nanos(&self) -> u64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        let origin = *ORIGIN.get_or_init(Instant::now);
+        u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A store for when no plugin was granted `kv`: every call fails.
+#[derive(Debug, Default)]
+pub struct NoKv;
+
+impl KvService for NoKv {
+    fn get<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, KvError>> {
+        Box::pin(async { Err(no_kv()) })
+    }
+    fn set<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Vec<u8>,
+        _: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), KvError>> {
+        Box::pin(async { Err(no_kv()) })
+    }
+    fn increment<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: i64,
+        _: Option<Duration>,
+    ) -> BoxFuture<'a, Result<i64, KvError>> {
+        Box::pin(async { Err(no_kv()) })
+    }
+    fn delete<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
+        Box::pin(async { Err(no_kv()) })
+    }
+}
+
+fn no_kv() -> KvError {
+    "no key-value store is configured".to_owned()
+}
+
+/// A resolver for when none is configured: every lookup fails for now.
+#[derive(Debug, Default)]
+pub struct NoDns;
+
+impl DnsService for NoDns {
+    fn lookup(&self, _: DnsKind, _: String) -> BoxFuture<'_, DnsAnswer> {
+        Box::pin(async { Err(DnsFailure::Temporary("no resolver".into())) })
+    }
+}
+
+/// The services plugin instances reach through their capabilities.
+#[derive(Clone)]
+pub struct HostServices {
+    /// For `dns`.
+    pub dns: Arc<dyn DnsService>,
+    /// For `kv`.
+    pub kv: Arc<dyn KvService>,
+    /// For `clock`.
+    pub clock: Arc<dyn ClockService>,
+}
+
+impl HostServices {
+    /// Services that answer nothing (tests, tools without a resolver).
+    pub fn none() -> Self {
+        Self {
+            dns: Arc::new(NoDns),
+            kv: Arc::new(NoKv),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl fmt::Debug for HostServices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostServices").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,335 @@
+//! The plugins' capabilities (`dns`, `kv`, `metrics`) and the operator
+//! plugins built on them (dnsbl, greylist, rate-limit), end to end: a real
+//! DNS server on loopback answers the lookups, the embedded store keeps
+//! state on disk across a restart, and a real Redis lets a fleet of three
+//! gateways share one rate limit.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use hickory_proto::rr::RecordType;
+use mailgate_tests::plugins::{DNSBL, GREYLIST, PROBE, RATE_LIMIT};
+use mailgate_tests::{DnsServer, Gateway, RedisServer, Setup, SinkServer, SmtpClient, http, wait_until};
+
+use crate::WAIT;
+
+/// Every value of header `name` in a message, in order.
+fn headers(text: &str, name: &str) -> Vec<String> {
+    let prefix = format!("{name}: ");
+    text.lines()
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+        .collect()
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// The probe plugin, with every capability granted.
+fn probe(name: &str, settings: &str) -> String {
+    format!(
+        "name = \"{name}\"\npath = \"{PROBE}\"\nstages = [\"data\"]\ncapabilities = [\"dns\", \"kv\", \"metrics\"]\n[plugin.settings]\n{settings}"
+    )
+}
+
+/// Every lookup type answers from the loopback DNS server, repeated
+/// lookups in a transaction are answered from the cache, a kv counter
+/// survives a restart of the gateway (the embedded store is on disk), and
+/// plugin-defined metrics are exported with the plugin's name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_answer_through_the_gateway() -> Result<()> {
+    let dns = DnsServer::start().await?;
+    dns.address("host.test", ip("192.0.2.1"));
+    dns.address("host.test", ip("2001:db8::1"));
+    dns.mx("x.test", 10, "mx.x.test")?;
+    dns.txt("x.test", "v=spf1 -all");
+    dns.ptr(ip("192.0.2.1"), "host.test")?;
+    let sink = SinkServer::start().await?;
+    let settings = r#"lookups = [["a", "host.test"], ["aaaa", "host.test"], ["mx", "x.test"], ["txt", "x.test"], ["ptr", "192.0.2.1"], ["a", "missing.test"], ["a", "bad..name"], ["mx", "host.test"]]
+repeat = 3
+counter = "messages"
+metrics = true
+"#;
+    let setup = Setup::new()
+        .dns(dns.addr())
+        .route_all_to(sink.addr())
+        .admin()?
+        .plugin(&probe("probe-cap", settings));
+    let gw = setup.clone().start().await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    for n in 0..2 {
+        let content = format!("Subject: {n}\r\n\r\nhello\r\n");
+        client
+            .send_message("a@x.test", &["b@y.test"], content.as_bytes())
+            .await?;
+    }
+    client.command("QUIT").await?;
+    wait_until(WAIT, || sink.count() == 2).await?;
+    let first = sink.messages()[0].text();
+    assert_eq!(
+        headers(&first, "X-Dns"),
+        [
+            "a host.test = 192.0.2.1",
+            "aaaa host.test = 2001:db8::1",
+            "mx x.test = 10:mx.x.test",
+            "txt x.test = v=spf1 -all",
+            "ptr 192.0.2.1 = host.test",
+            "a missing.test = NXDOMAIN",
+            "a bad..name = INVALID",
+            "mx host.test = ",
+        ],
+        "{first}"
+    );
+    // Three lookups in each of two transactions: one query on the wire
+    // (the transaction's cache, then the resolver's own, by TTL).
+    assert_eq!(dns.queries("host.test", RecordType::A), 1);
+    assert_eq!(dns.queries("x.test", RecordType::TXT), 1);
+    assert_eq!(headers(&first, "X-Kv"), ["messages = 1"]);
+    assert_eq!(headers(&sink.messages()[1].text(), "X-Kv"), ["messages = 2"]);
+
+    let admin = gw.admin.ok_or_else(|| anyhow::anyhow!("no admin"))?;
+    let (_, metrics) = http(admin, "GET", "/metrics").await?;
+    for line in [
+        r#"mailgate_plugin_probe_messages_total{listener="test",plugin="probe-cap"} 2"#,
+        r#"mailgate_plugin_probe_size_kib_count{plugin="probe-cap"} 2"#,
+        r#"mailgate_dns_lookups_total{result="found",type="txt"}"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
+    assert!(!metrics.contains("Bad-Name"), "an invalid metric name is ignored");
+
+    let dir = gw.stop().await?;
+    let gw = Gateway::start_in(setup, dir).await?;
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: 3\r\n\r\nhello\r\n").await?;
+    wait_until(WAIT, || sink.count() == 3).await?;
+    assert_eq!(
+        headers(&sink.messages()[2].text(), "X-Kv"),
+        ["messages = 3"],
+        "the counter survived the restart"
+    );
+    Ok(())
+}
+
+/// A plugin that imports a capability it was not granted does not load,
+/// and the error names the plugin and the capability.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capability_not_granted_stops_start_up() -> Result<()> {
+    let plugin = format!(
+        "name = \"dnsbl\"\npath = \"{DNSBL}\"\nstages = [\"connect\"]\ncapabilities = [\"log\", \"metrics\"]\n[plugin.settings]\nzones = [\"bl.test\"]\n"
+    );
+    let error = Setup::new().plugin(&plugin).start().await.err().map(|e| e.to_string());
+    let error = error.unwrap_or_default();
+    assert!(error.contains("plugin `dnsbl`"), "{error}");
+    assert!(
+        error.contains("imports `mailgate:plugin/dns@0.1.0`, but its capabilities are [log, metrics]"),
+        "{error}"
+    );
+    Ok(())
+}
+
+fn dnsbl(settings: &str) -> String {
+    format!(
+        "name = \"dnsbl\"\npath = \"{DNSBL}\"\nstages = [\"connect\"]\ncapabilities = [\"dns\", \"log\", \"metrics\"]\n[plugin.settings]\n{settings}\n"
+    )
+}
+
+/// dnsbl: a client listed by a zone is refused at connect with 554 5.7.1
+/// naming the list and its TXT reason; lists that do not list it, or that
+/// fail, let it in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dnsbl_refuses_listed_clients_naming_the_list() -> Result<()> {
+    let dns = DnsServer::start().await?;
+    dns.address("1.0.0.127.bl.test", ip("127.0.0.2"));
+    dns.txt("1.0.0.127.bl.test", "Listed for spam, see https://bl.test/?127.0.0.1");
+    dns.servfail("1.0.0.127.broken.test");
+
+    let gw = Setup::new()
+        .dns(dns.addr())
+        .plugin(&dnsbl(r#"zones = ["clean.test", "broken.test", "bl.test"]"#))
+        .start()
+        .await?;
+    let mut client = SmtpClient::connect(gw.addr).await?;
+    let greeting = client.reply().await?;
+    assert_eq!(greeting.code, 554, "{greeting:?}");
+    assert_eq!(
+        greeting.text(),
+        "5.7.1 Service unavailable; client [127.0.0.1] blocked using bl.test; Listed for spam, see https://bl.test/?127.0.0.1"
+    );
+    assert!(client.read_to_close().await.is_ok(), "the connection is closed");
+
+    let clean = Setup::new()
+        .dns(dns.addr())
+        .plugin(&dnsbl(r#"zones = ["clean.test", "broken.test"]"#))
+        .start()
+        .await?;
+    let mut client = SmtpClient::connect(clean.addr).await?;
+    assert_eq!(client.reply().await?.code, 220);
+    Ok(())
+}
+
+fn greylist(settings: &str) -> String {
+    format!(
+        "name = \"greylist\"\npath = \"{GREYLIST}\"\nstages = [\"rcpt\"]\ncapabilities = [\"kv\", \"clock\", \"log\", \"metrics\"]\n[plugin.settings]\n{settings}\n"
+    )
+}
+
+/// Sends MAIL and RCPT and returns the RCPT reply's code and text; the
+/// transaction is reset afterwards.
+async fn rcpt(addr: std::net::SocketAddr, from: &str, to: &str) -> Result<(u16, String)> {
+    let mut client = SmtpClient::greeted(addr).await?;
+    client.expect(&format!("MAIL FROM:<{from}>"), 250).await?;
+    let reply = client.command(&format!("RCPT TO:<{to}>")).await?;
+    client.command("QUIT").await?;
+    Ok((reply.code, reply.text().to_owned()))
+}
+
+/// greylist: the first attempt of a triplet is deferred with 451 4.7.1, a
+/// retry before the delay too, a retry after it passes and the message is
+/// delivered; the embedded store remembers the triplet across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greylisting_defers_the_first_attempt_and_passes_a_retry() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let setup = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&greylist(r#"delay = "1s""#));
+    let gw = setup.clone().start().await?;
+    let (code, text) = rcpt(gw.addr, "a@x.test", "b@y.test").await?;
+    assert_eq!(
+        (code, text.as_str()),
+        (451, "4.7.1 Greylisted, please try again in 1 seconds")
+    );
+    assert_eq!(rcpt(gw.addr, "a@x.test", "b@y.test").await?.0, 451, "too early");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: retried\r\n\r\nhi\r\n").await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    assert_eq!(rcpt(gw.addr, "a@x.test", "c@y.test").await?.0, 451, "a new triplet");
+
+    let dir = gw.stop().await?;
+    let gw = Gateway::start_in(setup, dir).await?;
+    assert_eq!(
+        rcpt(gw.addr, "a@x.test", "b@y.test").await?.0,
+        250,
+        "known after the restart"
+    );
+    Ok(())
+}
+
+fn rate_limit(limit: u32) -> String {
+    format!(
+        "name = \"rate-limit\"\npath = \"{RATE_LIMIT}\"\nstages = [\"mail\"]\ncapabilities = [\"kv\", \"clock\", \"log\", \"metrics\"]\n[[plugin.settings.limits]]\nby = \"ip\"\nlimit = {limit}\nwindow = \"1h\"\n"
+    )
+}
+
+/// rate-limit on the embedded store: the fourth message of a client in the
+/// window is deferred at MAIL with 451 4.7.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_defers_a_client_over_its_limit() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&rate_limit(3))
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    for _ in 0..3 {
+        client
+            .send_message("a@x.test", &["b@y.test"], b"Subject: r\r\n\r\nhi\r\n")
+            .await?;
+    }
+    let refused = client.command("MAIL FROM:<a@x.test>").await?;
+    assert_eq!(refused.code, 451, "{refused:?}");
+    assert_eq!(
+        refused.text(),
+        "4.7.1 Rate limit exceeded: at most 3 messages per 3600 s per ip; please try again later"
+    );
+    wait_until(WAIT, || sink.count() == 3).await?;
+    Ok(())
+}
+
+/// Gateways on loopback that share one Redis, with the rate-limit and
+/// greylist plugins.
+async fn fleet(redis: &RedisServer, sink: &SinkServer, plugin: &str, size: usize) -> Result<Vec<Gateway>> {
+    let mut fleet = Vec::new();
+    for _ in 0..size {
+        let gw = Setup::new()
+            .route_all_to(sink.addr())
+            .kv("backend = \"redis\"")
+            .kv(&format!("url = \"{}\"", redis.url()))
+            .kv("key_prefix = \"fleet:\"")
+            .plugin(plugin)
+            .start()
+            .await?;
+        fleet.push(gw);
+    }
+    Ok(fleet)
+}
+
+/// The fleet: three gateways on loopback share one Redis. A client limited
+/// to 5 messages an hour gets exactly 5 through, whichever gateway it
+/// reaches; and a greylisting retry passes on another gateway than the
+/// one that saw the first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_shares_one_rate_limit_through_redis() -> Result<()> {
+    let redis = RedisServer::start().await?;
+    let sink = SinkServer::start().await?;
+    let limited = fleet(&redis, &sink, &rate_limit(5), 3).await?;
+    let mut accepted = 0;
+    let mut deferred = 0;
+    for n in 0..12 {
+        let mut client = SmtpClient::greeted(limited[n % 3].addr).await?;
+        let reply = client.command("MAIL FROM:<a@x.test>").await?;
+        match reply.code {
+            250 => {
+                client.expect("RCPT TO:<b@y.test>", 250).await?;
+                client.expect("DATA", 354).await?;
+                client.send(b"Subject: fleet\r\n\r\nhi\r\n.\r\n").await?;
+                client.expect_reply(250).await?;
+                accepted += 1;
+            }
+            451 => deferred += 1,
+            other => anyhow::bail!("MAIL answered {other}: {reply:?}"),
+        }
+        client.command("QUIT").await?;
+    }
+    assert_eq!((accepted, deferred), (5, 7), "the limit holds across the fleet");
+    wait_until(WAIT, || sink.count() == 5).await?;
+    let keys = redis.keys("fleet:rate-limit:ip:3600:127.0.0.1:*").await?;
+    assert_eq!(keys.len(), 1, "one shared counter: {keys:?}");
+
+    let greylisting = fleet(&redis, &sink, &greylist(r#"delay = "1s""#), 2).await?;
+    let (code, _) = rcpt(greylisting[0].addr, "g@x.test", "b@y.test").await?;
+    ensure!(code == 451, "the first attempt is greylisted, got {code}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        rcpt(greylisting[1].addr, "g@x.test", "b@y.test").await?.0,
+        250,
+        "the retry passes on the other gateway"
+    );
+    assert_eq!(redis.keys("fleet:greylist:*").await?.len(), 1);
+    Ok(())
+}
+
+/// A store that cannot be reached: greylisting fails open by default and
+/// fails closed (451 4.3.0) when told to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_fails_open_or_closed_as_configured() -> Result<()> {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    for (settings, expected) in [("", 250), ("on_store_error = \"tempfail\"", 451)] {
+        let gw = Setup::new()
+            .kv("backend = \"redis\"")
+            .kv(&format!("url = \"redis://{closed}/0\""))
+            .kv("timeout = \"300ms\"")
+            .relay("accepted_domains = [\"y.test\"]")
+            .plugin(&greylist(settings))
+            .start()
+            .await?;
+        let (code, text) = rcpt(gw.addr, "a@x.test", "b@y.test").await?;
+        assert_eq!(code, expected, "{settings}: {text}");
+        if expected == 451 {
+            assert_eq!(text, "4.3.0 Greylisting is unavailable, please try again later");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Test-only plugin that exercises the capabilities at the data stage and
+//! reports what it saw in headers, for the end-to-end tests:
+//!
+//! ```toml
+//! [plugin.settings]
+//! lookups = [["a", "host.test"], ["ptr", "127.0.0.1"]]   # X-Dns: a host.test = 192.0.2.1
+//! repeat = 2                                             # do each lookup this often
+//! counter = "messages"                                   # X-Kv: messages = N (kv increment)
+//! metrics = true                                         # count and observe
+//! ```
+
+use std::net::IpAddr;
+
+use mailgate_plugin_sdk::dns::{self, Resolver};
+use mailgate_plugin_sdk::kv::{self, Store};
+use mailgate_plugin_sdk::{Message, Plugin, Settings, Transaction, Verdict, export_plugin, metrics};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Probe {
+    lookups: Vec<(String, String)>,
+    repeat: u32,
+    counter: Option<String>,
+    metrics: bool,
+}
+
+fn shown<T: ToString>(answer: Result<Vec<T>, dns::Error>) -> String {
+    match answer {
+        Ok(list) => list.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+        Err(dns::Error::NoSuchName) => "NXDOMAIN".to_owned(),
+        Err(dns::Error::Invalid(_)) => "INVALID".to_owned(),
+        Err(dns::Error::Temporary(_)) => "TEMPFAIL".to_owned(),
+    }
+}
+
+fn lookup(kind: &str, name: &str) -> String {
+    let host = dns::Host;
+    match kind {
+        "a" => shown(host.a(name)),
+        "aaaa" => shown(host.aaaa(name)),
+        "mx" => shown(host.mx(name).map(|list| {
+            list.into_iter()
+                .map(|mx| format!("{}:{}", mx.preference, mx.exchange))
+                .collect::<Vec<_>>()
+        })),
+        "txt" => shown(host.txt(name)),
+        "ptr" => match name.parse::<IpAddr>() {
+            Ok(ip) => shown(host.ptr(ip)),
+            Err(_) => "INVALID".to_owned(),
+        },
+        _ => "UNKNOWN".to_owned(),
+    }
+}
+
+impl Plugin for Probe {
+    fn init(settings: &Settings) -> Result<Self, String> {
+        settings.parse()
+    }
+
+    fn on_data(&self, message: &Message, txn: &Transaction) -> Verdict {
+        for (kind, name) in &self.lookups {
+            let mut answer = String::new();
+            for _ in 0..self.repeat.max(1) {
+                answer = lookup(kind, name);
+            }
+            txn.add_header("X-Dns", &format!("{kind} {name} = {answer}"));
+        }
+        if let Some(counter) = &self.counter {
+            let value = match kv::Host.increment(counter, 1, None) {
+                Ok(n) => n.to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            txn.add_header("X-Kv", &format!("{counter} = {value}"));
+        }
+        if self.metrics {
+            metrics::count("probe_messages", &[("listener", &txn.client().listener)]);
+            // Precision is not the point: sizes in KiB.
+            #[allow(clippy::cast_precision_loss, reason = "a test metric")]
+            let kib = message.size() as f64 / 1024.0;
+            metrics::observe("probe_size_kib", &[], kib);
+            metrics::count("Bad-Name", &[]);
+        }
+        Verdict::Continue
+    }
+}
+
+export_plugin!(Probe);
