@@ -1,5 +1,5 @@
 //! The command line: `mailgate run`, `mailgate check`, `mailgate reload`,
-//! `mailgate queue` and `mailgate user`.
+//! `mailgate queue`, `mailgate user` and `mailgate plugin test`.
 //! Exit codes: 0 success, 64 bad configuration (EX_USAGE), 1 any other
 //! failure (for `run`: also a shutdown whose grace period ran out).
 
@@ -67,6 +67,36 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         action: UserAction,
+    },
+    /// Plugin development tools.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Replay recorded transcripts (`record = "dir"` on a listener)
+    /// against a plugin, deterministically: DNS answers, the time and
+    /// key-value reads come from the transcript. Prints the verdict and
+    /// modifications per stage; exits 1 when an expectation fails.
+    Test {
+        /// The plugin component (.wasm).
+        #[arg(long)]
+        plugin: PathBuf,
+        /// Its settings: a TOML file of the `[plugin.settings]` keys, or JSON.
+        #[arg(long)]
+        settings: Option<PathBuf>,
+        /// A transcript, or a directory of them; may be repeated.
+        #[arg(long, required = true)]
+        transcript: Vec<PathBuf>,
+        /// `VERDICT` (the transaction's first verdict other than continue)
+        /// or `STAGE=VERDICT`; may be repeated. Verdicts: continue, reject,
+        /// tempfail, disconnect, discard, quarantine, fault.
+        #[arg(long)]
+        expect: Vec<String>,
     },
 }
 
@@ -154,6 +184,20 @@ pub fn main() -> ExitCode {
         Command::Reload { config } => runtime.block_on(reload(&config)),
         Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
         Command::User { config, file, action } => user(config.as_deref(), file, action),
+        Command::Plugin {
+            action:
+                PluginAction::Test {
+                    plugin,
+                    settings,
+                    transcript,
+                    expect,
+                },
+        } => runtime.block_on(crate::plugin_test::run(crate::plugin_test::TestRun {
+            plugin,
+            settings,
+            transcripts: transcript,
+            expect,
+        })),
     }
 }
 

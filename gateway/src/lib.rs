@@ -13,6 +13,7 @@ pub mod kv;
 pub mod metrics;
 pub mod net;
 pub mod plugin;
+pub mod plugin_test;
 pub mod queue;
 pub mod reload;
 pub mod server;

@@ -333,3 +333,126 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() -> Result<()>
     }
     Ok(())
 }
+
+/// Record and replay: a listener with `record` writes one transcript per
+/// transaction (and one for a connection refused at connect), with the
+/// host's answers; `mailgate plugin test` replays them against a plugin
+/// with no DNS server running, prints the verdicts, and exits 1 when an
+/// expectation fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_transactions_replay_deterministically() -> Result<()> {
+    let dns = DnsServer::start().await?;
+    dns.address("1.0.0.127.bl.test", ip("127.0.0.2"));
+    let sink = SinkServer::start().await?;
+    let record = tempfile::tempdir()?;
+    let gw = Setup::new()
+        .dns(dns.addr())
+        .route_all_to(sink.addr())
+        .listener("recorded", &format!("record = \"{}\"", record.path().display()))
+        .plugin(&dnsbl("zones = [\"bl.test\"]\naction = \"tag\""))
+        .plugin(&greylist(r#"delay = "1s""#))
+        .start()
+        .await?;
+    let addr = gw.listener("recorded");
+    assert_eq!(rcpt(addr, "a@x.test", "b@y.test").await?.0, 451, "greylisted");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    SmtpClient::deliver(addr, "a@x.test", &["b@y.test"], b"Subject: recorded\r\n\r\nhi\r\n").await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    drop(gw);
+    drop(dns);
+    let mut files = Vec::new();
+    wait_until(WAIT, || {
+        files = std::fs::read_dir(record.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.len() == 2
+    })
+    .await?;
+    files.sort();
+    let first: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0])?)?;
+    let stages: Vec<&str> = first["stages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["stage"].as_str())
+        .collect();
+    assert_eq!(stages, ["connect", "helo", "mail", "rcpt"], "{first:#}");
+    let calls = first["host_calls"].to_string();
+    assert!(
+        calls.contains("1.0.0.127.bl.test"),
+        "the DNS answer is recorded: {calls}"
+    );
+    assert!(calls.contains("kv_get") && calls.contains("\"now\""), "{calls}");
+
+    // Replay with the binary: the greylist sees the first attempt as new
+    // and the retry (recorded 1.1 s later, its kv read included) as passed.
+    let settings = record.path().join("greylist.toml");
+    std::fs::write(&settings, "delay = \"1s\"\n")?;
+    let test = |transcript: &std::path::Path, expect: &[&str]| {
+        let mut command = std::process::Command::new(crate::binary());
+        command
+            .args(["plugin", "test", "--plugin", GREYLIST, "--settings"])
+            .arg(&settings)
+            .arg("--transcript")
+            .arg(transcript);
+        for e in expect {
+            command.args(["--expect", e]);
+        }
+        command.output()
+    };
+    let out = test(&files[0], &["rcpt=tempfail", "tempfail"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("451 4.7.1 Greylisted"), "{stdout}");
+    let out = test(&files[1], &["continue"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("data (") && stdout.contains("result: continue"),
+        "{stdout}"
+    );
+    // A wrong expectation fails, naming what happened instead.
+    let out = test(&files[1], &["rcpt=tempfail"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("FAILED: expected rcpt=tempfail, got continue"),
+        "{stdout}"
+    );
+
+    // The dnsbl replays from the recorded DNS answer, with no server running.
+    let out = std::process::Command::new(crate::binary())
+        .args(["plugin", "test", "--plugin", DNSBL, "--transcript"])
+        .arg(record.path())
+        .args(["--expect", "connect=reject"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(64), "settings are required: {stdout}");
+    let dnsbl_settings = record.path().join("dnsbl.json");
+    std::fs::write(&dnsbl_settings, r#"{"zones": ["bl.test"]}"#)?;
+    let out = std::process::Command::new(crate::binary())
+        .args(["plugin", "test", "--plugin", DNSBL, "--settings"])
+        .arg(&dnsbl_settings)
+        .arg("--transcript")
+        .arg(&files[0])
+        .args(["--expect", "connect=reject"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("blocked using bl.test"), "{stdout}");
+    assert!(
+        stdout.contains("not reached"),
+        "the replay stops where the client was turned away: {stdout}"
+    );
+    Ok(())
+}

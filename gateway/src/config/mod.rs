@@ -320,6 +320,7 @@ impl Checker<'_> {
                 role,
                 tls,
                 proxy_protocol: inner.proxy_protocol,
+                record: inner.record.as_deref().map(|dir| Arc::from(self.resolve(dir))),
             });
         }
         listeners

@@ -110,6 +110,11 @@ pub struct RawListener {
     /// or v2) naming the real client; default false.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// `record`: a directory to write one transcript per transaction into,
+    /// for `mailgate plugin test`; off by default. Relative paths are
+    /// relative to the configuration file.
+    #[serde(default)]
+    pub record: Option<PathBuf>,
 }
 
 /// `[tls]`: the certificate listeners use unless they name their own.

@@ -20,6 +20,7 @@ use super::host::HostServices;
 use super::load::{Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
 use super::message::{MessageHandle, ParsedMessage};
 use super::outcome::{Decision, HookContext, Modification, StageResult};
+use super::transcript::Journal;
 use crate::smtp::command::MailParameters;
 use crate::smtp::session::Stage;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
@@ -88,6 +89,7 @@ impl Chain {
         ChainSession {
             live: self.plugins.iter().map(|_| None).collect(),
             chain: Arc::clone(self),
+            journal: None,
         }
     }
 }
@@ -124,6 +126,7 @@ impl StageCall<'_> {
 pub struct ChainSession {
     chain: Arc<Chain>,
     live: Vec<Option<Live>>,
+    journal: Option<Journal>,
 }
 
 impl std::fmt::Debug for ChainSession {
@@ -133,6 +136,11 @@ impl std::fmt::Debug for ChainSession {
 }
 
 impl ChainSession {
+    /// Sends the host's answers to every instance's plugin to `journal`.
+    pub fn record(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
     /// Runs `call` through the plugins configured for its stage.
     pub async fn run(&mut self, call: StageCall<'_>, ctx: &HookContext) -> StageResult {
         let stage = call.stage();
@@ -140,6 +148,7 @@ impl ChainSession {
         // for the plugins after it.
         let mut wit_ctx = convert::context(ctx);
         let mut modifications = Vec::new();
+        let mut faults = Vec::new();
         let chain = Arc::clone(&self.chain);
         for (index, plugin) in chain.plugins.iter().enumerate() {
             if !plugin.config.stages.contains(&stage) {
@@ -164,11 +173,16 @@ impl ChainSession {
                     // A faulted instance is never used again.
                     self.live[index] = None;
                     warn!(plugin = %plugin.config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault");
-                    match plugin.config.on_error {
+                    faults.push(format!("{}: {fault}", plugin.config.name));
+                    let reply = match plugin.config.on_error {
                         OnError::Continue => continue,
-                        OnError::Tempfail => return refuse(Reply::local_error()),
-                        OnError::Reject => return refuse(policy_refusal()),
-                    }
+                        OnError::Tempfail => Reply::local_error(),
+                        OnError::Reject => policy_refusal(),
+                    };
+                    return StageResult {
+                        faults,
+                        ..refuse(reply)
+                    };
                 }
             };
             for m in &mods {
@@ -188,7 +202,12 @@ impl ChainSession {
                     modifications.extend(mods);
                     break;
                 }
-                Verdict::Reject(reply) | Verdict::Tempfail(reply) => return refuse(reply),
+                Verdict::Reject(reply) | Verdict::Tempfail(reply) => {
+                    return StageResult {
+                        faults,
+                        ..refuse(reply)
+                    };
+                }
                 Verdict::Disconnect(reply) => Decision::Disconnect(reply),
                 Verdict::Discard => Decision::Discard,
                 Verdict::Quarantine(reason) => Decision::Quarantine(reason),
@@ -197,11 +216,13 @@ impl ChainSession {
             return StageResult {
                 decision,
                 modifications,
+                faults,
             };
         }
         StageResult {
             decision: Decision::Proceed,
             modifications,
+            faults,
         }
     }
 
@@ -217,6 +238,9 @@ impl ChainSession {
             Some(live) => live,
             None => plugin.instance().await?,
         };
+        if self.journal.is_some() {
+            live.store.data_mut().journal.clone_from(&self.journal);
+        }
         let budget = plugin.config.time_budget;
         arm(&mut live.store, budget);
         let hooks = live.plugin.mailgate_plugin_hooks();
@@ -275,6 +299,7 @@ fn refuse(reply: Reply) -> StageResult {
     StageResult {
         decision: Decision::Refuse(reply),
         modifications: Vec::new(),
+        faults: Vec::new(),
     }
 }
 

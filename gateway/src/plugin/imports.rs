@@ -9,6 +9,7 @@ use super::bindings::mailgate::plugin::{clock, dns, kv, log, metrics, types};
 use super::host::{DnsAnswer, DnsFailure, DnsKind, DnsRecord};
 use super::message::MessageHandle;
 use super::state::State;
+use super::transcript::{Bytes, HostCall};
 
 /// Longest log line a plugin may write.
 const MAX_LOG_LINE: usize = 4096;
@@ -75,11 +76,15 @@ impl log::Host for State {
 
 impl clock::Host for State {
     async fn now_millis(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.host.clock.now_millis())
+        let millis = self.host.clock.now_millis();
+        self.note(|| HostCall::Now { millis });
+        Ok(millis)
     }
 
     async fn monotonic_nanos(&mut self) -> wasmtime::Result<u64> {
-        Ok(self.host.clock.monotonic_nanos())
+        let nanos = self.host.clock.monotonic_nanos();
+        self.note(|| HostCall::Monotonic { nanos });
+        Ok(nanos)
     }
 }
 
@@ -106,6 +111,11 @@ impl State {
             let started = Instant::now();
             let answer = self.host.dns.lookup(kind, key.1.clone()).await;
             self.excuse(started);
+            self.note(|| HostCall::Dns {
+                kind,
+                name: key.1.clone(),
+                answer: answer.clone(),
+            });
             answer
         };
         self.dns_cache.insert(key, answer.clone());
@@ -227,6 +237,10 @@ impl kv::Host for State {
         let started = Instant::now();
         let result = self.host.kv.get(&self.plugin, &key).await;
         self.excuse(started);
+        self.note(|| HostCall::KvGet {
+            key,
+            value: result.clone().map(|v| v.as_deref().map(Bytes::of)),
+        });
         Ok(result)
     }
 

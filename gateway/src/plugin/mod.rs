@@ -16,6 +16,7 @@ mod load;
 mod message;
 mod outcome;
 mod state;
+pub mod transcript;
 
 pub use chain::{Chain, ChainSession, StageCall};
 pub use edit::rewrite;

@@ -88,4 +88,7 @@ pub struct StageResult {
     pub decision: Decision,
     /// Modifications of every plugin that continued or accepted, in order.
     pub modifications: Vec<Modification>,
+    /// The faults on the way ("plugin: what happened"), answered by each
+    /// plugin's `on_error`.
+    pub faults: Vec<String>,
 }

@@ -13,6 +13,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::host::{DnsAnswer, DnsKind, HostServices};
+use super::transcript::{HostCall, Journal};
 
 /// Store data of one plugin instance.
 pub struct State {
@@ -31,6 +32,8 @@ pub struct State {
     pub dns_cache: HashMap<(DnsKind, String), DnsAnswer>,
     /// DNS lookups of the current transaction that were not cached.
     pub dns_lookups: u32,
+    /// Where the host's answers go while the listener records.
+    pub journal: Option<Journal>,
 }
 
 impl State {
@@ -53,6 +56,17 @@ impl State {
             host,
             dns_cache: HashMap::new(),
             dns_lookups: 0,
+            journal: None,
+        }
+    }
+
+    /// Notes an answer of the host, when recording.
+    pub fn note(&self, call: impl FnOnce() -> HostCall) {
+        if let Some(journal) = &self.journal {
+            journal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(call());
         }
     }
 
@@ -61,6 +75,7 @@ impl State {
     pub fn end_transaction(&mut self) {
         self.dns_cache.clear();
         self.dns_lookups = 0;
+        self.journal = None;
     }
 }
 

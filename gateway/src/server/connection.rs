@@ -45,6 +45,8 @@ struct Connection {
     inbound: Arc<Inbound>,
     shutdown: CancellationToken,
     counters: ListenerMetrics,
+    /// The listener's transcript directory, when it records.
+    record: Option<Arc<std::path::Path>>,
 }
 
 /// How reading DATA ended.
@@ -70,7 +72,12 @@ pub(super) async fn handle(
     } = accepted;
     let (mut session, mut step) =
         Session::with_security(Arc::clone(&settings.settings.session), info, listener.security(), tls);
-    let mut filters = settings.settings.chain.as_ref().map(Filters::new);
+    let record = listener.record.clone();
+    let mut filters = settings
+        .settings
+        .chain
+        .as_ref()
+        .map(|chain| Filters::new(chain, record.as_ref()));
     let mut conn = Connection {
         stream,
         input: BytesMut::with_capacity(4096),
@@ -80,6 +87,7 @@ pub(super) async fn handle(
         inbound,
         shutdown,
         counters,
+        record,
     };
     // The message between the end of DATA and its commit. Held here rather
     // than in the session because the session does no I/O.
@@ -510,7 +518,7 @@ impl Connection {
                 old.rechain(chain);
                 Some(old)
             }
-            (None, Some(chain)) => Some(Filters::new(chain)),
+            (None, Some(chain)) => Some(Filters::new(chain, self.record.as_ref())),
             (_, None) => None,
         };
         self.settings = current;

@@ -2,8 +2,10 @@
 //! instances), the metadata plugins set, and the edits they asked for in
 //! the current transaction, applied to the envelope and content at commit.
 
+use std::path::Path;
 use std::sync::Arc;
 
+use crate::plugin::transcript::Recorder;
 use crate::plugin::{Chain, ChainSession, Decision, HookContext, Modification, ParsedMessage, StageCall, StageResult};
 use crate::queue::{Envelope, Recipient, RouteOverride};
 use crate::smtp::Mailbox;
@@ -74,16 +76,24 @@ impl TransactionEdits {
 pub struct Filters {
     chain: Arc<Chain>,
     session: ChainSession,
+    recorder: Option<Recorder>,
     connection_metadata: Vec<(String, String)>,
     txn: TransactionEdits,
     in_transaction: bool,
 }
 
 impl Filters {
-    /// Starts using `chain` for a connection.
-    pub fn new(chain: &Arc<Chain>) -> Self {
+    /// Starts using `chain` for a connection; with `record`, every stage
+    /// and the host's answers are written to transcripts there.
+    pub fn new(chain: &Arc<Chain>, record: Option<&Arc<Path>>) -> Self {
+        let recorder = record.map(|dir| Recorder::new(Arc::clone(dir), chain.host().clock.now_millis()));
+        let mut session = chain.session();
+        if let Some(recorder) = &recorder {
+            session.record(Arc::clone(recorder.journal()));
+        }
         Self {
-            session: chain.session(),
+            session,
+            recorder,
             chain: Arc::clone(chain),
             connection_metadata: Vec::new(),
             txn: TransactionEdits::default(),
@@ -96,13 +106,16 @@ impl Filters {
     pub fn rechain(&mut self, chain: &Arc<Chain>) {
         if !Arc::ptr_eq(&self.chain, chain) {
             self.session = chain.session();
+            if let Some(recorder) = &self.recorder {
+                self.session.record(Arc::clone(recorder.journal()));
+            }
             self.chain = Arc::clone(chain);
         }
     }
 
-    /// True when some plugin runs at `stage`.
+    /// True when some plugin runs at `stage`, or the stage is recorded.
     pub fn runs_at(&self, stage: Stage) -> bool {
-        self.chain.runs_at(stage)
+        self.recorder.is_some() || self.chain.runs_at(stage)
     }
 
     /// Follows the session: when its transaction has ended (queued,
@@ -112,6 +125,9 @@ impl Filters {
         if self.in_transaction && !open {
             self.session.end_transaction();
             self.txn = TransactionEdits::default();
+            if let Some(recorder) = &mut self.recorder {
+                recorder.end_transaction();
+            }
         }
         self.in_transaction = open;
     }
@@ -149,7 +165,11 @@ impl Filters {
         let StageResult {
             decision,
             modifications,
+            ..
         } = self.session.run(call, &ctx).await;
+        if let Some(recorder) = &mut self.recorder {
+            recorder.stage(call, &ctx, &decision);
+        }
         if stage == Stage::Data {
             // No hook of this transaction runs after the data stage: free
             // the instances now rather than after the spool commit.
@@ -207,6 +227,14 @@ impl Filters {
             reverse_path: txn.map(|t| t.reverse_path.clone()),
             recipients: txn.map(|t| t.recipients.clone()).unwrap_or_default(),
             metadata,
+        }
+    }
+}
+
+impl Drop for Filters {
+    fn drop(&mut self) {
+        if let Some(recorder) = &mut self.recorder {
+            recorder.end_connection();
         }
     }
 }

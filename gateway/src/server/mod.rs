@@ -75,6 +75,8 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<ServerTls>>,
     /// Connections start with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: bool,
+    /// Where transcripts of its transactions go, when recording.
+    pub record: Option<Arc<std::path::Path>>,
 }
 
 impl ListenerConfig {

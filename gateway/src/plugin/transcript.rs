@@ -1,0 +1,642 @@
+//! Record and replay. A listener with `record = "dir"` writes one JSON
+//! transcript per transaction: the client, every stage with its argument
+//! (the message at DATA) and what the chain decided, and every answer the
+//! host gave a plugin (DNS results, the time, key-value reads). `mailgate
+//! plugin test` replays a transcript against a plugin with the host
+//! answering from it, so a run is deterministic and needs no network.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+
+use super::chain::StageCall;
+use super::host::{BoxFuture, ClockService, DnsAnswer, DnsFailure, DnsKind, DnsService, KvError, KvService};
+use super::outcome::{Decision, HookContext};
+use crate::smtp::command::BodyType;
+
+/// The transcript format's version.
+pub const VERSION: u32 = 1;
+
+/// Octets: text when they are UTF-8, else base64.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bytes {
+    /// UTF-8 text.
+    Text(String),
+    /// Anything else.
+    Base64(String),
+}
+
+impl Bytes {
+    /// Wraps `octets`.
+    pub fn of(octets: &[u8]) -> Self {
+        match std::str::from_utf8(octets) {
+            Ok(text) => Self::Text(text.to_owned()),
+            Err(_) => Self::Base64(BASE64.encode(octets)),
+        }
+    }
+
+    /// The octets (empty when the base64 is broken).
+    pub fn octets(&self) -> Vec<u8> {
+        match self {
+            Self::Text(text) => text.clone().into_bytes(),
+            Self::Base64(text) => BASE64.decode(text).unwrap_or_default(),
+        }
+    }
+}
+
+/// One answer the host gave a plugin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "snake_case")]
+pub enum HostCall {
+    /// A `dns` lookup.
+    Dns {
+        /// The record type.
+        kind: DnsKind,
+        /// The name (an address for PTR), lower case.
+        name: String,
+        /// The answer.
+        answer: DnsAnswer,
+    },
+    /// `clock.now-millis`.
+    Now {
+        /// The time given.
+        millis: u64,
+    },
+    /// `clock.monotonic-nanos`.
+    Monotonic {
+        /// The value given.
+        nanos: u64,
+    },
+    /// `kv.get`.
+    KvGet {
+        /// The key.
+        key: String,
+        /// The value found.
+        value: Result<Option<Bytes>, KvError>,
+    },
+    /// `kv.increment`.
+    KvIncrement {
+        /// The key.
+        key: String,
+        /// What was added.
+        delta: i64,
+        /// The new value.
+        value: Result<i64, KvError>,
+    },
+}
+
+/// Host answers being collected, shared by a connection's instances.
+pub type Journal = Arc<Mutex<Vec<HostCall>>>;
+
+/// The client, as of the last stage recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedClient {
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its port.
+    pub port: u16,
+    /// The listener.
+    pub listener: String,
+    /// TLS was on.
+    pub tls: bool,
+    /// The authenticated user.
+    #[serde(default)]
+    pub authenticated: Option<String>,
+}
+
+/// One stage as it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum RecordedStage {
+    /// The client connected.
+    Connect {
+        /// What the chain decided.
+        outcome: String,
+    },
+    /// EHLO or HELO.
+    Helo {
+        /// The name given.
+        name: String,
+        /// What the chain decided.
+        outcome: String,
+    },
+    /// MAIL FROM.
+    Mail {
+        /// The reverse-path ("" for the null path).
+        reverse_path: String,
+        /// `SIZE=`.
+        #[serde(default)]
+        size: Option<u64>,
+        /// `BODY=8BITMIME`.
+        #[serde(default)]
+        eight_bit: bool,
+        /// `SMTPUTF8`.
+        #[serde(default)]
+        smtputf8: bool,
+        /// What the chain decided.
+        outcome: String,
+    },
+    /// RCPT TO.
+    Rcpt {
+        /// The recipient.
+        recipient: String,
+        /// What the chain decided.
+        outcome: String,
+    },
+    /// The message (as spooled, trace header included).
+    Data {
+        /// The content.
+        message: Bytes,
+        /// What the chain decided.
+        outcome: String,
+    },
+}
+
+/// A recorded transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    /// The format's version.
+    pub version: u32,
+    /// When recording started, ms since the epoch.
+    pub recorded_at_ms: u64,
+    /// The client.
+    pub client: RecordedClient,
+    /// The stages, in order.
+    pub stages: Vec<RecordedStage>,
+    /// The host's answers, in order.
+    pub host_calls: Vec<HostCall>,
+}
+
+/// How a decision reads in a transcript and in `mailgate plugin test`.
+pub fn describe(decision: &Decision) -> String {
+    match decision {
+        Decision::Proceed => "proceed".to_owned(),
+        Decision::Refuse(reply) => format!("refuse {}", reply.to_string().trim_end()),
+        Decision::Disconnect(reply) => format!("disconnect {}", reply.to_string().trim_end()),
+        Decision::Discard => "discard".to_owned(),
+        Decision::Quarantine(reason) => format!("quarantine {reason}"),
+    }
+}
+
+fn stage_record(call: StageCall<'_>, outcome: String) -> RecordedStage {
+    match call {
+        StageCall::Connect => RecordedStage::Connect { outcome },
+        StageCall::Helo(name) => RecordedStage::Helo {
+            name: name.to_owned(),
+            outcome,
+        },
+        StageCall::Mail(path, parameters) => RecordedStage::Mail {
+            reverse_path: path.to_string(),
+            size: parameters.size,
+            eight_bit: parameters.body == BodyType::EightBitMime,
+            smtputf8: parameters.smtputf8,
+            outcome,
+        },
+        StageCall::Rcpt(rcpt) => RecordedStage::Rcpt {
+            recipient: rcpt.to_string(),
+            outcome,
+        },
+        StageCall::Data(message) => RecordedStage::Data {
+            message: Bytes::of(message.raw()),
+            outcome,
+        },
+    }
+}
+
+/// Records one connection's transactions into a directory.
+#[derive(Debug)]
+pub struct Recorder {
+    dir: Arc<Path>,
+    journal: Journal,
+    started_ms: u64,
+    client: Option<RecordedClient>,
+    /// Connect and helo, with their host calls: repeated in every
+    /// transcript of the connection.
+    connection: (Vec<RecordedStage>, Vec<HostCall>),
+    transaction: (Vec<RecordedStage>, Vec<HostCall>),
+    written: bool,
+}
+
+impl Recorder {
+    /// Records into `dir`.
+    pub fn new(dir: Arc<Path>, now_ms: u64) -> Self {
+        Self {
+            dir,
+            journal: Journal::default(),
+            started_ms: now_ms,
+            client: None,
+            connection: (Vec::new(), Vec::new()),
+            transaction: (Vec::new(), Vec::new()),
+            written: false,
+        }
+    }
+
+    /// The journal the instances write their host calls to.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Adds a stage the chain decided, with the host calls made for it.
+    pub fn stage(&mut self, call: StageCall<'_>, ctx: &HookContext, decision: &Decision) {
+        self.client = Some(RecordedClient {
+            ip: ctx.client.ip(),
+            port: ctx.client.port(),
+            listener: ctx.listener.to_string(),
+            tls: ctx.tls,
+            authenticated: ctx.authenticated.clone(),
+        });
+        let calls = std::mem::take(&mut *self.journal.lock().unwrap_or_else(PoisonError::into_inner));
+        let part = match call {
+            StageCall::Connect | StageCall::Helo(_) => &mut self.connection,
+            _ => &mut self.transaction,
+        };
+        part.0.push(stage_record(call, describe(decision)));
+        part.1.extend(calls);
+    }
+
+    /// The transaction ended: its transcript is written, if it got as far
+    /// as MAIL.
+    pub fn end_transaction(&mut self) {
+        if self.transaction.0.is_empty() {
+            return;
+        }
+        let (stages, calls) = std::mem::take(&mut self.transaction);
+        self.write(stages, calls);
+    }
+
+    /// The connection ended: a connection refused before any transaction
+    /// is written too.
+    pub fn end_connection(&mut self) {
+        self.end_transaction();
+        if !self.written && !self.connection.0.is_empty() {
+            self.write(Vec::new(), Vec::new());
+        }
+    }
+
+    fn write(&mut self, stages: Vec<RecordedStage>, calls: Vec<HostCall>) {
+        let Some(client) = self.client.clone() else { return };
+        self.written = true;
+        let transcript = Transcript {
+            version: VERSION,
+            recorded_at_ms: self.started_ms,
+            client,
+            stages: self.connection.0.iter().cloned().chain(stages).collect(),
+            host_calls: self.connection.1.iter().cloned().chain(calls).collect(),
+        };
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = self
+            .dir
+            .join(format!("{}-{}-{n}.json", self.started_ms, std::process::id()));
+        let text = match serde_json::to_vec_pretty(&transcript) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a transcript");
+                return;
+            }
+        };
+        let dir = Arc::clone(&self.dir);
+        tokio::task::spawn_blocking(move || {
+            let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
+            if let Err(e) = written {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write a transcript");
+            }
+        });
+    }
+}
+
+/// The host as a transcript remembers it: DNS answers by query, the
+/// clock's readings in order (the last one repeated), key-value reads
+/// seeding an in-memory store that the replayed plugin's writes change.
+#[derive(Debug)]
+pub struct ReplayHost {
+    dns: HashMap<(DnsKind, String), DnsAnswer>,
+    now: Mutex<(Vec<u64>, usize)>,
+    monotonic: Mutex<(Vec<u64>, usize)>,
+    kv_seen: HashMap<String, Result<Option<Vec<u8>>, KvError>>,
+    kv_counters: HashMap<String, i64>,
+    kv: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl ReplayHost {
+    /// The host of `transcript`.
+    pub fn new(transcript: &Transcript) -> Self {
+        let mut host = Self {
+            dns: HashMap::new(),
+            now: Mutex::new((Vec::new(), 0)),
+            monotonic: Mutex::new((Vec::new(), 0)),
+            kv_seen: HashMap::new(),
+            kv_counters: HashMap::new(),
+            kv: Mutex::new(HashMap::new()),
+        };
+        let mut now = Vec::new();
+        let mut monotonic = Vec::new();
+        for call in &transcript.host_calls {
+            match call {
+                HostCall::Dns { kind, name, answer } => {
+                    host.dns.entry((*kind, name.clone())).or_insert_with(|| answer.clone());
+                }
+                HostCall::Now { millis } => now.push(*millis),
+                HostCall::Monotonic { nanos } => monotonic.push(*nanos),
+                HostCall::KvGet { key, value } => {
+                    let value = value.clone().map(|v| v.map(|b| b.octets()));
+                    host.kv_seen.entry(key.clone()).or_insert(value);
+                }
+                HostCall::KvIncrement { key, delta, value } => {
+                    // The counter as it was before the first recorded increment.
+                    if let Ok(value) = value {
+                        host.kv_counters.entry(key.clone()).or_insert(value - delta);
+                    }
+                }
+            }
+        }
+        if now.is_empty() {
+            now.push(transcript.recorded_at_ms);
+        }
+        if monotonic.is_empty() {
+            monotonic.push(0);
+        }
+        host.now = Mutex::new((now, 0));
+        host.monotonic = Mutex::new((monotonic, 0));
+        host
+    }
+
+    fn next(readings: &Mutex<(Vec<u64>, usize)>) -> u64 {
+        let mut guard = readings.lock().unwrap_or_else(PoisonError::into_inner);
+        let (values, at) = &mut *guard;
+        let value = values.get(*at).or(values.last()).copied().unwrap_or(0);
+        *at += 1;
+        value
+    }
+
+    fn stored(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        if let Some(value) = self.kv.lock().unwrap_or_else(PoisonError::into_inner).get(key) {
+            return Ok(Some(value.clone()));
+        }
+        if let Some(seen) = self.kv_seen.get(key) {
+            return seen.clone();
+        }
+        Ok(self.kv_counters.get(key).map(|n| n.to_string().into_bytes()))
+    }
+}
+
+impl DnsService for ReplayHost {
+    fn lookup(&self, kind: DnsKind, name: String) -> BoxFuture<'_, DnsAnswer> {
+        let answer = self.dns.get(&(kind, name.clone())).cloned().unwrap_or_else(|| {
+            Err(DnsFailure::Temporary(format!(
+                "{} {name} is not in the transcript",
+                kind.name()
+            )))
+        });
+        Box::pin(async move { answer })
+    }
+}
+
+impl ClockService for ReplayHost {
+    fn now_millis(&self) -> u64 {
+        Self::next(&self.now)
+    }
+
+    fn monotonic_nanos(&self) -> u64 {
+        Self::next(&self.monotonic)
+    }
+}
+
+impl KvService for ReplayHost {
+    fn get<'a>(&'a self, _: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, KvError>> {
+        let value = self.stored(key);
+        Box::pin(async move { value })
+    }
+
+    fn set<'a>(
+        &'a self,
+        _: &'a str,
+        key: &'a str,
+        value: Vec<u8>,
+        _: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), KvError>> {
+        self.kv
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_owned(), value);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn increment<'a>(
+        &'a self,
+        _: &'a str,
+        key: &'a str,
+        delta: i64,
+        _: Option<Duration>,
+    ) -> BoxFuture<'a, Result<i64, KvError>> {
+        let result = (|| {
+            let current = match self.stored(key)? {
+                Some(text) => std::str::from_utf8(&text)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or_else(|| format!("the value of {key:?} is not a counter"))?,
+                None => 0,
+            };
+            let value = current.checked_add(delta).ok_or("overflow")?;
+            self.kv
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(key.to_owned(), value.to_string().into_bytes());
+            Ok(value)
+        })();
+        Box::pin(async move { result })
+    }
+
+    fn delete<'a>(&'a self, _: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
+        self.kv.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Reads a transcript file.
+pub fn read(path: &Path) -> Result<Transcript, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let transcript: Transcript =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not a transcript: {e}", path.display()))?;
+    if transcript.version != VERSION {
+        return Err(format!(
+            "{}: transcript version {} (this mailgate reads version {VERSION})",
+            path.display(),
+            transcript.version
+        ));
+    }
+    Ok(transcript)
+}
+
+/// The directory a listener records into, when it does.
+pub type RecordDir = Option<PathBuf>;
+
+/// One stage of a replay.
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    /// The stage's name (`connect`, ..., `data`).
+    pub stage: &'static str,
+    /// The stage and its argument, for people.
+    pub label: String,
+    /// `continue`, `reject`, `tempfail`, `disconnect`, `discard`,
+    /// `quarantine`, `fault`, or `not reached`.
+    pub verdict: String,
+    /// The reply or reason, if any.
+    pub detail: String,
+    /// The modifications asked for.
+    pub modifications: Vec<String>,
+    /// What the chain decided when the transcript was recorded.
+    pub recorded: String,
+}
+
+/// The verdict word of a decision: what `--expect` compares.
+fn verdict(result: &super::outcome::StageResult) -> (String, String) {
+    if !result.faults.is_empty() {
+        return ("fault".to_owned(), result.faults.join("; "));
+    }
+    match &result.decision {
+        Decision::Proceed => ("continue".to_owned(), String::new()),
+        Decision::Refuse(reply) if reply.code() >= 500 => {
+            ("reject".to_owned(), reply.to_string().trim_end().to_owned())
+        }
+        Decision::Refuse(reply) => ("tempfail".to_owned(), reply.to_string().trim_end().to_owned()),
+        Decision::Disconnect(reply) => ("disconnect".to_owned(), reply.to_string().trim_end().to_owned()),
+        Decision::Discard => ("discard".to_owned(), String::new()),
+        Decision::Quarantine(reason) => ("quarantine".to_owned(), reason.clone()),
+    }
+}
+
+/// Replays `transcript` against `chain`, whose host must answer from it
+/// (a [`ReplayHost`]): the stages in order, as the gateway would run them,
+/// stopping where the client would have been turned away.
+pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<Replayed> {
+    use super::message::ParsedMessage;
+    use super::outcome::Modification;
+    use crate::smtp::command::MailParameters;
+    use crate::smtp::{Mailbox, ReversePath};
+
+    let client = &transcript.client;
+    let mut ctx = HookContext {
+        client: std::net::SocketAddr::new(client.ip, client.port),
+        listener: Arc::from(client.listener.as_str()),
+        tls: client.tls,
+        helo: None,
+        authenticated: client.authenticated.clone(),
+        reverse_path: None,
+        recipients: Vec::new(),
+        metadata: Vec::new(),
+    };
+    let mut session = chain.session();
+    let mut report = Vec::new();
+    let mut stopped: Option<String> = None;
+    for stage in &transcript.stages {
+        let (name, label, recorded) = match stage {
+            RecordedStage::Connect { outcome } => ("connect", format!("connect from {}", client.ip), outcome),
+            RecordedStage::Helo { name, outcome } => ("helo", format!("helo {name}"), outcome),
+            RecordedStage::Mail {
+                reverse_path, outcome, ..
+            } => ("mail", format!("mail from <{reverse_path}>"), outcome),
+            RecordedStage::Rcpt { recipient, outcome } => ("rcpt", format!("rcpt to <{recipient}>"), outcome),
+            RecordedStage::Data { message, outcome } => {
+                ("data", format!("data ({} octets)", message.octets().len()), outcome)
+            }
+        };
+        let mut line = Replayed {
+            stage: name,
+            label,
+            verdict: "not reached".to_owned(),
+            detail: String::new(),
+            modifications: Vec::new(),
+            recorded: recorded.clone(),
+        };
+        if let Some(why) = &stopped {
+            line.detail.clone_from(why);
+            report.push(line);
+            continue;
+        }
+        let result = match stage {
+            RecordedStage::Connect { .. } => session.run(StageCall::Connect, &ctx).await,
+            RecordedStage::Helo { name, .. } => {
+                ctx.helo = Some(name.clone());
+                session.run(StageCall::Helo(name), &ctx).await
+            }
+            RecordedStage::Mail {
+                reverse_path,
+                size,
+                eight_bit,
+                smtputf8,
+                ..
+            } => {
+                let Ok(path) = ReversePath::try_from(reverse_path.clone()) else {
+                    line.detail = format!("unparsable reverse-path {reverse_path:?}");
+                    report.push(line);
+                    continue;
+                };
+                let parameters = MailParameters {
+                    size: *size,
+                    body: if *eight_bit {
+                        BodyType::EightBitMime
+                    } else {
+                        BodyType::SevenBit
+                    },
+                    smtputf8: *smtputf8,
+                };
+                let result = session.run(StageCall::Mail(&path, &parameters), &ctx).await;
+                ctx.reverse_path = Some(path);
+                result
+            }
+            RecordedStage::Rcpt { recipient, .. } => {
+                let Ok(rcpt) = Mailbox::parse(recipient) else {
+                    line.detail = format!("unparsable recipient {recipient:?}");
+                    report.push(line);
+                    continue;
+                };
+                let result = session.run(StageCall::Rcpt(&rcpt), &ctx).await;
+                if result.decision == Decision::Proceed {
+                    let rewritten = result.modifications.iter().rev().find_map(|m| match m {
+                        Modification::SetRecipient(to) => Some(to.clone()),
+                        _ => None,
+                    });
+                    ctx.recipients.push(rewritten.unwrap_or(rcpt));
+                }
+                result
+            }
+            RecordedStage::Data { message, .. } => {
+                if ctx.recipients.is_empty() {
+                    line.detail = "no recipient was accepted".to_owned();
+                    report.push(line);
+                    continue;
+                }
+                let parsed = Arc::new(ParsedMessage::new(message.octets()));
+                session.run(StageCall::Data(&parsed), &ctx).await
+            }
+        };
+        for m in &result.modifications {
+            if let Modification::SetMetadata(key, value) = m {
+                ctx.metadata.push((key.clone(), value.clone()));
+            }
+        }
+        let (word, detail) = verdict(&result);
+        line.verdict = word;
+        line.detail = detail;
+        line.modifications = result.modifications.iter().map(|m| format!("{m:?}")).collect();
+        let turned_away = matches!(
+            (&result.decision, name),
+            (Decision::Disconnect(_), _) | (Decision::Refuse(_), "connect" | "helo" | "mail")
+        );
+        if turned_away {
+            stopped = Some(format!("the client was turned away at {name}"));
+        }
+        report.push(line);
+    }
+    session.end_transaction();
+    report
+}

@@ -1,0 +1,219 @@
+//! `mailgate plugin test`: the plugin author's test loop. Replays recorded
+//! transcripts against a plugin (the host answering DNS, time and
+//! key-value reads from the transcript), prints the verdict and
+//! modifications per stage, and checks expectations.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::plugin::transcript::{self, ReplayHost, Replayed, Transcript};
+use crate::plugin::{Capability, Chain, HostServices, InstanceMode, OnError, PluginConfig, Runtime, RuntimeSettings};
+use crate::smtp::session::Stage;
+
+/// What `mailgate plugin test` was asked.
+#[derive(Debug)]
+pub struct TestRun {
+    /// The component.
+    pub plugin: PathBuf,
+    /// Its settings: a TOML file (the `[plugin.settings]` table's keys) or JSON.
+    pub settings: Option<PathBuf>,
+    /// Transcript files, or directories of them.
+    pub transcripts: Vec<PathBuf>,
+    /// `VERDICT` (the transaction's) or `STAGE=VERDICT`.
+    pub expect: Vec<String>,
+}
+
+/// A usage problem: exit 64.
+fn usage(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(64)
+}
+
+fn settings_json(path: Option<&Path>) -> Result<String, String> {
+    let Some(path) = path else { return Ok("{}".to_owned()) };
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+    } else {
+        let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::to_value(table).map_err(|e| e.to_string())?
+    };
+    Ok(value.to_string())
+}
+
+fn transcript_files(given: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in given {
+        if path.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    if files.is_empty() {
+        return Err("no transcript given (a .json file or a directory of them)".into());
+    }
+    Ok(files)
+}
+
+/// The transaction's verdict: the first one other than `continue`.
+fn overall(report: &[Replayed]) -> &str {
+    report
+        .iter()
+        .map(|r| r.verdict.as_str())
+        .find(|v| *v != "continue" && *v != "not reached")
+        .unwrap_or("continue")
+}
+
+/// Checks the expectations; the failures, described.
+fn failed_expectations(expect: &[String], report: &[Replayed]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for expectation in expect {
+        let (stage, wanted) = match expectation.split_once('=') {
+            Some((stage, wanted)) => (Some(stage), wanted),
+            None => (None, expectation.as_str()),
+        };
+        let got = match stage {
+            None => overall(report).to_owned(),
+            Some(stage) => match report.iter().find(|r| r.stage == stage) {
+                Some(line) => line.verdict.clone(),
+                None => "absent".to_owned(),
+            },
+        };
+        if got != wanted {
+            failures.push(format!("expected {expectation}, got {got}"));
+        }
+    }
+    failures
+}
+
+async fn replay_one(
+    runtime: &Arc<Runtime>,
+    config: &PluginConfig,
+    transcript: &Transcript,
+) -> Result<Vec<Replayed>, String> {
+    let host = Arc::new(ReplayHost::new(transcript));
+    let services = HostServices {
+        dns: host.clone(),
+        kv: host.clone(),
+        clock: host,
+    };
+    let chain = Chain::load(Arc::clone(runtime), services, vec![config.clone()], HashSet::new())
+        .await
+        .map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|(_, e)| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    Ok(transcript::replay(&chain, transcript).await)
+}
+
+/// Runs `mailgate plugin test`.
+pub async fn run(test: TestRun) -> ExitCode {
+    for expectation in &test.expect {
+        let verdict = expectation.split_once('=').map_or(expectation.as_str(), |(_, v)| v);
+        let stage_ok = expectation
+            .split_once('=')
+            .is_none_or(|(s, _)| ["connect", "helo", "mail", "rcpt", "data"].contains(&s));
+        let known = [
+            "continue",
+            "reject",
+            "tempfail",
+            "disconnect",
+            "discard",
+            "quarantine",
+            "fault",
+        ];
+        if !stage_ok || !known.contains(&verdict) {
+            return usage(format!(
+                "--expect {expectation}: give VERDICT or STAGE=VERDICT, with a stage of connect, helo, mail, rcpt, data and a verdict of {}",
+                known.join(", ")
+            ));
+        }
+    }
+    let settings = match settings_json(test.settings.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => return usage(e),
+    };
+    let files = match transcript_files(&test.transcripts) {
+        Ok(files) => files,
+        Err(e) => return usage(e),
+    };
+    let memory = 256 << 20;
+    let runtime = match Runtime::new(&RuntimeSettings {
+        cache_dir: std::env::temp_dir().join("mailgate-plugin-cache"),
+        max_instances: 4,
+        max_memory_bytes: memory,
+    }) {
+        Ok(runtime) => runtime,
+        Err(e) => return usage(e),
+    };
+    let config = PluginConfig {
+        name: Arc::from("under-test"),
+        path: test.plugin.clone(),
+        stages: vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data],
+        settings,
+        memory_limit: memory,
+        time_budget: Duration::from_secs(5),
+        on_error: OnError::Tempfail,
+        instances: InstanceMode::Fresh,
+        capabilities: vec![
+            Capability::Log,
+            Capability::Clock,
+            Capability::Dns,
+            Capability::Kv,
+            Capability::Metrics,
+        ],
+    };
+    let mut failures = 0;
+    for file in &files {
+        let transcript = match transcript::read(file) {
+            Ok(transcript) => transcript,
+            Err(e) => return usage(e),
+        };
+        let report = match replay_one(&runtime, &config, &transcript).await {
+            Ok(report) => report,
+            Err(e) => return usage(e),
+        };
+        println!("{}", file.display());
+        for line in &report {
+            let detail = if line.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", line.detail)
+            };
+            println!("  {:<40} {}{detail}", line.label, line.verdict);
+            for m in &line.modifications {
+                println!("  {:<40}   + {m}", "");
+            }
+            println!("  {:<40}   (recorded: {})", "", line.recorded);
+        }
+        let verdict = overall(&report);
+        let failed = failed_expectations(&test.expect, &report);
+        if failed.is_empty() {
+            println!("  result: {verdict}");
+        } else {
+            failures += 1;
+            for failure in failed {
+                println!("  FAILED: {failure}");
+            }
+        }
+    }
+    if failures > 0 {
+        println!("{failures} of {} transcript(s) failed their expectations", files.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
