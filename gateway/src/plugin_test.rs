@@ -125,7 +125,7 @@ pub async fn run(test: TestRun) -> ExitCode {
         let verdict = expectation.split_once('=').map_or(expectation.as_str(), |(_, v)| v);
         let stage_ok = expectation
             .split_once('=')
-            .is_none_or(|(s, _)| ["connect", "helo", "mail", "rcpt", "data"].contains(&s));
+            .is_none_or(|(s, _)| crate::metrics::HOOKS.contains(&s));
         let known = [
             "continue",
             "reject",

@@ -27,11 +27,17 @@ fn ip(text: &str) -> IpAddr {
     text.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
+/// A `[[plugin]]` body: its name, file, one stage, capabilities, and the
+/// settings (TOML lines after `[plugin.settings]`).
+fn plugin(name: &str, path: &str, stage: &str, capabilities: &str, settings: &str) -> String {
+    format!(
+        "name = \"{name}\"\npath = \"{path}\"\nstages = [\"{stage}\"]\ncapabilities = [{capabilities}]\n[plugin.settings]\n{settings}\n"
+    )
+}
+
 /// The probe plugin, with every capability granted.
 fn probe(name: &str, settings: &str) -> String {
-    format!(
-        "name = \"{name}\"\npath = \"{PROBE}\"\nstages = [\"data\"]\ncapabilities = [\"dns\", \"kv\", \"metrics\"]\n[plugin.settings]\n{settings}"
-    )
+    plugin(name, PROBE, "data", r#""dns", "kv", "metrics""#, settings)
 }
 
 /// Every lookup type answers from the loopback DNS server, repeated
@@ -116,10 +122,14 @@ metrics = true
 /// and the error names the plugin and the capability.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capability_not_granted_stops_start_up() -> Result<()> {
-    let plugin = format!(
-        "name = \"dnsbl\"\npath = \"{DNSBL}\"\nstages = [\"connect\"]\ncapabilities = [\"log\", \"metrics\"]\n[plugin.settings]\nzones = [\"bl.test\"]\n"
+    let body = plugin(
+        "dnsbl",
+        DNSBL,
+        "connect",
+        r#""log", "metrics""#,
+        r#"zones = ["bl.test"]"#,
     );
-    let error = Setup::new().plugin(&plugin).start().await.err().map(|e| e.to_string());
+    let error = Setup::new().plugin(&body).start().await.err().map(|e| e.to_string());
     let error = error.unwrap_or_default();
     assert!(error.contains("plugin `dnsbl`"), "{error}");
     assert!(
@@ -130,9 +140,7 @@ async fn a_capability_not_granted_stops_start_up() -> Result<()> {
 }
 
 fn dnsbl(settings: &str) -> String {
-    format!(
-        "name = \"dnsbl\"\npath = \"{DNSBL}\"\nstages = [\"connect\"]\ncapabilities = [\"dns\", \"log\", \"metrics\"]\n[plugin.settings]\n{settings}\n"
-    )
+    plugin("dnsbl", DNSBL, "connect", r#""dns", "log", "metrics""#, settings)
 }
 
 /// dnsbl: a client listed by a zone is refused at connect with 554 5.7.1
@@ -170,8 +178,12 @@ async fn dnsbl_refuses_listed_clients_naming_the_list() -> Result<()> {
 }
 
 fn greylist(settings: &str) -> String {
-    format!(
-        "name = \"greylist\"\npath = \"{GREYLIST}\"\nstages = [\"rcpt\"]\ncapabilities = [\"kv\", \"clock\", \"log\", \"metrics\"]\n[plugin.settings]\n{settings}\n"
+    plugin(
+        "greylist",
+        GREYLIST,
+        "rcpt",
+        r#""kv", "clock", "log", "metrics""#,
+        settings,
     )
 }
 
@@ -217,8 +229,13 @@ async fn greylisting_defers_the_first_attempt_and_passes_a_retry() -> Result<()>
 }
 
 fn rate_limit(limit: u32) -> String {
-    format!(
-        "name = \"rate-limit\"\npath = \"{RATE_LIMIT}\"\nstages = [\"mail\"]\ncapabilities = [\"kv\", \"clock\", \"log\", \"metrics\"]\n[[plugin.settings.limits]]\nby = \"ip\"\nlimit = {limit}\nwindow = \"1h\"\n"
+    let limits = format!("limits = [{{ by = \"ip\", limit = {limit}, window = \"1h\" }}]");
+    plugin(
+        "rate-limit",
+        RATE_LIMIT,
+        "mail",
+        r#""kv", "clock", "log", "metrics""#,
+        &limits,
     )
 }
 
