@@ -204,16 +204,23 @@ impl Resolver {
             Err(_) => Err(DnsError::Temporary(format!("no answer within {limit:?}"))),
         };
         let counted = match &result {
-            Ok(records) if records.is_empty() => Err(DnsError::NoRecords),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e.clone()),
+            Ok(records) if records.is_empty() => DnsResult::NoData,
+            Ok(_) => DnsResult::Found,
+            Err(DnsError::NoSuchName) => DnsResult::NxDomain,
+            Err(_) => DnsResult::Error,
         };
-        count(metric, &counted);
-        result.map_err(|e| match e {
-            DnsError::NoSuchName => DnsFailure::NoSuchName,
-            DnsError::NoRecords => DnsFailure::Temporary("no records".into()),
-            DnsError::Temporary(reason) => DnsFailure::Temporary(reason),
-        })
+        metrics().dns(metric, counted);
+        result.map_err(DnsFailure::from)
+    }
+}
+
+impl From<DnsError> for DnsFailure {
+    fn from(error: DnsError) -> Self {
+        match error {
+            DnsError::NoSuchName => Self::NoSuchName,
+            DnsError::NoRecords => Self::Temporary("no records".into()),
+            DnsError::Temporary(reason) => Self::Temporary(reason),
+        }
     }
 }
 

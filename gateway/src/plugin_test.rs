@@ -126,15 +126,12 @@ pub async fn run(test: TestRun) -> ExitCode {
         let stage_ok = expectation
             .split_once('=')
             .is_none_or(|(s, _)| crate::metrics::HOOKS.contains(&s));
-        let known = [
-            "continue",
-            "reject",
-            "tempfail",
-            "disconnect",
-            "discard",
-            "quarantine",
-            "fault",
-        ];
+        // Every verdict a plugin can give, but `accept`, which a replay
+        // shows as `continue` (the chain's decision is the same).
+        let known: Vec<&str> = crate::metrics::VERDICTS
+            .into_iter()
+            .filter(|v| *v != "accept")
+            .collect();
         if !stage_ok || !known.contains(&verdict) {
             return usage(format!(
                 "--expect {expectation}: give VERDICT or STAGE=VERDICT, with a stage of connect, helo, mail, rcpt, data and a verdict of {}",

@@ -5,6 +5,7 @@
 //! gateways share one rate limit.
 
 use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -351,6 +352,27 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() -> Result<()>
     Ok(())
 }
 
+/// Runs `mailgate plugin test`; its exit code, standard output and error.
+fn plugin_test(
+    plugin: &str,
+    settings: Option<&Path>,
+    transcript: &Path,
+    expect: &[&str],
+) -> Result<(Option<i32>, String, String)> {
+    let mut command = std::process::Command::new(crate::binary());
+    command.args(["plugin", "test", "--plugin", plugin]);
+    if let Some(settings) = settings {
+        command.arg("--settings").arg(settings);
+    }
+    command.arg("--transcript").arg(transcript);
+    for e in expect {
+        command.args(["--expect", e]);
+    }
+    let out = command.output()?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Ok((out.status.code(), text(&out.stdout), text(&out.stderr)))
+}
+
 /// Record and replay: a listener with `record` writes one transcript per
 /// transaction (and one for a connection refused at connect), with the
 /// host's answers; `mailgate plugin test` replays them against a plugin
@@ -405,67 +427,31 @@ async fn recorded_transactions_replay_deterministically() -> Result<()> {
     // and the retry (recorded 1.1 s later, its kv read included) as passed.
     let settings = record.path().join("greylist.toml");
     std::fs::write(&settings, "delay = \"1s\"\n")?;
-    let test = |transcript: &std::path::Path, expect: &[&str]| {
-        let mut command = std::process::Command::new(crate::binary());
-        command
-            .args(["plugin", "test", "--plugin", GREYLIST, "--settings"])
-            .arg(&settings)
-            .arg("--transcript")
-            .arg(transcript);
-        for e in expect {
-            command.args(["--expect", e]);
-        }
-        command.output()
-    };
-    let out = test(&files[0], &["rcpt=tempfail", "tempfail"])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let greylist = |transcript: &Path, expect: &[&str]| plugin_test(GREYLIST, Some(&settings), transcript, expect);
+    let (code, stdout, stderr) = greylist(&files[0], &["rcpt=tempfail", "tempfail"])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("451 4.7.1 Greylisted"), "{stdout}");
-    let out = test(&files[1], &["continue"])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout, _) = greylist(&files[1], &["continue"])?;
+    assert_eq!(code, Some(0), "{stdout}");
     assert!(
         stdout.contains("data (") && stdout.contains("result: continue"),
         "{stdout}"
     );
     // A wrong expectation fails, naming what happened instead.
-    let out = test(&files[1], &["rcpt=tempfail"])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (code, stdout, _) = greylist(&files[1], &["rcpt=tempfail"])?;
+    assert_eq!(code, Some(1), "{stdout}");
     assert!(
         stdout.contains("FAILED: expected rcpt=tempfail, got continue"),
         "{stdout}"
     );
 
     // The dnsbl replays from the recorded DNS answer, with no server running.
-    let out = std::process::Command::new(crate::binary())
-        .args(["plugin", "test", "--plugin", DNSBL, "--transcript"])
-        .arg(record.path())
-        .args(["--expect", "connect=reject"])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(64), "settings are required: {stdout}");
+    let (code, stdout, _) = plugin_test(DNSBL, None, record.path(), &["connect=reject"])?;
+    assert_eq!(code, Some(64), "settings are required: {stdout}");
     let dnsbl_settings = record.path().join("dnsbl.json");
     std::fs::write(&dnsbl_settings, r#"{"zones": ["bl.test"]}"#)?;
-    let out = std::process::Command::new(crate::binary())
-        .args(["plugin", "test", "--plugin", DNSBL, "--settings"])
-        .arg(&dnsbl_settings)
-        .arg("--transcript")
-        .arg(&files[0])
-        .args(["--expect", "connect=reject"])
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, stdout, stderr) = plugin_test(DNSBL, Some(&dnsbl_settings), &files[0], &["connect=reject"])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("blocked using bl.test"), "{stdout}");
     assert!(
         stdout.contains("not reached"),

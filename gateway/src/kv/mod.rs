@@ -108,39 +108,24 @@ impl Kv {
             })
             .await
     }
+}
 
-    async fn get_value(&self, key: String) -> Result<Option<Vec<u8>>, KvError> {
-        match self.backend().await? {
-            Backend::Embedded(store) => store.get(key).await,
-            Backend::Redis(store) => store.get(key).await,
-        }
-    }
-
-    async fn set_value(&self, key: String, value: Vec<u8>, ttl: Option<Duration>) -> Result<(), KvError> {
-        match self.backend().await? {
-            Backend::Embedded(store) => store.set(key, value, ttl).await,
-            Backend::Redis(store) => store.set(key, value, ttl).await,
-        }
-    }
-
-    async fn increment_value(&self, key: String, delta: i64, ttl: Option<Duration>) -> Result<i64, KvError> {
-        match self.backend().await? {
-            Backend::Embedded(store) => store.increment(key, delta, ttl).await,
-            Backend::Redis(store) => store.increment(key, delta, ttl).await,
-        }
-    }
-
-    async fn delete_value(&self, key: String) -> Result<(), KvError> {
-        match self.backend().await? {
-            Backend::Embedded(store) => store.delete(key).await,
-            Backend::Redis(store) => store.delete(key).await,
-        }
-    }
+/// Runs `$op` on whichever backend is open, with the namespaced key.
+macro_rules! on_backend {
+    ($self:ident, $namespace:ident, $key:ident, |$store:ident, $stored:ident| $op:expr) => {
+        Box::pin(async move {
+            let $stored = stored_key($namespace, $key);
+            match $self.backend().await? {
+                Backend::Embedded($store) => $op,
+                Backend::Redis($store) => $op,
+            }
+        })
+    };
 }
 
 impl KvService for Kv {
     fn get<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, Result<Option<Vec<u8>>, KvError>> {
-        Box::pin(self.get_value(stored_key(namespace, key)))
+        on_backend!(self, namespace, key, |store, stored| store.get(stored).await)
     }
 
     fn set<'a>(
@@ -150,7 +135,9 @@ impl KvService for Kv {
         value: Vec<u8>,
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<(), KvError>> {
-        Box::pin(self.set_value(stored_key(namespace, key), value, ttl))
+        on_backend!(self, namespace, key, |store, stored| store
+            .set(stored, value, ttl)
+            .await)
     }
 
     fn increment<'a>(
@@ -160,10 +147,12 @@ impl KvService for Kv {
         delta: i64,
         ttl: Option<Duration>,
     ) -> BoxFuture<'a, Result<i64, KvError>> {
-        Box::pin(self.increment_value(stored_key(namespace, key), delta, ttl))
+        on_backend!(self, namespace, key, |store, stored| store
+            .increment(stored, delta, ttl)
+            .await)
     }
 
     fn delete<'a>(&'a self, namespace: &'a str, key: &'a str) -> BoxFuture<'a, Result<(), KvError>> {
-        Box::pin(self.delete_value(stored_key(namespace, key)))
+        on_backend!(self, namespace, key, |store, stored| store.delete(stored).await)
     }
 }

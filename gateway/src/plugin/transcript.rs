@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -329,31 +329,26 @@ pub struct ReplayHost {
 impl ReplayHost {
     /// The host of `transcript`.
     pub fn new(transcript: &Transcript) -> Self {
-        let mut host = Self {
-            dns: HashMap::new(),
-            now: Mutex::new((Vec::new(), 0)),
-            monotonic: Mutex::new((Vec::new(), 0)),
-            kv_seen: HashMap::new(),
-            kv_counters: HashMap::new(),
-            kv: Mutex::new(HashMap::new()),
-        };
+        let mut dns = HashMap::new();
         let mut now = Vec::new();
         let mut monotonic = Vec::new();
+        let mut kv_seen = HashMap::new();
+        let mut kv_counters = HashMap::new();
         for call in &transcript.host_calls {
             match call {
                 HostCall::Dns { kind, name, answer } => {
-                    host.dns.entry((*kind, name.clone())).or_insert_with(|| answer.clone());
+                    dns.entry((*kind, name.clone())).or_insert_with(|| answer.clone());
                 }
                 HostCall::Now { millis } => now.push(*millis),
                 HostCall::Monotonic { nanos } => monotonic.push(*nanos),
                 HostCall::KvGet { key, value } => {
                     let value = value.clone().map(|v| v.map(|b| b.octets()));
-                    host.kv_seen.entry(key.clone()).or_insert(value);
+                    kv_seen.entry(key.clone()).or_insert(value);
                 }
                 HostCall::KvIncrement { key, delta, value } => {
                     // The counter as it was before the first recorded increment.
                     if let Ok(value) = value {
-                        host.kv_counters.entry(key.clone()).or_insert(value - delta);
+                        kv_counters.entry(key.clone()).or_insert(value - delta);
                     }
                 }
             }
@@ -364,9 +359,14 @@ impl ReplayHost {
         if monotonic.is_empty() {
             monotonic.push(0);
         }
-        host.now = Mutex::new((now, 0));
-        host.monotonic = Mutex::new((monotonic, 0));
-        host
+        Self {
+            dns,
+            now: Mutex::new((now, 0)),
+            monotonic: Mutex::new((monotonic, 0)),
+            kv_seen,
+            kv_counters,
+            kv: Mutex::new(HashMap::new()),
+        }
     }
 
     fn next(readings: &Mutex<(Vec<u64>, usize)>) -> u64 {
@@ -475,9 +475,6 @@ pub fn read(path: &Path) -> Result<Transcript, String> {
     }
     Ok(transcript)
 }
-
-/// The directory a listener records into, when it does.
-pub type RecordDir = Option<PathBuf>;
 
 /// One stage of a replay.
 #[derive(Clone, Debug)]
