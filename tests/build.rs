@@ -1,6 +1,7 @@
 //! Builds every plugin from source before the tests compile: the Rust ones
 //! (plugins/ and tests/plugins/, one workspace) for wasm32-wasip2 into the
-//! shared `target/wasm-plugins`, and the Python one with componentize-py.
+//! shared `target/wasm-plugins`, the Python one with componentize-py and
+//! the JavaScript one with componentize-js (installed by `tests/setup`).
 //! The tests get one constant per plugin with the path of its `.wasm`.
 //! Nothing built here is checked in.
 
@@ -34,6 +35,9 @@ fn main() -> Result<(), String> {
         root.join("plugins/Cargo.lock"),
         root.join("plugins/external-tagger/app.py"),
         root.join("plugins/external-tagger/wit/world.wit"),
+        root.join("plugins/attachment-filter/app.js"),
+        root.join("plugins/attachment-filter/wit/world.wit"),
+        root.join("plugins/attachment-filter/package-lock.json"),
         root.join("plugin-sdk/src"),
         root.join("plugin-sdk/Cargo.toml"),
         root.join("wit"),
@@ -56,6 +60,7 @@ fn main() -> Result<(), String> {
 
     build_rust_plugins(&root, &target_dir)?;
     let python = build_python_plugin(&root, &target_dir)?;
+    let javascript = build_javascript_plugin(&root, &target_dir)?;
 
     let release = target_dir.join("wasm32-wasip2").join("release");
     let mut constants = String::new();
@@ -72,6 +77,12 @@ fn main() -> Result<(), String> {
         constants,
         "/// The Python plugin.\npub const EXTERNAL_TAGGER: &str = {:?};",
         python.display().to_string()
+    )
+    .map_err(|e| e.to_string())?;
+    writeln!(
+        constants,
+        "/// The JavaScript plugin.\npub const ATTACHMENT_FILTER: &str = {:?};",
+        javascript.display().to_string()
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(out.join("plugins.rs"), constants).map_err(|e| e.to_string())
@@ -140,5 +151,30 @@ fn build_python_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, String
         Ok(output)
     } else {
         Err("componentize-py failed to build plugins/external-tagger".into())
+    }
+}
+
+fn build_javascript_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("plugins").join("attachment-filter");
+    let output = target_dir.join("attachment_filter.wasm");
+    let builder = dir.join("node_modules").join(".bin").join("componentize-js");
+    // Its own world, for the same reason as the Python plugin's; `-d http
+    // fetch-event` keeps wasi:http out of the component.
+    let status = Command::new(&builder)
+        .current_dir(&dir)
+        .args(["app.js", "--wit", "wit", "-n", "attachment-filter"])
+        .args(["-d", "http", "fetch-event", "-o"])
+        .arg(&output)
+        .status()
+        .map_err(|e| {
+            format!(
+                "cannot run {} ({e}); install it with `npm ci` in plugins/attachment-filter (tests/setup does)",
+                builder.display()
+            )
+        })?;
+    if status.success() {
+        Ok(output)
+    } else {
+        Err("componentize-js failed to build plugins/attachment-filter".into())
     }
 }

@@ -1,8 +1,9 @@
 //! The example plugins in `plugins/`, end to end: the smarthost router,
-//! header rewriting, spam scoring, and the Python external-sender tagger.
+//! header rewriting, spam scoring, the Python external-sender tagger and the
+//! JavaScript attachment filter.
 
 use anyhow::Result;
-use mailgate_tests::plugins::{EXTERNAL_TAGGER, HEADER_REWRITE, SMARTHOST_ROUTER, SPAM_SCORE};
+use mailgate_tests::plugins::{ATTACHMENT_FILTER, EXTERNAL_TAGGER, HEADER_REWRITE, SMARTHOST_ROUTER, SPAM_SCORE};
 use mailgate_tests::{Setup, SinkServer, SmtpClient, header, wait_until};
 
 use crate::WAIT;
@@ -211,5 +212,83 @@ async fn python_plugin_tags_external_senders() -> Result<()> {
             Some("someone@outside.test")
         );
     }
+    Ok(())
+}
+
+/// A message with one attachment of this name (a PDF report first, so the
+/// blocked part is not the first one).
+fn with_attachment(filename: &str) -> Vec<u8> {
+    format!(
+        "Subject: files\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+         --b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"report.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nJVBERg==\r\n\
+         --b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=\"{filename}\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\nTVo=\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+/// The JavaScript plugin, built with componentize-js: refuses blocked
+/// attachment types naming the type, passes the rest, quarantines when told
+/// to, and rejects bad settings at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn javascript_plugin_refuses_blocked_attachments() -> Result<()> {
+    let plugin = |settings: &str| {
+        format!(
+            "name = \"attachments\"\npath = \"{ATTACHMENT_FILTER}\"\nstages = [\"data\"]\ncapabilities = [\"log\"]\nmemory_limit_bytes = 268435456\n[plugin.settings]\n{settings}"
+        )
+    };
+    let bad = Setup::new().plugin(&plugin("action = \"drop\"\n")).start().await;
+    let error = bad.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(
+        error.contains("action must be \"reject\" or \"quarantine\", not \"drop\""),
+        "{error}"
+    );
+
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&plugin("also_block = [\"docm\"]\n"))
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    for (filename, blocked) in [
+        ("invoice.pdf.exe", Some("exe")),
+        ("Payment.JS", Some("js")),
+        ("setup.scr.zip", Some("scr")),
+        ("macro.docm", Some("docm")),
+        ("photos.zip", None),
+        ("notes.txt", None),
+    ] {
+        let reply = client
+            .send_message("a@x.test", &["b@y.test"], &with_attachment(filename))
+            .await?;
+        match blocked {
+            Some(ext) => {
+                assert_eq!(reply.code, 550, "{filename}: {reply:?}");
+                assert_eq!(
+                    reply.text(),
+                    format!("5.7.1 Message refused: attachments of type .{ext} are not accepted (\"{filename}\")"),
+                );
+            }
+            None => assert_eq!(reply.code, 250, "{filename}: {reply:?}"),
+        }
+    }
+    wait_until(WAIT, || sink.count() == 2 && gw.queued() == 0).await?;
+
+    let quarantining = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&plugin("action = \"quarantine\"\n"))
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(quarantining.addr).await?;
+    let reply = client
+        .send_message("a@x.test", &["b@y.test"], &with_attachment("run.bat"))
+        .await?;
+    assert_eq!(reply.code, 250, "{reply:?}");
+    let held = std::fs::read_dir(quarantining.spool().join("quarantine"))?.count();
+    assert_eq!(held, 1, "the message is quarantined");
+    assert_eq!(sink.count(), 2, "and not delivered");
     Ok(())
 }
