@@ -18,6 +18,8 @@ const RUST_PLUGINS: &[(&str, &str)] = &[
     ("DNSBL", "dnsbl"),
     ("GREYLIST", "greylist"),
     ("RATE_LIMIT", "rate_limit"),
+    ("SPF", "spf"),
+    ("DKIM", "dkim"),
     ("SCRIPTED", "test_scripted"),
     ("FAULTY", "test_faulty"),
     ("WRONG_WORLD", "test_wrong_world"),

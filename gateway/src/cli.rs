@@ -1,5 +1,6 @@
 //! The command line: `mailgate run`, `mailgate check`, `mailgate reload`,
-//! `mailgate queue`, `mailgate user` and `mailgate plugin test`.
+//! `mailgate queue`, `mailgate user`, `mailgate plugin test` and
+//! `mailgate dkim keygen`.
 //! Exit codes: 0 success, 64 bad configuration (EX_USAGE), 1 any other
 //! failure (for `run`: also a shutdown whose grace period ran out).
 
@@ -74,6 +75,42 @@ enum Command {
         #[command(subcommand)]
         action: PluginAction,
     },
+    /// DKIM keys for `[[dkim.key]]`.
+    Dkim {
+        /// What to do.
+        #[command(subcommand)]
+        action: DkimAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DkimAction {
+    /// Write a new private key (PEM, mode 0600) and print the DNS TXT
+    /// record to publish and the `[[dkim.key]]` to configure.
+    Keygen {
+        /// The signing domain (d=).
+        #[arg(long)]
+        domain: String,
+        /// The selector (s=).
+        #[arg(long)]
+        selector: String,
+        /// `rsa` (rsa-sha256, understood everywhere) or `ed25519`
+        /// (RFC 8463; sign with both for the best of each).
+        #[arg(long, default_value = "rsa")]
+        algorithm: KeyAlgorithm,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum KeyAlgorithm {
+    Rsa,
+    Ed25519,
 }
 
 #[derive(Debug, Subcommand)]
@@ -198,6 +235,63 @@ pub fn main() -> ExitCode {
             transcripts: transcript,
             expect,
         })),
+
+        Command::Dkim {
+            action:
+                DkimAction::Keygen {
+                    domain,
+                    selector,
+                    algorithm,
+                    bits,
+                    out,
+                },
+        } => dkim_keygen(&domain, &selector, algorithm, bits, &out),
+    }
+}
+
+fn dkim_keygen(domain: &str, selector: &str, algorithm: KeyAlgorithm, bits: usize, out: &std::path::Path) -> ExitCode {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let algorithm = match algorithm {
+        KeyAlgorithm::Rsa if !(1024..=8192).contains(&bits) => {
+            eprintln!("mailgate: --bits must be between 1024 and 8192 (2048 is usual)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        KeyAlgorithm::Rsa => crate::dkim::Algorithm::Rsa,
+        KeyAlgorithm::Ed25519 => crate::dkim::Algorithm::Ed25519,
+    };
+    let written = crate::dkim::generate(algorithm, bits).and_then(|(pem, record)| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(out)
+            .and_then(|mut file| file.write_all(pem.as_bytes()))
+            .map(|()| record)
+            .map_err(|e| format!("{}: {e}", out.display()))
+    });
+    match written {
+        Ok(record) => {
+            // TXT strings are at most 255 octets: long keys are split.
+            let strings: Vec<String> = record
+                .as_bytes()
+                .chunks(250)
+                .map(|c| format!("\"{}\"", String::from_utf8_lossy(c)))
+                .collect();
+            println!("; publish in DNS:");
+            println!("{selector}._domainkey.{domain}. IN TXT ( {} )", strings.join(" "));
+            println!();
+            println!("# and configure:");
+            println!("[[dkim.key]]");
+            println!("domain = {domain:?}");
+            println!("selector = {selector:?}");
+            println!("private_key = {:?}", out.display().to_string());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailgate: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -125,6 +125,11 @@ impl Resolver {
             .ok_or_else(|| DnsError::Temporary("no DNS resolver configured".into()))
     }
 
+    /// The hickory resolver itself, for mail-auth (DKIM, SPF, DMARC).
+    pub fn hickory(&self) -> Result<TokioResolver, DnsError> {
+        self.resolver().cloned()
+    }
+
     /// The MX records of `domain`, in the order received.
     pub async fn mx(&self, domain: &str) -> Result<Vec<Mx>, DnsError> {
         let result = self.lookup_mx(domain).await;

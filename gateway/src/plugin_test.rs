@@ -105,7 +105,8 @@ async fn replay_one(
     let services = HostServices {
         dns: host.clone(),
         kv: host.clone(),
-        clock: host,
+        clock: host.clone(),
+        dkim: host,
     };
     let chain = Chain::load(Arc::clone(runtime), services, vec![config.clone()], HashSet::new())
         .await
@@ -171,6 +172,7 @@ pub async fn run(test: TestRun) -> ExitCode {
             Capability::Dns,
             Capability::Kv,
             Capability::Metrics,
+            Capability::Dkim,
         ],
     };
     let mut failures = 0;

@@ -34,7 +34,7 @@
 //! configured for. Modifications (header edits, rewrites, routes, metadata)
 //! are asked for through the [`Transaction`]; which are legal depends on the
 //! stage (see each method). Capabilities ([`log`], [`clock`], [`dns`],
-//! [`kv`], [`metrics`]) must be granted in the gateway's configuration: a
+//! [`kv`], [`metrics`], [`dkim`]) must be granted in the gateway's configuration: a
 //! plugin that uses one it was not granted fails to load. [`dns::Resolver`]
 //! and [`kv::Store`] are traits with in-memory stand-ins
 //! ([`dns::StaticZone`], [`kv::Memory`]), so a plugin's logic can be unit
@@ -53,6 +53,7 @@ pub mod bindings {
 }
 
 pub mod clock;
+pub mod dkim;
 pub mod dns;
 pub mod kv;
 pub mod log;

@@ -36,6 +36,10 @@ impl<'a> Message<'a> {
         Self { inner }
     }
 
+    pub(crate) fn inner(&self) -> &'a wit::Message {
+        self.inner
+    }
+
     /// Size in octets, trace header included.
     pub fn size(&self) -> u64 {
         self.inner.size()

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+mod authentication;
 mod capabilities;
 mod config;
 mod delivery;

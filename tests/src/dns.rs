@@ -83,9 +83,15 @@ impl DnsServer {
         }
     }
 
-    /// A TXT record of one string.
+    /// A TXT record of `text`, split into strings of at most 255 octets
+    /// (a DKIM key is longer than one string may be).
     pub fn txt(&self, name: &str, text: &str) {
-        self.add(name, RecordType::TXT, RData::TXT(TXT::new(vec![text.to_owned()])));
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+            .collect();
+        self.add(name, RecordType::TXT, RData::TXT(TXT::new(strings)));
     }
 
     /// A PTR record for `ip`, in in-addr.arpa or ip6.arpa.

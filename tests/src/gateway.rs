@@ -30,6 +30,7 @@ pub struct Setup {
     delivery: Vec<String>,
     dns: Vec<String>,
     kv: Vec<String>,
+    tables: String,
     routes: String,
     plugins: Vec<String>,
     admin: Option<SocketAddr>,
@@ -109,6 +110,14 @@ impl Setup {
     /// in the spool directory).
     pub fn kv(mut self, line: &str) -> Self {
         self.kv.push(line.to_owned());
+        self
+    }
+
+    /// Adds whole tables, as TOML text (e.g. `[dkim]` and its
+    /// `[[dkim.key]]`s).
+    pub fn tables(mut self, toml: &str) -> Self {
+        self.tables.push_str(toml);
+        self.tables.push('\n');
         self
     }
 
@@ -227,6 +236,7 @@ impl Setup {
         if let Some(admin) = self.admin {
             let _ = writeln!(text, "[admin]\naddress = \"{admin}\"");
         }
+        text.push_str(&self.tables);
         text.push_str(&self.routes);
         if !self.plugins.is_empty() {
             // One compile cache for all tests; a small pool, since many

@@ -23,6 +23,7 @@ use raw::{KvBackend, RawConfig, RawPlugin, RawRoute, RawStage};
 use crate::delivery::route::{Route, RouteTable, Target};
 use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
 use crate::delivery::{ClientTimeouts, DeliverySettings};
+use crate::dkim::{DkimKey, DkimSettings, MailAuth};
 use crate::dns::{DnsSettings, Resolver};
 use crate::kv::{Kv, KvSettings};
 use crate::plugin::{Chain, HostServices, PluginConfig, Runtime, RuntimeSettings, SystemClock};
@@ -79,6 +80,8 @@ pub struct Config {
     pub admin: Option<std::net::SocketAddr>,
     /// The plugins' key-value store (opened on first use).
     pub kv: Arc<Kv>,
+    /// DKIM keys and the authserv-id, for the `dkim` capability.
+    pub dkim: Arc<DkimSettings>,
 }
 
 impl Config {
@@ -117,6 +120,7 @@ impl Config {
                 dns: Arc::new(config.delivery.resolver.clone()),
                 kv: config.kv.clone(),
                 clock: Arc::new(SystemClock),
+                dkim: Arc::new(MailAuth::new(config.delivery.resolver.clone(), config.dkim.clone())),
             };
             let chain = Chain::load(runtime, host, config.plugins.clone(), routes)
                 .await
@@ -217,6 +221,7 @@ impl Checker<'_> {
             ));
         }
         let kv = Kv::new(self.kv(&raw, &spool_dir));
+        let dkim = Arc::new(self.dkim(&raw, &hostname));
         let plugin_runtime = RuntimeSettings {
             cache_dir,
             max_instances: raw.plugins.max_instances,
@@ -235,6 +240,7 @@ impl Checker<'_> {
             plugin_runtime,
             admin: raw.admin.address.map(|a| a.0),
             kv,
+            dkim,
         }
     }
 
@@ -488,6 +494,50 @@ impl Checker<'_> {
             remote_port: d.mx_port,
             delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
         }
+    }
+
+    fn dkim(&mut self, raw: &RawConfig, hostname: &str) -> DkimSettings {
+        let authserv_id = match &raw.dkim.authserv_id {
+            Some(id) => {
+                let value = id.get_ref();
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_graphic() && b != b';') {
+                    self.problem(id, format!("`dkim.authserv_id`: {value:?} is not a host name"));
+                }
+                value.clone()
+            }
+            None => hostname.to_owned(),
+        };
+        let mut keys = Vec::new();
+        for spanned in &raw.dkim.keys {
+            let key = spanned.get_ref();
+            let domain_ok = !key.domain.is_empty()
+                && key
+                    .domain
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            let selector_ok = !key.selector.is_empty()
+                && key
+                    .selector
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            if !domain_ok {
+                self.problem(
+                    spanned,
+                    format!("`dkim.key.domain`: {:?} is not a domain name", key.domain),
+                );
+            } else if !selector_ok {
+                self.problem(
+                    spanned,
+                    format!("`dkim.key.selector`: {:?} is not a selector", key.selector),
+                );
+            } else {
+                match DkimKey::load(&key.domain, &key.selector, &self.resolve(&key.private_key)) {
+                    Ok(loaded) => keys.push(loaded),
+                    Err(e) => self.problem(spanned, format!("`dkim.key.private_key`: {e}")),
+                }
+            }
+        }
+        DkimSettings { authserv_id, keys }
     }
 
     fn kv(&mut self, raw: &RawConfig, spool_dir: &Path) -> KvSettings {

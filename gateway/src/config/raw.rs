@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub dns: RawDns,
     /// `[kv]`
     pub kv: RawKv,
+    /// `[dkim]`
+    pub dkim: RawDkim,
     /// `[admin]`
     pub admin: RawAdmin,
     /// `[[route]]`, tried in order.
@@ -341,6 +343,33 @@ pub struct RawKv {
     pub key_prefix: String,
     /// `timeout`: how long one Redis operation may take; default `"1s"`.
     pub timeout: HumanDuration,
+}
+
+/// `[dkim]`: keys and names for the plugins' `dkim` capability.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDkim {
+    /// `authserv_id`: the name in Authentication-Results; default
+    /// `server.hostname`.
+    pub authserv_id: Option<Spanned<String>>,
+    /// `[[dkim.key]]`: signing keys.
+    #[serde(rename = "key")]
+    pub keys: Vec<Spanned<RawDkimKey>>,
+}
+
+/// `[[dkim.key]]`: one signing key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDkimKey {
+    /// `domain`: the signing domain (d=).
+    pub domain: String,
+    /// `selector`: the selector (s=); the public key is published at
+    /// `SELECTOR._domainkey.DOMAIN`.
+    pub selector: String,
+    /// `private_key`: PEM file, RSA (PKCS#1 or PKCS#8) or Ed25519 (PKCS#8),
+    /// as `mailgate dkim keygen` writes it. Relative paths are relative to
+    /// the configuration file.
+    pub private_key: PathBuf,
 }
 
 /// `kv.backend`.

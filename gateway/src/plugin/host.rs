@@ -1,8 +1,9 @@
 //! What the capabilities reach outside an instance: the resolver (`dns`),
-//! the key-value store (`kv`) and the clock (`clock`), as traits so that
+//! the key-value store (`kv`), the clock (`clock`) and the DKIM signer and
+//! verifier (`dkim`), as traits so that
 //! `mailgate plugin test` can answer them from a recorded transcript. The
-//! gateway's resolver (`crate::dns`) and stores (`crate::kv`) implement
-//! them.
+//! gateway's resolver (`crate::dns`), stores (`crate::kv`) and
+//! `crate::dkim` implement them.
 
 use std::fmt;
 use std::future::Future;
@@ -187,6 +188,124 @@ impl DnsService for NoDns {
     }
 }
 
+/// A DKIM, SPF or DMARC result, as Authentication-Results writes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthStatus {
+    /// Nothing to evaluate.
+    None,
+    /// Verified.
+    Pass,
+    /// Verification failed.
+    Fail,
+    /// SPF's weak failure.
+    Softfail,
+    /// No assertion.
+    Neutral,
+    /// A temporary error.
+    Temperror,
+    /// A permanent error.
+    Permerror,
+}
+
+/// The policy of a DMARC record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcPolicy {
+    /// No record.
+    Unspecified,
+    /// p=none.
+    None,
+    /// p=quarantine.
+    Quarantine,
+    /// p=reject.
+    Reject,
+}
+
+/// One DKIM-Signature's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureCheck {
+    /// d=
+    pub domain: String,
+    /// s=
+    pub selector: String,
+    /// The result.
+    pub status: AuthStatus,
+    /// Why it did not pass.
+    pub reason: Option<String>,
+}
+
+/// What verifying a message found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Each signature.
+    pub signatures: Vec<SignatureCheck>,
+    /// The SPF result used.
+    pub spf: AuthStatus,
+    /// The DMARC result.
+    pub dmarc: AuthStatus,
+    /// The From domain evaluated.
+    pub dmarc_domain: String,
+    /// Its policy.
+    pub dmarc_policy: DmarcPolicy,
+    /// The authserv-id.
+    pub authserv_id: String,
+    /// The Authentication-Results value.
+    pub authentication_results: String,
+}
+
+/// The SMTP facts verification needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthEnvelope {
+    /// The client's address.
+    pub client_ip: std::net::IpAddr,
+    /// The EHLO name.
+    pub helo: String,
+    /// The reverse-path.
+    pub mail_from: String,
+    /// An SPF result a plugin already has.
+    pub spf: Option<AuthStatus>,
+}
+
+/// Signs and verifies for the `dkim` capability.
+pub trait DkimService: Send + Sync {
+    /// DKIM-Signature field values over `message`, one per key configured
+    /// for `domain` (none when there is no key).
+    fn sign(&self, message: &[u8], domain: &str) -> Result<Vec<String>, String>;
+    /// Verifies `message`'s signatures and evaluates DMARC.
+    fn verify<'a>(&'a self, message: &'a [u8], envelope: &'a AuthEnvelope) -> BoxFuture<'a, Verification>;
+}
+
+/// DKIM for tools without a configuration: no keys; verification answers
+/// temperror.
+#[derive(Debug, Default)]
+pub struct NoDkim;
+
+impl DkimService for NoDkim {
+    fn sign(&self, _: &[u8], _: &str) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+
+    fn verify<'a>(&'a self, _: &'a [u8], _: &'a AuthEnvelope) -> BoxFuture<'a, Verification> {
+        Box::pin(async { Verification::unavailable("localhost", "no verifier") })
+    }
+}
+
+impl Verification {
+    /// The answer when verification could not run at all.
+    pub fn unavailable(authserv_id: &str, why: &str) -> Self {
+        Self {
+            signatures: Vec::new(),
+            spf: AuthStatus::Temperror,
+            dmarc: AuthStatus::Temperror,
+            dmarc_domain: String::new(),
+            dmarc_policy: DmarcPolicy::Unspecified,
+            authserv_id: authserv_id.to_owned(),
+            authentication_results: format!("{authserv_id}; dkim=temperror reason=\"{why}\""),
+        }
+    }
+}
+
 /// The services plugin instances reach through their capabilities.
 #[derive(Clone)]
 pub struct HostServices {
@@ -196,6 +315,8 @@ pub struct HostServices {
     pub kv: Arc<dyn KvService>,
     /// For `clock`.
     pub clock: Arc<dyn ClockService>,
+    /// For `dkim`.
+    pub dkim: Arc<dyn DkimService>,
 }
 
 impl HostServices {
@@ -205,6 +326,7 @@ impl HostServices {
             dns: Arc::new(NoDns),
             kv: Arc::new(NoKv),
             clock: Arc::new(SystemClock),
+            dkim: Arc::new(NoDkim),
         }
     }
 }

@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Resource;
 
-use super::bindings::mailgate::plugin::{clock, dns, kv, log, metrics, types};
-use super::host::{DnsAnswer, DnsFailure, DnsKind, DnsRecord};
+use super::bindings::mailgate::plugin::{clock, dkim, dns, kv, log, metrics, types};
+use super::host::{AuthEnvelope, AuthStatus, DmarcPolicy, DnsAnswer, DnsFailure, DnsKind, DnsRecord};
 use super::message::MessageHandle;
 use super::state::State;
 use super::transcript::{Bytes, HostCall};
@@ -296,6 +296,106 @@ impl metrics::Host for State {
     ) -> wasmtime::Result<()> {
         crate::metrics::metrics().plugin_histogram_observe(&self.plugin, &name, &labels, value);
         Ok(())
+    }
+}
+
+impl From<AuthStatus> for dkim::Status {
+    fn from(status: AuthStatus) -> Self {
+        match status {
+            AuthStatus::None => Self::None,
+            AuthStatus::Pass => Self::Pass,
+            AuthStatus::Fail => Self::Fail,
+            AuthStatus::Softfail => Self::Softfail,
+            AuthStatus::Neutral => Self::Neutral,
+            AuthStatus::Temperror => Self::Temperror,
+            AuthStatus::Permerror => Self::Permerror,
+        }
+    }
+}
+
+impl From<dkim::Status> for AuthStatus {
+    fn from(status: dkim::Status) -> Self {
+        match status {
+            dkim::Status::None => Self::None,
+            dkim::Status::Pass => Self::Pass,
+            dkim::Status::Fail => Self::Fail,
+            dkim::Status::Softfail => Self::Softfail,
+            dkim::Status::Neutral => Self::Neutral,
+            dkim::Status::Temperror => Self::Temperror,
+            dkim::Status::Permerror => Self::Permerror,
+        }
+    }
+}
+
+impl dkim::Host for State {
+    async fn sign(
+        &mut self,
+        message: Resource<MessageHandle>,
+        domain: String,
+    ) -> wasmtime::Result<Result<Vec<types::Header>, String>> {
+        let message = std::sync::Arc::clone(&self.table.get(&message)?.0);
+        let started = Instant::now();
+        let fields = self.host.dkim.sign(message.raw(), &domain);
+        self.excuse(started);
+        self.note(|| HostCall::DkimSign {
+            domain: domain.clone(),
+            fields: fields.clone(),
+        });
+        Ok(fields.map(|values| {
+            values
+                .into_iter()
+                .map(|value| types::Header {
+                    name: "DKIM-Signature".to_owned(),
+                    value,
+                })
+                .collect()
+        }))
+    }
+
+    async fn verify(
+        &mut self,
+        message: Resource<MessageHandle>,
+        envelope: dkim::Envelope,
+    ) -> wasmtime::Result<dkim::Verification> {
+        let message = std::sync::Arc::clone(&self.table.get(&message)?.0);
+        let client_ip = envelope.client_ip.parse().map_err(|_| {
+            wasmtime::format_err!("dkim.verify: client-ip {:?} is not an IP address", envelope.client_ip)
+        })?;
+        let envelope = AuthEnvelope {
+            client_ip,
+            helo: envelope.helo,
+            mail_from: envelope.mail_from,
+            spf: envelope.spf.map(AuthStatus::from),
+        };
+        let started = Instant::now();
+        let found = self.host.dkim.verify(message.raw(), &envelope).await;
+        self.excuse(started);
+        self.note(|| HostCall::DkimVerify {
+            verification: found.clone(),
+        });
+        Ok(dkim::Verification {
+            signatures: found
+                .signatures
+                .into_iter()
+                .map(|s| dkim::Signature {
+                    domain: s.domain,
+                    selector: s.selector,
+                    status: s.status.into(),
+                    reason: s.reason,
+                })
+                .collect(),
+            spf: found.spf.into(),
+            dmarc: found.dmarc.into(),
+            dmarc_domain: found.dmarc_domain,
+            dmarc_policy: match found.dmarc_policy {
+                DmarcPolicy::Unspecified => dkim::Policy::Unspecified,
+                DmarcPolicy::None => dkim::Policy::None,
+                DmarcPolicy::Quarantine => dkim::Policy::Quarantine,
+                DmarcPolicy::Reject => dkim::Policy::Reject,
+            },
+            authserv_id: found.authserv_id,
+            authentication_results: found.authentication_results,
+        })
     }
 }
 

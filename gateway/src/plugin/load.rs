@@ -61,6 +61,8 @@ pub enum Capability {
     Kv,
     /// `mailgate:plugin/metrics`.
     Metrics,
+    /// `mailgate:plugin/dkim`.
+    Dkim,
 }
 
 impl Capability {
@@ -72,6 +74,7 @@ impl Capability {
             Self::Dns => "dns",
             Self::Kv => "kv",
             Self::Metrics => "metrics",
+            Self::Dkim => "dkim",
         }
     }
 
@@ -82,6 +85,7 @@ impl Capability {
             Self::Dns => "mailgate:plugin/dns@",
             Self::Kv => "mailgate:plugin/kv@",
             Self::Metrics => "mailgate:plugin/metrics@",
+            Self::Dkim => "mailgate:plugin/dkim@",
         }
     }
 }

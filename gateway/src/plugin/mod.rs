@@ -23,8 +23,9 @@ pub use edit::rewrite;
 pub use engine::{Runtime, RuntimeSettings};
 pub use error::{Fault, PluginError};
 pub use host::{
-    BoxFuture, ClockService, DnsAnswer, DnsFailure, DnsKind, DnsRecord, DnsService, HostServices, KvError, KvService,
-    NoDns, NoKv, SystemClock,
+    AuthEnvelope, AuthStatus, BoxFuture, ClockService, DkimService, DmarcPolicy, DnsAnswer, DnsFailure, DnsKind,
+    DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SignatureCheck, SystemClock,
+    Verification,
 };
 pub use load::{Capability, InstanceMode, OnError, PluginConfig};
 pub use message::ParsedMessage;

@@ -17,7 +17,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
 use super::chain::StageCall;
-use super::host::{BoxFuture, ClockService, DnsAnswer, DnsFailure, DnsKind, DnsService, KvError, KvService};
+use super::host::{
+    AuthEnvelope, BoxFuture, ClockService, DkimService, DnsAnswer, DnsFailure, DnsKind, DnsService, KvError, KvService,
+    Verification,
+};
 use super::outcome::{Decision, HookContext};
 use crate::smtp::command::BodyType;
 
@@ -90,6 +93,18 @@ pub enum HostCall {
         delta: i64,
         /// The new value.
         value: Result<i64, KvError>,
+    },
+    /// `dkim.sign`.
+    DkimSign {
+        /// The signing domain asked for.
+        domain: String,
+        /// The DKIM-Signature values given.
+        fields: Result<Vec<String>, String>,
+    },
+    /// `dkim.verify`.
+    DkimVerify {
+        /// What verification found.
+        verification: Verification,
     },
 }
 
@@ -324,6 +339,8 @@ pub struct ReplayHost {
     kv_seen: HashMap<String, Result<Option<Vec<u8>>, KvError>>,
     kv_counters: HashMap<String, i64>,
     kv: Mutex<HashMap<String, Vec<u8>>>,
+    dkim_signatures: HashMap<String, Result<Vec<String>, String>>,
+    verifications: Mutex<(Vec<Verification>, usize)>,
 }
 
 impl ReplayHost {
@@ -334,6 +351,8 @@ impl ReplayHost {
         let mut monotonic = Vec::new();
         let mut kv_seen = HashMap::new();
         let mut kv_counters = HashMap::new();
+        let mut dkim_signatures = HashMap::new();
+        let mut verifications = Vec::new();
         for call in &transcript.host_calls {
             match call {
                 HostCall::Dns { kind, name, answer } => {
@@ -351,6 +370,10 @@ impl ReplayHost {
                         kv_counters.entry(key.clone()).or_insert(value - delta);
                     }
                 }
+                HostCall::DkimSign { domain, fields } => {
+                    dkim_signatures.entry(domain.clone()).or_insert_with(|| fields.clone());
+                }
+                HostCall::DkimVerify { verification } => verifications.push(verification.clone()),
             }
         }
         if now.is_empty() {
@@ -366,6 +389,8 @@ impl ReplayHost {
             kv_seen,
             kv_counters,
             kv: Mutex::new(HashMap::new()),
+            dkim_signatures,
+            verifications: Mutex::new((verifications, 0)),
         }
     }
 
@@ -397,6 +422,28 @@ impl DnsService for ReplayHost {
             )))
         });
         Box::pin(async move { answer })
+    }
+}
+
+/// Signatures and verifications are answered as recorded (a message
+/// replayed against a changed plugin is the recorded message, so the
+/// recorded answers still hold).
+impl DkimService for ReplayHost {
+    fn sign(&self, _: &[u8], domain: &str) -> Result<Vec<String>, String> {
+        self.dkim_signatures
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("signing for {domain} is not in the transcript")))
+    }
+
+    fn verify<'a>(&'a self, _: &'a [u8], _: &'a AuthEnvelope) -> BoxFuture<'a, Verification> {
+        let mut guard = self.verifications.lock().unwrap_or_else(PoisonError::into_inner);
+        let (recorded, at) = &mut *guard;
+        let found = recorded.get(*at).or(recorded.last()).cloned();
+        *at += 1;
+        let found =
+            found.unwrap_or_else(|| Verification::unavailable("replay", "verification is not in the transcript"));
+        Box::pin(async move { found })
     }
 }
 
