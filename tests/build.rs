@@ -170,7 +170,7 @@ fn build_javascript_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, St
         .status()
         .map_err(|e| {
             format!(
-                "cannot run {} ({e}); install it with `npm ci` in plugins/attachment-filter (tests/setup does)",
+                "cannot run {} ({e}); install it with `npm install --no-save` in plugins/attachment-filter (tests/setup does)",
                 builder.display()
             )
         })?;

@@ -8,7 +8,7 @@
 //
 // Build (offline once componentize-js is installed from npm):
 //
-//     npm ci
+//     npm install --no-save
 //     npx componentize-js app.js --wit wit -n attachment-filter -d http fetch-event -o attachment_filter.wasm
 //
 // Settings (`[plugin.settings]`), all optional:

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, ensure};
 use mailgate_tests::plugins::{DKIM, SPF};
 use mailgate_tests::{DnsServer, Setup, SinkServer, SmtpClient, wait_until};
 
+use crate::capabilities::plugin_test;
 use crate::{WAIT, binary};
 
 /// Every value of header `name` in a message, unfolded, in order.
@@ -188,9 +189,11 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
     // The receiving side's gateway: SPF (only recorded) hands its result
     // to the DKIM plugin's DMARC evaluation through the metadata.
     let inbound_sink = SinkServer::start().await?;
+    let record = tempfile::tempdir()?;
     let inbound = Setup::new()
         .dns(dns.addr())
         .route_all_to(inbound_sink.addr())
+        .listener("recorded", &format!("record = \"{}\"", record.path().display()))
         .tables("[dkim]\nauthserv_id = \"mx.test\"\n")
         .plugin(&spf_plugin("fail = \"record\""))
         .plugin(&dkim_plugin(""))
@@ -199,7 +202,7 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
     // A forged result claiming to be the receiver's goes.
     let mut forged = b"Authentication-Results: mx.test; dkim=pass header.d=example.com\r\n".to_vec();
     forged.extend_from_slice(&signed);
-    let mut client = SmtpClient::greeted(inbound.addr).await?;
+    let mut client = SmtpClient::greeted(inbound.listener("recorded")).await?;
     let reply = client
         .send_message("alice@example.com", &["bob@dest.test"], &forged)
         .await?;
@@ -233,6 +236,27 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
         "5.7.26 Message rejected: it fails the DMARC policy of example.com (p=reject)"
     );
     assert_eq!(inbound_sink.count(), 1);
+
+    // Both transactions replay against the plugin from their transcripts
+    // (the recorded verifications), with no DNS server running.
+    drop(client);
+    drop(inbound);
+    drop(dns);
+    let mut files = Vec::new();
+    wait_until(WAIT, || {
+        files = std::fs::read_dir(record.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.len() == 2
+    })
+    .await?;
+    files.sort();
+    let (code, stdout, stderr) = plugin_test(DKIM, None, &files[0], &["data=continue"])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("dmarc=pass"), "{stdout}");
+    let (code, stdout, stderr) = plugin_test(DKIM, None, &files[1], &["data=reject"])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("550 5.7.26"), "{stdout}");
     Ok(())
 }
 

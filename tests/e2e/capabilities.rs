@@ -353,7 +353,7 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() -> Result<()>
 }
 
 /// Runs `mailgate plugin test`; its exit code, standard output and error.
-fn plugin_test(
+pub(crate) fn plugin_test(
     plugin: &str,
     settings: Option<&Path>,
     transcript: &Path,
