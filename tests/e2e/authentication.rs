@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use mailgate_tests::plugins::{DKIM, SPF};
 use mailgate_tests::{DnsServer, Setup, SinkServer, SmtpClient, wait_until};
 
-use crate::capabilities::plugin_test;
+use crate::capabilities::{plugin_test, transcripts};
 use crate::{WAIT, binary};
 
 /// Every value of header `name` in a message, unfolded, in order.
@@ -242,15 +242,7 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
     drop(client);
     drop(inbound);
     drop(dns);
-    let mut files = Vec::new();
-    wait_until(WAIT, || {
-        files = std::fs::read_dir(record.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.len() == 2
-    })
-    .await?;
-    files.sort();
+    let files = transcripts(record.path(), 2).await?;
     let (code, stdout, stderr) = plugin_test(DKIM, None, &files[0], &["data=continue"])?;
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("dmarc=pass"), "{stdout}");

@@ -352,6 +352,21 @@ async fn an_unreachable_store_fails_open_or_closed_as_configured() -> Result<()>
     Ok(())
 }
 
+/// The `count` transcripts a recording listener writes into `dir`, once
+/// all are there, in the order they were written.
+pub(crate) async fn transcripts(dir: &Path, count: usize) -> Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    wait_until(WAIT, || {
+        files = std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.len() == count
+    })
+    .await?;
+    files.sort();
+    Ok(files)
+}
+
 /// Runs `mailgate plugin test`; its exit code, standard output and error.
 pub(crate) fn plugin_test(
     plugin: &str,
@@ -399,15 +414,7 @@ async fn recorded_transactions_replay_deterministically() -> Result<()> {
     wait_until(WAIT, || sink.count() == 1).await?;
     drop(gw);
     drop(dns);
-    let mut files = Vec::new();
-    wait_until(WAIT, || {
-        files = std::fs::read_dir(record.path())
-            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        files.len() == 2
-    })
-    .await?;
-    files.sort();
+    let files = transcripts(record.path(), 2).await?;
     let first: serde_json::Value = serde_json::from_slice(&std::fs::read(&files[0])?)?;
     let stages: Vec<&str> = first["stages"]
         .as_array()

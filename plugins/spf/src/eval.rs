@@ -642,6 +642,16 @@ mod tests {
         )
     }
 
+    fn evaluator<'a>(zone: &'a StaticZone, query: &'a Query<'a>) -> Evaluator<'a, StaticZone> {
+        Evaluator {
+            resolver: zone,
+            query,
+            ip: query.ip,
+            terms: 0,
+            voids: 0,
+        }
+    }
+
     fn result(zone: &StaticZone, ip: &str, sender: &str) -> SpfResult {
         check(zone, ip, sender).result
     }
@@ -678,32 +688,16 @@ mod tests {
             .with_txt("_spf.partner.example", "v=spf1 ip4:203.0.113.0/24 -all")
             .with_ip("198.51.100.200.allow.example", "127.0.0.2".parse().unwrap())
             .with_txt("_spf.example.com", "v=spf1 ip4:192.0.2.128/25 -all");
-        assert_eq!(result(&zone, "192.0.2.1", "a@example.com"), SpfResult::Pass, "a");
-        assert_eq!(
-            result(&zone, "198.51.100.20", "a@example.com"),
-            SpfResult::Pass,
-            "mx /28"
-        );
-        assert_eq!(
-            result(&zone, "203.0.113.9", "a@example.com"),
-            SpfResult::Pass,
-            "include"
-        );
-        assert_eq!(
-            result(&zone, "198.51.100.200", "a@example.com"),
-            SpfResult::Pass,
-            "exists"
-        );
-        assert_eq!(
-            result(&zone, "192.0.2.200", "a@example.com"),
-            SpfResult::Pass,
-            "redirect"
-        );
-        assert_eq!(
-            result(&zone, "192.0.2.100", "a@example.com"),
-            SpfResult::Fail,
-            "redirect's -all"
-        );
+        for (ip, expected, how) in [
+            ("192.0.2.1", SpfResult::Pass, "a"),
+            ("198.51.100.20", SpfResult::Pass, "mx /28"),
+            ("203.0.113.9", SpfResult::Pass, "include"),
+            ("198.51.100.200", SpfResult::Pass, "exists"),
+            ("192.0.2.200", SpfResult::Pass, "redirect"),
+            ("192.0.2.100", SpfResult::Fail, "redirect's -all"),
+        ] {
+            assert_eq!(result(&zone, ip, "a@example.com"), expected, "{how}");
+        }
     }
 
     #[test]
@@ -763,13 +757,7 @@ mod tests {
             helo: "mta.example",
             receiver: "mx.example.com",
         };
-        let mut evaluator = Evaluator {
-            resolver: &zone,
-            query: &query,
-            ip: query.ip,
-            terms: 0,
-            voids: 0,
-        };
+        let mut ipv4 = evaluator(&zone, &query);
         let domain = "email.example.com";
         for (spec, expected) in [
             ("%{s}", "strong-bad@email.example.com"),
@@ -794,30 +782,24 @@ mod tests {
             ),
         ] {
             assert_eq!(
-                evaluator.expand(spec, domain, false).ok().as_deref(),
+                ipv4.expand(spec, domain, false).ok().as_deref(),
                 Some(expected),
                 "{spec}"
             );
         }
         assert_eq!(
-            evaluator.expand("%{S}", domain, true).ok().as_deref(),
+            ipv4.expand("%{S}", domain, true).ok().as_deref(),
             Some("strong-bad%40email.example.com")
         );
-        assert!(evaluator.expand("%{x}", domain, false).is_err());
-        assert!(evaluator.expand("%{c}", domain, false).is_err(), "c only in exp");
+        assert!(ipv4.expand("%{x}", domain, false).is_err());
+        assert!(ipv4.expand("%{c}", domain, false).is_err(), "c only in exp");
         let v6 = Query {
             ip: "2001:db8::cb01".parse().unwrap(),
             ..query.clone()
         };
-        let mut evaluator = Evaluator {
-            resolver: &zone,
-            query: &v6,
-            ip: v6.ip,
-            terms: 0,
-            voids: 0,
-        };
+        let mut ipv6 = evaluator(&zone, &v6);
         assert_eq!(
-            evaluator.expand("%{ir}.%{v}._spf.%{d2}", domain, false).ok().as_deref(),
+            ipv6.expand("%{ir}.%{v}._spf.%{d2}", domain, false).ok().as_deref(),
             Some("1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com")
         );
     }
