@@ -12,6 +12,7 @@ pub mod dkim;
 pub mod dns;
 pub mod kv;
 pub mod metrics;
+pub mod milter;
 pub mod net;
 pub mod plugin;
 pub mod plugin_test;

@@ -80,8 +80,14 @@ pub const PLUGIN_CALL_DURATION: Metric = Metric {
 /// `mailgate_plugin_faults_total{plugin,kind}`.
 pub const PLUGIN_FAULTS: Metric = Metric {
     name: "mailgate_plugin_faults_total",
-    help: "Plugin faults by plugin and kind (trap, timeout, memory, illegal_outcome, instantiate).",
+    help: "Plugin faults by plugin and kind (trap, timeout, memory, illegal_outcome, instantiate, milter).",
     labels: &["plugin", "kind"],
+};
+/// `mailgate_plugin_shadow_decisions_total{plugin,stage,agreed}`.
+pub const PLUGIN_SHADOW_DECISIONS: Metric = Metric {
+    name: "mailgate_plugin_shadow_decisions_total",
+    help: "Decisions of shadow-mode chain entries by plugin, stage, and whether they agreed with what the chain did.",
+    labels: &["plugin", "stage", "agreed"],
 };
 /// `mailgate_queue_messages{state}`.
 pub const QUEUE_MESSAGES: Metric = Metric {
@@ -137,6 +143,7 @@ pub const ALL: &[Metric] = &[
     PLUGIN_CALLS,
     PLUGIN_CALL_DURATION,
     PLUGIN_FAULTS,
+    PLUGIN_SHADOW_DECISIONS,
     QUEUE_MESSAGES,
     DELIVERY_ATTEMPTS,
     DELIVERY_DURATION,
@@ -171,7 +178,15 @@ pub const VERDICTS: [&str; 8] = [
 ];
 
 /// Fault kinds, by `Fault::kind`.
-pub const FAULT_KINDS: [&str; 6] = ["trap", "timeout", "memory", "illegal_outcome", "init", "instantiate"];
+pub const FAULT_KINDS: [&str; 7] = [
+    "trap",
+    "timeout",
+    "memory",
+    "illegal_outcome",
+    "init",
+    "instantiate",
+    "milter",
+];
 
 /// Seconds: 50 µs to 2.5 s, for plugin calls.
 const PLUGIN_BUCKETS: &[f64] = &[
@@ -194,6 +209,7 @@ pub struct Metrics {
     plugin_calls: IntCounterVec,
     plugin_duration: HistogramVec,
     plugin_faults: IntCounterVec,
+    plugin_shadow: IntCounterVec,
     /// `mailgate_queue_messages` by state: waiting, ready, delivering.
     pub queue: [IntGauge; 3],
     delivery_attempts: [IntCounter; 3],
@@ -268,6 +284,7 @@ impl Metrics {
             plugin_calls: counter(PLUGIN_CALLS),
             plugin_duration: histogram(PLUGIN_CALL_DURATION, PLUGIN_BUCKETS),
             plugin_faults: counter(PLUGIN_FAULTS),
+            plugin_shadow: counter(PLUGIN_SHADOW_DECISIONS),
             queue: ["waiting", "ready", "delivering"].map(|state| queue.with_label_values(&[state])),
             delivery_attempts: results.map(|r| attempts.with_label_values(&[r])),
             delivery_duration: results.map(|r| durations.with_label_values(&[r])),
@@ -313,6 +330,12 @@ impl Metrics {
     /// Counts a message decided at `stage` with `result`.
     pub fn message(&self, stage: &str, result: &str) {
         self.messages.with_label_values(&[stage, result]).inc();
+    }
+
+    /// Counts a shadow entry's decision at `stage`.
+    pub fn shadow_decision(&self, plugin: &str, stage: &str, agreed: bool) {
+        let agreed = if agreed { "true" } else { "false" };
+        self.plugin_shadow.with_label_values(&[plugin, stage, agreed]).inc();
     }
 
     /// The handles of one plugin.
@@ -438,7 +461,7 @@ impl Drop for SessionGuard {
 pub struct PluginMetrics {
     calls: [[IntCounter; 8]; 5],
     duration: [Histogram; 5],
-    faults: [IntCounter; 6],
+    faults: [IntCounter; 7],
 }
 
 impl PluginMetrics {
@@ -625,6 +648,7 @@ mod tests {
         let p = m.plugin("p");
         p.call("mail", "continue", 0.001);
         p.fault("trap");
+        m.shadow_decision("p", "mail", true);
         m.delivery(DeliveryResult::Delivered, 0.2);
         m.dns(DnsKind::Mx, DnsResult::Found);
         m.tls(Direction::Inbound, true);
@@ -710,6 +734,7 @@ mod tests {
                 MESSAGES.name,
                 PLUGIN_CALLS.name,
                 PLUGIN_FAULTS.name,
+                PLUGIN_SHADOW_DECISIONS.name,
                 DELIVERY_ATTEMPTS.name,
                 DNS_LOOKUPS.name,
                 TLS_HANDSHAKES.name,

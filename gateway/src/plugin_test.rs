@@ -159,6 +159,8 @@ pub async fn run(test: TestRun) -> ExitCode {
     };
     let config = PluginConfig {
         name: Arc::from("under-test"),
+        kind: crate::plugin::EntryKind::Wasm,
+        mode: crate::plugin::EntryMode::Live,
         path: test.plugin.clone(),
         stages: vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data],
         settings,

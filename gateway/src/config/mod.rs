@@ -18,7 +18,7 @@ use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
 pub use raw::LogFormat;
-use raw::{KvBackend, RawConfig, RawPlugin, RawRoute, RawStage};
+use raw::{KvBackend, RawConfig, RawKind, RawPlugin, RawRoute, RawStage};
 
 use crate::delivery::route::{Route, RouteTable, Target};
 use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
@@ -26,7 +26,8 @@ use crate::delivery::{ClientTimeouts, DeliverySettings};
 use crate::dkim::{DkimKey, DkimSettings, MailAuth};
 use crate::dns::{DnsSettings, Resolver};
 use crate::kv::{Kv, KvSettings};
-use crate::plugin::{Chain, HostServices, PluginConfig, Runtime, RuntimeSettings, SystemClock};
+use crate::milter::{MilterAddress, MilterSettings};
+use crate::plugin::{Chain, EntryKind, HostServices, PluginConfig, Runtime, RuntimeSettings, SystemClock};
 use crate::queue::RetrySchedule;
 use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
@@ -154,7 +155,11 @@ impl Config {
             tls_configs: HashMap::new(),
             server_tls: HashMap::new(),
         };
-        let plugin_spans = raw.plugin.iter().map(|p| p.get_ref().path.span()).collect();
+        let plugin_spans = raw
+            .plugin
+            .iter()
+            .map(|p| p.get_ref().path.as_ref().map_or_else(|| p.span(), Spanned::span))
+            .collect();
         let config = check.convert(path, raw);
         if check.problems.is_empty() {
             Ok((config, plugin_spans))
@@ -207,7 +212,7 @@ impl Checker<'_> {
         let server = self.server_settings(&raw, hostname.clone());
         let delivery = self.delivery_settings(&raw, hostname.clone());
         let spool_dir = self.resolve(&raw.server.spool_dir);
-        let plugins = self.plugins(&raw);
+        let plugins = self.plugins(&raw, &hostname);
         let cache_dir = raw
             .plugins
             .cache_dir
@@ -244,7 +249,63 @@ impl Checker<'_> {
         }
     }
 
-    fn plugins(&mut self, raw: &RawConfig) -> Vec<PluginConfig> {
+    fn entry_kind(&mut self, at: &Spanned<RawPlugin>, p: &RawPlugin, hostname: &str) -> EntryKind {
+        let wasm_only = [
+            ("path", p.path.is_some()),
+            ("stages", p.stages.is_some()),
+            ("capabilities", !p.capabilities.is_empty()),
+            ("settings", !p.settings.is_empty()),
+        ];
+        let milter_only = [
+            ("address", p.address.is_some()),
+            ("timeout", p.timeout.is_some()),
+            ("connect_timeout", p.connect_timeout.is_some()),
+        ];
+        match p.kind.get_ref() {
+            RawKind::Wasm => {
+                for (key, _) in milter_only.iter().filter(|(_, set)| *set) {
+                    self.problem(at, format!("`{key}` is for `kind = \"milter\"` entries"));
+                }
+                if p.path.is_none() {
+                    self.problem(at, "a wasm plugin needs `path`");
+                }
+                EntryKind::Wasm
+            }
+            RawKind::Milter => {
+                for (key, _) in wasm_only.iter().filter(|(key, set)| *set && *key != "stages") {
+                    self.problem(at, format!("`{key}` is for wasm plugins, not milters"));
+                }
+                let address = match &p.address {
+                    Some(address) => match MilterAddress::parse(address.get_ref()) {
+                        Ok(parsed) => parsed,
+                        Err(e) => {
+                            self.problem(address, e);
+                            MilterAddress::Unix(PathBuf::new())
+                        }
+                    },
+                    None => {
+                        self.problem(
+                            &p.kind,
+                            "a milter needs `address` (\"inet:HOST:PORT\" or \"unix:/PATH\")",
+                        );
+                        MilterAddress::Unix(PathBuf::new())
+                    }
+                };
+                EntryKind::Milter(Arc::new(MilterSettings {
+                    address,
+                    connect_timeout: p
+                        .connect_timeout
+                        .map_or(Duration::from_secs(5), |d| d.0.max(Duration::from_millis(1))),
+                    timeout: p
+                        .timeout
+                        .map_or(Duration::from_secs(30), |d| d.0.max(Duration::from_millis(1))),
+                    hostname: hostname.to_owned(),
+                }))
+            }
+        }
+    }
+
+    fn plugins(&mut self, raw: &RawConfig, hostname: &str) -> Vec<PluginConfig> {
         let mut names = HashSet::new();
         raw.plugin
             .iter()
@@ -259,9 +320,26 @@ impl Checker<'_> {
                         "a plugin name is 1 to 64 letters, digits, `-`, `_` or `.` (it names the plugin's logs, metrics and key-value namespace)",
                     );
                 }
-                if p.stages.get_ref().is_empty() {
-                    self.problem(&p.stages, "a plugin needs at least one stage");
-                }
+                let kind = self.entry_kind(spanned, p, hostname);
+                let stages = match (&kind, &p.stages) {
+                    (EntryKind::Wasm, Some(stages)) => {
+                        if stages.get_ref().is_empty() {
+                            self.problem(stages, "a plugin needs at least one stage");
+                        }
+                        stages.get_ref().iter().map(|&s| stage(s)).collect()
+                    }
+                    (EntryKind::Wasm, None) => {
+                        self.problem(spanned, "a wasm plugin needs `stages`");
+                        Vec::new()
+                    }
+                    (EntryKind::Milter(_), Some(stages)) => {
+                        self.problem(stages, "a milter sees every stage: remove `stages`");
+                        Vec::new()
+                    }
+                    (EntryKind::Milter(_), None) => {
+                        vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data]
+                    }
+                };
                 let memory = *p.memory_limit_bytes.get_ref();
                 if !(1 << 20..=4 << 30).contains(&memory) {
                     self.problem(&p.memory_limit_bytes, "must be between 1 MiB and 4 GiB");
@@ -269,8 +347,10 @@ impl Checker<'_> {
                 let settings = serde_json::to_string(&p.settings).unwrap_or_else(|_| "{}".to_owned());
                 PluginConfig {
                     name: Arc::from(p.name.get_ref().as_str()),
-                    path: self.resolve(p.path.get_ref()),
-                    stages: p.stages.get_ref().iter().map(|&s| stage(s)).collect(),
+                    path: p.path.as_ref().map(|path| self.resolve(path.get_ref())).unwrap_or_default(),
+                    kind,
+                    mode: p.mode,
+                    stages,
                     settings,
                     memory_limit: memory,
                     time_budget: p.time_budget.0.max(Duration::from_millis(1)),

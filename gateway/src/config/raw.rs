@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::units::{HumanDuration, ListenAddress, Network};
 use crate::delivery::tls::TlsMode;
-use crate::plugin::{Capability, InstanceMode, OnError};
+use crate::plugin::{Capability, EntryMode, InstanceMode, OnError};
 use crate::server::ListenerRole;
 use crate::smtp::data::{BareLineEndings, LongLines};
 
@@ -459,10 +459,25 @@ impl Default for RawPlugins {
 pub struct RawPlugin {
     /// `name`: unique; appears in logs and metrics.
     pub name: Spanned<String>,
-    /// `path`: the component (`.wasm`).
-    pub path: Spanned<PathBuf>,
-    /// `stages`: any of `"connect"`, `"helo"`, `"mail"`, `"rcpt"`, `"data"`.
-    pub stages: Spanned<Vec<RawStage>>,
+    /// `kind`: `"wasm"` (default) or `"milter"`.
+    #[serde(default = "default_kind")]
+    pub kind: Spanned<RawKind>,
+    /// `mode`: `"live"` (default) or `"shadow"` (run and compare, never apply).
+    #[serde(default)]
+    pub mode: EntryMode,
+    /// `path`: the component (`.wasm`); wasm only.
+    pub path: Option<Spanned<PathBuf>>,
+    /// `stages`: any of `"connect"`, `"helo"`, `"mail"`, `"rcpt"`, `"data"`;
+    /// wasm only (a milter sees every stage).
+    pub stages: Option<Spanned<Vec<RawStage>>>,
+    /// `address`: the milter's socket, `"inet:HOST:PORT"` or `"unix:/PATH"`;
+    /// milter only.
+    pub address: Option<Spanned<String>>,
+    /// `connect_timeout`: milter only; default `"5s"`.
+    pub connect_timeout: Option<HumanDuration>,
+    /// `timeout`: the most one milter answer may take; milter only;
+    /// default `"30s"`.
+    pub timeout: Option<HumanDuration>,
     /// `settings`: a table handed to the plugin's `init` as JSON.
     #[serde(default)]
     pub settings: toml::Table,
@@ -483,6 +498,17 @@ pub struct RawPlugin {
     pub capabilities: Vec<Capability>,
 }
 
+/// `kind`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawKind {
+    /// A WebAssembly component.
+    #[default]
+    Wasm,
+    /// A milter.
+    Milter,
+}
+
 /// An SMTP stage, as written in `stages`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -497,6 +523,10 @@ pub enum RawStage {
     Rcpt,
     /// `"data"`
     Data,
+}
+
+fn default_kind() -> Spanned<RawKind> {
+    Spanned::new(0..0, RawKind::Wasm)
 }
 
 fn default_memory_limit() -> Spanned<usize> {

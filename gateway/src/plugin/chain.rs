@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{Instrument, debug_span, warn};
+use tracing::{Instrument, debug, debug_span, warn};
 use wasmtime::component::Resource;
 
 use super::bindings::exports::mailgate::plugin::hooks::Outcome;
@@ -17,18 +17,50 @@ use super::convert::{self, Verdict};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
 use super::host::HostServices;
-use super::load::{Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
+use super::load::{EntryKind, EntryMode, Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
 use super::message::{MessageHandle, ParsedMessage};
 use super::outcome::{Decision, HookContext, Modification, StageResult};
 use super::transcript::Journal;
+use crate::milter::{MilterSession, MilterSettings};
 use crate::smtp::command::MailParameters;
 use crate::smtp::session::Stage;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 
+/// A chain entry: a wasm plugin or a milter.
+#[derive(Debug)]
+enum Entry {
+    Wasm(LoadedPlugin),
+    Milter {
+        config: PluginConfig,
+        settings: Arc<MilterSettings>,
+        metrics: crate::metrics::PluginMetrics,
+    },
+}
+
+impl Entry {
+    fn config(&self) -> &PluginConfig {
+        match self {
+            Self::Wasm(plugin) => &plugin.config,
+            Self::Milter { config, .. } => config,
+        }
+    }
+
+    fn metrics(&self) -> &crate::metrics::PluginMetrics {
+        match self {
+            Self::Wasm(plugin) => &plugin.metrics,
+            Self::Milter { metrics, .. } => metrics,
+        }
+    }
+
+    fn is_shadow(&self) -> bool {
+        self.config().mode == EntryMode::Shadow
+    }
+}
+
 /// The plugins, in chain order.
 #[derive(Debug)]
 pub struct Chain {
-    plugins: Vec<LoadedPlugin>,
+    plugins: Vec<Entry>,
     routes: HashSet<String>,
     // Keeps the engine (and its epoch ticker) alive as long as the chain.
     runtime: Arc<Runtime>,
@@ -47,8 +79,19 @@ impl Chain {
         let mut plugins = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
         for (index, config) in configs.into_iter().enumerate() {
+            if let EntryKind::Milter(settings) = &config.kind {
+                // Milters are reached when a connection needs them, as
+                // Postfix does: one that is down at start-up is a fault
+                // answered by its `on_error`, not a start-up failure.
+                plugins.push(Entry::Milter {
+                    settings: Arc::clone(settings),
+                    metrics: crate::metrics::metrics().plugin(&config.name),
+                    config,
+                });
+                continue;
+            }
             match LoadedPlugin::load(&runtime, config, host.clone()).await {
-                Ok(plugin) => plugins.push(plugin),
+                Ok(plugin) => plugins.push(Entry::Wasm(plugin)),
                 Err(e) => errors.push((index, e)),
             }
         }
@@ -76,18 +119,19 @@ impl Chain {
 
     /// True when some plugin runs at `stage`.
     pub fn runs_at(&self, stage: Stage) -> bool {
-        self.plugins.iter().any(|p| p.config.stages.contains(&stage))
+        self.plugins.iter().any(|p| p.config().stages.contains(&stage))
     }
 
     /// The plugins' names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.plugins.iter().map(|p| &*p.config.name)
+        self.plugins.iter().map(|p| &*p.config().name)
     }
 
     /// A connection's session with the chain.
     pub fn session(self: &Arc<Self>) -> ChainSession {
         ChainSession {
             live: self.plugins.iter().map(|_| None).collect(),
+            milters: self.plugins.iter().map(|_| None).collect(),
             chain: Arc::clone(self),
             journal: None,
         }
@@ -126,6 +170,7 @@ impl StageCall<'_> {
 pub struct ChainSession {
     chain: Arc<Chain>,
     live: Vec<Option<Live>>,
+    milters: Vec<Option<MilterSession>>,
     journal: Option<Journal>,
 }
 
@@ -141,8 +186,17 @@ impl ChainSession {
         self.journal = Some(journal);
     }
 
-    /// Runs `call` through the plugins configured for its stage.
+    /// Runs `call` through the plugins configured for its stage, then the
+    /// shadow entries, whose answers are only compared with the result.
     pub async fn run(&mut self, call: StageCall<'_>, ctx: &HookContext) -> StageResult {
+        let result = self.run_live(call, ctx).await;
+        if self.chain.plugins.iter().any(Entry::is_shadow) {
+            self.run_shadows(call, ctx, &result).await;
+        }
+        result
+    }
+
+    async fn run_live(&mut self, call: StageCall<'_>, ctx: &HookContext) -> StageResult {
         let stage = call.stage();
         // Converted once per stage; metadata set by a plugin is appended
         // for the plugins after it.
@@ -151,30 +205,15 @@ impl ChainSession {
         let mut faults = Vec::new();
         let chain = Arc::clone(&self.chain);
         for (index, plugin) in chain.plugins.iter().enumerate() {
-            if !plugin.config.stages.contains(&stage) {
+            if !plugin.config().stages.contains(&stage) || plugin.is_shadow() {
                 continue;
             }
-            let span = debug_span!("hook", plugin = %plugin.config.name, name = stage.name());
-            let started = Instant::now();
-            let checked = self
-                .call(index, plugin, call, &wit_ctx)
-                .instrument(span)
-                .await
-                .and_then(|outcome| convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal));
-            let seconds = started.elapsed().as_secs_f64();
+            let checked = self.consult(index, plugin, call, ctx, &wit_ctx).await;
             let (verdict, mods) = match checked {
-                Ok(checked) => {
-                    plugin.metrics.call(stage.name(), checked.0.name(), seconds);
-                    checked
-                }
+                Ok(checked) => checked,
                 Err(fault) => {
-                    plugin.metrics.call(stage.name(), "fault", seconds);
-                    plugin.metrics.fault(fault.kind());
-                    // A faulted instance is never used again.
-                    self.live[index] = None;
-                    warn!(plugin = %plugin.config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault");
-                    faults.push(format!("{}: {fault}", plugin.config.name));
-                    let reply = match plugin.config.on_error {
+                    faults.push(format!("{}: {fault}", plugin.config().name));
+                    let reply = match plugin.config().on_error {
                         OnError::Continue => continue,
                         OnError::Tempfail => Reply::local_error(),
                         OnError::Reject => policy_refusal(),
@@ -223,6 +262,84 @@ impl ChainSession {
             decision: Decision::Proceed,
             modifications,
             faults,
+        }
+    }
+
+    /// Asks one entry about `call`: its checked verdict and modifications,
+    /// or its fault (counted, logged, and its instance dropped).
+    async fn consult(
+        &mut self,
+        index: usize,
+        entry: &Entry,
+        call: StageCall<'_>,
+        ctx: &HookContext,
+        wit_ctx: &Context,
+    ) -> Result<(Verdict, Vec<Modification>), Fault> {
+        let stage = call.stage();
+        let config = entry.config();
+        let span = debug_span!("hook", plugin = %config.name, name = stage.name());
+        let started = Instant::now();
+        let checked = match entry {
+            Entry::Wasm(plugin) => {
+                let routes = &self.chain.routes.clone();
+                self.call(index, plugin, call, wit_ctx)
+                    .instrument(span)
+                    .await
+                    .and_then(|outcome| convert::outcome(outcome, stage, routes).map_err(Fault::Illegal))
+            }
+            Entry::Milter { settings, .. } => {
+                let session = self
+                    .milters
+                    .get_mut(index)
+                    .map(|slot| slot.get_or_insert_with(|| MilterSession::new(Arc::clone(settings))));
+                match session {
+                    Some(session) => session.stage(call, ctx).instrument(span).await,
+                    None => Err(Fault::Milter("no session".into())),
+                }
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        match &checked {
+            Ok((verdict, _)) => entry.metrics().call(stage.name(), verdict.name(), seconds),
+            Err(fault) => {
+                entry.metrics().call(stage.name(), "fault", seconds);
+                entry.metrics().fault(fault.kind());
+                // A faulted instance is never used again.
+                self.live[index] = None;
+                warn!(plugin = %config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault");
+            }
+        }
+        checked
+    }
+
+    /// Runs the shadow entries of `call`'s stage and compares what each
+    /// would have done with what the chain did.
+    async fn run_shadows(&mut self, call: StageCall<'_>, ctx: &HookContext, result: &StageResult) {
+        let stage = call.stage();
+        let wit_ctx = convert::context(ctx);
+        let chain = Arc::clone(&self.chain);
+        for (index, entry) in chain.plugins.iter().enumerate() {
+            if !entry.is_shadow() || !entry.config().stages.contains(&stage) {
+                continue;
+            }
+            let answer = self.consult(index, entry, call, ctx, &wit_ctx).await;
+            let agreed = match &answer {
+                Ok((verdict, mods)) => {
+                    shadow_class(verdict) == decision_class(&result.decision)
+                        && mods.iter().all(|m| result.modifications.contains(m))
+                }
+                Err(_) => false,
+            };
+            crate::metrics::metrics().shadow_decision(&entry.config().name, stage.name(), agreed);
+            debug!(
+                plugin = %entry.config().name,
+                stage = stage.name(),
+                agreed,
+                shadow = ?answer,
+                chain = ?result.decision,
+                chain_modifications = ?result.modifications,
+                "shadow decision"
+            );
         }
     }
 
@@ -281,10 +398,13 @@ impl ChainSession {
     /// The transaction is over: fresh instances are dropped, reused ones go
     /// back to their pool.
     pub fn end_transaction(&mut self) {
-        for (slot, plugin) in self.live.iter_mut().zip(&self.chain.plugins) {
-            if let Some(live) = slot.take() {
+        for (slot, entry) in self.live.iter_mut().zip(&self.chain.plugins) {
+            if let (Some(live), Entry::Wasm(plugin)) = (slot.take(), entry) {
                 plugin.release(live);
             }
+        }
+        for session in self.milters.iter_mut().flatten() {
+            session.end_transaction();
         }
     }
 }
@@ -292,6 +412,29 @@ impl ChainSession {
 impl Drop for ChainSession {
     fn drop(&mut self) {
         self.end_transaction();
+    }
+}
+
+/// A decision's kind, for comparing a shadow entry with the chain.
+fn decision_class(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Proceed => "proceed",
+        Decision::Refuse(reply) if reply.code() >= 500 => "reject",
+        Decision::Refuse(_) => "tempfail",
+        Decision::Disconnect(_) => "disconnect",
+        Decision::Discard => "discard",
+        Decision::Quarantine(_) => "quarantine",
+    }
+}
+
+fn shadow_class(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Continue | Verdict::Accept => "proceed",
+        Verdict::Reject(_) => "reject",
+        Verdict::Tempfail(_) => "tempfail",
+        Verdict::Disconnect(_) => "disconnect",
+        Verdict::Discard => "discard",
+        Verdict::Quarantine(_) => "quarantine",
     }
 }
 

@@ -12,6 +12,8 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
         matches!(
             m,
             Modification::AddHeader(_)
+                | Modification::InsertHeader(..)
+                | Modification::ChangeHeader(..)
                 | Modification::RemoveHeader(_)
                 | Modification::RemoveHeaderAt(..)
                 | Modification::SetHeader(_)
@@ -27,6 +29,22 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
     for m in mods {
         match m {
             Modification::AddHeader(field) => fields.push(render(field)),
+            Modification::InsertHeader(index, field) => {
+                let at = (*index as usize).min(fields.len());
+                fields.insert(at, render(field));
+            }
+            Modification::ChangeHeader(index, field) => {
+                let position = fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| has_name(f, &field.name))
+                    .nth(*index as usize)
+                    .map(|(i, _)| i);
+                match position {
+                    Some(position) => fields[position] = render(field),
+                    None => fields.push(render(field)),
+                }
+            }
             Modification::RemoveHeader(name) => fields.retain(|f| !has_name(f, name)),
             Modification::RemoveHeaderAt(name, index) => {
                 let position = fields
@@ -89,8 +107,12 @@ fn has_name(field: &[u8], name: &str) -> bool {
         .is_some_and(|colon| field[..colon].trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
 }
 
-/// `Name: value` CRLF, folded before whitespace to keep lines near 78 octets.
+/// `Name: value` CRLF, folded before whitespace to keep lines near 78
+/// octets; a value that is already folded keeps its folding.
 fn render(field: &HeaderField) -> Vec<u8> {
+    if field.value.contains("\r\n") {
+        return format!("{}: {}\r\n", field.name, field.value.trim_start()).into_bytes();
+    }
     let mut out = format!("{}:", field.name).into_bytes();
     let mut line_len = out.len();
     for (i, word) in field.value.split(' ').enumerate() {

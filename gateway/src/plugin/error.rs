@@ -86,6 +86,9 @@ pub enum Fault {
     /// No instance could be created (the instance pool is exhausted, ...).
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
+    /// A milter could not be reached, or broke the protocol.
+    #[error("milter: {0}")]
+    Milter(String),
 }
 
 impl Fault {
@@ -98,6 +101,7 @@ impl Fault {
             Self::Illegal(_) => "illegal_outcome",
             Self::Init(_) => "init",
             Self::Instantiate(_) => "instantiate",
+            Self::Milter(_) => "milter",
         }
     }
 }

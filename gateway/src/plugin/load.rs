@@ -90,11 +90,37 @@ impl Capability {
     }
 }
 
+/// What a chain entry is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A WebAssembly component (`path`).
+    #[default]
+    Wasm,
+    /// A milter, reached over the network.
+    Milter(Arc<crate::milter::MilterSettings>),
+}
+
+/// Whether an entry's decisions count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryMode {
+    /// Its verdicts and modifications apply.
+    #[default]
+    Live,
+    /// It runs on live traffic, but what it decides is only compared with
+    /// what the chain did (counted and logged), never applied.
+    Shadow,
+}
+
 /// One `[[plugin]]`, validated.
 #[derive(Clone, Debug)]
 pub struct PluginConfig {
     /// Its name, for logs and metrics.
     pub name: Arc<str>,
+    /// A wasm component or a milter.
+    pub kind: EntryKind,
+    /// Live or shadow.
+    pub mode: EntryMode,
     /// The component file.
     pub path: PathBuf,
     /// The stages it runs at.

@@ -19,6 +19,7 @@ mod state;
 pub mod transcript;
 
 pub use chain::{Chain, ChainSession, StageCall};
+pub use convert::Verdict;
 pub use edit::rewrite;
 pub use engine::{Runtime, RuntimeSettings};
 pub use error::{Fault, PluginError};
@@ -27,6 +28,6 @@ pub use host::{
     DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SignatureCheck, SystemClock,
     Verification,
 };
-pub use load::{Capability, InstanceMode, OnError, PluginConfig};
+pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig};
 pub use message::ParsedMessage;
 pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

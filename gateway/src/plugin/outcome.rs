@@ -48,7 +48,8 @@ pub enum Decision {
 pub struct HeaderField {
     /// The field name.
     pub name: String,
-    /// The unfolded value.
+    /// The value: one line, or lines joined by CRLF, each continuation
+    /// starting with whitespace (folding a milter chose, kept as is).
     pub value: String,
 }
 
@@ -69,6 +70,12 @@ pub enum Modification {
     RemoveRecipient(Mailbox),
     /// Append a header field (data).
     AddHeader(HeaderField),
+    /// Insert a header field before the n-th field (0: at the top), or at
+    /// the end when there are fewer (data; milters).
+    InsertHeader(u32, HeaderField),
+    /// Replace the n-th field (0-based) with this name, or add it when
+    /// there are fewer (data; milters).
+    ChangeHeader(u32, HeaderField),
     /// Remove every field with this name (data).
     RemoveHeader(String),
     /// Remove the n-th field (0-based) with this name (data).
