@@ -38,6 +38,8 @@ struct Scenario {
 fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, python: bool) -> PluginConfig {
     PluginConfig {
         name: Arc::from(name),
+        kind: mailgate::plugin::EntryKind::Wasm,
+        mode: mailgate::plugin::EntryMode::Live,
         path: path.to_owned(),
         stages: ALL_STAGES.to_vec(),
         settings: settings.to_owned(),

@@ -12,6 +12,7 @@ mod durability;
 mod example_plugins;
 mod inbound;
 mod limits;
+mod milters;
 mod mx;
 mod operations;
 mod plugins;

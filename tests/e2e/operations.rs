@@ -23,10 +23,10 @@ use crate::plugins::scripted;
 use crate::{WAIT, binary};
 
 /// A scrape, parsed by an independent parser (`prometheus-parse`).
-struct Scrape(prometheus_parse::Scrape);
+pub(crate) struct Scrape(prometheus_parse::Scrape);
 
 impl Scrape {
-    async fn take(admin: SocketAddr) -> Result<Self> {
+    pub(crate) async fn take(admin: SocketAddr) -> Result<Self> {
         let (status, body) = http(admin, "GET", "/metrics").await?;
         ensure!(status == 200, "/metrics answered {status}");
         let lines = body.lines().map(|l| Ok(l.to_owned()));
@@ -35,7 +35,7 @@ impl Scrape {
 
     /// The value of the sample `name` whose labels include `labels`; 0
     /// when there is none (a counter never incremented).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub(crate) fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.0
             .samples
             .iter()

@@ -144,14 +144,17 @@ pub mod flag {
     pub const NR_RCPT: u32 = 0x8000;
     /// No reply to DATA.
     pub const NR_DATA: u32 = 0x10000;
+    /// No reply to UNKNOWN (never sent by the gateway).
+    pub const NR_UNKN: u32 = 0x20000;
     /// No reply to EOH.
     pub const NR_EOH: u32 = 0x40000;
     /// No reply to body chunks.
     pub const NR_BODY: u32 = 0x80000;
     /// Header values are sent with their leading space.
     pub const HDR_LEADSPC: u32 = 0x100000;
-    /// What the gateway offers: every skip and no-reply flag (no UNKNOWN,
-    /// no rejected recipients, no leading space).
+    /// What the gateway offers: every skip and no-reply flag (it never
+    /// sends UNKNOWN or rejected recipients, and strips the space after
+    /// the colon).
     pub const OFFERED: u32 = NOCONNECT
         | NOHELO
         | NOMAIL
@@ -168,6 +171,7 @@ pub mod flag {
         | NR_MAIL
         | NR_RCPT
         | NR_DATA
+        | NR_UNKN
         | NR_EOH
         | NR_BODY;
 }
@@ -284,13 +288,13 @@ impl Options {
         if options.actions & !action::ALL != 0 {
             return Err(format!("milter asks for unknown actions {:#x}", options.actions));
         }
-        if options.protocol & !flag::OFFERED != 0 {
-            return Err(format!(
-                "milter asks for protocol steps not offered {:#x}",
-                options.protocol & !flag::OFFERED
-            ));
-        }
-        Ok(options)
+        // Flags beyond the offer (rspamd answers with its own set whatever
+        // it is offered) are ignored, as Postfix does: the gateway keeps
+        // to what it offered.
+        Ok(Self {
+            protocol: options.protocol & flag::OFFERED,
+            ..options
+        })
     }
 
     /// True when the milter set `flag`.
@@ -342,6 +346,7 @@ mod tests {
         assert!(ok.has(flag::NR_HDR) && !ok.has(flag::NOHELO));
         assert!(answer(7, 0, 0).is_err());
         assert!(answer(6, 0x1000, 0).is_err());
-        assert!(answer(6, 0, flag::HDR_LEADSPC).is_err());
+        let masked = answer(6, 0, flag::HDR_LEADSPC | flag::NR_HDR).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(masked.protocol, flag::NR_HDR, "flags not offered are dropped");
     }
 }

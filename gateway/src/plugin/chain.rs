@@ -29,26 +29,30 @@ use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 /// A chain entry: a wasm plugin or a milter.
 #[derive(Debug)]
 enum Entry {
-    Wasm(LoadedPlugin),
-    Milter {
-        config: PluginConfig,
-        settings: Arc<MilterSettings>,
-        metrics: crate::metrics::PluginMetrics,
-    },
+    Wasm(Box<LoadedPlugin>),
+    Milter(Box<MilterEntry>),
+}
+
+/// A milter entry: reached per connection, nothing loaded.
+#[derive(Debug)]
+struct MilterEntry {
+    config: PluginConfig,
+    settings: Arc<MilterSettings>,
+    metrics: crate::metrics::PluginMetrics,
 }
 
 impl Entry {
     fn config(&self) -> &PluginConfig {
         match self {
             Self::Wasm(plugin) => &plugin.config,
-            Self::Milter { config, .. } => config,
+            Self::Milter(milter) => &milter.config,
         }
     }
 
     fn metrics(&self) -> &crate::metrics::PluginMetrics {
         match self {
             Self::Wasm(plugin) => &plugin.metrics,
-            Self::Milter { metrics, .. } => metrics,
+            Self::Milter(milter) => &milter.metrics,
         }
     }
 
@@ -83,15 +87,15 @@ impl Chain {
                 // Milters are reached when a connection needs them, as
                 // Postfix does: one that is down at start-up is a fault
                 // answered by its `on_error`, not a start-up failure.
-                plugins.push(Entry::Milter {
+                plugins.push(Entry::Milter(Box::new(MilterEntry {
                     settings: Arc::clone(settings),
                     metrics: crate::metrics::metrics().plugin(&config.name),
                     config,
-                });
+                })));
                 continue;
             }
             match LoadedPlugin::load(&runtime, config, host.clone()).await {
-                Ok(plugin) => plugins.push(Entry::Wasm(plugin)),
+                Ok(plugin) => plugins.push(Entry::Wasm(Box::new(plugin))),
                 Err(e) => errors.push((index, e)),
             }
         }
@@ -287,11 +291,11 @@ impl ChainSession {
                     .await
                     .and_then(|outcome| convert::outcome(outcome, stage, routes).map_err(Fault::Illegal))
             }
-            Entry::Milter { settings, .. } => {
+            Entry::Milter(milter) => {
                 let session = self
                     .milters
                     .get_mut(index)
-                    .map(|slot| slot.get_or_insert_with(|| MilterSession::new(Arc::clone(settings))));
+                    .map(|slot| slot.get_or_insert_with(|| MilterSession::new(Arc::clone(&milter.settings))));
                 match session {
                     Some(session) => session.stage(call, ctx).instrument(span).await,
                     None => Err(Fault::Milter("no session".into())),
