@@ -161,6 +161,41 @@ async fn an_unreachable_milter_is_a_fault_answered_by_on_error() -> Result<()> {
     Ok(())
 }
 
+/// A milter on a Unix socket, and one that stops answering: its
+/// `timeout` makes that a fault, answered by `on_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sockets_and_timeouts() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let stamp = TestMilter::start_unix(Script::Stamp, &dir.path().join("milter.sock")).await?;
+    let silent = TestMilter::start(Script::Silent).await?;
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&milter("stamp", &stamp.address(), ""))
+        .plugin(&milter(
+            "silent",
+            &silent.address(),
+            "timeout = \"500ms\"\non_error = \"reject\"",
+        ))
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    let reply = client
+        .send_message("a@example.com", &["b@dest.test"], b"Subject: x\r\n\r\nhi\r\n")
+        .await?;
+    assert_eq!(
+        (reply.code, reply.text()),
+        (554, "5.7.0 Refused by local policy"),
+        "the silent milter timed out"
+    );
+    assert!(
+        stamp.seen().iter().any(|s| s.command == 'E'),
+        "the Unix-socket milter was asked"
+    );
+    assert_eq!(sink.count(), 0);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn opendkim_signs_through_mailgate_and_the_signature_verifies_downstream() -> Result<()> {
     let dir = tempfile::tempdir()?;

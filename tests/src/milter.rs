@@ -161,6 +161,8 @@ pub enum Script {
     Stamp,
     /// Rejects every message at its end with 550 5.7.1.
     RejectAll,
+    /// Never answers the end of a message.
+    Silent,
 }
 
 /// A scripted milter. With `Script::Markers`, at the end of a message:
@@ -176,7 +178,7 @@ pub enum Script {
 /// RCPT TO `blocked@dest.test` is rejected (bare reject).
 #[derive(Debug)]
 pub struct TestMilter {
-    addr: SocketAddr,
+    address: String,
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
 }
@@ -198,12 +200,38 @@ impl TestMilter {
                 }
             })
         };
-        Ok(Self { addr, seen, task })
+        Ok(Self {
+            address: format!("inet:{addr}"),
+            seen,
+            task,
+        })
     }
 
-    /// `inet:127.0.0.1:PORT`, for `address`.
+    /// Starts one on a Unix socket at `path`.
+    pub async fn start_unix(script: Script, path: &Path) -> Result<Self> {
+        let listener = tokio::net::UnixListener::bind(path)?;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let seen = Arc::clone(&seen);
+                    tokio::spawn(async move {
+                        let _ = serve(stream, script, &seen).await;
+                    });
+                }
+            })
+        };
+        Ok(Self {
+            address: format!("unix:{}", path.display()),
+            seen,
+            task,
+        })
+    }
+
+    /// `inet:127.0.0.1:PORT` or `unix:/PATH`, for `address`.
     pub fn address(&self) -> String {
-        format!("inet:{}", self.addr)
+        self.address.clone()
     }
 
     /// Everything received so far, in order.
@@ -218,7 +246,11 @@ impl Drop for TestMilter {
     }
 }
 
-async fn serve(mut stream: TcpStream, script: Script, seen: &Mutex<Vec<Seen>>) -> Result<()> {
+async fn serve(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    script: Script,
+    seen: &Mutex<Vec<Seen>>,
+) -> Result<()> {
     let mut macros = HashMap::new();
     let mut body = Vec::new();
     loop {
@@ -302,6 +334,7 @@ fn end_of_message(script: Script, body: &[u8]) -> Vec<Packet> {
     match script {
         Script::RejectAll => return vec![strings(response::REPLYCODE, &["550 5.7.1 Rejected by the canary"])],
         Script::Stamp => return vec![strings(response::ADDHEADER, &["X-Test-Milter", "seen"]), done],
+        Script::Silent => return Vec::new(),
         Script::Markers => {}
     }
     if text.contains("REJECTME") {

@@ -202,7 +202,7 @@ impl MilterSession {
         self.in_message = true;
         let mut macros = vec![("i", self.queue_id.clone()), ("{mail_addr}", path.to_string())];
         if let Some(user) = &ctx.authenticated {
-            macros.extend([("{auth_type}", "PLAIN".to_owned()), ("{auth_authen}", user.clone())]);
+            macros.push(("{auth_authen}", user.clone()));
         }
         self.macros(command::MAIL, &macros).await?;
         let args = [format!("<{path}>")];
