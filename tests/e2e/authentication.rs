@@ -8,22 +8,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
 use mailgate_tests::plugins::{DKIM, SPF};
-use mailgate_tests::{DnsServer, Setup, SinkServer, SmtpClient, wait_until};
+use mailgate_tests::{DnsServer, Setup, SinkServer, SmtpClient, header_values, wait_until};
 
 use crate::capabilities::{plugin_test, transcripts};
 use crate::{WAIT, binary};
-
-/// Every value of header `name` in a message, unfolded, in order.
-fn all_headers(text: &str, name: &str) -> Vec<String> {
-    let head = text.split("\r\n\r\n").next().unwrap_or("");
-    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
-    let prefix = format!("{}:", name.to_ascii_lowercase());
-    unfolded
-        .split("\r\n")
-        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
-        .map(|l| l[prefix.len()..].trim().to_owned())
-        .collect()
-}
 
 fn spf_plugin(settings: &str) -> String {
     format!(
@@ -111,7 +99,7 @@ async fn spf_plugin_refuses_unauthorised_senders_and_records_the_result() -> Res
     let mut fields: Vec<(String, Vec<String>)> = sink
         .messages()
         .iter()
-        .map(|m| (m.mail_from.clone(), all_headers(&m.text(), "Received-SPF")))
+        .map(|m| (m.mail_from.clone(), header_values(&m.text(), "Received-SPF")))
         .collect();
     fields.sort();
     assert_eq!(
@@ -175,7 +163,7 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
     SmtpClient::deliver(outbound.addr, "alice@example.com", &["bob@dest.test"], message).await?;
     wait_until(WAIT, || outbound_sink.count() == 1).await?;
     let signed = outbound_sink.messages()[0].content.clone();
-    let signatures = all_headers(&String::from_utf8_lossy(&signed), "DKIM-Signature");
+    let signatures = header_values(&String::from_utf8_lossy(&signed), "DKIM-Signature");
     assert_eq!(signatures.len(), 2, "{signatures:?}");
     assert!(
         signatures[0].contains("a=rsa-sha256") && signatures[0].contains("s=rsa2026"),
@@ -209,7 +197,7 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
     assert_eq!(reply.code, 250, "{reply:?}");
     wait_until(WAIT, || inbound_sink.count() == 1).await?;
     let text = inbound_sink.messages()[0].text();
-    let results = all_headers(&text, "Authentication-Results");
+    let results = header_values(&text, "Authentication-Results");
     assert_eq!(results.len(), 1, "the forged one is removed: {results:?}");
     let result = &results[0];
     assert!(result.starts_with("mx.test;"), "{result}");
@@ -221,7 +209,7 @@ async fn dkim_plugin_signs_outgoing_and_verifies_incoming_mail_with_dmarc() -> R
     ] {
         assert!(result.contains(expected), "{expected} in {result}");
     }
-    let received_spf = all_headers(&text, "Received-SPF");
+    let received_spf = header_values(&text, "Received-SPF");
     assert!(received_spf[0].starts_with("fail (mx.test:"), "{received_spf:?}");
 
     // The same message altered in transit: both signatures break, SPF

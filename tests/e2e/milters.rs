@@ -5,36 +5,31 @@
 
 use anyhow::{Context, Result};
 use mailgate_tests::plugins::DKIM;
-use mailgate_tests::{DnsServer, OpenDkim, Rspamd, Script, Setup, SinkServer, SmtpClient, TestMilter, wait_until};
+use mailgate_tests::{
+    DnsServer, Gateway, OpenDkim, Rspamd, Script, Setup, SinkServer, SmtpClient, TestMilter, header_values, wait_until,
+};
 
 use crate::operations::Scrape;
 use crate::{WAIT, binary};
+
+/// A gateway relaying everything to a new sink, with `entries` as its chain.
+async fn gateway(entries: &[String]) -> Result<(SinkServer, Gateway)> {
+    let sink = SinkServer::start().await?;
+    let mut setup = Setup::new().route_all_to(sink.addr());
+    for entry in entries {
+        setup = setup.plugin(entry);
+    }
+    Ok((sink, setup.start().await?))
+}
 
 fn milter(name: &str, address: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nkind = \"milter\"\naddress = \"{address}\"\n{extra}\n")
 }
 
-/// Every value of header `name`, unfolded.
-fn values(text: &str, name: &str) -> Vec<String> {
-    let head = text.split("\r\n\r\n").next().unwrap_or("");
-    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
-    let prefix = format!("{}:", name.to_ascii_lowercase());
-    unfolded
-        .split("\r\n")
-        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
-        .map(|l| l[prefix.len()..].trim().to_owned())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
     let test_milter = TestMilter::start(Script::Markers).await?;
-    let sink = SinkServer::start().await?;
-    let gw = Setup::new()
-        .route_all_to(sink.addr())
-        .plugin(&milter("test-milter", &test_milter.address(), ""))
-        .start()
-        .await?;
+    let (sink, gw) = gateway(&[milter("test-milter", &test_milter.address(), "")]).await?;
     let mut client = SmtpClient::connect(gw.addr).await?;
     client.expect_reply(220).await?;
     client.expect("EHLO client.test", 250).await?;
@@ -57,9 +52,9 @@ async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
     assert_eq!(rcpts, ["added@dest.test", "bob@dest.test"]);
     let text = received.text();
     assert!(text.starts_with("X-First: top\r\n"), "{text}");
-    assert_eq!(values(&text, "Subject"), ["[milter] hello"]);
-    assert_eq!(values(&text, "X-Remove"), ["two"]);
-    assert_eq!(values(&text, "X-Test-Milter"), ["seen"]);
+    assert_eq!(header_values(&text, "Subject"), ["[milter] hello"]);
+    assert_eq!(header_values(&text, "X-Remove"), ["two"]);
+    assert_eq!(header_values(&text, "X-Test-Milter"), ["seen"]);
     assert!(text.ends_with("\r\n\r\nHello.\r\n-- scanned\r\n"), "{text}");
 
     // What the milter was sent: the stages in order, Postfix's macros.
@@ -227,7 +222,7 @@ async fn opendkim_signs_through_mailgate_and_the_signature_verifies_downstream()
     wait_until(WAIT, || signed_sink.count() == 1).await?;
     let signed = signed_sink.messages()[0].content.clone();
     let text = String::from_utf8_lossy(&signed).into_owned();
-    let signatures = values(&text, "DKIM-Signature");
+    let signatures = header_values(&text, "DKIM-Signature");
     assert_eq!(signatures.len(), 1, "{text}");
     assert!(
         signatures[0].contains("d=example.com") && signatures[0].contains("s=od"),
@@ -250,7 +245,7 @@ async fn opendkim_signs_through_mailgate_and_the_signature_verifies_downstream()
         .await?;
     SmtpClient::deliver(verifier.addr, "alice@example.com", &["bob@dest.test"], &signed).await?;
     wait_until(WAIT, || verified_sink.count() == 1).await?;
-    let results = values(&verified_sink.messages()[0].text(), "Authentication-Results");
+    let results = header_values(&verified_sink.messages()[0].text(), "Authentication-Results");
     assert!(
         results[0].contains("dkim=pass header.d=example.com header.s=od"),
         "{results:?}"
@@ -262,12 +257,7 @@ async fn opendkim_signs_through_mailgate_and_the_signature_verifies_downstream()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rspamd_refuses_gtube_and_passes_clean_mail() -> Result<()> {
     let rspamd = Rspamd::start().await?;
-    let sink = SinkServer::start().await?;
-    let gw = Setup::new()
-        .route_all_to(sink.addr())
-        .plugin(&milter("rspamd", &rspamd.address(), ""))
-        .start()
-        .await?;
+    let (sink, gw) = gateway(&[milter("rspamd", &rspamd.address(), "")]).await?;
     let mut client = SmtpClient::greeted(gw.addr).await?;
     let gtube = b"From: a@example.com\r\nTo: b@dest.test\r\nSubject: test\r\nMessage-ID: <g@example.com>\r\n\r\n\
         XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
@@ -307,7 +297,7 @@ async fn shadow_entries_are_compared_and_never_applied() -> Result<()> {
     wait_until(WAIT, || sink.count() == 3).await?;
     for message in sink.messages() {
         assert_eq!(
-            values(&message.text(), "X-Test-Milter"),
+            header_values(&message.text(), "X-Test-Milter"),
             ["seen"],
             "only the live entry's header"
         );

@@ -45,6 +45,19 @@ pub fn header(text: &str, name: &str) -> Option<String> {
         .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
 }
 
+/// Every value of header `name` in a message's header section (ASCII case
+/// ignored), unfolded, in order.
+pub fn header_values(text: &str, name: &str) -> Vec<String> {
+    let head = text.split("\r\n\r\n").next().unwrap_or("");
+    let unfolded = head.replace("\r\n ", " ").replace("\r\n\t", " ");
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    unfolded
+        .split("\r\n")
+        .filter(|l| l.to_ascii_lowercase().starts_with(&prefix))
+        .map(|l| l[prefix.len()..].trim().to_owned())
+        .collect()
+}
+
 /// A DSN parsed with mail-parser: it must be a multipart/report; returns
 /// the text of its message/delivery-status part and of its headers part
 /// (empty when it has none).

@@ -187,34 +187,23 @@ impl TestMilter {
     /// Starts one on a free loopback port.
     pub async fn start(script: Script) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = {
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
-                    let seen = Arc::clone(&seen);
-                    tokio::spawn(async move {
-                        let _ = serve(stream, script, &seen).await;
-                    });
-                }
-            })
-        };
-        Ok(Self {
-            address: format!("inet:{addr}"),
-            seen,
-            task,
-        })
+        let address = format!("inet:{}", listener.local_addr()?);
+        Ok(Self::serving(address, script, listener))
     }
 
     /// Starts one on a Unix socket at `path`.
     pub async fn start_unix(script: Script, path: &Path) -> Result<Self> {
         let listener = tokio::net::UnixListener::bind(path)?;
+        let address = format!("unix:{}", path.display());
+        Ok(Self::serving(address, script, listener))
+    }
+
+    fn serving(address: String, script: Script, listener: impl Accept) -> Self {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let task = {
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
-                while let Ok((stream, _)) = listener.accept().await {
+                while let Ok(stream) = listener.next().await {
                     let seen = Arc::clone(&seen);
                     tokio::spawn(async move {
                         let _ = serve(stream, script, &seen).await;
@@ -222,11 +211,7 @@ impl TestMilter {
                 }
             })
         };
-        Ok(Self {
-            address: format!("unix:{}", path.display()),
-            seen,
-            task,
-        })
+        Self { address, seen, task }
     }
 
     /// `inet:127.0.0.1:PORT` or `unix:/PATH`, for `address`.
@@ -243,6 +228,26 @@ impl TestMilter {
 impl Drop for TestMilter {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A listening socket, TCP or Unix.
+trait Accept: Send + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn next(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn next(&self) -> std::io::Result<TcpStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
     }
 }
 
