@@ -315,8 +315,12 @@ impl Connection {
         filters.check(stage, session, parsed.as_ref()).await
     }
 
-    /// Returns the step for the next command, reading as needed.
+    /// Returns the step for the next command, reading as needed. The
+    /// command timeout is a deadline for the whole line, not for each read,
+    /// so a client trickling a byte at a time (slowloris) cannot hold the
+    /// connection past it.
     async fn next_command(&mut self, session: &mut Session) -> Result<Step, ConnectionError> {
+        let deadline = tokio::time::Instant::now() + self.settings.settings.command_timeout;
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(session.shutdown());
@@ -331,7 +335,7 @@ impl Connection {
             self.input.reserve(4096);
             let read = tokio::select! {
                 () = self.shutdown.cancelled() => return Ok(session.shutdown()),
-                read = timeout(self.settings.settings.command_timeout, self.stream.read_buf(&mut self.input)) => read,
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.input)) => read,
             };
             match read {
                 Err(_) => return Ok(session.timeout()),
