@@ -86,8 +86,10 @@ async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
 
     // Verdicts at the end of the message.
     for (marker, code, text) in [
-        ("REJECTME", 550, "5.7.1 Milter says no"),
-        ("TEMPFAILME", 451, "4.7.1 Service unavailable - try again later"),
+        ("REJECTME", 550, Some("5.7.1 Milter says no")),
+        ("TEMPFAILME", 451, Some("4.7.1 Service unavailable - try again later")),
+        ("DISCARDME", 250, None),
+        ("QUARANTINEME", 250, None),
     ] {
         let reply = client
             .send_message(
@@ -96,17 +98,10 @@ async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
                 format!("Subject: x\r\n\r\n{marker}\r\n").as_bytes(),
             )
             .await?;
-        assert_eq!((reply.code, reply.text()), (code, text), "{marker}");
-    }
-    for marker in ["DISCARDME", "QUARANTINEME"] {
-        let reply = client
-            .send_message(
-                "a@example.com",
-                &["b@dest.test"],
-                format!("Subject: x\r\n\r\n{marker}\r\n").as_bytes(),
-            )
-            .await?;
-        assert_eq!(reply.code, 250, "{marker}");
+        assert_eq!(reply.code, code, "{marker}");
+        if let Some(text) = text {
+            assert_eq!(reply.text(), text, "{marker}");
+        }
     }
     let held = std::fs::read_dir(gw.spool().join("quarantine"))?.count();
     assert_eq!(held, 1, "the quarantined message is held");

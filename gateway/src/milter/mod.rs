@@ -13,7 +13,10 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::plugin::{Fault, HeaderField, HookContext, Modification, ParsedMessage, StageCall, Verdict};
+use crate::plugin::{
+    Fault, HeaderField, HookContext, Modification, ParsedMessage, StageCall, Verdict, canonical_line_endings,
+    fields_and_body, header_name, mailbox,
+};
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 use protocol::{Options, Packet, action, command, flag, response};
 
@@ -611,7 +614,8 @@ impl Changes {
 
     fn finish(mut self, verdict: Verdict, discard: bool) -> Answer {
         if let Some(body) = self.body.take() {
-            self.modifications.push(Modification::ReplaceBody(crlf(&body)));
+            self.modifications
+                .push(Modification::ReplaceBody(canonical_line_endings(&body)));
         }
         let verdict = match verdict {
             Verdict::Continue | Verdict::Accept if discard => Verdict::Discard,
@@ -637,20 +641,11 @@ fn unbracket(text: &str) -> &str {
     text.strip_prefix('<').and_then(|t| t.strip_suffix('>')).unwrap_or(text)
 }
 
-fn mailbox(text: &str) -> Result<Mailbox, String> {
-    Mailbox::parse(text).map_err(|e| format!("invalid address {text:?}: {e}"))
-}
-
 /// A header field from a milter: a valid name, and a value whose lines
 /// (separated by LF or CRLF) continue with whitespace. Folding is kept.
 fn field(strings: &[String]) -> Result<HeaderField, String> {
-    let name = strings.first().cloned().unwrap_or_default();
+    let name = header_name(strings.first().cloned().unwrap_or_default())?;
     let value = strings.get(1).cloned().unwrap_or_default();
-    let valid_name =
-        !name.is_empty() && name.len() <= 256 && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
-    if !valid_name {
-        return Err(format!("invalid header field name {name:?}"));
-    }
     let value = value.replace("\r\n", "\n");
     let lines: Vec<&str> = value.split('\n').collect();
     let folded_ok = lines
@@ -668,48 +663,24 @@ fn field(strings: &[String]) -> Result<HeaderField, String> {
     })
 }
 
-/// Every line ending CRLF.
-fn crlf(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 32);
-    for (i, &b) in body.iter().enumerate() {
-        if b == b'\n' && (i == 0 || body[i - 1] != b'\r') {
-            out.push(b'\r');
-        }
-        out.push(b);
-    }
-    out
-}
-
 /// The header fields (name, value as the milter protocol carries it: no
 /// leading space, lines joined by LF) and the body.
 fn split(raw: &[u8]) -> (Vec<(String, String)>, &[u8]) {
-    let (head, body) = match raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(end) => (&raw[..end + 2], &raw[end + 4..]),
-        None if raw.starts_with(b"\r\n") => (&raw[..0], &raw[2..]),
-        None => (raw, &raw[raw.len()..]),
-    };
-    let mut fields: Vec<(String, String)> = Vec::new();
-    for line in head.split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            continue;
-        }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            if let Some((_, value)) = fields.last_mut() {
-                value.push('\n');
-                value.push_str(&text);
+    let (fields, body) = fields_and_body(raw);
+    let fields = fields
+        .iter()
+        .map(|field| {
+            let text = String::from_utf8_lossy(field);
+            let text = text.trim_end_matches(['\r', '\n']).replace("\r\n", "\n");
+            match text.split_once(':') {
+                Some((name, value)) => (
+                    name.trim_end().to_owned(),
+                    value.strip_prefix(' ').unwrap_or(value).to_owned(),
+                ),
+                None => (text, String::new()),
             }
-            continue;
-        }
-        match text.split_once(':') {
-            Some((name, value)) => {
-                let value = value.strip_prefix(' ').unwrap_or(value);
-                fields.push((name.trim_end().to_owned(), value.to_owned()));
-            }
-            None => fields.push((text.into_owned(), String::new())),
-        }
-    }
+        })
+        .collect();
     (fields, body)
 }
 

@@ -285,7 +285,8 @@ impl ChainSession {
         let started = Instant::now();
         let checked = match entry {
             Entry::Wasm(plugin) => {
-                let routes = &self.chain.routes.clone();
+                let chain = Arc::clone(&self.chain);
+                let routes = &chain.routes;
                 self.call(index, plugin, call, wit_ctx)
                     .instrument(span)
                     .await

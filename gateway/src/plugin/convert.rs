@@ -202,7 +202,7 @@ fn name(m: &wit::Modification) -> &'static str {
     }
 }
 
-fn mailbox(text: &str) -> Result<Mailbox, String> {
+pub(crate) fn mailbox(text: &str) -> Result<Mailbox, String> {
     Mailbox::parse(text).map_err(|e| format!("invalid address {text:?}: {e}"))
 }
 
@@ -222,7 +222,7 @@ fn next_hop(hop: wit::NextHop, routes: &HashSet<String>) -> Result<RouteOverride
     }
 }
 
-fn header_name(name: String) -> Result<String, String> {
+pub(crate) fn header_name(name: String) -> Result<String, String> {
     let valid = !name.is_empty() && name.len() <= MAX_KEY && name.bytes().all(|b| (33..=126).contains(&b) && b != b':');
     if valid {
         Ok(name)
@@ -242,7 +242,7 @@ fn header(h: wit::Header) -> Result<HeaderField, String> {
 }
 
 /// Makes every line end in CRLF, so that relaying stays exact.
-fn canonical_line_endings(body: &[u8]) -> Vec<u8> {
+pub(crate) fn canonical_line_endings(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 32);
     let mut i = 0;
     while i < body.len() {

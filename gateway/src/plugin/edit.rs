@@ -74,6 +74,13 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The header section as whole fields (each with its folding and final
+/// CRLF) and the body.
+pub(crate) fn fields_and_body(content: &[u8]) -> (Vec<Vec<u8>>, &[u8]) {
+    let (head, body) = split(content);
+    (fields(head), body)
+}
+
 /// Splits at the blank line: the header section (with its last CRLF) and
 /// the body. Content without a blank line is all header section.
 fn split(content: &[u8]) -> (&[u8], &[u8]) {

@@ -20,6 +20,8 @@ pub mod transcript;
 
 pub use chain::{Chain, ChainSession, StageCall};
 pub use convert::Verdict;
+pub(crate) use convert::{canonical_line_endings, header_name, mailbox};
+pub(crate) use edit::fields_and_body;
 pub use edit::rewrite;
 pub use engine::{Runtime, RuntimeSettings};
 pub use error::{Fault, PluginError};
