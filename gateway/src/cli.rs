@@ -566,6 +566,7 @@ fn run(runtime: &tokio::runtime::Runtime, path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    raise_file_limit(config.server.max_connections.get());
     let result = runtime.block_on(async {
         let bound = crate::bind(&config).await?;
         let shutdown = CancellationToken::new();
@@ -580,6 +581,34 @@ fn run(runtime: &tokio::runtime::Runtime, path: &std::path::Path) -> ExitCode {
             eprintln!("mailgate: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, as a server that
+/// holds thousands of connections must (systemd's default soft limit is
+/// 1024), and warns when even the hard limit leaves no room for
+/// `max_connections` plus delivery and spool files.
+fn raise_file_limit(max_connections: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    let current = match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => limit.maximum,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+            limit.current
+        }
+    };
+    let needed = max_connections as u64 + 1024;
+    if let Some(current) = current.filter(|&c| c < needed) {
+        tracing::warn!(
+            limit = current,
+            max_connections,
+            "the open-file limit leaves too little room for server.max_connections; raise it (LimitNOFILE=)"
+        );
     }
 }
 

@@ -10,6 +10,8 @@ pub mod config;
 pub mod delivery;
 pub mod dkim;
 pub mod dns;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kv;
 pub mod metrics;
 pub mod milter;
@@ -68,25 +70,40 @@ pub struct Bound {
     pub admin: Option<TcpListener>,
 }
 
+/// Connections the kernel queues for a listener before `accept`: std's
+/// default of 128 drops SYNs (a second's retransmit for the client) when
+/// hundreds of clients connect at once; the kernel caps it at somaxconn.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds and listens on `address` (SO_REUSEADDR, as std does).
+fn listen(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds every configured listener (before any other start-up work, so a
 /// port conflict is reported at once).
 pub async fn bind(config: &Config) -> Result<Bound, StartError> {
     let mut bound = Vec::with_capacity(config.listeners.len());
     for listener in &config.listeners {
-        let socket = TcpListener::bind(listener.address)
-            .await
-            .map_err(|source| StartError::Bind {
-                name: listener.name.to_string(),
-                address: listener.address,
-                source,
-            })?;
+        let socket = listen(listener.address).map_err(|source| StartError::Bind {
+            name: listener.name.to_string(),
+            address: listener.address,
+            source,
+        })?;
         bound.push(BoundListener {
             config: listener.clone(),
             socket,
         });
     }
     let admin = match config.admin {
-        Some(address) => Some(TcpListener::bind(address).await.map_err(|source| StartError::Bind {
+        Some(address) => Some(listen(address).map_err(|source| StartError::Bind {
             name: "admin".into(),
             address,
             source,

@@ -236,14 +236,16 @@ impl DataReader {
         self.line_break(out);
     }
 
+    /// Appends content up to the size limit: what reaches `out` is the
+    /// first `max_bytes` of the content however the input was chunked.
     fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        self.size += bytes.len() as u64;
-        if self.size > self.policy.max_bytes {
-            self.too_big = true;
-        }
         if !self.too_big {
-            out.extend_from_slice(bytes);
+            let room = self.policy.max_bytes.saturating_sub(self.size);
+            let fits = usize::try_from(room).map_or(bytes.len(), |room| room.min(bytes.len()));
+            out.extend_from_slice(&bytes[..fits]);
+            self.too_big = fits < bytes.len();
         }
+        self.size += bytes.len() as u64;
     }
 
     /// True once the final dot has been read.

@@ -61,6 +61,9 @@ pub enum ReplyClass {
     Permanent,
 }
 
+/// The longest reply line, CRLF included (RFC 5321 section 4.5.3.1.5).
+pub const MAX_REPLY_LINE: usize = 512;
+
 /// One SMTP reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
@@ -166,7 +169,13 @@ impl Reply {
                     text.push(' ');
                 }
             }
-            text.push_str(line);
+            // RFC 5321 section 4.5.3.1.5: a reply line is at most 512
+            // octets with its CRLF; text that echoes the client is cut.
+            let mut end = line.len().min(MAX_REPLY_LINE - 2 - text.len());
+            while !line.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.push_str(&line[..end]);
             out.extend_from_slice(text.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
