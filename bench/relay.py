@@ -29,6 +29,8 @@ forwarding every domain to the sink):
 
 * mailgate: release build, defaults (fsync before 250, info logging).
 * mailgate-noreuse (not run by default): outbound connection reuse off.
+* mailgate-plugins-reused (not run by default): the plugin chain below
+  with `instances = "reused"` (warm instances across connections).
 * mailgate-plugins: plus smarthost-router, header-rewrite and spam-score,
   each at all five stages, fresh instance per connection (the default).
 * postfix: a private Postfix instance, relayhost = the sink.
@@ -74,7 +76,8 @@ WORKLOADS = {
     "1k-10rcpt": (1024, 20, 10, 4000),
 }
 RELAYS = ["direct", "direct-nodump", "mailgate", "mailgate-plugins", "postfix", "haraka", "haraka-forward"]
-# Also available: mailgate-noreuse (outbound connection reuse off).
+# Also available: mailgate-noreuse (outbound connection reuse off) and
+# mailgate-plugins-reused (the plugins with instances = "reused").
 PROBES_PER_SECOND = 20
 
 
@@ -152,6 +155,44 @@ smarthost = "127.0.0.1:{sink_port}"
     )
 
 
+def plugin_chain(work: Path, instances: str = "") -> str:
+    """The three example plugins, each at all five stages."""
+    stages = '["connect", "helo", "mail", "rcpt", "data"]'
+    return f"""
+[plugins]
+cache_dir = "{work}/plugin-cache"
+
+[[plugin]]
+name = "smarthost-router"
+path = "{PLUGIN_DIR}/smarthost_router.wasm"
+stages = {stages}
+{instances}
+[[plugin.settings.rules]]
+domains = ["*"]
+route = "sink"
+
+[[plugin]]
+name = "header-rewrite"
+path = "{PLUGIN_DIR}/header_rewrite.wasm"
+stages = {stages}
+{instances}
+[[plugin.settings.rules]]
+set = "X-Relayed-By"
+value = "mailgate"
+[[plugin.settings.rules]]
+remove = "X-Internal"
+
+[[plugin]]
+name = "spam-score"
+path = "{PLUGIN_DIR}/spam_score.wasm"
+stages = {stages}
+{instances}
+[plugin.settings]
+quarantine_at = 100.0
+reject_at = 200.0
+"""
+
+
 class Relays:
     """Starts and stops the relays under test, each on its own port, all
     forwarding to the sink port."""
@@ -201,37 +242,10 @@ class Relays:
         self._mailgate("mailgate-noreuse", port, '[delivery]\nidle_timeout = "0s"')
 
     def start_mailgate_plugins(self, port: int):
-        stages = '["connect", "helo", "mail", "rcpt", "data"]'
-        self._mailgate("mailgate-plugins", port, f"""
-[plugins]
-cache_dir = "{self.work}/plugin-cache"
+        self._mailgate("mailgate-plugins", port, plugin_chain(self.work))
 
-[[plugin]]
-name = "smarthost-router"
-path = "{PLUGIN_DIR}/smarthost_router.wasm"
-stages = {stages}
-[[plugin.settings.rules]]
-domains = ["*"]
-route = "sink"
-
-[[plugin]]
-name = "header-rewrite"
-path = "{PLUGIN_DIR}/header_rewrite.wasm"
-stages = {stages}
-[[plugin.settings.rules]]
-set = "X-Relayed-By"
-value = "mailgate"
-[[plugin.settings.rules]]
-remove = "X-Internal"
-
-[[plugin]]
-name = "spam-score"
-path = "{PLUGIN_DIR}/spam_score.wasm"
-stages = {stages}
-[plugin.settings]
-quarantine_at = 100.0
-reject_at = 200.0
-""")
+    def start_mailgate_plugins_reused(self, port: int):
+        self._mailgate("mailgate-plugins-reused", port, plugin_chain(self.work, 'instances = "reused"'))
 
     def start_postfix(self, port: int):
         pf = self.work / "postfix"
@@ -518,7 +532,12 @@ def report(results, relays, workloads, runs) -> str:
     pairs = [("mailgate", "postfix"), ("mailgate", "haraka"), ("mailgate-plugins", "postfix"),
              ("mailgate-plugins", "haraka"), ("mailgate-plugins", "haraka-forward"),
              ("mailgate-plugins", "mailgate"), ("mailgate", "direct-nodump"), ("mailgate-plugins", "direct-nodump"),
-             ("mailgate-plugins", "direct")]
+             ("mailgate-plugins", "direct"), ("mailgate-plugins-reused", "postfix"),
+             ("mailgate-plugins-reused", "haraka")]
+    present = {x["relay"] for x in results}
+    pairs = [(a, b) for a, b in pairs if a in present and b in present]
+    if not pairs:
+        return "\n".join(out) + "\n"
     out.append("\nRatios of throughput (per run, then the median over runs):\n")
     out.append("| workload | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
     out.append("|---|" + "---|" * len(pairs))
