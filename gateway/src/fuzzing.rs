@@ -21,16 +21,13 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::net::TlsInfo;
+use crate::server::connection::MAX_BUFFERED_LINE;
 use crate::smtp::address::{DomainPattern, Mailbox, ReversePath, parse_path};
 use crate::smtp::data::{BareLineEndings, DataOutcome, DataPolicy, DataReader, DotStuffer, Feed, LongLines};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{
     AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Security, Session, SessionConfig, Step,
 };
-
-/// The longest line the connection buffers before answering 500 "line too
-/// long" (as `server::connection` does).
-const MAX_LINE: usize = 2048;
 
 /// A tiny deterministic generator: the fuzzer's input picks every decision a
 /// driver would make, so a crash reproduces from its input alone.
@@ -186,7 +183,7 @@ fn next_line<'a>(input: &mut &'a [u8]) -> Option<Line<'a>> {
     let end = input.iter().position(|&b| b == b'\n')?;
     let line = &input[..end];
     *input = &input[end + 1..];
-    if line.len() > MAX_LINE {
+    if line.len() > MAX_BUFFERED_LINE {
         return Some(Line::TooLong);
     }
     Some(Line::Text(line.strip_suffix(b"\r").unwrap_or(line)))
@@ -321,21 +318,18 @@ pub fn config(data: &[u8]) {
         return;
     }
     let path = Path::new("/nonexistent/fuzz.toml");
-    match Config::from_source(path, source) {
-        Ok(_) => {}
-        Err(ConfigError::Read { .. }) => panic!("from_source does not read the file"),
-        Err(error @ ConfigError::Invalid { .. }) => {
-            let ConfigError::Invalid { problems, .. } = &error else {
-                unreachable!()
-            };
-            assert!(!problems.is_empty());
-            let lines = source.split('\n').count();
-            for problem in problems {
-                assert!(problem.line <= lines, "line {} of {lines}", problem.line);
-            }
-            assert!(error.to_string().contains("fuzz.toml"), "{error}");
-        }
+    let Err(error) = Config::from_source(path, source) else {
+        return;
+    };
+    let ConfigError::Invalid { problems, .. } = &error else {
+        panic!("from_source does not read the file: {error}");
+    };
+    assert!(!problems.is_empty());
+    let lines = source.split('\n').count();
+    for problem in problems {
+        assert!(problem.line <= lines, "line {} of {lines}", problem.line);
     }
+    assert!(error.to_string().contains("fuzz.toml"), "{error}");
 }
 
 #[cfg(test)]

@@ -22,6 +22,12 @@ pub use redis::RedisServer;
 pub use sink::{Behavior, Received, SinkServer};
 pub use tls::TestCa;
 
+/// A free TCP port on loopback, for a server the tests start (bound,
+/// read, and released for the server).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 /// Waits until `condition` holds, polling; fails after `deadline`.
 pub async fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> anyhow::Result<()> {
     let end = tokio::time::Instant::now() + deadline;

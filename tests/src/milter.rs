@@ -16,9 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use crate::free_port;
 
 async fn wait_for_port(addr: SocketAddr, what: &str, child: &mut Child) -> Result<()> {
     for _ in 0..600 {

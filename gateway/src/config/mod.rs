@@ -252,7 +252,6 @@ impl Checker<'_> {
     fn entry_kind(&mut self, at: &Spanned<RawPlugin>, p: &RawPlugin, hostname: &str) -> EntryKind {
         let wasm_only = [
             ("path", p.path.is_some()),
-            ("stages", p.stages.is_some()),
             ("capabilities", !p.capabilities.is_empty()),
             ("settings", !p.settings.is_empty()),
         ];
@@ -272,7 +271,7 @@ impl Checker<'_> {
                 EntryKind::Wasm
             }
             RawKind::Milter => {
-                for (key, _) in wasm_only.iter().filter(|(key, set)| *set && *key != "stages") {
+                for (key, _) in wasm_only.iter().filter(|(_, set)| *set) {
                     self.problem(at, format!("`{key}` is for wasm plugins, not milters"));
                 }
                 let address = match &p.address {

@@ -307,18 +307,17 @@ impl MilterSession {
     }
 
     async fn connect(&mut self, ctx: &HookContext) -> Result<Answer, Fault> {
-        let j = self.settings.hostname.clone();
+        let ip = ctx.client.ip().to_canonical();
         self.macros(
             command::CONNECT,
             &[
-                ("j", j.clone()),
+                ("j", self.settings.hostname.clone()),
                 ("{daemon_name}", ctx.listener.to_string()),
                 ("v", format!("mailgate {}", env!("CARGO_PKG_VERSION"))),
-                ("_", format!("[{}]", ctx.client.ip().to_canonical())),
+                ("_", format!("[{ip}]")),
             ],
         )
         .await?;
-        let ip = ctx.client.ip().to_canonical();
         let family = if ip.is_ipv4() { b'4' } else { b'6' };
         let mut data = format!("[{ip}]").into_bytes();
         data.push(0);
@@ -344,46 +343,29 @@ impl MilterSession {
     }
 
     async fn abort(&mut self) -> Result<(), Fault> {
-        self.send(&Packet {
-            code: command::ABORT,
-            data: Vec::new(),
-        })
-        .await
+        self.send(&Packet::empty(command::ABORT)).await
     }
 
     /// DATA, the header fields, EOH, the body in chunks, and the end of
     /// the message, whose answer carries the modifications.
     async fn message(&mut self, message: &ParsedMessage) -> Result<Answer, Fault> {
         let id = self.queue_id.clone();
-        let step = |answer: Answer| -> Option<Answer> { (answer.0 != Verdict::Continue).then_some(answer) };
         self.macros(command::DATA, &[("i", id.clone())]).await?;
-        let data = Packet {
-            code: command::DATA,
-            data: Vec::new(),
-        };
-        if let Some(stop) = step(self.ask(flag::NODATA, flag::NR_DATA, data).await?) {
+        let data = Packet::empty(command::DATA);
+        if let Some(stop) = self.ask_until_done(flag::NODATA, flag::NR_DATA, data).await? {
             return Ok(stop);
-        }
-        if self.message_done {
-            return Ok((self.final_discard(), Vec::new()));
         }
         let (fields, body) = split(message.raw());
         for (name, value) in &fields {
             let packet = Packet::strings(command::HEADER, &[name.as_bytes(), value.as_bytes()]);
-            if let Some(stop) = step(self.ask(flag::NOHDRS, flag::NR_HDR, packet).await?) {
+            if let Some(stop) = self.ask_until_done(flag::NOHDRS, flag::NR_HDR, packet).await? {
                 return Ok(stop);
-            }
-            if self.message_done {
-                return Ok((self.final_discard(), Vec::new()));
             }
         }
         self.macros(command::EOH, &[("i", id.clone())]).await?;
-        let eoh = Packet {
-            code: command::EOH,
-            data: Vec::new(),
-        };
-        if let Some(stop) = step(self.ask(flag::NOEOH, flag::NR_EOH, eoh).await?) {
-            return Ok(stop);
+        let eoh = self.ask(flag::NOEOH, flag::NR_EOH, Packet::empty(command::EOH)).await?;
+        if eoh.0 != Verdict::Continue {
+            return Ok(eoh);
         }
         if !self.options.has(flag::NOBODY) {
             for chunk in body.chunks(protocol::BODY_CHUNK) {
@@ -409,11 +391,7 @@ impl MilterSession {
             }
         }
         self.macros(command::BODYEOB, &[("i", id)]).await?;
-        self.send(&Packet {
-            code: command::BODYEOB,
-            data: Vec::new(),
-        })
-        .await?;
+        self.send(&Packet::empty(command::BODYEOB)).await?;
         let mut changes = Changes::default();
         loop {
             let packet = self.receive().await?;
@@ -425,6 +403,17 @@ impl MilterSession {
             self.in_message = false;
             return Ok(changes.finish(verdict, self.discard));
         }
+    }
+
+    /// `ask` inside a message: the answer when it stops the message (a
+    /// verdict other than continue, or the milter accepting or discarding
+    /// the rest), none to go on.
+    async fn ask_until_done(&mut self, skip: u32, no_reply: u32, packet: Packet) -> Result<Option<Answer>, Fault> {
+        let answer = self.ask(skip, no_reply, packet).await?;
+        if answer.0 != Verdict::Continue {
+            return Ok(Some(answer));
+        }
+        Ok(self.message_done.then(|| (self.final_discard(), Vec::new())))
     }
 
     fn final_discard(&self) -> Verdict {
@@ -501,12 +490,7 @@ impl MilterSession {
     /// Says goodbye (the connection is closing).
     pub async fn quit(&mut self) {
         if self.stream.is_some() && !self.done {
-            let _ = self
-                .send(&Packet {
-                    code: command::QUIT,
-                    data: Vec::new(),
-                })
-                .await;
+            let _ = self.send(&Packet::empty(command::QUIT)).await;
         }
         self.stream = None;
     }

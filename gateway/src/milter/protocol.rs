@@ -186,6 +186,11 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A packet of `code` with no data.
+    pub fn empty(code: u8) -> Self {
+        Self { code, data: Vec::new() }
+    }
+
     /// A packet of `code` with the NUL-terminated `strings` as data.
     pub fn strings<S: AsRef<[u8]>>(code: u8, strings: &[S]) -> Self {
         let mut data = Vec::new();

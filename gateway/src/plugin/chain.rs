@@ -212,7 +212,7 @@ impl ChainSession {
             if !plugin.config().stages.contains(&stage) || plugin.is_shadow() {
                 continue;
             }
-            let checked = self.consult(index, plugin, call, ctx, &wit_ctx).await;
+            let checked = self.consult(&chain, index, call, ctx, &wit_ctx).await;
             let (verdict, mods) = match checked {
                 Ok(checked) => checked,
                 Err(fault) => {
@@ -271,36 +271,34 @@ impl ChainSession {
 
     /// Asks one entry about `call`: its checked verdict and modifications,
     /// or its fault (counted, logged, and its instance dropped).
+    ///
+    /// `chain` is this session's chain, held by the caller, so the entry
+    /// and the route set are borrowed from it rather than from `self`.
     async fn consult(
         &mut self,
+        chain: &Chain,
         index: usize,
-        entry: &Entry,
         call: StageCall<'_>,
         ctx: &HookContext,
         wit_ctx: &Context,
     ) -> Result<(Verdict, Vec<Modification>), Fault> {
+        let entry = &chain.plugins[index];
         let stage = call.stage();
         let config = entry.config();
         let span = debug_span!("hook", plugin = %config.name, name = stage.name());
         let started = Instant::now();
         let checked = match entry {
-            Entry::Wasm(plugin) => {
-                let chain = Arc::clone(&self.chain);
-                let routes = &chain.routes;
-                self.call(index, plugin, call, wit_ctx)
+            Entry::Wasm(plugin) => self
+                .call(index, plugin, call, wit_ctx)
+                .instrument(span)
+                .await
+                .and_then(|outcome| convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal)),
+            Entry::Milter(milter) => {
+                self.milters[index]
+                    .get_or_insert_with(|| MilterSession::new(Arc::clone(&milter.settings)))
+                    .stage(call, ctx)
                     .instrument(span)
                     .await
-                    .and_then(|outcome| convert::outcome(outcome, stage, routes).map_err(Fault::Illegal))
-            }
-            Entry::Milter(milter) => {
-                let session = self
-                    .milters
-                    .get_mut(index)
-                    .map(|slot| slot.get_or_insert_with(|| MilterSession::new(Arc::clone(&milter.settings))));
-                match session {
-                    Some(session) => session.stage(call, ctx).instrument(span).await,
-                    None => Err(Fault::Milter("no session".into())),
-                }
             }
         };
         let seconds = started.elapsed().as_secs_f64();
@@ -327,7 +325,7 @@ impl ChainSession {
             if !entry.is_shadow() || !entry.config().stages.contains(&stage) {
                 continue;
             }
-            let answer = self.consult(index, entry, call, ctx, &wit_ctx).await;
+            let answer = self.consult(&chain, index, call, ctx, &wit_ctx).await;
             let agreed = match &answer {
                 Ok((verdict, mods)) => {
                     shadow_class(verdict) == decision_class(&result.decision)

@@ -28,7 +28,7 @@ use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, 
 
 /// A command line longer than this is not buffered: it is skipped up to its
 /// LF and answered 500 5.5.6. The session enforces the exact limits below it.
-const MAX_BUFFERED_LINE: usize = 2048;
+pub(crate) const MAX_BUFFERED_LINE: usize = 2048;
 /// Read size, and the most DATA held in memory per connection at a time.
 const READ_CHUNK: usize = 64 * 1024;
 /// Replies are flushed at least this often even if input keeps coming.

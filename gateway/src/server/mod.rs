@@ -3,7 +3,7 @@
 //! driver that feeds the SMTP state machine.
 
 pub mod auth;
-mod connection;
+pub(crate) mod connection;
 mod filters;
 pub mod limits;
 pub mod policy;
