@@ -89,9 +89,11 @@ pub fn session(data: &[u8]) {
             } else {
                 LongLines::Fold
             },
+            max_hops: 100,
         },
         max_errors: 10,
         max_idle_commands: 20,
+        postmaster: crate::smtp::Mailbox::local_postmaster(),
     });
     let connection = ConnectionInfo {
         peer: SocketAddr::from(([192, 0, 2, 1], 4000)),
@@ -143,6 +145,22 @@ pub fn session(data: &[u8]) {
                         session.data_end(reader.outcome())
                     }
                 }
+            }
+            Step::ReceiveChunk(mut chunk) => match chunk.feed(input, &mut content) {
+                Feed::More => return,
+                Feed::Done { consumed } => {
+                    input = &input[consumed..];
+                    session.chunk_end(chunk)
+                }
+            },
+            Step::DiscardChunk(size, reply) => {
+                check_reply(&reply);
+                let (consumed, done) = crate::smtp::chunking::Discard::new(size).feed(input);
+                input = &input[consumed..];
+                if !done {
+                    return;
+                }
+                Step::Reply(reply)
             }
             Step::Queue => {
                 assert!(session.message().is_some(), "queue without a message");
@@ -225,6 +243,7 @@ pub fn data_reader(data: &[u8]) {
         } else {
             LongLines::Fold
         },
+        max_hops: 100,
     };
     let whole = read_data(policy, input, input.len());
     let split = read_data(policy, input, usize::from(*piece));

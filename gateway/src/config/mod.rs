@@ -33,6 +33,7 @@ use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
 use crate::server::tls::ServerTls;
 use crate::server::{ListenerConfig, ListenerRole, ServerSettings};
+use crate::smtp::Mailbox;
 use crate::smtp::address::DomainPattern;
 use crate::smtp::data::DataPolicy;
 use crate::smtp::session::{SessionConfig, Stage};
@@ -498,6 +499,19 @@ impl Checker<'_> {
         let max_connections = self.at_least_one(raw.server.max_connections, "server.max_connections");
         let max_connections_per_ip =
             self.at_least_one(raw.server.max_connections_per_ip, "server.max_connections_per_ip");
+        let max_hops = *smtp.max_hops.get_ref();
+        if max_hops < 10 {
+            self.problem(&smtp.max_hops, "must be at least 10 (RFC 5321 section 6.3 asks for 100)");
+        }
+        let postmaster = self.postmaster(raw, &hostname);
+        let connection_limit_exempt = raw
+            .server
+            .connection_limit_exempt
+            .as_ref()
+            .unwrap_or(&raw.relay.trusted_networks)
+            .iter()
+            .map(|n| n.0)
+            .collect();
         ServerSettings {
             chain: None,
             session: Arc::new(SessionConfig {
@@ -507,10 +521,13 @@ impl Checker<'_> {
                     max_bytes: smtp.max_message_bytes,
                     bare_line_endings: smtp.bare_line_endings,
                     long_lines: smtp.long_lines,
+                    max_hops,
                 },
                 max_errors: smtp.max_errors,
                 max_idle_commands: smtp.max_idle_commands,
+                postmaster,
             }),
+            connection_limit_exempt,
             command_timeout: smtp.command_timeout.0,
             data_timeout: smtp.data_timeout.0,
             max_connections,
@@ -522,6 +539,18 @@ impl Checker<'_> {
             auth: self.authenticator(raw),
             user_message_limit: raw.auth.user_message_limit,
             user_message_window: raw.auth.user_message_window.0,
+        }
+    }
+
+    /// `server.postmaster`, or `postmaster@<hostname>`.
+    fn postmaster(&mut self, raw: &RawConfig, hostname: &str) -> Mailbox {
+        match &raw.server.postmaster {
+            Some(text) => Mailbox::parse(text.get_ref()).unwrap_or_else(|e| {
+                self.problem(text, format!("invalid address: {e}"));
+                Mailbox::local_postmaster()
+            }),
+            // An unusable host name is reported on its own key.
+            None => Mailbox::parse(&format!("postmaster@{hostname}")).unwrap_or_else(|_| Mailbox::local_postmaster()),
         }
     }
 

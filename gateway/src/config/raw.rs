@@ -62,8 +62,16 @@ pub struct RawServer {
     /// `max_connections`: inbound connections open at once, over all listeners; default 1000.
     pub max_connections: usize,
     /// `max_connections_per_ip`: connections open at once from one client
-    /// address (an IPv6 /64); trusted networks are exempt; default 50.
+    /// address (an IPv6 /64); default 50.
     pub max_connections_per_ip: usize,
+    /// `connection_limit_exempt`: client networks `max_connections_per_ip`
+    /// does not apply to (a load balancer, a big internal network); default
+    /// the same as `relay.trusted_networks`.
+    pub connection_limit_exempt: Option<Vec<Network>>,
+    /// `postmaster`: where mail to `<Postmaster>` and
+    /// `postmaster@<hostname>` goes (RFC 5321 section 4.5.1: always
+    /// accepted); default `postmaster@<hostname>`.
+    pub postmaster: Option<Spanned<String>>,
     /// `log_format`: `"text"` or `"json"`; default `"text"`.
     pub log_format: LogFormat,
     /// `shutdown_grace_period`: how long SIGTERM waits for work in flight; default `"30s"`.
@@ -77,6 +85,8 @@ impl Default for RawServer {
             spool_dir: PathBuf::from("/var/spool/mailgate"),
             max_connections: 1000,
             max_connections_per_ip: 50,
+            connection_limit_exempt: None,
+            postmaster: None,
             log_format: LogFormat::Text,
             shutdown_grace_period: HumanDuration(std::time::Duration::from_secs(30)),
         }
@@ -186,6 +196,10 @@ pub struct RawSmtp {
     /// RSET, EHLO...) before 421 4.7.0 and close; counted from the last
     /// queued message; default 100.
     pub max_idle_commands: u32,
+    /// `max_hops`: the most `Received:` header fields a message may carry
+    /// when it arrives; more is refused with 554 5.4.6 as a mail loop
+    /// (RFC 5321 section 6.3); default 100, at least 10.
+    pub max_hops: Spanned<usize>,
 }
 
 impl Default for RawSmtp {
@@ -199,6 +213,7 @@ impl Default for RawSmtp {
             data_timeout: minutes(5),
             max_errors: 20,
             max_idle_commands: 100,
+            max_hops: Spanned::new(0..0, 100),
         }
     }
 }

@@ -140,6 +140,9 @@ impl Bounce<'_> {
             eight_bit,
             client: None,
             quarantine: None,
+            dsn: crate::smtp::dsn::MailDsn::default(),
+            requiretls: false,
+            tls_optional: false,
         };
         Some((envelope, content))
     }
@@ -179,6 +182,9 @@ mod tests {
             eight_bit: false,
             client: None,
             quarantine: None,
+            dsn: crate::smtp::dsn::MailDsn::default(),
+            requiretls: false,
+            tls_optional: false,
         }
     }
 

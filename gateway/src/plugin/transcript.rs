@@ -632,6 +632,7 @@ pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<R
                         BodyType::SevenBit
                     },
                     smtputf8: *smtputf8,
+                    ..MailParameters::default()
                 };
                 let result = session.run(StageCall::Mail(&path, &parameters), &ctx).await;
                 ctx.reverse_path = Some(path);

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::smtp::command::BodyType;
+use crate::smtp::dsn::{MailDsn, RcptDsn};
 use crate::smtp::{Mailbox, ReversePath};
 
 /// The envelope of a spooled message.
@@ -31,6 +32,17 @@ pub struct Envelope {
     /// Why a plugin quarantined the message, for messages in the quarantine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// `RET=` and `ENVID=` of MAIL (RFC 3461).
+    #[serde(default, skip_serializing_if = "MailDsn::is_empty")]
+    pub dsn: MailDsn,
+    /// `MAIL ... REQUIRETLS` (RFC 8689): relay only over verified TLS to
+    /// next hops that offer REQUIRETLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requiretls: bool,
+    /// The message carries `TLS-Required: No` (RFC 8689 section 5): the
+    /// sender asks that recipient TLS policies not stop its delivery.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_optional: bool,
 }
 
 impl Envelope {
@@ -48,12 +60,19 @@ pub struct Recipient {
     /// A next hop chosen by a plugin; the route table decides otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteOverride>,
+    /// `NOTIFY=` and `ORCPT=` of its RCPT (RFC 3461).
+    #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
+    pub dsn: RcptDsn,
 }
 
 impl Recipient {
-    /// A recipient routed by the route table.
+    /// A recipient routed by the route table, without DSN parameters.
     pub fn new(address: Mailbox) -> Self {
-        Self { address, route: None }
+        Self {
+            address,
+            route: None,
+            dsn: RcptDsn::default(),
+        }
     }
 }
 

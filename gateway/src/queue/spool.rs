@@ -582,6 +582,9 @@ mod tests {
             eight_bit: false,
             client: None,
             quarantine: None,
+            dsn: crate::smtp::dsn::MailDsn::default(),
+            requiretls: false,
+            tls_optional: false,
         }
     }
 

@@ -23,6 +23,7 @@ use crate::net::{Stream, TlsInfo};
 use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
+use crate::smtp::chunking::{ChunkReader, Discard};
 use crate::smtp::data::{DataOutcome, DataReader, Feed};
 use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
 
@@ -52,6 +53,12 @@ struct Connection {
 /// How reading DATA ended.
 enum DataEnd {
     Read(DataOutcome),
+    TimedOut,
+}
+
+/// How reading a BDAT chunk ended.
+enum ChunkEnd {
+    Read(ChunkReader),
     TimedOut,
 }
 
@@ -99,6 +106,11 @@ pub(super) async fn handle(
         if let Some(filters) = filters.as_mut() {
             filters.follow(&session);
         }
+        if session.transaction().is_none() {
+            // The transaction ended (refused, RSET, a failed BDAT): its
+            // partial content goes.
+            message = None;
+        }
         match (session.transaction().is_some(), &txn) {
             (true, None) => {
                 transactions += 1;
@@ -145,20 +157,43 @@ pub(super) async fn handle(
                 writer.write(trace.as_bytes()).await;
                 match conn.receive_data(reader, &mut writer).await? {
                     DataEnd::TimedOut => session.timeout(),
-                    DataEnd::Read(DataOutcome::Complete(info)) => {
-                        message = Some(writer);
-                        session.data_end(DataOutcome::Complete(info))
-                    }
                     DataEnd::Read(outcome) => {
-                        let log = MessageLog::new(&writer, &session, "rejected");
+                        let mut log = MessageLog::new(&writer, &session, "rejected");
+                        log.reason = outcome.refusal_reason();
                         let step = session.data_end(outcome);
-                        if let Step::Reply(reply) = &step {
-                            metrics().message("data", refusal(reply));
-                            let _entered = span.enter();
-                            log.emit(reply);
-                        }
+                        content_end(&session, &step, writer, &mut message, &log, &span);
                         step
                     }
+                }
+            }
+            Step::ReceiveChunk(chunk) => {
+                let mut writer = match message.take() {
+                    Some(writer) => writer,
+                    None => {
+                        let mut writer = conn.inbound.spool.create();
+                        span.record("queue_id", writer.id().as_str());
+                        let trace = session.trace_header(writer.id().as_str(), SystemTime::now());
+                        writer.write(trace.as_bytes()).await;
+                        writer
+                    }
+                };
+                match conn.receive_chunk(chunk, &mut writer).await? {
+                    ChunkEnd::TimedOut => session.timeout(),
+                    ChunkEnd::Read(chunk) => {
+                        let mut log = MessageLog::new(&writer, &session, "rejected");
+                        log.reason = chunk.outcome().and_then(|o| o.refusal_reason());
+                        let step = session.chunk_end(chunk);
+                        content_end(&session, &step, writer, &mut message, &log, &span);
+                        step
+                    }
+                }
+            }
+            Step::DiscardChunk(size, reply) => {
+                if conn.discard_chunk(size).await? {
+                    conn.answer(&mut session, &reply);
+                    conn.next_command(&mut session).await?
+                } else {
+                    session.timeout()
                 }
             }
             Step::Queue => {
@@ -212,6 +247,25 @@ pub(super) async fn handle(
                 session.auth_checked(outcome)
             }
         };
+    }
+}
+
+/// After the message's content ended (DATA, or a BDAT chunk): keeps the
+/// writer while the transaction goes on, or logs and counts the refusal.
+fn content_end(
+    session: &Session,
+    step: &Step,
+    writer: SpoolWriter,
+    message: &mut Option<SpoolWriter>,
+    log: &MessageLog,
+    span: &Span,
+) {
+    if session.transaction().is_some() {
+        *message = Some(writer);
+    } else if let Step::Reply(reply) = step {
+        metrics().message("data", refusal(reply));
+        let _entered = span.enter();
+        log.emit(reply);
     }
 }
 
@@ -284,7 +338,9 @@ impl Connection {
         filters: Option<&mut Filters>,
         message: Option<&SpoolWriter>,
     ) -> Decision {
+        // The postmaster is always accepted (RFC 5321 section 4.5.1).
         if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient())
+            && !session.pending_is_postmaster()
             && !self.settings.settings.relay.allows(
                 session.connection().peer.ip(),
                 session.authenticated().is_some(),
@@ -400,18 +456,70 @@ impl Connection {
                     }
                 }
             }
-            self.input.reserve(READ_CHUNK);
-            match timeout(
-                self.settings.settings.data_timeout,
-                self.stream.read_buf(&mut self.input),
-            )
-            .await
-            {
-                Err(_) => return Ok(DataEnd::TimedOut),
-                Ok(Ok(0)) => return Err(ConnectionError::ClosedInData),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.into()),
+            if !self.read_more().await? {
+                return Ok(DataEnd::TimedOut);
             }
+        }
+    }
+
+    /// Streams one BDAT chunk (exactly its size) into the spool writer,
+    /// keeping what follows it as the next commands.
+    async fn receive_chunk(
+        &mut self,
+        mut chunk: ChunkReader,
+        writer: &mut SpoolWriter,
+    ) -> Result<ChunkEnd, ConnectionError> {
+        let mut content = Vec::with_capacity(READ_CHUNK.min(self.input.len().max(1024)));
+        loop {
+            content.clear();
+            let feed = chunk.feed(&self.input, &mut content);
+            if !content.is_empty() {
+                self.counters.received.inc_by(content.len() as u64);
+                writer.write(&content).await;
+            }
+            match feed {
+                Feed::Done { consumed } => {
+                    self.input.advance(consumed);
+                    return Ok(ChunkEnd::Read(chunk));
+                }
+                Feed::More => self.input.clear(),
+            }
+            if !self.read_more().await? {
+                return Ok(ChunkEnd::TimedOut);
+            }
+        }
+    }
+
+    /// Reads and drops a refused BDAT chunk of `size` octets (RFC 3030
+    /// section 3). False when the client went silent.
+    async fn discard_chunk(&mut self, size: u64) -> Result<bool, ConnectionError> {
+        let mut discard = Discard::new(size);
+        loop {
+            let (consumed, done) = discard.feed(&self.input);
+            self.input.advance(consumed);
+            if done {
+                return Ok(true);
+            }
+            if !self.read_more().await? {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Reads more message content into the input buffer; false on the
+    /// DATA timeout.
+    async fn read_more(&mut self) -> Result<bool, ConnectionError> {
+        self.input.reserve(READ_CHUNK);
+        match timeout(
+            self.settings.settings.data_timeout,
+            self.stream.read_buf(&mut self.input),
+        )
+        .await
+        {
+            Err(_) => Ok(false),
+            Ok(Ok(0)) => Err(ConnectionError::ClosedInData),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(e)) => Err(e.into()),
         }
     }
 
@@ -429,7 +537,14 @@ impl Connection {
         };
         let mut envelope = Envelope {
             reverse_path: txn.reverse_path.clone(),
-            recipients: txn.recipients.iter().cloned().map(Recipient::new).collect(),
+            recipients: txn
+                .recipients
+                .iter()
+                .map(|r| Recipient {
+                    dsn: r.dsn.clone(),
+                    ..Recipient::new(r.address.clone())
+                })
+                .collect(),
             received_at: SystemTime::now(),
             size: writer.len(),
             body: txn.parameters.body,
@@ -440,6 +555,9 @@ impl Connection {
                 helo: session.hello().map(|h| h.name.clone()).unwrap_or_default(),
             }),
             quarantine: None,
+            dsn: txn.parameters.dsn.clone(),
+            requiretls: txn.parameters.requiretls,
+            tls_optional: info.tls_optional,
         };
         edits.apply_to(&mut envelope);
         if let Some(content) = edits

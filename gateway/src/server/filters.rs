@@ -68,6 +68,15 @@ impl TransactionEdits {
                 _ => {}
             }
         }
+        // Rewrites may have made two recipients one mailbox: deliver once.
+        let mut seen: Vec<Mailbox> = Vec::with_capacity(envelope.recipients.len());
+        envelope.recipients.retain(|r| {
+            let fresh = !seen.iter().any(|m| m.same_mailbox(&r.address));
+            if fresh {
+                seen.push(r.address.clone());
+            }
+            fresh
+        });
     }
 }
 
@@ -225,7 +234,7 @@ impl Filters {
             helo: session.hello().map(|h| h.name.clone()),
             authenticated: session.authenticated().map(str::to_owned),
             reverse_path: txn.map(|t| t.reverse_path.clone()),
-            recipients: txn.map(|t| t.recipients.clone()).unwrap_or_default(),
+            recipients: txn.map(|t| t.addresses().cloned().collect()).unwrap_or_default(),
             metadata,
         }
     }

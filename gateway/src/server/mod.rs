@@ -115,8 +115,10 @@ pub struct ServerSettings {
     pub data_timeout: Duration,
     /// Connections open at once over all listeners.
     pub max_connections: NonZeroUsize,
-    /// Connections open at once per client address (trusted networks exempt).
+    /// Connections open at once per client address.
     pub max_connections_per_ip: NonZeroUsize,
+    /// Client networks `max_connections_per_ip` does not apply to.
+    pub connection_limit_exempt: Vec<ipnet::IpNet>,
     /// Who may send where.
     pub relay: RelayPolicy,
     /// Checks AUTH credentials, when a users file is configured.
@@ -125,6 +127,14 @@ pub struct ServerSettings {
     pub user_message_limit: u32,
     /// The window of `user_message_limit`.
     pub user_message_window: Duration,
+}
+
+impl ServerSettings {
+    /// True when `ip` is not held to `max_connections_per_ip`.
+    pub fn is_limit_exempt(&self, ip: std::net::IpAddr) -> bool {
+        let ip = policy::canonical(ip);
+        self.connection_limit_exempt.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// A listening socket with its configuration.
@@ -344,7 +354,7 @@ async fn start(
         }
     }
     let ip = info.peer.ip();
-    let slot = if settings.relay.is_trusted(ip) {
+    let slot = if settings.is_limit_exempt(ip) {
         None
     } else {
         match inbound.per_client.try_acquire(ip) {

@@ -44,6 +44,14 @@ impl Mailbox {
         })
     }
 
+    /// `postmaster@localhost`, which needs no parsing.
+    pub fn local_postmaster() -> Self {
+        Self {
+            local: "postmaster".to_owned(),
+            domain: "localhost".to_owned(),
+        }
+    }
+
     /// The local part, exactly as received.
     pub fn local_part(&self) -> &str {
         &self.local
@@ -62,6 +70,12 @@ impl Mailbox {
     /// The domain in lower case, for routing and comparisons.
     pub fn domain_key(&self) -> String {
         self.domain.to_lowercase()
+    }
+
+    /// True when both name the same mailbox: the domain compared without
+    /// regard to case, the local part exactly (RFC 5321 section 2.4).
+    pub fn same_mailbox(&self, other: &Self) -> bool {
+        self.local == other.local && self.domain.to_lowercase() == other.domain.to_lowercase()
     }
 }
 

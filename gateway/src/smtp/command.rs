@@ -3,6 +3,7 @@
 //! parameter keywords are case-insensitive.
 
 use super::address::{AddressError, Mailbox, ReversePath, parse_path};
+use super::dsn::{self, MailDsn, RcptDsn};
 use super::reply::{EnhancedCode, Reply};
 
 /// One parsed command.
@@ -15,7 +16,7 @@ pub enum Command {
     /// `MAIL FROM:<reverse-path> [parameters]`
     Mail(ReversePath, MailParameters),
     /// `RCPT TO:<forward-path> [parameters]`
-    Rcpt(Mailbox, RcptParameters),
+    Rcpt(ForwardPath, RcptParameters),
     /// `DATA`
     Data,
     /// `RSET`
@@ -32,11 +33,32 @@ pub enum Command {
     StartTls,
     /// `AUTH mechanism [initial-response]` (RFC 4954); the mechanism upper case.
     Auth(String, Option<String>),
+    /// `BDAT size [LAST]` (RFC 3030): a chunk of `size` octets follows the line.
+    Bdat(Bdat),
     /// A command RFC 5321 or an extension defines that this server does not
-    /// offer (EXPN, TURN, ETRN, BDAT).
+    /// offer (EXPN, TURN, ETRN).
     NotImplemented,
 }
 
+/// The arguments of `BDAT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bdat {
+    /// The chunk's size in octets.
+    pub size: u64,
+    /// `LAST`: the chunk ends the message.
+    pub last: bool,
+}
+
+/// The forward-path of RCPT.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForwardPath {
+    /// `<Postmaster>` without a domain (any letter case): RFC 5321 section
+    /// 4.5.1 says it must be accepted; the session puts in the configured
+    /// postmaster address.
+    Postmaster,
+    /// A mailbox.
+    Mailbox(Mailbox),
+}
 /// The body type declared by `BODY=` (RFC 6152).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BodyType {
@@ -56,12 +78,18 @@ pub struct MailParameters {
     pub body: BodyType,
     /// `SMTPUTF8` (RFC 6531): the transaction may use UTF-8 addresses and headers.
     pub smtputf8: bool,
+    /// `RET=` and `ENVID=` (RFC 3461).
+    pub dsn: MailDsn,
+    /// `REQUIRETLS` (RFC 8689): relay only over verified TLS.
+    pub requiretls: bool,
 }
 
-/// Parameters of RCPT TO. None are offered yet (DSN's NOTIFY and ORCPT come
-/// with the delivery engine), so any parameter is refused with 555.
+/// Parameters of RCPT TO: DSN's `NOTIFY=` and `ORCPT=` (RFC 3461).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RcptParameters {}
+pub struct RcptParameters {
+    /// `NOTIFY=` and `ORCPT=`.
+    pub dsn: RcptDsn,
+}
 
 /// A command that cannot be carried out as sent. Each variant maps to one
 /// reply; none of them ends the connection.
@@ -82,6 +110,9 @@ pub enum ProtocolError {
     /// A MAIL or RCPT parameter this server does not offer (555 5.5.4).
     #[error("unsupported parameter {0}")]
     UnknownParameter(String),
+    /// A MAIL or RCPT parameter given twice (555 5.5.4).
+    #[error("duplicate parameter {0}")]
+    DuplicateParameter(String),
 }
 
 impl ProtocolError {
@@ -101,6 +132,7 @@ impl ProtocolError {
                 format!("Bad recipient address syntax: {e}"),
             ),
             Self::UnknownParameter(name) => Reply::unknown_parameter(name),
+            Self::DuplicateParameter(name) => Reply::duplicate_parameter(name),
         }
     }
 }
@@ -125,7 +157,8 @@ impl Command {
             b"VRFY" => Ok(Self::Vrfy),
             b"STARTTLS" => no_args(args, "STARTTLS takes no arguments").map(|()| Self::StartTls),
             b"AUTH" => parse_auth(args),
-            b"EXPN" | b"TURN" | b"ETRN" | b"BDAT" | b"SEND" | b"SOML" | b"SAML" => Ok(Self::NotImplemented),
+            b"BDAT" => parse_bdat(args),
+            b"EXPN" | b"TURN" | b"ETRN" | b"SEND" | b"SOML" | b"SAML" => Ok(Self::NotImplemented),
             _ => Err(ProtocolError::Unrecognized),
         }
     }
@@ -223,7 +256,7 @@ fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, ProtocolError> 
         }
         let keyword = keyword.to_ascii_uppercase();
         if params.iter().any(|(k, _)| *k == keyword) {
-            return Err(ProtocolError::Syntax("duplicate parameter"));
+            return Err(ProtocolError::DuplicateParameter(keyword));
         }
         params.push((keyword, value));
     }
@@ -232,6 +265,11 @@ fn parameters(text: &str) -> Result<Vec<(String, Option<&str>)>, ProtocolError> 
 
 fn parse_mail(args: &str) -> Result<Command, ProtocolError> {
     let rest = strip_keyword(args, "FROM:").ok_or(ProtocolError::Syntax("MAIL FROM:<address>"))?;
+    // Only `<>` is the null path: `MAIL FROM:` with nothing after the
+    // colon is a syntax error, not a sender that can never be bounced to.
+    if !rest.trim_start_matches(' ').starts_with('<') && rest.trim().is_empty() {
+        return Err(ProtocolError::Syntax("MAIL FROM:<address> (use <> for the null sender)"));
+    }
     let (path, params) = split_path(rest).map_err(ProtocolError::Syntax)?;
     let reverse_path = if path.is_empty() {
         ReversePath::Null
@@ -251,8 +289,12 @@ fn parse_mail(args: &str) -> Result<Command, ProtocolError> {
             }
             ("BODY", Some(v)) => return Err(ProtocolError::UnknownParameter(format!("BODY={v}"))),
             ("SMTPUTF8", None) => parsed.smtputf8 = true,
-            ("SIZE" | "BODY", None) => return Err(ProtocolError::Syntax("parameter needs a value")),
+            ("REQUIRETLS", None) => parsed.requiretls = true,
+            ("RET", Some(v)) => dsn::parse_ret(&mut parsed.dsn, v)?,
+            ("ENVID", Some(v)) => dsn::parse_envid(&mut parsed.dsn, v)?,
+            ("SIZE" | "BODY" | "RET" | "ENVID", None) => return Err(ProtocolError::Syntax("parameter needs a value")),
             ("SMTPUTF8", Some(_)) => return Err(ProtocolError::Syntax("SMTPUTF8 takes no value")),
+            ("REQUIRETLS", Some(_)) => return Err(ProtocolError::Syntax("REQUIRETLS takes no value")),
             // RFC 4954 section 5: the submitter's identity as a relay saw
             // it. Accepted and not trusted (nothing here relays for another
             // MTA's users), as Postfix does by default.
@@ -289,16 +331,42 @@ fn parse_rcpt(args: &str) -> Result<Command, ProtocolError> {
     let (path, params) = split_path(rest).map_err(ProtocolError::Syntax)?;
     // RFC 5321 section 4.5.1: <Postmaster> without a domain must be accepted.
     let forward_path = if path.eq_ignore_ascii_case("postmaster") {
-        Mailbox::parse("postmaster@localhost").map_err(ProtocolError::BadRecipient)?
+        ForwardPath::Postmaster
     } else if path.is_empty() {
         return Err(ProtocolError::BadRecipient(AddressError::Syntax("empty forward-path")));
     } else {
-        parse_path(path).map_err(ProtocolError::BadRecipient)?
+        ForwardPath::Mailbox(parse_path(path).map_err(ProtocolError::BadRecipient)?)
     };
-    if let Some((keyword, _)) = parameters(params)?.into_iter().next() {
-        return Err(ProtocolError::UnknownParameter(keyword));
+    let mut parsed = RcptParameters::default();
+    for (keyword, value) in parameters(params)? {
+        match (keyword.as_str(), value) {
+            ("NOTIFY", Some(v)) => dsn::parse_notify(&mut parsed.dsn, v)?,
+            ("ORCPT", Some(v)) => dsn::parse_orcpt(&mut parsed.dsn, v)?,
+            ("NOTIFY" | "ORCPT", None) => return Err(ProtocolError::Syntax("parameter needs a value")),
+            _ => return Err(ProtocolError::UnknownParameter(keyword)),
+        }
     }
-    Ok(Command::Rcpt(forward_path, RcptParameters::default()))
+    Ok(Command::Rcpt(forward_path, parsed))
+}
+
+/// `BDAT chunk-size [LAST]` (RFC 3030 section 3).
+fn parse_bdat(args: &str) -> Result<Command, ProtocolError> {
+    let usage = ProtocolError::Syntax("BDAT size [LAST]");
+    let mut words = args.split(' ').filter(|w| !w.is_empty());
+    let size = words.next().ok_or(usage.clone())?;
+    if size.is_empty() || size.len() > 19 || !size.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(usage);
+    }
+    let size = size.parse().map_err(|_| usage.clone())?;
+    let last = match words.next() {
+        None => false,
+        Some(word) if word.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return Err(usage),
+    };
+    if words.next().is_some() {
+        return Err(usage);
+    }
+    Ok(Command::Bdat(Bdat { size, last }))
 }
 
 #[cfg(test)]
@@ -337,6 +405,7 @@ mod tests {
                     size,
                     body: if eight_bit { BodyType::EightBitMime } else { BodyType::SevenBit },
                     smtputf8,
+                    ..MailParameters::default()
                 },
             );
             prop_assert_eq!(Command::parse(line.as_bytes()), Ok(expected));
@@ -345,6 +414,10 @@ mod tests {
 
     fn mailbox(text: &str) -> Mailbox {
         Mailbox::parse(text).unwrap()
+    }
+
+    fn rcpt(text: &str) -> Command {
+        Command::Rcpt(ForwardPath::Mailbox(mailbox(text)), RcptParameters::default())
     }
 
     #[test]
@@ -377,6 +450,7 @@ mod tests {
                         size: Some(1000),
                         body: BodyType::EightBitMime,
                         smtputf8: true,
+                        ..MailParameters::default()
                     },
                 ),
             ),
@@ -384,22 +458,46 @@ mod tests {
                 "MAIL FROM:<a@b.test> body=7bit",
                 Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
             ),
+            ("RCPT TO:<c@d.test>", rcpt("c@d.test")),
+            ("rcpt to:<Postmaster>", Command::Rcpt(ForwardPath::Postmaster, RcptParameters::default())),
+            ("RCPT TO:<POSTMASTER>", Command::Rcpt(ForwardPath::Postmaster, RcptParameters::default())),
+            ("RCPT TO:<@hop.test:c@d.test>", rcpt("c@d.test")),
+            ("RCPT TO:<\"odd>name\"@d.test>", rcpt("\"odd>name\"@d.test")),
             (
-                "RCPT TO:<c@d.test>",
-                Command::Rcpt(mailbox("c@d.test"), RcptParameters::default()),
+                "RCPT TO:<c@d.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;C+2B1@d.test",
+                Command::Rcpt(
+                    ForwardPath::Mailbox(mailbox("c@d.test")),
+                    RcptParameters {
+                        dsn: RcptDsn {
+                            notify: Some(crate::smtp::dsn::Notify::On {
+                                success: true,
+                                failure: true,
+                                delay: false,
+                            }),
+                            orcpt: Some(crate::smtp::dsn::OriginalRecipient {
+                                addr_type: "rfc822".into(),
+                                address: "C+1@d.test".into(),
+                            }),
+                        },
+                    },
+                ),
             ),
             (
-                "rcpt to:<Postmaster>",
-                Command::Rcpt(mailbox("postmaster@localhost"), RcptParameters::default()),
+                "MAIL FROM:<a@b.test> RET=HDRS ENVID=QQ314159 REQUIRETLS",
+                Command::Mail(
+                    ReversePath::Mailbox(mailbox("a@b.test")),
+                    MailParameters {
+                        dsn: MailDsn {
+                            ret: Some(crate::smtp::dsn::Ret::Hdrs),
+                            envid: Some("QQ314159".into()),
+                        },
+                        requiretls: true,
+                        ..MailParameters::default()
+                    },
+                ),
             ),
-            (
-                "RCPT TO:<@hop.test:c@d.test>",
-                Command::Rcpt(mailbox("c@d.test"), RcptParameters::default()),
-            ),
-            (
-                "RCPT TO:<\"odd>name\"@d.test>",
-                Command::Rcpt(mailbox("\"odd>name\"@d.test"), RcptParameters::default()),
-            ),
+            ("BDAT 10 LAST", Command::Bdat(Bdat { size: 10, last: true })),
+            ("bdat 0", Command::Bdat(Bdat { size: 0, last: false })),
             ("DATA", Command::Data),
             ("rset", Command::Rset),
             ("NOOP", Command::Noop),
@@ -409,7 +507,6 @@ mod tests {
             ("HELP", Command::Help),
             ("HELP MAIL", Command::Help),
             ("EXPN list", Command::NotImplemented),
-            ("BDAT 10 LAST", Command::NotImplemented),
             ("starttls", Command::StartTls),
             ("AUTH plain", Command::Auth("PLAIN".into(), None)),
             (
@@ -439,14 +536,28 @@ mod tests {
             (b"MAIL FROM:<a@b.test>SIZE=1", 501, "5.5.4"),
             (b"MAIL FROM:<a@b.test> SIZE=abc", 501, "5.5.4"),
             (b"MAIL FROM:<a@b.test> SIZE", 501, "5.5.4"),
-            (b"MAIL FROM:<a@b.test> SIZE=1 SIZE=2", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> SIZE=1 SIZE=2", 555, "5.5.4"),
+            (b"MAIL FROM:", 501, "5.5.4"),
+            (b"MAIL FROM:   ", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> RET=HDRS RET=FULL", 555, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> RET=SOME", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> RET", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> ENVID=a+zz", 501, "5.5.4"),
+            (b"MAIL FROM:<a@b.test> REQUIRETLS=yes", 501, "5.5.4"),
+            (b"RCPT TO:<c@d.test> NOTIFY=NEVER,DELAY", 501, "5.5.4"),
+            (b"RCPT TO:<c@d.test> NOTIFY=NEVER NOTIFY=NEVER", 555, "5.5.4"),
+            (b"RCPT TO:<c@d.test> ORCPT=rfc822", 501, "5.5.4"),
+            (b"RCPT TO:<c@d.test> FOO=bar", 555, "5.5.4"),
+            (b"BDAT", 501, "5.5.4"),
+            (b"BDAT x", 501, "5.5.4"),
+            (b"BDAT 10 FIRST", 501, "5.5.4"),
+            (b"BDAT 10 LAST more", 501, "5.5.4"),
+            (b"BDAT 99999999999999999999", 501, "5.5.4"),
             (b"MAIL FROM:<a@b.test> SMTPUTF8=yes", 501, "5.5.4"),
             (b"MAIL FROM:<not an address>", 501, "5.1.7"),
-            (b"MAIL FROM:<a@b.test> RET=HDRS", 555, "5.5.4"),
             (b"MAIL FROM:<a@b.test> BODY=BINARYMIME", 555, "5.5.4"),
             (b"RCPT TO:<>", 501, "5.1.3"),
             (b"RCPT TO:<user>", 501, "5.1.3"),
-            (b"RCPT TO:<c@d.test> NOTIFY=NEVER", 555, "5.5.4"),
             (b"RCPT <c@d.test>", 501, "5.5.4"),
             (b"DATA now", 501, "5.5.4"),
             (b"QUIT x", 501, "5.5.4"),

@@ -50,6 +50,9 @@ pub struct DataPolicy {
     pub bare_line_endings: BareLineEndings,
     /// Over-long line handling.
     pub long_lines: LongLines,
+    /// The most `Received:` fields a message may carry when it arrives;
+    /// more is a mail loop (RFC 5321 section 6.3).
+    pub max_hops: usize,
 }
 
 /// Where the reader is on the wire.
@@ -93,6 +96,21 @@ pub enum DataOutcome {
     BareLineEnding,
     /// A line over 998 octets under the reject policy (550 5.6.0).
     LineTooLong,
+    /// More `Received:` fields than `max_hops` (554 5.4.6); how many.
+    TooManyHops(usize),
+}
+
+impl DataOutcome {
+    /// Why the message was refused, for the log; `None` when it was not.
+    pub fn refusal_reason(&self) -> Option<String> {
+        match self {
+            Self::Complete(_) => None,
+            Self::TooBig => Some("message too big".into()),
+            Self::BareLineEnding => Some("bare CR or LF".into()),
+            Self::LineTooLong => Some("line longer than 998 octets".into()),
+            Self::TooManyHops(n) => Some(format!("too many hops: {n} Received fields (mail loop)")),
+        }
+    }
 }
 
 /// Facts about accepted content that delivery needs.
@@ -102,6 +120,10 @@ pub struct MessageInfo {
     pub size: u64,
     /// True when some octet has the high bit set (8BITMIME rules on output).
     pub eight_bit: bool,
+    /// `Received:` fields in the header section as it arrived.
+    pub hops: usize,
+    /// The header section has `TLS-Required: No` (RFC 8689 section 5).
+    pub tls_optional: bool,
 }
 
 /// Streams the DATA section: undoes dot-stuffing, finds the end, enforces
@@ -118,7 +140,22 @@ pub struct DataReader {
     too_big: bool,
     saw_bare: bool,
     saw_long: bool,
+    /// The first octets of the current header line, to count `Received:`
+    /// and find `TLS-Required:`.
+    head: [u8; HEAD_LEN],
+    hops: usize,
+    tls_optional: bool,
+    /// DATA: dots are stuffing and `<CRLF>.<CRLF>` ends the message. BDAT
+    /// chunks (RFC 3030) are sized and carry content as it is.
+    dots: bool,
 }
+
+/// The trace field counted for loop detection.
+const RECEIVED: &[u8] = b"received:";
+/// RFC 8689 section 5's header field.
+const TLS_REQUIRED: &[u8] = b"tls-required:";
+/// How much of each header line is kept to recognise those two.
+const HEAD_LEN: usize = 32;
 
 impl DataReader {
     /// A reader positioned right after the 354 reply.
@@ -133,7 +170,32 @@ impl DataReader {
             too_big: false,
             saw_bare: false,
             saw_long: false,
+            head: [0; HEAD_LEN],
+            hops: 0,
+            tls_optional: false,
+            dots: true,
         }
+    }
+
+    /// A reader for the content of BDAT chunks: no dot-stuffing and no
+    /// end marker, the same line policies and limits as DATA, so that the
+    /// stored message is the one DATA would have stored.
+    pub fn chunked(policy: DataPolicy) -> Self {
+        Self {
+            dots: false,
+            ..Self::new(policy)
+        }
+    }
+
+    /// Ends chunked content: a CR left pending is bare, and content that
+    /// does not end with CRLF gets one (as it would have through DATA).
+    pub fn finish_chunks(&mut self, out: &mut Vec<u8>) {
+        match self.wire {
+            Wire::Cr => self.bare_break(out),
+            Wire::Mid => self.line_break(out),
+            _ => {}
+        }
+        self.wire = Wire::Done;
     }
 
     /// Consumes input, appending content to `out`.
@@ -168,7 +230,7 @@ impl DataReader {
 
     fn step(&mut self, byte: u8, out: &mut Vec<u8>) {
         self.wire = match (self.wire, byte) {
-            (Wire::Start, b'.') => Wire::Dot,
+            (Wire::Start, b'.') if self.dots => Wire::Dot,
             (Wire::Start | Wire::Mid, b'\r') => Wire::Cr,
             (Wire::Dot, b'\r') => Wire::DotCr,
             (Wire::DotCr, b'\n') => Wire::Done,
@@ -205,6 +267,10 @@ impl DataReader {
         if !self.eight_bit && bytes.iter().any(|&b| b >= 0x80) {
             self.eight_bit = true;
         }
+        if self.in_header && self.line_len < HEAD_LEN {
+            let take = (HEAD_LEN - self.line_len).min(bytes.len());
+            self.head[self.line_len..self.line_len + take].copy_from_slice(&bytes[..take]);
+        }
         while self.line_len + bytes.len() > MAX_TEXT_LINE {
             if self.policy.long_lines == LongLines::Reject {
                 self.saw_long = true;
@@ -225,9 +291,23 @@ impl DataReader {
     fn line_break(&mut self, out: &mut Vec<u8>) {
         if self.line_len == 0 {
             self.in_header = false;
+        } else if self.in_header {
+            self.header_line();
         }
         self.line_len = 0;
         self.push(b"\r\n", out);
+    }
+
+    /// Looks at the start of a header line that just ended.
+    fn header_line(&mut self) {
+        let head = &self.head[..self.line_len.min(HEAD_LEN)];
+        let starts = |name: &[u8]| head.len() >= name.len() && head[..name.len()].eq_ignore_ascii_case(name);
+        if starts(RECEIVED) {
+            self.hops += 1;
+        } else if starts(TLS_REQUIRED) && self.line_len < HEAD_LEN {
+            let value = head[TLS_REQUIRED.len()..].trim_ascii();
+            self.tls_optional = value.eq_ignore_ascii_case(b"no");
+        }
     }
 
     /// A bare CR or LF.
@@ -248,6 +328,11 @@ impl DataReader {
         self.size += bytes.len() as u64;
     }
 
+    /// Content octets so far (after dot-unstuffing).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// True once the final dot has been read.
     pub fn is_done(&self) -> bool {
         self.wire == Wire::Done
@@ -261,10 +346,14 @@ impl DataReader {
             DataOutcome::BareLineEnding
         } else if self.saw_long {
             DataOutcome::LineTooLong
+        } else if self.hops > self.policy.max_hops {
+            DataOutcome::TooManyHops(self.hops)
         } else {
             DataOutcome::Complete(MessageInfo {
                 size: self.size,
                 eight_bit: self.eight_bit,
+                hops: self.hops,
+                tls_optional: self.tls_optional,
             })
         }
     }
@@ -319,6 +408,7 @@ mod tests {
             max_bytes: 1 << 20,
             bare_line_endings: BareLineEndings::Normalize,
             long_lines: LongLines::Reject,
+            max_hops: 100,
         }
     }
 
@@ -439,6 +529,79 @@ mod tests {
             outcome,
             Some(DataOutcome::Complete(MessageInfo { eight_bit: false, .. }))
         ));
+    }
+
+    #[test]
+    fn counts_received_fields_in_the_header_section_only() {
+        let mut input = Vec::new();
+        for n in 0..3 {
+            input.extend_from_slice(format!("Received: from hop{n}\r\n\tby x\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"RECEIVED:from upper\r\nX-Received: no\r\nReceived-SPF: no\r\n\r\n");
+        input.extend_from_slice(b"Received: in the body\r\n.\r\n");
+        for chunk in [1, 4, 100] {
+            let (_, _, outcome) = read(policy(), &input, chunk);
+            assert!(
+                matches!(outcome, Some(DataOutcome::Complete(MessageInfo { hops: 4, .. }))),
+                "chunk {chunk}: {outcome:?}"
+            );
+        }
+        let strict = DataPolicy {
+            max_hops: 3,
+            ..policy()
+        };
+        let (_, _, outcome) = read(strict, &input, 7);
+        assert_eq!(outcome, Some(DataOutcome::TooManyHops(4)));
+    }
+
+    #[test]
+    fn finds_tls_required_no_in_the_header_section() {
+        for (header, optional) in [
+            ("TLS-Required: No", true),
+            ("tls-required:no  ", true),
+            ("TLS-Required: Yes", false),
+            ("X-TLS-Required: No", false),
+        ] {
+            let input = format!("Subject: a\r\n{header}\r\n\r\nTLS-Required: No\r\n.\r\n");
+            let (_, _, outcome) = read(policy(), input.as_bytes(), 3);
+            let Some(DataOutcome::Complete(info)) = outcome else { panic!("{outcome:?}") };
+            assert_eq!(info.tls_optional, optional, "{header}");
+        }
+        let (_, _, outcome) = read(policy(), b"a: b\r\n\r\nTLS-Required: No\r\n.\r\n", 3);
+        assert!(matches!(outcome, Some(DataOutcome::Complete(MessageInfo { tls_optional: false, .. }))));
+    }
+
+    #[test]
+    fn chunked_content_is_transparent_and_stored_as_data_would_store_it() {
+        let message = b"Subject: x\r\n\r\n.leading dot\r\n.\r\nlast line";
+        let mut reader = DataReader::chunked(policy());
+        let mut out = Vec::new();
+        for piece in message.chunks(3) {
+            assert_eq!(reader.feed(piece, &mut out), Feed::More);
+        }
+        reader.finish_chunks(&mut out);
+        assert_eq!(out, b"Subject: x\r\n\r\n.leading dot\r\n.\r\nlast line\r\n");
+        let size = out.len() as u64;
+        assert!(matches!(reader.outcome(), DataOutcome::Complete(info) if info.size == size));
+
+        // The same message through DATA (dot-stuffed) stores the same content.
+        let mut stuffed = Vec::new();
+        let mut stuffer = DotStuffer::default();
+        stuffer.stuff(&out, &mut stuffed);
+        stuffer.finish(&mut stuffed);
+        let (through_data, _, _) = read(policy(), &stuffed, 5);
+        assert_eq!(through_data, out);
+
+        // A CR at the very end of the last chunk is bare.
+        let strict = DataPolicy {
+            bare_line_endings: BareLineEndings::Reject,
+            ..policy()
+        };
+        let mut reader = DataReader::chunked(strict);
+        let mut out = Vec::new();
+        let _ = reader.feed(b"a\r\nb\r", &mut out);
+        reader.finish_chunks(&mut out);
+        assert_eq!(reader.outcome(), DataOutcome::BareLineEnding);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! be tested from byte transcripts and fuzzed.
 
 pub mod address;
+pub mod chunking;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod extensions;
 pub mod reply;
 pub mod session;

@@ -277,6 +277,32 @@ impl Reply {
         )
     }
 
+    /// `250 2.0.0` for a BDAT chunk that is not the last (RFC 3030).
+    pub fn chunk_received(octets: u64) -> Self {
+        Self::new(250, EnhancedCode::new(2, 0, 0), format!("{octets} octets received"))
+    }
+
+    /// `530 5.7.10`: `MAIL ... REQUIRETLS` outside TLS (RFC 8689 section 2:
+    /// the extension is offered only inside TLS).
+    pub fn requiretls_needs_tls() -> Self {
+        Self::new(530, EnhancedCode::new(5, 7, 10), "REQUIRETLS needs a TLS session: STARTTLS first")
+    }
+
+    /// `555 5.5.4`: a MAIL or RCPT parameter given twice.
+    pub fn duplicate_parameter(name: &str) -> Self {
+        Self::new(555, EnhancedCode::new(5, 5, 4), format!("Duplicate parameter: {name}"))
+    }
+
+    /// `554 5.4.6`: the message has been through too many relays (a mail
+    /// loop, RFC 5321 section 6.3).
+    pub fn too_many_hops(hops: usize) -> Self {
+        Self::new(
+            554,
+            EnhancedCode::new(5, 4, 6),
+            format!("Too many hops ({hops} Received header fields): mail loop?"),
+        )
+    }
+
     /// `503 5.5.1`: a command out of sequence.
     pub fn bad_sequence(text: &str) -> Self {
         Self::new(503, EnhancedCode::new(5, 5, 1), format!("Error: {text}"))

@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::address::{Mailbox, ReversePath};
-use super::command::{self, Command, MailParameters};
+use super::chunking::ChunkReader;
+use super::command::{self, Bdat, Command, ForwardPath, MailParameters, RcptParameters};
 use super::data::{DataOutcome, DataPolicy, DataReader, MessageInfo};
-use super::extensions::ehlo_keywords;
+use super::dsn::RcptDsn;
+use super::extensions::{Offered, ehlo_keywords};
 use super::reply::Reply;
 use super::trace::Trace;
 use crate::net::TlsInfo;
@@ -41,6 +43,8 @@ pub struct SessionConfig {
     /// Commands outside MAIL, RCPT and DATA (NOOP, RSET, EHLO, ...) before
     /// 421 and close; the count restarts when a message is queued.
     pub max_idle_commands: u32,
+    /// Where `RCPT TO:<Postmaster>` and `postmaster@<hostname>` go.
+    pub postmaster: Mailbox,
 }
 
 /// What a listener offers and requires of its clients.
@@ -125,10 +129,26 @@ pub struct Transaction {
     pub reverse_path: ReversePath,
     /// The parameters of MAIL FROM.
     pub parameters: MailParameters,
-    /// Recipients accepted so far, in order.
-    pub recipients: Vec<Mailbox>,
+    /// Recipients accepted so far, in order, each address once.
+    pub recipients: Vec<Rcpt>,
     /// Recipients refused so far; decides 554 over 503 at DATA (RFC 2920 section 3.1).
     refused: usize,
+}
+
+/// One accepted recipient with its DSN parameters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rcpt {
+    /// The forward-path (after any plugin rewrite).
+    pub address: Mailbox,
+    /// `NOTIFY=` and `ORCPT=`.
+    pub dsn: RcptDsn,
+}
+
+impl Transaction {
+    /// The recipients' addresses, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = &Mailbox> {
+        self.recipients.iter().map(|r| &r.address)
+    }
 }
 
 /// An SMTP stage whose outcome the driver decides (policy, plugins).
@@ -192,6 +212,13 @@ pub enum Step {
     /// Send the 354 reply, then stream the message through the reader
     /// until it reports the end, then call `Session::data_end`.
     ReceiveData(Reply, DataReader),
+    /// Stream the BDAT chunk that follows the command line through the
+    /// reader (exactly its size in octets), then call `Session::chunk_end`.
+    ReceiveChunk(ChunkReader),
+    /// Read and throw away the BDAT chunk of this many octets that follows
+    /// the command line (RFC 3030 section 3: it must be consumed even when
+    /// refused), then send the reply and go on reading commands.
+    DiscardChunk(u64, Reply),
     /// Commit the message and envelope to the spool, then call `Session::queued`.
     Queue,
     /// Send the reply and flush it, throw away any input already read
@@ -215,8 +242,11 @@ enum State {
     Rcpt(Hello, Transaction),
     /// Inside an AUTH exchange: the next line is a response, not a command.
     Auth(Hello, AuthStep),
-    /// The driver is streaming the message.
+    /// The driver is streaming the message (DATA or one BDAT chunk).
     Data(Hello, Transaction),
+    /// BDAT chunks received, LAST not yet: the content so far went
+    /// through this reader (RFC 3030).
+    Chunking(Hello, Transaction, DataReader),
     /// A stage is out with the driver.
     Pending(Pending),
     /// QUIT, a disconnect decision or a fatal error: nothing more is read.
@@ -228,7 +258,7 @@ enum Pending {
     Connect,
     Helo(Hello),
     Mail(Hello, Transaction),
-    Rcpt(Hello, Transaction, Mailbox),
+    Rcpt(Hello, Transaction, Rcpt),
     Data(Hello, Transaction, MessageInfo),
     Queue(Hello, Transaction, MessageInfo),
     /// The driver is doing the TLS handshake.
@@ -318,7 +348,7 @@ impl Session {
         };
         if !matches!(
             command,
-            Command::Mail(..) | Command::Rcpt(..) | Command::Data | Command::Quit
+            Command::Mail(..) | Command::Rcpt(..) | Command::Data | Command::Bdat(_) | Command::Quit
         ) {
             self.idle_commands += 1;
             if self.idle_commands > self.config.max_idle_commands {
@@ -338,10 +368,13 @@ impl Session {
     /// Counts error replies; past the limit the connection is closed with
     /// 421 instead (Postfix's `smtpd_hard_error_limit`).
     fn counted(&mut self, step: Step) -> Step {
-        let Step::Reply(reply) = &step else {
+        let (Step::Reply(reply) | Step::DiscardChunk(_, reply)) = &step else {
             return step;
         };
-        if reply.code() < 400 {
+        // Recipients past the limit are not the client's error (RFC 5321
+        // section 4.5.3.1.10): a client pipelining many RCPTs must still
+        // be able to send to the ones accepted.
+        if reply.code() < 400 || *reply == Reply::too_many_recipients() {
             return step;
         }
         self.errors += 1;
@@ -438,6 +471,10 @@ impl Session {
         use State as S;
         let reply = |state: State, reply: Reply| (state, Step::Reply(reply));
         match (state, command) {
+            (state @ (S::Data(..) | S::Pending(_) | S::Auth(..) | S::Closing), Command::Bdat(bdat)) => {
+                // Not reached: the driver only sends commands when the session awaits one.
+                (state, Step::DiscardChunk(bdat.size, Reply::local_error()))
+            }
             (state @ (S::Data(..) | S::Pending(_) | S::Auth(..) | S::Closing), _) => {
                 // The driver only sends commands when the session awaits one.
                 (state, Step::Reply(Reply::local_error()))
@@ -449,27 +486,45 @@ impl Session {
                 reply(S::Ready(hello), Reply::auth_required())
             }
             (S::Ready(hello), Command::Mail(reverse_path, parameters)) => self.mail(hello, reverse_path, parameters),
-            (state @ (S::Mail(..) | S::Rcpt(..)), Command::Mail(..)) => {
+            (state @ (S::Mail(..) | S::Rcpt(..) | S::Chunking(..)), Command::Mail(..)) => {
                 reply(state, Reply::bad_sequence("nested MAIL command"))
             }
             (state @ (S::Greeted | S::Ready(_)), Command::Rcpt(..) | Command::Data) => {
                 reply(state, Reply::bad_sequence("need MAIL command"))
             }
-            (S::Mail(hello, txn) | S::Rcpt(hello, txn), Command::Rcpt(rcpt, _)) => self.rcpt(hello, txn, rcpt),
+            (state @ (S::Greeted | S::Ready(_)), Command::Bdat(bdat)) => (
+                state,
+                Step::DiscardChunk(bdat.size, Reply::bad_sequence("need MAIL command")),
+            ),
+            (S::Mail(hello, txn) | S::Rcpt(hello, txn), Command::Rcpt(rcpt, parameters)) => {
+                self.rcpt(hello, txn, rcpt, parameters)
+            }
+            (state @ S::Chunking(..), Command::Rcpt(..)) => reply(state, Reply::bad_sequence("RCPT after BDAT")),
             (S::Mail(hello, txn), Command::Data) => {
-                let answer = if txn.refused > 0 {
-                    Reply::no_valid_recipients()
-                } else {
-                    Reply::bad_sequence("need RCPT command")
-                };
+                let answer = no_recipients(&txn);
                 reply(S::Mail(hello, txn), answer)
             }
+            (S::Mail(hello, txn), Command::Bdat(bdat)) => {
+                let answer = no_recipients(&txn);
+                (S::Mail(hello, txn), Step::DiscardChunk(bdat.size, answer))
+            }
+            (S::Rcpt(hello, txn), Command::Bdat(bdat)) => {
+                let reader = DataReader::chunked(self.config.data);
+                self.bdat(hello, txn, reader, bdat)
+            }
+            (S::Chunking(hello, txn, reader), Command::Bdat(bdat)) => self.bdat(hello, txn, reader, bdat),
+            // RFC 3030 section 3: DATA and BDAT may not be mixed in one
+            // transaction; it fails, and the client must start again.
+            (S::Chunking(hello, _, _), Command::Data) => reply(
+                S::Ready(hello),
+                Reply::bad_sequence("DATA after BDAT; the transaction is abandoned"),
+            ),
             (S::Rcpt(hello, txn), Command::Data) => (
                 S::Data(hello, txn),
                 Step::ReceiveData(Reply::start_data(), DataReader::new(self.config.data)),
             ),
             (S::Greeted, Command::Rset) => reply(S::Greeted, Reply::ok()),
-            (S::Ready(hello) | S::Mail(hello, _) | S::Rcpt(hello, _), Command::Rset) => {
+            (S::Ready(hello) | S::Mail(hello, _) | S::Rcpt(hello, _) | S::Chunking(hello, ..), Command::Rset) => {
                 reply(S::Ready(hello), Reply::ok())
             }
             (state, Command::Noop) => reply(state, Reply::ok()),
@@ -479,7 +534,7 @@ impl Session {
             (state, Command::StartTls) => self.starttls(state),
             (S::Ready(hello), Command::Auth(mechanism, initial)) => self.auth(hello, &mechanism, initial.as_deref()),
             (S::Greeted, Command::Auth(..)) => reply(S::Greeted, Reply::bad_sequence("send EHLO first")),
-            (state @ (S::Mail(..) | S::Rcpt(..)), Command::Auth(..)) => reply(
+            (state @ (S::Mail(..) | S::Rcpt(..) | S::Chunking(..)), Command::Auth(..)) => reply(
                 state,
                 Reply::bad_sequence("AUTH not permitted during a mail transaction"),
             ),
@@ -492,7 +547,7 @@ impl Session {
             Reply::bad_sequence("TLS already active")
         } else if !self.security.starttls {
             Reply::not_implemented()
-        } else if matches!(state, State::Mail(..) | State::Rcpt(..)) {
+        } else if matches!(state, State::Mail(..) | State::Rcpt(..) | State::Chunking(..)) {
             Reply::bad_sequence("STARTTLS not permitted during a mail transaction")
         } else {
             return (State::Pending(Pending::StartTls), Step::StartTls(Reply::start_tls()));
@@ -570,6 +625,10 @@ impl Session {
         if !parameters.smtputf8 && !reverse_path.is_ascii() {
             return (State::Ready(hello), Step::Reply(Reply::needs_smtputf8()));
         }
+        // RFC 8689 section 2: REQUIRETLS is offered only inside TLS.
+        if parameters.requiretls && self.tls.is_none() {
+            return (State::Ready(hello), Step::Reply(Reply::requiretls_needs_tls()));
+        }
         let txn = Transaction {
             reverse_path,
             parameters,
@@ -579,10 +638,19 @@ impl Session {
         (State::Pending(Pending::Mail(hello, txn)), Step::Check(Stage::Mail))
     }
 
-    fn rcpt(&self, hello: Hello, mut txn: Transaction, rcpt: Mailbox) -> (State, Step) {
+    fn rcpt(&self, hello: Hello, mut txn: Transaction, path: ForwardPath, parameters: RcptParameters) -> (State, Step) {
+        let address = match path {
+            ForwardPath::Postmaster => self.config.postmaster.clone(),
+            ForwardPath::Mailbox(m) if is_postmaster_at(&m, &self.config.hostname) => self.config.postmaster.clone(),
+            ForwardPath::Mailbox(m) => m,
+        };
+        let rcpt = Rcpt {
+            address,
+            dsn: parameters.dsn,
+        };
         let refuse = if txn.recipients.len() >= self.config.max_recipients {
             Some(Reply::too_many_recipients())
-        } else if !txn.parameters.smtputf8 && !rcpt.is_ascii() {
+        } else if !txn.parameters.smtputf8 && !rcpt.address.is_ascii() {
             Some(Reply::needs_smtputf8())
         } else {
             None
@@ -644,11 +712,12 @@ impl Session {
                     HelloKind::Ehlo => Reply::ehlo(
                         host,
                         &hello.name,
-                        ehlo_keywords(
-                            self.config.data.max_bytes,
-                            self.security.starttls && self.tls.is_none(),
-                            self.security.auth && self.tls.is_some(),
-                        ),
+                        ehlo_keywords(Offered {
+                            max_message_bytes: self.config.data.max_bytes,
+                            starttls: self.security.starttls && self.tls.is_none(),
+                            auth: self.security.auth && self.tls.is_some(),
+                            requiretls: self.tls.is_some(),
+                        }),
                     ),
                     HelloKind::Helo => Reply::helo(host),
                 };
@@ -656,7 +725,12 @@ impl Session {
             }
             P::Mail(hello, txn) => (State::Mail(hello, txn), Step::Reply(Reply::sender_ok())),
             P::Rcpt(hello, mut txn, rcpt) => {
-                txn.recipients.push(rcpt);
+                // A repeated recipient is accepted and delivered once
+                // (RFC 5321 section 2.4: domains compare case-insensitively,
+                // local parts as given).
+                if !txn.recipients.iter().any(|r| r.address.same_mailbox(&rcpt.address)) {
+                    txn.recipients.push(rcpt);
+                }
                 (State::Rcpt(hello, txn), Step::Reply(Reply::recipient_ok()))
             }
             P::Data(hello, txn, info) => (State::Pending(P::Queue(hello, txn, info)), Step::Queue),
@@ -671,17 +745,43 @@ impl Session {
             self.state = state;
             return Step::Reply(Reply::local_error());
         };
-        let (state, step) = match outcome {
-            DataOutcome::Complete(info) => (
-                State::Pending(Pending::Data(hello, txn, info)),
-                Step::Check(Stage::Data),
-            ),
-            DataOutcome::TooBig => (State::Ready(hello), Step::Reply(Reply::message_too_big())),
-            DataOutcome::BareLineEnding => (State::Ready(hello), Step::Reply(Reply::bare_line_ending())),
-            DataOutcome::LineTooLong => (State::Ready(hello), Step::Reply(Reply::line_too_long_in_data())),
-        };
+        let (state, step) = message_end(hello, txn, outcome);
         self.state = state;
         step
+    }
+
+    /// `BDAT` with recipients accepted: the chunk goes through `reader`,
+    /// unless the message would exceed the size limit, in which case the
+    /// chunk is discarded unread and the transaction fails (RFC 3030
+    /// section 3: later chunks are refused too).
+    fn bdat(&self, hello: Hello, txn: Transaction, reader: DataReader, bdat: Bdat) -> (State, Step) {
+        if reader.size().saturating_add(bdat.size) > self.config.data.max_bytes {
+            return (
+                State::Ready(hello),
+                Step::DiscardChunk(bdat.size, Reply::message_too_big()),
+            );
+        }
+        (State::Data(hello, txn), Step::ReceiveChunk(ChunkReader::new(reader, bdat)))
+    }
+
+    /// A BDAT chunk was read.
+    pub fn chunk_end(&mut self, chunk: ChunkReader) -> Step {
+        let state = mem::replace(&mut self.state, State::Closing);
+        let State::Data(hello, txn) = state else {
+            self.state = state;
+            return Step::Reply(Reply::local_error());
+        };
+        let (size, last, reader) = chunk.into_parts();
+        let (state, step) = if last {
+            message_end(hello, txn, reader.outcome())
+        } else {
+            (
+                State::Chunking(hello, txn, reader),
+                Step::Reply(Reply::chunk_received(size)),
+            )
+        };
+        self.state = state;
+        self.counted(step)
     }
 
     /// The spool commit finished.
@@ -719,11 +819,19 @@ impl Session {
     pub fn rewrite_pending_recipient(&mut self, recipient: Mailbox) -> bool {
         match &mut self.state {
             State::Pending(Pending::Rcpt(_, _, rcpt)) => {
-                *rcpt = recipient;
+                rcpt.address = recipient;
                 true
             }
             _ => false,
         }
+    }
+
+    /// True when the recipient being decided is this server's postmaster,
+    /// which RFC 5321 section 4.5.1 says must be accepted whatever the
+    /// relay policy.
+    pub fn pending_is_postmaster(&self) -> bool {
+        self.pending_recipient()
+            .is_some_and(|rcpt| rcpt.same_mailbox(&self.config.postmaster))
     }
 
     /// Where the connection comes from.
@@ -734,7 +842,12 @@ impl Session {
     /// The greeting in effect, or the one being decided at the helo stage.
     pub fn hello(&self) -> Option<&Hello> {
         match &self.state {
-            State::Ready(h) | State::Mail(h, _) | State::Rcpt(h, _) | State::Data(h, _) | State::Auth(h, _) => Some(h),
+            State::Ready(h)
+            | State::Mail(h, _)
+            | State::Rcpt(h, _)
+            | State::Data(h, _)
+            | State::Chunking(h, ..)
+            | State::Auth(h, _) => Some(h),
             State::Pending(
                 Pending::Helo(h)
                 | Pending::Mail(h, _)
@@ -750,7 +863,7 @@ impl Session {
     /// The open transaction, including one whose MAIL is being decided.
     pub fn transaction(&self) -> Option<&Transaction> {
         match &self.state {
-            State::Mail(_, t) | State::Rcpt(_, t) | State::Data(_, t) => Some(t),
+            State::Mail(_, t) | State::Rcpt(_, t) | State::Data(_, t) | State::Chunking(_, t, _) => Some(t),
             State::Pending(
                 Pending::Mail(_, t) | Pending::Rcpt(_, t, _) | Pending::Data(_, t, _) | Pending::Queue(_, t, _),
             ) => Some(t),
@@ -761,7 +874,7 @@ impl Session {
     /// The recipient whose RCPT is being decided.
     pub fn pending_recipient(&self) -> Option<&Mailbox> {
         match &self.state {
-            State::Pending(Pending::Rcpt(_, _, rcpt)) => Some(rcpt),
+            State::Pending(Pending::Rcpt(_, _, rcpt)) => Some(&rcpt.address),
             _ => None,
         }
     }
@@ -793,7 +906,7 @@ impl Session {
             (true, true, true, true) => "UTF8SMTPSA",
         };
         let recipient = match txn.map(|t| t.recipients.as_slice()) {
-            Some([only]) => Some(only),
+            Some([only]) => Some(&only.address),
             _ => None,
         };
         Trace {
@@ -846,6 +959,38 @@ fn greeting(kind: HelloKind, name: String) -> (State, Step) {
     )
 }
 
+/// DATA or BDAT without an accepted recipient: 554 when some were refused
+/// (RFC 2920 section 3.1), else 503.
+fn no_recipients(txn: &Transaction) -> Reply {
+    if txn.refused > 0 {
+        Reply::no_valid_recipients()
+    } else {
+        Reply::bad_sequence("need RCPT command")
+    }
+}
+
+/// The end of the message's content, by DATA or the last BDAT chunk.
+fn message_end(hello: Hello, txn: Transaction, outcome: DataOutcome) -> (State, Step) {
+    let refusal = match outcome {
+        DataOutcome::Complete(info) => {
+            return (
+                State::Pending(Pending::Data(hello, txn, info)),
+                Step::Check(Stage::Data),
+            );
+        }
+        DataOutcome::TooBig => Reply::message_too_big(),
+        DataOutcome::BareLineEnding => Reply::bare_line_ending(),
+        DataOutcome::LineTooLong => Reply::line_too_long_in_data(),
+        DataOutcome::TooManyHops(hops) => Reply::too_many_hops(hops),
+    };
+    (State::Ready(hello), Step::Reply(refusal))
+}
+
+/// `postmaster@<our host name>`, any letter case.
+fn is_postmaster_at(mailbox: &Mailbox, hostname: &str) -> bool {
+    mailbox.local_part().eq_ignore_ascii_case("postmaster") && mailbox.domain().eq_ignore_ascii_case(hostname)
+}
+
 /// The state after a RCPT was refused: recipients accepted before still stand.
 fn after_recipient(hello: Hello, txn: Transaction) -> State {
     if txn.recipients.is_empty() {
@@ -887,9 +1032,11 @@ mod tests {
                 max_bytes: 100,
                 bare_line_endings: BareLineEndings::Normalize,
                 long_lines: LongLines::Reject,
+                max_hops: 100,
             },
             max_errors: 20,
             max_idle_commands: 30,
+            postmaster: Mailbox::parse("hostmaster@admin.test").unwrap(),
         })
     }
 
@@ -929,7 +1076,18 @@ mod tests {
         policy: impl Fn(Stage, &Session) -> Decision,
         auth: impl Fn(&AuthAttempt) -> AuthOutcome,
     ) -> (String, Vec<Queued>) {
-        let (mut session, mut step) = Session::with_security(config(), connection(), security, None);
+        transcript_on(config(), security, input, policy, auth)
+    }
+
+    /// `secure_transcript` under another configuration.
+    fn transcript_on(
+        config: Arc<SessionConfig>,
+        security: Security,
+        input: &[u8],
+        policy: impl Fn(Stage, &Session) -> Decision,
+        auth: impl Fn(&AuthAttempt) -> AuthOutcome,
+    ) -> (String, Vec<Queued>) {
+        let (mut session, mut step) = Session::with_security(config, connection(), security, None);
         let mut output = Vec::new();
         let mut queued = Vec::new();
         let mut content = Vec::new();
@@ -938,6 +1096,10 @@ mod tests {
             step = match step {
                 Step::Reply(reply) => {
                     reply.write_to(&mut output);
+                    if session.transaction().is_none() {
+                        // BDAT chunks collect here until the transaction ends.
+                        content.clear();
+                    }
                     let Some(line) = next_line(&mut rest) else {
                         break;
                     };
@@ -969,11 +1131,31 @@ mod tests {
                     }
                     session.data_end(reader.outcome())
                 }
+                Step::ReceiveChunk(mut chunk) => {
+                    match chunk.feed(rest, &mut content) {
+                        Feed::Done { consumed } => rest = &rest[consumed..],
+                        Feed::More => break,
+                    }
+                    session.chunk_end(chunk)
+                }
+                Step::DiscardChunk(size, reply) => {
+                    let mut discard = crate::smtp::chunking::Discard::new(size);
+                    let (consumed, done) = discard.feed(rest);
+                    rest = &rest[consumed..];
+                    if !done {
+                        break;
+                    }
+                    reply.write_to(&mut output);
+                    let Some(line) = next_line(&mut rest) else {
+                        break;
+                    };
+                    session.command(line)
+                }
                 Step::Queue => {
                     let txn = session.transaction().unwrap();
                     queued.push(Queued {
                         reverse_path: txn.reverse_path.to_string(),
-                        recipients: txn.recipients.iter().map(ToString::to_string).collect(),
+                        recipients: txn.addresses().map(ToString::to_string).collect(),
                         content: content.clone(),
                     });
                     session.queued(QueueOutcome::Queued(format!("Q{}", queued.len())))
@@ -1089,7 +1271,7 @@ mod tests {
                 "221 2.0.0",
             ],
         );
-        let ehlo_replies: Vec<&str> = out.split("250 ENHANCEDSTATUSCODES\r\n").collect();
+        let ehlo_replies: Vec<&str> = out.split("250 CHUNKING\r\n").collect();
         assert!(
             ehlo_replies[0].contains("250-STARTTLS\r\n") && !ehlo_replies[0].contains("AUTH"),
             "{out}"
@@ -1230,6 +1412,145 @@ mod tests {
     }
 
     #[test]
+    fn recipients_past_the_limit_do_not_end_the_session() {
+        // config(): 3 recipients, 20 errors. 40 extra recipients are each
+        // refused with 452 4.5.3, and DATA still delivers to the first 3.
+        let mut input = String::from("EHLO c\r\nMAIL FROM:<a@x.test>\r\n");
+        for n in 0..43 {
+            input.push_str(&format!("RCPT TO:<r{n}@y.test>\r\n"));
+        }
+        input.push_str("DATA\r\nx\r\n.\r\n");
+        let (out, queued) = transcript(input.as_bytes(), proceed);
+        assert_eq!(out.matches("452 4.5.3").count(), 40, "{out}");
+        assert!(!out.contains("421"), "{out}");
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].recipients, ["r0@y.test", "r1@y.test", "r2@y.test"]);
+    }
+
+    #[test]
+    fn a_repeated_recipient_is_accepted_and_kept_once() {
+        let input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<b@Y.TEST>\r\nRCPT TO:<B@y.test>\r\nDATA\r\nx\r\n.\r\n";
+        let (out, queued) = transcript(input, proceed);
+        assert_codes(
+            &out,
+            &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0"],
+        );
+        // The local part is compared as given: B@ and b@ are two mailboxes.
+        assert_eq!(queued[0].recipients, ["b@y.test", "B@y.test"]);
+    }
+
+    #[test]
+    fn postmaster_goes_to_the_configured_address() {
+        let input = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<PostMaster>\r\nRCPT TO:<postmaster@MX.test>\r\nDATA\r\nx\r\n.\r\n";
+        let (_, queued) = transcript(input, |stage, session| {
+            // The driver's relay check would let only the postmaster through.
+            if stage == Stage::Rcpt && !session.pending_is_postmaster() {
+                return Decision::Refuse(Reply::relay_denied());
+            }
+            Decision::Proceed
+        });
+        assert_eq!(queued[0].recipients, ["hostmaster@admin.test"]);
+    }
+
+    #[test]
+    fn mail_loops_are_refused_at_the_end_of_data() {
+        let mut config = (*config()).clone();
+        config.data.max_hops = 3;
+        let hops = |n: usize| {
+            let mut input = String::from("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\n");
+            input.push_str(&"Received: x\r\n".repeat(n));
+            input.push_str("\r\nbody\r\n.\r\nQUIT\r\n");
+            input
+        };
+        let run = |input: String| {
+            transcript_on(
+                Arc::new(config.clone()),
+                Security::default(),
+                input.as_bytes(),
+                proceed,
+                |_| AuthOutcome::Unavailable,
+            )
+        };
+        let (out, queued) = run(hops(4));
+        assert!(queued.is_empty());
+        assert!(out.contains("554 5.4.6 Too many hops (4 Received header fields)"), "{out}");
+        let (_, queued) = run(hops(3));
+        assert_eq!(queued.len(), 1);
+    }
+
+    #[test]
+    fn bdat_chunks_make_the_same_message_as_data() {
+        let chunked = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 12\r\nSubject: a\r\nBDAT 9\r\n\r\n.body\r\nBDAT 0 LAST\r\nQUIT\r\n";
+        let (out, by_bdat) = transcript(chunked, proceed);
+        assert_codes(
+            &out,
+            &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0", "221 2.0.0"],
+        );
+        assert!(out.contains("250 2.0.0 12 octets received\r\n"), "{out}");
+        let dotted = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: a\r\n\r\n..body\r\n.\r\n";
+        let (_, by_data) = transcript(dotted, proceed);
+        assert_eq!(by_bdat[0].content, by_data[0].content);
+        assert_eq!(by_bdat[0].content, b"Subject: a\r\n\r\n.body\r\n");
+    }
+
+    #[test]
+    fn bdat_errors_consume_the_chunk() {
+        // Before MAIL, before RCPT, after a refused chunk, and mixed with DATA:
+        // each chunk's octets are read and thrown away, never taken as commands.
+        let input = b"EHLO c\r\nBDAT 6\r\nQUIT\r\nMAIL FROM:<a@x.test>\r\nBDAT 6 LAST\r\nQUIT\r\n\
+RCPT TO:<b@y.test>\r\nBDAT 200\r\n"
+            .to_vec();
+        let mut input = input;
+        input.extend(std::iter::repeat_n(b'Q', 200));
+        input.extend_from_slice(b"BDAT 4 LAST\r\nQUITRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3\r\nabcDATA\r\nNOOP\r\n");
+        let (out, queued) = transcript(&input, proceed);
+        assert!(queued.is_empty());
+        assert_codes(
+            &out,
+            &[
+                "220", "250", "503 5.5.1", "250 2.1.0", "503 5.5.1", "250 2.1.5", "552 5.3.4", "503 5.5.1", "250 2.0.0",
+                "250 2.1.0", "250 2.1.5", "250 2.0.0", "503 5.5.1", "250 2.0.0",
+            ],
+        );
+    }
+
+    #[test]
+    fn empty_reverse_path_is_a_syntax_error() {
+        let (out, _) = transcript(b"EHLO c\r\nMAIL FROM:\r\nMAIL FROM: \r\nMAIL FROM:<>\r\n", proceed);
+        assert_codes(&out, &["220", "250", "501 5.5.4", "501 5.5.4", "250 2.1.0"]);
+    }
+
+    #[test]
+    fn requiretls_only_inside_tls_and_dsn_parameters_are_kept() {
+        let (out, _) = transcript(b"EHLO c\r\nMAIL FROM:<a@x.test> REQUIRETLS\r\n", proceed);
+        assert!(out.contains("530 5.7.10"), "{out}");
+        assert!(!out.contains("REQUIRETLS\r\n"), "offered in clear: {out}");
+        let (mut session, _) = Session::with_security(
+            config(),
+            connection(),
+            Security::default(),
+            Some(TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            }),
+        );
+        let _ = session.decide(Decision::Proceed);
+        let Step::Check(_) = session.command(b"EHLO c") else { panic!() };
+        let Step::Reply(ehlo) = session.decide(Decision::Proceed) else { panic!() };
+        assert!(ehlo.lines().iter().any(|l| l == "REQUIRETLS"), "{ehlo:?}");
+        assert!(ehlo.lines().iter().any(|l| l == "DSN") && ehlo.lines().iter().any(|l| l == "CHUNKING"));
+        let _ = session.command(b"MAIL FROM:<a@x.test> REQUIRETLS RET=HDRS ENVID=e+2B1");
+        let _ = session.decide(Decision::Proceed);
+        let _ = session.command(b"RCPT TO:<b@y.test> NOTIFY=NEVER ORCPT=rfc822;b@y.test");
+        let _ = session.decide(Decision::Proceed);
+        let txn = session.transaction().unwrap();
+        assert!(txn.parameters.requiretls);
+        assert_eq!(txn.parameters.dsn.envid.as_deref(), Some("e+1"));
+        assert!(!txn.recipients[0].dsn.wants_failure());
+        assert_eq!(txn.recipients[0].dsn.orcpt.as_ref().unwrap().address, "b@y.test");
+    }
+
+    #[test]
     fn errors_are_forgiven_when_a_message_is_queued() {
         let mut input = "FOO\r\n".repeat(15);
         input.push_str("EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nx\r\n.\r\n");
@@ -1263,7 +1584,7 @@ mod tests {
             b"EHLO client.test\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\nQUIT\r\n",
             proceed,
         );
-        assert!(out.starts_with("220 mx.test ESMTP mailgate\r\n250-mx.test greets client.test\r\n250-PIPELINING\r\n250-SIZE 100\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n"));
+        assert!(out.starts_with("220 mx.test ESMTP mailgate\r\n250-mx.test greets client.test\r\n250-PIPELINING\r\n250-SIZE 100\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 CHUNKING\r\n"));
         assert_codes(
             &out,
             &["220", "250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"],
@@ -1310,7 +1631,7 @@ mod tests {
     #[test]
     fn unknown_syntax_and_parameter_errors() {
         let (out, _) = transcript(
-            b"EHLO c\r\nFROB\r\nMAIL FROM:<a@x.test> RET=FULL\r\nMAIL TO:<a@x.test>\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test> NOTIFY=NEVER\r\nRCPT TO:<nobody>\r\nEXPN list\r\nQUIT\r\n",
+            b"EHLO c\r\nFROB\r\nMAIL FROM:<a@x.test> FOO=BAR\r\nMAIL TO:<a@x.test>\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test> FOO\r\nRCPT TO:<nobody>\r\nEXPN list\r\nQUIT\r\n",
             proceed,
         );
         assert_codes(
@@ -1582,6 +1903,8 @@ mod tests {
         let _ = session.data_end(DataOutcome::Complete(MessageInfo {
             size: 1,
             eight_bit: false,
+            hops: 0,
+            tls_optional: false,
         }));
         assert!(matches!(session.decide(Decision::Proceed), Step::Queue));
         let Step::Reply(reply) = session.queued(QueueOutcome::Failed) else {
