@@ -20,6 +20,10 @@ pub struct Received {
     pub mail_params: String,
     /// The accepted RCPT TO paths, without brackets.
     pub rcpt_to: Vec<String>,
+    /// The parameters of each accepted RCPT TO, as sent.
+    pub rcpt_params: Vec<String>,
+    /// The content came in BDAT chunks (RFC 3030), not after DATA.
+    pub bdat: bool,
     /// The DATA section as it crossed the wire, final `.` line included.
     pub raw: Vec<u8>,
     /// The content with dot-stuffing undone and the final `.` line removed.
@@ -87,6 +91,12 @@ pub struct Behavior {
     /// Hold each transaction this long before answering the final dot
     /// (to observe concurrency).
     pub data_delay: std::time::Duration,
+    /// Offer DSN (RFC 3461).
+    pub dsn: bool,
+    /// Offer CHUNKING (RFC 3030) and take BDAT.
+    pub chunking: bool,
+    /// Offer REQUIRETLS (RFC 8689) inside TLS.
+    pub requiretls: bool,
 }
 
 impl Default for Behavior {
@@ -104,6 +114,9 @@ impl Default for Behavior {
             auth_login_only: false,
             refuse_ehlo: false,
             data_delay: std::time::Duration::ZERO,
+            dsn: false,
+            chunking: false,
+            requiretls: false,
         }
     }
 }
@@ -235,6 +248,8 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
     let mut mail_from = String::new();
     let mut mail_params = String::new();
     let mut rcpt_to: Vec<String> = Vec::new();
+    let mut rcpt_params: Vec<String> = Vec::new();
+    let mut chunks: Vec<u8> = Vec::new();
     let mut in_transaction = false;
     let mut tls = false;
     let mut user: Option<String> = None;
@@ -259,6 +274,15 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
             }
             if b.eight_bit {
                 reply.push_str("250-8BITMIME\r\n250-SMTPUTF8\r\n");
+            }
+            if b.dsn {
+                reply.push_str("250-DSN\r\n");
+            }
+            if b.chunking {
+                reply.push_str("250-CHUNKING\r\n");
+            }
+            if b.requiretls && tls {
+                reply.push_str("250-REQUIRETLS\r\n");
             }
             if b.tls.is_some() && !tls {
                 reply.push_str("250-STARTTLS\r\n");
@@ -320,6 +344,8 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                 mail_from = path;
                 mail_params = params;
                 rcpt_to.clear();
+                rcpt_params.clear();
+                chunks.clear();
                 if !in_transaction {
                     let mut state = lock(&state);
                     state.active_transactions += 1;
@@ -331,14 +357,47 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
         } else if upper.starts_with("RCPT TO:") && !in_transaction {
             "503 5.5.1 need MAIL".into()
         } else if upper.starts_with("RCPT TO:") {
-            let (path, _) = split_path(&text["RCPT TO:".len()..]);
+            let (path, params) = split_path(&text["RCPT TO:".len()..]);
             let configured = lock(&behavior).rcpt_replies.get(&path.to_lowercase()).cloned();
             match configured {
                 Some(reply) => reply,
                 None => {
                     rcpt_to.push(path);
+                    rcpt_params.push(params);
                     "250 2.1.5 ok".into()
                 }
+            }
+        } else if upper.starts_with("BDAT ") && lock(&behavior).chunking {
+            let mut words = upper.split_whitespace().skip(1);
+            let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = words.next() == Some("LAST");
+            let mut chunk = vec![0u8; size];
+            stream.read_exact(&mut chunk).await?;
+            chunks.extend_from_slice(&chunk);
+            if !in_transaction || rcpt_to.is_empty() {
+                "503 5.5.1 need RCPT".into()
+            } else if !last {
+                format!("250 2.0.0 {size} octets received")
+            } else {
+                let content = std::mem::take(&mut chunks);
+                {
+                    let mut state = lock(&state);
+                    state.messages.push(Received {
+                        mail_from: mail_from.clone(),
+                        mail_params: mail_params.clone(),
+                        rcpt_to: std::mem::take(&mut rcpt_to),
+                        rcpt_params: std::mem::take(&mut rcpt_params),
+                        bdat: true,
+                        raw: content.clone(),
+                        content,
+                        tls,
+                        auth: user.clone(),
+                        connection,
+                    });
+                    state.active_transactions -= 1;
+                }
+                in_transaction = false;
+                "250 2.0.0 ok: queued".into()
             }
         } else if upper == "DATA" {
             if !in_transaction {
@@ -357,6 +416,8 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                         mail_from: mail_from.clone(),
                         mail_params: mail_params.clone(),
                         rcpt_to: std::mem::take(&mut rcpt_to),
+                        rcpt_params: std::mem::take(&mut rcpt_params),
+                        bdat: false,
                         raw,
                         content,
                         tls,

@@ -5,23 +5,20 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::task::spawn_blocking;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use super::DeliverySettings;
 use super::client::SmtpClient;
 use super::connect;
-use super::dsn::{Bounce, DsnKind};
-use super::error::{DeliveryError, Failure, Outcome};
+use super::error::{DeliveryError, Failure, Handoff, Outcome};
 use super::maildir::MaildirDrop;
+use super::notify;
 use super::pool::ConnectionPool;
 use super::route::{Destination, NextHop};
 use super::tls::SmtpPolicy;
 use crate::metrics::{DeliveryResult, metrics};
-use crate::queue::{DeliveryState, RecipientStatus, Spool, SpoolError, StoredMessage};
-use crate::smtp::{EnhancedCode, Mailbox};
-
-/// How much of the original message a bounce reads to quote its headers.
-const BOUNCE_HEAD_BYTES: u64 = 64 * 1024;
+use crate::queue::{DeliveryState, Recipient, RecipientStatus, Spool, SpoolError, StoredMessage};
+use crate::smtp::EnhancedCode;
 
 /// What an attempt left to do.
 #[derive(Debug)]
@@ -55,11 +52,15 @@ pub async fn attempt(
     let groups = group_by_hop(settings, &message);
     message.state.attempts += 1;
     let mut failures: Vec<(usize, Failure)> = Vec::new();
+    let mut delivered: Vec<(usize, Handoff)> = Vec::new();
     let group_count = groups.len();
     for (n, (hop, indices)) in groups.into_iter().enumerate() {
         let outcomes = deliver_group(spool, settings, pool, &message, hop.as_ref(), &indices).await;
         let relay = hop.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
         for (index, outcome) in indices.into_iter().zip(outcomes) {
+            if let Outcome::Delivered(handoff) = outcome {
+                delivered.push((index, handoff));
+            }
             record(&mut message, index, outcome, &relay, &mut failures);
         }
         if n + 1 < group_count {
@@ -74,7 +75,7 @@ pub async fn attempt(
     }
     expire_if_too_old(settings, &mut message, &mut failures);
     let mut notices = Vec::new();
-    match notify(spool, settings, &message, DsnKind::Failure, &failures).await {
+    match notify::failures(spool, settings, &message, &failures).await {
         Ok(bounce) => notices.extend(bounce),
         Err(e) => {
             // Keep the failures pending: the next attempt fails them again
@@ -83,9 +84,9 @@ pub async fn attempt(
             message.state = unbounced_as_pending(&message.state, &failures);
         }
     }
-    if let Some(warning) = warn_if_delayed(spool, settings, &mut message).await {
-        notices.push(warning);
-    }
+    notices.extend(notify::successes(spool, settings, &message, &delivered).await);
+    let age = age(&message);
+    notices.extend(notify::delay(spool, settings, &mut message, age).await);
     let next = if message.state.is_finished() {
         if let Err(e) = spool.remove(&message.id).await {
             error!(queue_id = %message.id, error = %e, "cannot remove delivered message from the spool");
@@ -122,7 +123,7 @@ pub async fn give_up(
     let failures = pending_failures(&message.state, |_| {
         local_failure(EnhancedCode::new(5, 0, 0), reason.to_owned())
     });
-    let notice = match notify(spool, settings, &message, DsnKind::Failure, &failures).await {
+    let notice = match notify::failures(spool, settings, &message, &failures).await {
         Ok(notice) => notice,
         Err(e) => return Err((message, e)),
     };
@@ -131,41 +132,6 @@ pub async fn give_up(
         error!(queue_id = %message.id, error = %e, "cannot remove the bounced message from the spool");
     }
     Ok(notice)
-}
-
-/// Once per message, when it has waited `delay_warning` and still has
-/// pending recipients: a delay DSN to the sender (RFC 3464 `delayed`).
-async fn warn_if_delayed(
-    spool: &Spool,
-    settings: &DeliverySettings,
-    message: &mut StoredMessage,
-) -> Option<StoredMessage> {
-    let after = settings.delay_warning?;
-    if message.state.delay_warned || message.state.is_finished() {
-        return None;
-    }
-    if age(message) < after {
-        return None;
-    }
-    let pending = pending_failures(&message.state, |last| {
-        local_failure(
-            EnhancedCode::new(4, 0, 0),
-            last.unwrap_or("not yet delivered").to_owned(),
-        )
-    });
-    let until = message.envelope.received_at + settings.retry.max_age;
-    match notify(spool, settings, message, DsnKind::Delay { until }, &pending).await {
-        Ok(warning) => {
-            // Sent (or not due, for the null sender): never again. The
-            // caller saves the state.
-            message.state.delay_warned = true;
-            warning
-        }
-        Err(e) => {
-            warn!(queue_id = %message.id, error = %e, "cannot spool the delay warning; trying again next attempt");
-            None
-        }
-    }
 }
 
 /// Pending recipients by next hop, in first-seen order; `None` is "no route".
@@ -197,14 +163,14 @@ async fn deliver_group(
     hop: Option<&NextHop>,
     indices: &[usize],
 ) -> Vec<Outcome> {
-    let recipients: Vec<&Mailbox> = indices
+    let recipients: Vec<&Recipient> = indices
         .iter()
-        .filter_map(|&i| message.envelope.recipients.get(i).map(|r| &r.address))
+        .filter_map(|&i| message.envelope.recipients.get(i))
         .collect();
     match hop {
         None => recipients
             .iter()
-            .map(|r| DeliveryError::NoRoute(r.domain_key()).outcome(None))
+            .map(|r| DeliveryError::NoRoute(r.address.domain_key()).outcome(None))
             .collect(),
         Some(NextHop::Smtp { destination, policy }) => {
             deliver_smtp(spool, settings, pool, message, destination, policy, &recipients).await
@@ -217,11 +183,11 @@ async fn deliver_group(
                     source: spool.content_path(&message.id),
                     content_len: message.content_len,
                     reverse_path: message.envelope.reverse_path.clone(),
-                    recipient: rcpt.clone(),
+                    recipient: rcpt.address.clone(),
                     hostname: settings.hostname.clone(),
                 };
                 outcomes.push(match spawn_blocking(move || drop.deliver()).await {
-                    Ok(Ok(_)) => Outcome::Delivered,
+                    Ok(Ok(_)) => Outcome::Delivered(Handoff::Delivered),
                     Ok(Err(e)) => e.outcome(None),
                     Err(_) => DeliveryError::Maildir(std::io::Error::other("maildir task cancelled")).outcome(None),
                 });
@@ -238,9 +204,26 @@ async fn deliver_smtp(
     message: &StoredMessage,
     destination: &Destination,
     policy: &SmtpPolicy,
-    recipients: &[&Mailbox],
+    recipients: &[&Recipient],
 ) -> Vec<Outcome> {
-    let key = destination.pool_key(policy);
+    let requiretls = message.envelope.requiretls;
+    if let (true, Destination::Mx(domain)) = (requiretls, destination) {
+        // RFC 8689 section 4.2.1: the MX lookup must be DNSSEC-validated or
+        // covered by MTA-STS, and mailgate validates neither yet.
+        let refusal = DeliveryError::Unsupported {
+            status: EnhancedCode::new(5, 7, 30),
+            reason: format!(
+                "REQUIRETLS support required: the MX hosts of {domain} cannot be authenticated \
+                 (no DNSSEC or MTA-STS validation here); use a route to a smarthost"
+            ),
+        };
+        return vec![refusal.outcome(None); recipients.len()];
+    }
+    // Connections opened for REQUIRETLS (verified TLS) are pooled apart.
+    let key = match requiretls {
+        true => format!("{}+requiretls", destination.pool_key(policy)),
+        false => destination.pool_key(policy),
+    };
     let key = key.as_str();
     // Held until the transaction ends: the per-destination limit.
     let _permit = pool.acquire(key, policy.max_connections).await;
@@ -269,12 +252,12 @@ async fn send_on(
     message: &StoredMessage,
     destination: &Destination,
     policy: &SmtpPolicy,
-    recipients: &[&Mailbox],
+    recipients: &[&Recipient],
     client: Option<SmtpClient>,
 ) -> Result<(SmtpClient, Vec<Outcome>), (DeliveryError, Option<String>)> {
     let mut client = match client {
         Some(client) => client,
-        None => connect::open(settings, destination, policy)
+        None => connect::open(settings, destination, policy, message.envelope.requiretls)
             .await
             .map_err(|e| (e, None))?,
     };
@@ -305,7 +288,7 @@ fn record(
         return;
     };
     let status = match outcome {
-        Outcome::Delivered => {
+        Outcome::Delivered(_) => {
             info!(queue_id = %id, to = %rcpt, relay, attempt, status = "sent", "delivered");
             RecipientStatus::Delivered
         }
@@ -390,51 +373,6 @@ fn local_failure(status: EnhancedCode, diagnostic: String) -> Failure {
         remote: None,
         smtp_reply: false,
     }
-}
-
-/// Spools a DSN for `failures`; `Ok(None)` when none is due (no failures,
-/// or the null sender).
-async fn notify(
-    spool: &Spool,
-    settings: &DeliverySettings,
-    message: &StoredMessage,
-    kind: DsnKind,
-    failures: &[(usize, Failure)],
-) -> Result<Option<StoredMessage>, SpoolError> {
-    if failures.is_empty() || message.envelope.reverse_path.mailbox().is_none() {
-        return Ok(None);
-    }
-    let head = match spool.read_head(message, BOUNCE_HEAD_BYTES).await {
-        Ok(head) => head,
-        Err(e) => {
-            warn!(queue_id = %message.id, error = %e, "cannot read original headers for the bounce");
-            Vec::new()
-        }
-    };
-    let bounce = Bounce {
-        kind,
-        reporting_mta: &settings.hostname,
-        queue_id: &message.id,
-        original: &message.envelope,
-        failures: failures
-            .iter()
-            .filter_map(|(i, f)| message.envelope.recipients.get(*i).map(|r| (&r.address, f)))
-            .collect(),
-        original_head: &head,
-    };
-    let Some((envelope, content)) = bounce.build(SystemTime::now()) else {
-        return Ok(None);
-    };
-    let mut writer = spool.create();
-    writer.write(&content).await;
-    let stored = spool.commit(writer, envelope).await?;
-    let what = if kind == DsnKind::Failure {
-        "bounce"
-    } else {
-        "delay warning"
-    };
-    info!(queue_id = %stored.id, original = %message.id, dsn = what, "notification queued");
-    Ok(Some(stored))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The outbound SMTP client (RFC 5321): greeting, EHLO with HELO fallback,
 //! STARTTLS (RFC 3207), AUTH PLAIN and LOGIN (RFC 4954), one transaction
 //! with PIPELINING when offered (RFC 2920), SIZE, 8BITMIME and SMTPUTF8
-//! rules, dot-stuffed content, per-recipient results.
+//! rules, DSN parameters passed on (RFC 3461), REQUIRETLS (RFC 8689),
+//! content dot-stuffed after DATA or sent whole in one `BDAT LAST` chunk
+//! when the next hop offers CHUNKING (RFC 3030), per-recipient results.
 
 use std::io;
 use std::net::SocketAddr;
@@ -20,59 +22,20 @@ use tokio_rustls::TlsConnector;
 use crate::metrics::{Direction, metrics};
 
 use super::ClientTimeouts;
-use super::error::{DeliveryError, Outcome};
+use super::error::{DeliveryError, Handoff, Outcome};
+use super::extensions::Extensions;
 use super::tls::Credentials;
 use crate::net::Stream;
-use crate::queue::Envelope;
+use crate::queue::{Envelope, Recipient};
 use crate::smtp::command::BodyType;
 use crate::smtp::data::DotStuffer;
-use crate::smtp::{EnhancedCode, Mailbox, Reply, ReplyClass};
+use crate::smtp::{EnhancedCode, Reply, ReplyClass};
 
 /// The longest reply line we read, and the most lines in one reply.
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 200;
 /// Content is written in blocks of this size.
 const BLOCK: usize = 64 * 1024;
-
-/// What the server offered in its EHLO reply.
-#[derive(Clone, Copy, Debug, Default)]
-struct Extensions {
-    pipelining: bool,
-    eight_bit_mime: bool,
-    smtputf8: bool,
-    starttls: bool,
-    auth_plain: bool,
-    auth_login: bool,
-    size: Option<u64>,
-}
-
-impl Extensions {
-    fn from_ehlo(reply: &Reply) -> Self {
-        let mut ext = Self::default();
-        for line in reply.lines().iter().skip(1) {
-            let mut words = line.split_ascii_whitespace();
-            let keyword = words.next().unwrap_or("").to_ascii_uppercase();
-            match keyword.as_str() {
-                "PIPELINING" => ext.pipelining = true,
-                "8BITMIME" => ext.eight_bit_mime = true,
-                "SMTPUTF8" => ext.smtputf8 = true,
-                "STARTTLS" => ext.starttls = true,
-                "AUTH" => {
-                    for mechanism in words.by_ref() {
-                        match mechanism.to_ascii_uppercase().as_str() {
-                            "PLAIN" => ext.auth_plain = true,
-                            "LOGIN" => ext.auth_login = true,
-                            _ => {}
-                        }
-                    }
-                }
-                "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
-                _ => {}
-            }
-        }
-        ext
-    }
-}
 
 /// A connection to a next hop, greeted and ready for a transaction.
 #[derive(Debug)]
@@ -83,6 +46,8 @@ pub struct SmtpClient {
     extensions: Extensions,
     host: String,
     helo: String,
+    /// The TLS session authenticated the server's certificate.
+    verified: bool,
 }
 
 impl SmtpClient {
@@ -118,6 +83,7 @@ impl SmtpClient {
             extensions: Extensions::default(),
             host: host.to_owned(),
             helo: helo.to_owned(),
+            verified: false,
         };
         client.expect_positive("greeting", timeouts.command).await?;
         client.hello().await?;
@@ -140,8 +106,9 @@ impl SmtpClient {
     }
 
     /// Upgrades with STARTTLS and says EHLO again (RFC 3207 section 4.2:
-    /// everything learnt before TLS is forgotten).
-    pub async fn starttls(mut self, config: Arc<ClientConfig>) -> Result<Self, DeliveryError> {
+    /// everything learnt before TLS is forgotten). `verified` says whether
+    /// `config` authenticates the server's certificate.
+    pub async fn starttls(mut self, config: Arc<ClientConfig>, verified: bool) -> Result<Self, DeliveryError> {
         self.write("STARTTLS", b"STARTTLS\r\n").await?;
         let reply = self.read_reply("STARTTLS", self.timeouts.command).await?;
         if reply.code() != 220 {
@@ -177,6 +144,7 @@ impl SmtpClient {
             Err(_) => return Err(DeliveryError::Timeout("TLS handshake")),
         };
         self.stream = Stream::Tls(Box::new(tls.into()));
+        self.verified = verified;
         self.extensions = Extensions::default();
         self.hello().await?;
         Ok(self)
@@ -231,18 +199,18 @@ impl SmtpClient {
     pub async fn send(
         &mut self,
         envelope: &Envelope,
-        recipients: &[&Mailbox],
+        recipients: &[&Recipient],
         content: impl AsyncRead + Unpin,
         content_len: u64,
     ) -> Result<Vec<Outcome>, DeliveryError> {
         self.check_extensions(envelope, content_len)?;
         let mail = self.mail_command(envelope, content_len);
-        let rcpts: Vec<Vec<u8>> = recipients
-            .iter()
-            .map(|r| format!("RCPT TO:<{r}>\r\n").into_bytes())
-            .collect();
+        let rcpts: Vec<Vec<u8>> = recipients.iter().map(|r| self.rcpt_command(r)).collect();
+        // With CHUNKING the content follows BDAT, which is sent only once
+        // some recipient is accepted; DATA is pipelined otherwise.
+        let chunking = self.extensions.chunking;
         let (mail_reply, rcpt_replies, data_reply) = if self.extensions.pipelining {
-            self.pipelined(&mail, &rcpts).await?
+            self.pipelined(&mail, &rcpts, !chunking).await?
         } else {
             self.lockstep(&mail, &rcpts).await?
         };
@@ -264,6 +232,35 @@ impl SmtpClient {
             self.abandon(data_reply.as_ref()).await;
             return Ok(outcomes.into_iter().flatten().collect());
         }
+        let final_reply = if chunking {
+            self.send_chunk(content, content_len).await?
+        } else {
+            self.send_data(data_reply, content, content_len).await?
+        };
+        let accepted = match final_reply.class() {
+            ReplyClass::Positive => Outcome::Delivered(Handoff::Relayed {
+                dsn: self.extensions.dsn,
+            }),
+            _ => DeliveryError::Rejected {
+                stage: "end of DATA",
+                reply: final_reply,
+            }
+            .outcome(Some(&self.host)),
+        };
+        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = Some(accepted.clone());
+        }
+        Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// DATA (unless its reply came pipelined), the dot-stuffed content and
+    /// the final dot; the reply to the final dot.
+    async fn send_data(
+        &mut self,
+        data_reply: Option<Reply>,
+        content: impl AsyncRead + Unpin,
+        content_len: u64,
+    ) -> Result<Reply, DeliveryError> {
         let data_reply = match data_reply {
             Some(reply) => reply,
             None => {
@@ -278,19 +275,30 @@ impl SmtpClient {
             });
         }
         self.write_content(content, content_len).await?;
-        let final_reply = self.read_reply("end of DATA", self.timeouts.data_done).await?;
-        let accepted = match final_reply.class() {
-            ReplyClass::Positive => Outcome::Delivered,
-            _ => DeliveryError::Rejected {
-                stage: "end of DATA",
-                reply: final_reply,
+        self.read_reply("end of DATA", self.timeouts.data_done).await
+    }
+
+    /// The whole content as one `BDAT n LAST` chunk (RFC 3030): sent as
+    /// stored, without dot-stuffing; the reply to the chunk.
+    async fn send_chunk(
+        &mut self,
+        mut content: impl AsyncRead + Unpin,
+        content_len: u64,
+    ) -> Result<Reply, DeliveryError> {
+        self.write("BDAT", format!("BDAT {content_len} LAST\r\n").as_bytes())
+            .await?;
+        let mut chunk = vec![0u8; BLOCK];
+        let mut remaining = content_len;
+        while remaining > 0 {
+            let want = usize::try_from(remaining).unwrap_or(BLOCK).min(BLOCK);
+            let n = content.read(&mut chunk[..want]).await.map_err(DeliveryError::Content)?;
+            if n == 0 {
+                return Err(DeliveryError::Protocol("spooled content ended early".into()));
             }
-            .outcome(Some(&self.host)),
-        };
-        for slot in outcomes.iter_mut().filter(|o| o.is_none()) {
-            *slot = Some(accepted.clone());
+            remaining -= n as u64;
+            self.write_with("BDAT", &chunk[..n], self.timeouts.data).await?;
         }
-        Ok(outcomes.into_iter().flatten().collect())
+        self.read_reply("BDAT", self.timeouts.data_done).await
     }
 
     /// Ends the session politely; errors do not matter any more.
@@ -301,6 +309,15 @@ impl SmtpClient {
     }
 
     fn check_extensions(&self, envelope: &Envelope, content_len: u64) -> Result<(), DeliveryError> {
+        if envelope.requiretls && !(self.verified && self.extensions.requiretls) {
+            // RFC 8689 section 4.2.1: only over verified TLS, to a next hop
+            // that takes the obligation on.
+            let why = if self.verified { "does not offer REQUIRETLS" } else { "was not reached over verified TLS" };
+            return Err(DeliveryError::Unsupported {
+                status: EnhancedCode::new(5, 7, 30),
+                reason: format!("REQUIRETLS support required: {} {why}", self.host),
+            });
+        }
         if envelope.smtputf8 && !self.extensions.smtputf8 {
             // RFC 6531 section 3.2: never downgrade; the sender must hear of it.
             return Err(DeliveryError::Unsupported {
@@ -342,29 +359,52 @@ impl SmtpClient {
         if envelope.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        if self.extensions.dsn {
+            mail.push_str(&envelope.dsn.wire());
+        }
+        if envelope.requiretls {
+            mail.push_str(" REQUIRETLS");
+        }
         mail.push_str("\r\n");
         mail.into_bytes()
     }
 
-    /// MAIL, every RCPT and DATA in one write, then the replies in order.
+    /// `RCPT TO`, with the recipient's DSN parameters when the next hop offers DSN.
+    fn rcpt_command(&self, recipient: &Recipient) -> Vec<u8> {
+        let params = if self.extensions.dsn {
+            recipient.dsn.wire()
+        } else {
+            String::new()
+        };
+        format!("RCPT TO:<{}>{params}\r\n", recipient.address).into_bytes()
+    }
+
+    /// MAIL, every RCPT and (with `data`) DATA in one write, then the
+    /// replies in order.
     async fn pipelined(
         &mut self,
         mail: &[u8],
         rcpts: &[Vec<u8>],
+        data: bool,
     ) -> Result<(Reply, Vec<Reply>, Option<Reply>), DeliveryError> {
         let mut batch = mail.to_vec();
         for rcpt in rcpts {
             batch.extend_from_slice(rcpt);
         }
-        batch.extend_from_slice(b"DATA\r\n");
+        if data {
+            batch.extend_from_slice(b"DATA\r\n");
+        }
         self.write("MAIL", &batch).await?;
         let mail_reply = self.read_reply("MAIL", self.timeouts.command).await?;
         let mut rcpt_replies = Vec::with_capacity(rcpts.len());
         for _ in rcpts {
             rcpt_replies.push(self.read_reply("RCPT", self.timeouts.command).await?);
         }
-        let data_reply = self.read_reply("DATA", self.timeouts.data_init).await?;
-        Ok((mail_reply, rcpt_replies, Some(data_reply)))
+        let data_reply = match data {
+            true => Some(self.read_reply("DATA", self.timeouts.data_init).await?),
+            false => None,
+        };
+        Ok((mail_reply, rcpt_replies, data_reply))
     }
 
     /// MAIL and each RCPT one after the other; DATA is left to the caller.
@@ -558,25 +598,5 @@ mod tests {
         assert_eq!(reply.one_line(), "550 5.1.1 no such user");
         let mismatched = Reply::parsed(450, vec!["5.1.1 odd".into()]);
         assert_eq!(mismatched.enhanced(), None);
-    }
-
-    #[test]
-    fn extensions_are_read_from_ehlo() {
-        let reply = Reply::plain(
-            250,
-            vec![
-                "mx".into(),
-                "PIPELINING".into(),
-                "SIZE 1000".into(),
-                "8BITMIME".into(),
-                "smtputf8".into(),
-                "STARTTLS".into(),
-                "AUTH LOGIN plain".into(),
-            ],
-        );
-        let ext = Extensions::from_ehlo(&reply);
-        assert!(ext.pipelining && ext.eight_bit_mime && ext.smtputf8);
-        assert!(ext.starttls && ext.auth_plain && ext.auth_login);
-        assert_eq!(ext.size, Some(1000));
     }
 }

@@ -16,11 +16,14 @@ use crate::dns::{DnsError, order_mx};
 use crate::smtp::EnhancedCode;
 
 /// A session to `destination`, greeted, secured and authenticated as
-/// `policy` says, ready for MAIL.
+/// `policy` says, ready for MAIL. With `requiretls` (RFC 8689) TLS with a
+/// verified certificate is required whatever the route says, and a next
+/// hop without STARTTLS fails the message for good.
 pub async fn open(
     settings: &DeliverySettings,
     destination: &Destination,
     policy: &SmtpPolicy,
+    requiretls: bool,
 ) -> Result<SmtpClient, DeliveryError> {
     let hosts = hosts(settings, destination).await?;
     let mut last_error = None;
@@ -35,7 +38,7 @@ pub async fn open(
         };
         for ip in addresses {
             let address = SocketAddr::new(ip, port);
-            match session(settings, policy, address, &host).await {
+            match session(settings, policy, requiretls, address, &host).await {
                 Ok(client) => return Ok(client),
                 // The same credentials fail everywhere; do not hammer.
                 Err(e @ DeliveryError::Auth { .. }) => return Err(e),
@@ -79,12 +82,20 @@ async fn hosts(settings: &DeliverySettings, destination: &Destination) -> Result
 async fn session(
     settings: &DeliverySettings,
     policy: &SmtpPolicy,
+    requiretls: bool,
     address: SocketAddr,
     host: &str,
 ) -> Result<SmtpClient, DeliveryError> {
     let connect = || SmtpClient::connect(address, host, &settings.hostname, settings.timeouts);
     let client = connect().await?;
-    let mut client = match policy.tls {
+    let mode = if requiretls { TlsMode::Require } else { policy.tls };
+    let mut client = match mode {
+        _ if requiretls && !client.offers_starttls() => {
+            return Err(DeliveryError::Unsupported {
+                status: EnhancedCode::new(5, 7, 30),
+                reason: format!("REQUIRETLS support required: {host} does not offer STARTTLS"),
+            });
+        }
         TlsMode::Disabled => client,
         TlsMode::Require if !client.offers_starttls() => {
             return Err(DeliveryError::Security {
@@ -92,9 +103,12 @@ async fn session(
                 reason: format!("{host} does not offer STARTTLS, which the route requires"),
             });
         }
-        TlsMode::Require => client.starttls(policy.tls_config.verified.clone()).await?,
+        TlsMode::Require => {
+            let config = policy.tls_config.verified.clone();
+            client.starttls(config, policy.tls_config.authenticates).await?
+        }
         TlsMode::Opportunistic if client.offers_starttls() => {
-            match client.starttls(policy.tls_config.unverified.clone()).await {
+            match client.starttls(policy.tls_config.unverified.clone(), false).await {
                 Ok(client) => client,
                 Err(e) => {
                     // RFC 7435: opportunistic TLS falls back to clear text.

@@ -169,12 +169,26 @@ impl DeliveryError {
     }
 }
 
+/// How a message left this server for a recipient, which decides the
+/// `Action` of a success DSN (RFC 3464 section 2.3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// Final delivery (a maildir): `Action: delivered`.
+    Delivered,
+    /// Relayed to a next hop; `dsn` when it offered DSN and so took over
+    /// the reporting, else a success DSN says `Action: relayed`.
+    Relayed {
+        /// The next hop offered DSN.
+        dsn: bool,
+    },
+}
+
 /// The result of an attempt for one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// The next hop took responsibility (2xx after the final dot), or the
     /// maildir file is on disk.
-    Delivered,
+    Delivered(Handoff),
     /// Failed for now; retry later.
     Deferred(Failure),
     /// Failed for good; bounce.

@@ -8,7 +8,9 @@ mod client;
 mod connect;
 mod dsn;
 mod error;
+mod extensions;
 mod maildir;
+mod notify;
 mod pool;
 pub mod route;
 mod runner;
@@ -17,7 +19,7 @@ pub mod tls;
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
-pub use error::{DeliveryError, Failure, Outcome};
+pub use error::{DeliveryError, Failure, Handoff, Outcome};
 pub use runner::{QueueCommand, QueueControl, QueueEntry, QueueStatus, control, offline, run};
 
 use crate::dns::Resolver;

@@ -83,6 +83,8 @@ pub struct TlsConfigs {
     pub verified: Arc<ClientConfig>,
     /// Encrypts without authenticating, for opportunistic TLS.
     pub unverified: Arc<ClientConfig>,
+    /// `verified` really authenticates (not `danger_accept_invalid_certs`).
+    pub authenticates: bool,
 }
 
 impl TlsConfigs {
@@ -93,6 +95,7 @@ impl TlsConfigs {
         Self {
             verified: Arc::clone(&config),
             unverified: config,
+            authenticates: false,
         }
     }
 
@@ -104,6 +107,7 @@ impl TlsConfigs {
             return Ok(Self {
                 verified: Arc::clone(&unverified),
                 unverified,
+                authenticates: false,
             });
         }
         let mut roots = RootCertStore::empty();
@@ -139,6 +143,7 @@ impl TlsConfigs {
         Ok(Self {
             verified: Arc::new(verified),
             unverified,
+            authenticates: true,
         })
     }
 }

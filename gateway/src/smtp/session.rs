@@ -291,6 +291,9 @@ pub struct Session {
     user: Option<String>,
     /// Error replies since the last queued message.
     errors: u32,
+    /// Recipients refused for the recipient limit since the last queued
+    /// message; up to `max_recipients` of them are not errors.
+    over_limit: usize,
     /// Commands outside a transaction since the last queued message.
     idle_commands: u32,
     /// The verb of the command being answered, for metrics.
@@ -320,6 +323,7 @@ impl Session {
             tls,
             user: None,
             errors: 0,
+            over_limit: 0,
             idle_commands: 0,
             verb: None,
         };
@@ -371,11 +375,18 @@ impl Session {
         let (Step::Reply(reply) | Step::DiscardChunk(_, reply)) = &step else {
             return step;
         };
+        if reply.code() < 400 {
+            return step;
+        }
         // Recipients past the limit are not the client's error (RFC 5321
         // section 4.5.3.1.10): a client pipelining many RCPTs must still
-        // be able to send to the ones accepted.
-        if reply.code() < 400 || *reply == Reply::too_many_recipients() {
-            return step;
+        // be able to send to the ones accepted. Only a flood far past any
+        // client's batch counts.
+        if *reply == Reply::too_many_recipients() {
+            self.over_limit += 1;
+            if self.over_limit <= self.config.max_recipients {
+                return step;
+            }
         }
         self.errors += 1;
         if self.errors <= self.config.max_errors {
@@ -795,6 +806,7 @@ impl Session {
         match outcome {
             QueueOutcome::Queued(id) => {
                 self.errors = 0;
+                self.over_limit = 0;
                 self.idle_commands = 0;
                 Step::Reply(Reply::queued(&id))
             }
