@@ -20,6 +20,7 @@ mod plugins;
 mod queue;
 mod relay;
 mod smuggling;
+mod standards;
 mod tls;
 
 /// How long a test waits for something to arrive.

@@ -501,7 +501,10 @@ impl Checker<'_> {
             self.at_least_one(raw.server.max_connections_per_ip, "server.max_connections_per_ip");
         let max_hops = *smtp.max_hops.get_ref();
         if max_hops < 10 {
-            self.problem(&smtp.max_hops, "must be at least 10 (RFC 5321 section 6.3 asks for 100)");
+            self.problem(
+                &smtp.max_hops,
+                "must be at least 10 (RFC 5321 section 6.3 asks for 100)",
+            );
         }
         let postmaster = self.postmaster(raw, &hostname);
         let connection_limit_exempt = raw

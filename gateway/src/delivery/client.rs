@@ -312,7 +312,11 @@ impl SmtpClient {
         if envelope.requiretls && !(self.verified && self.extensions.requiretls) {
             // RFC 8689 section 4.2.1: only over verified TLS, to a next hop
             // that takes the obligation on.
-            let why = if self.verified { "does not offer REQUIRETLS" } else { "was not reached over verified TLS" };
+            let why = if self.verified {
+                "does not offer REQUIRETLS"
+            } else {
+                "was not reached over verified TLS"
+            };
             return Err(DeliveryError::Unsupported {
                 status: EnhancedCode::new(5, 7, 30),
                 reason: format!("REQUIRETLS support required: {} {why}", self.host),

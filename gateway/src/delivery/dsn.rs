@@ -118,7 +118,11 @@ impl Report<'_> {
         };
         text.push_str(&format!("Subject: {subject}\r\n"));
         text.push_str(&format!("Date: {}\r\n", rfc5322_date(now)));
-        text.push_str(&format!("Message-ID: <{}.{}@{host}>\r\n", self.queue_id, kind_tag(self.kind)));
+        text.push_str(&format!(
+            "Message-ID: <{}.{}@{host}>\r\n",
+            self.queue_id,
+            kind_tag(self.kind)
+        ));
         text.push_str("Auto-Submitted: auto-replied\r\n");
         text.push_str("MIME-Version: 1.0\r\n");
         text.push_str(&format!(
@@ -187,7 +191,10 @@ impl Report<'_> {
     }
 
     fn human_part(&self, text: &mut String) {
-        text.push_str(&format!("This is the mail system at host {}.\r\n\r\n", self.reporting_mta));
+        text.push_str(&format!(
+            "This is the mail system at host {}.\r\n\r\n",
+            self.reporting_mta
+        ));
         match self.kind {
             DsnKind::Failure => {
                 text.push_str("Your message could not be delivered to one or more recipients.\r\n");
@@ -365,7 +372,10 @@ mod tests {
         );
         let (human, status, returned, returned_type) = parts(&content);
         assert!(human.contains("<bad@y.test>: 550 5.1.1 no such user"), "{human}");
-        assert!(status.starts_with("Reporting-MTA: dns; gw.test\r\nOriginal-Envelope-Id: QQ314159\r\n"), "{status}");
+        assert!(
+            status.starts_with("Reporting-MTA: dns; gw.test\r\nOriginal-Envelope-Id: QQ314159\r\n"),
+            "{status}"
+        );
         assert!(status.contains("Original-Recipient: rfc822;Bad@Y.test\r\nFinal-Recipient: rfc822; bad@y.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.y.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n"), "{status}");
         assert_eq!(returned_type, "text/rfc822-headers");
         assert_eq!(returned, b"Subject: original\r\nFrom: sender@x.test\r\n");
@@ -414,8 +424,14 @@ mod tests {
         };
         let (_, content) = success.build(SystemTime::UNIX_EPOCH).unwrap();
         let (_, status, _, _) = parts(&content);
-        assert!(status.contains("Final-Recipient: rfc822; ok@y.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"), "{status}");
-        assert!(status.contains("Final-Recipient: rfc822; bad@y.test\r\nAction: relayed\r\nStatus: 2.0.0\r\n"), "{status}");
+        assert!(
+            status.contains("Final-Recipient: rfc822; ok@y.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"),
+            "{status}"
+        );
+        assert!(
+            status.contains("Final-Recipient: rfc822; bad@y.test\r\nAction: relayed\r\nStatus: 2.0.0\r\n"),
+            "{status}"
+        );
     }
 
     #[test]
@@ -432,7 +448,10 @@ mod tests {
         };
         assert!(report.build(SystemTime::now()).is_none());
         let env = original(ReversePath::Mailbox(Mailbox::parse("sender@x.test").unwrap()));
-        let nobody = Report { original: &env, ..report };
+        let nobody = Report {
+            original: &env,
+            ..report
+        };
         assert!(nobody.build(SystemTime::now()).is_none());
     }
 }

@@ -268,7 +268,9 @@ fn parse_mail(args: &str) -> Result<Command, ProtocolError> {
     // Only `<>` is the null path: `MAIL FROM:` with nothing after the
     // colon is a syntax error, not a sender that can never be bounced to.
     if !rest.trim_start_matches(' ').starts_with('<') && rest.trim().is_empty() {
-        return Err(ProtocolError::Syntax("MAIL FROM:<address> (use <> for the null sender)"));
+        return Err(ProtocolError::Syntax(
+            "MAIL FROM:<address> (use <> for the null sender)",
+        ));
     }
     let (path, params) = split_path(rest).map_err(ProtocolError::Syntax)?;
     let reverse_path = if path.is_empty() {
@@ -459,8 +461,14 @@ mod tests {
                 Command::Mail(ReversePath::Mailbox(mailbox("a@b.test")), MailParameters::default()),
             ),
             ("RCPT TO:<c@d.test>", rcpt("c@d.test")),
-            ("rcpt to:<Postmaster>", Command::Rcpt(ForwardPath::Postmaster, RcptParameters::default())),
-            ("RCPT TO:<POSTMASTER>", Command::Rcpt(ForwardPath::Postmaster, RcptParameters::default())),
+            (
+                "rcpt to:<Postmaster>",
+                Command::Rcpt(ForwardPath::Postmaster, RcptParameters::default()),
+            ),
+            (
+                "RCPT TO:<POSTMASTER>",
+                Command::Rcpt(ForwardPath::Postmaster, RcptParameters::default()),
+            ),
             ("RCPT TO:<@hop.test:c@d.test>", rcpt("c@d.test")),
             ("RCPT TO:<\"odd>name\"@d.test>", rcpt("\"odd>name\"@d.test")),
             (

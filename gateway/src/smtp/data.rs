@@ -564,11 +564,19 @@ mod tests {
         ] {
             let input = format!("Subject: a\r\n{header}\r\n\r\nTLS-Required: No\r\n.\r\n");
             let (_, _, outcome) = read(policy(), input.as_bytes(), 3);
-            let Some(DataOutcome::Complete(info)) = outcome else { panic!("{outcome:?}") };
+            let Some(DataOutcome::Complete(info)) = outcome else {
+                panic!("{outcome:?}")
+            };
             assert_eq!(info.tls_optional, optional, "{header}");
         }
         let (_, _, outcome) = read(policy(), b"a: b\r\n\r\nTLS-Required: No\r\n.\r\n", 3);
-        assert!(matches!(outcome, Some(DataOutcome::Complete(MessageInfo { tls_optional: false, .. }))));
+        assert!(matches!(
+            outcome,
+            Some(DataOutcome::Complete(MessageInfo {
+                tls_optional: false,
+                ..
+            }))
+        ));
     }
 
     #[test]

@@ -148,8 +148,7 @@ impl OriginalRecipient {
     fn parse(value: &str) -> Result<Self, ProtocolError> {
         let bad = ProtocolError::Syntax("ORCPT=addr-type;xtext");
         let (addr_type, text) = value.split_once(';').ok_or(bad.clone())?;
-        let valid_type = !addr_type.is_empty()
-            && addr_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let valid_type = !addr_type.is_empty() && addr_type.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if !valid_type {
             return Err(bad);
         }

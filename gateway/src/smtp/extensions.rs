@@ -19,10 +19,7 @@ pub struct Offered {
 /// ENHANCEDSTATUSCODES, RFC 3461 DSN, RFC 3030 CHUNKING, REQUIRETLS when
 /// offered.
 pub fn ehlo_keywords(offered: Offered) -> Vec<String> {
-    let mut keywords = vec![
-        "PIPELINING".to_owned(),
-        format!("SIZE {}", offered.max_message_bytes),
-    ];
+    let mut keywords = vec!["PIPELINING".to_owned(), format!("SIZE {}", offered.max_message_bytes)];
     if offered.starttls {
         keywords.push("STARTTLS".to_owned());
     }

@@ -285,7 +285,11 @@ impl Reply {
     /// `530 5.7.10`: `MAIL ... REQUIRETLS` outside TLS (RFC 8689 section 2:
     /// the extension is offered only inside TLS).
     pub fn requiretls_needs_tls() -> Self {
-        Self::new(530, EnhancedCode::new(5, 7, 10), "REQUIRETLS needs a TLS session: STARTTLS first")
+        Self::new(
+            530,
+            EnhancedCode::new(5, 7, 10),
+            "REQUIRETLS needs a TLS session: STARTTLS first",
+        )
     }
 
     /// `555 5.5.4`: a MAIL or RCPT parameter given twice.

@@ -772,7 +772,10 @@ impl Session {
                 Step::DiscardChunk(bdat.size, Reply::message_too_big()),
             );
         }
-        (State::Data(hello, txn), Step::ReceiveChunk(ChunkReader::new(reader, bdat)))
+        (
+            State::Data(hello, txn),
+            Step::ReceiveChunk(ChunkReader::new(reader, bdat)),
+        )
     }
 
     /// A BDAT chunk was read.
@@ -1425,18 +1428,38 @@ mod tests {
 
     #[test]
     fn recipients_past_the_limit_do_not_end_the_session() {
-        // config(): 3 recipients, 20 errors. 40 extra recipients are each
-        // refused with 452 4.5.3, and DATA still delivers to the first 3.
-        let mut input = String::from("EHLO c\r\nMAIL FROM:<a@x.test>\r\n");
-        for n in 0..43 {
-            input.push_str(&format!("RCPT TO:<r{n}@y.test>\r\n"));
-        }
-        input.push_str("DATA\r\nx\r\n.\r\n");
-        let (out, queued) = transcript(input.as_bytes(), proceed);
-        assert_eq!(out.matches("452 4.5.3").count(), 40, "{out}");
+        // 3 recipients and 2 errors allowed: 3 extra recipients are refused
+        // with 452 4.5.3 without counting as errors, and DATA delivers to
+        // the first 3 (RFC 5321 section 4.5.3.1.10).
+        let mut config = (*config()).clone();
+        config.max_errors = 2;
+        let config = Arc::new(config);
+        let rcpts = |n: usize| {
+            let mut input = String::from("EHLO c\r\nMAIL FROM:<a@x.test>\r\n");
+            for i in 0..n {
+                input.push_str(&format!("RCPT TO:<r{i}@y.test>\r\n"));
+            }
+            input.push_str("DATA\r\nx\r\n.\r\n");
+            input
+        };
+        let run = |input: String| {
+            let auth = |_: &AuthAttempt| AuthOutcome::Unavailable;
+            transcript_on(
+                Arc::clone(&config),
+                Security::default(),
+                input.as_bytes(),
+                proceed,
+                auth,
+            )
+        };
+        let (out, queued) = run(rcpts(6));
+        assert_eq!(out.matches("452 4.5.3").count(), 3, "{out}");
         assert!(!out.contains("421"), "{out}");
-        assert_eq!(queued.len(), 1);
         assert_eq!(queued[0].recipients, ["r0@y.test", "r1@y.test", "r2@y.test"]);
+        // A flood far past the limit still ends at the error cap.
+        let (out, queued) = run(rcpts(20));
+        assert!(queued.is_empty());
+        assert!(out.ends_with("421 4.7.0 mx.test Error: too many errors\r\n"), "{out}");
     }
 
     #[test]
@@ -1445,7 +1468,16 @@ mod tests {
         let (out, queued) = transcript(input, proceed);
         assert_codes(
             &out,
-            &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "354", "250 2.0.0"],
+            &[
+                "220",
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.1.5",
+                "250 2.1.5",
+                "354",
+                "250 2.0.0",
+            ],
         );
         // The local part is compared as given: B@ and b@ are two mailboxes.
         assert_eq!(queued[0].recipients, ["b@y.test", "B@y.test"]);
@@ -1485,7 +1517,10 @@ mod tests {
         };
         let (out, queued) = run(hops(4));
         assert!(queued.is_empty());
-        assert!(out.contains("554 5.4.6 Too many hops (4 Received header fields)"), "{out}");
+        assert!(
+            out.contains("554 5.4.6 Too many hops (4 Received header fields)"),
+            "{out}"
+        );
         let (_, queued) = run(hops(3));
         assert_eq!(queued.len(), 1);
     }
@@ -1496,10 +1531,20 @@ mod tests {
         let (out, by_bdat) = transcript(chunked, proceed);
         assert_codes(
             &out,
-            &["220", "250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0", "221 2.0.0"],
+            &[
+                "220",
+                "250",
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.0.0",
+                "250 2.0.0",
+                "250 2.0.0",
+                "221 2.0.0",
+            ],
         );
         assert!(out.contains("250 2.0.0 12 octets received\r\n"), "{out}");
-        let dotted = b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: a\r\n\r\n..body\r\n.\r\n";
+        let dotted =
+            b"EHLO c\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nDATA\r\nSubject: a\r\n\r\n..body\r\n.\r\n";
         let (_, by_data) = transcript(dotted, proceed);
         assert_eq!(by_bdat[0].content, by_data[0].content);
         assert_eq!(by_bdat[0].content, b"Subject: a\r\n\r\n.body\r\n");
@@ -1514,14 +1559,28 @@ RCPT TO:<b@y.test>\r\nBDAT 200\r\n"
             .to_vec();
         let mut input = input;
         input.extend(std::iter::repeat_n(b'Q', 200));
-        input.extend_from_slice(b"BDAT 4 LAST\r\nQUITRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3\r\nabcDATA\r\nNOOP\r\n");
+        input.extend_from_slice(
+            b"BDAT 4 LAST\r\nQUITRSET\r\nMAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nBDAT 3\r\nabcDATA\r\nNOOP\r\n",
+        );
         let (out, queued) = transcript(&input, proceed);
         assert!(queued.is_empty());
         assert_codes(
             &out,
             &[
-                "220", "250", "503 5.5.1", "250 2.1.0", "503 5.5.1", "250 2.1.5", "552 5.3.4", "503 5.5.1", "250 2.0.0",
-                "250 2.1.0", "250 2.1.5", "250 2.0.0", "503 5.5.1", "250 2.0.0",
+                "220",
+                "250",
+                "503 5.5.1",
+                "250 2.1.0",
+                "503 5.5.1",
+                "250 2.1.5",
+                "552 5.3.4",
+                "503 5.5.1",
+                "250 2.0.0",
+                "250 2.1.0",
+                "250 2.1.5",
+                "250 2.0.0",
+                "503 5.5.1",
+                "250 2.0.0",
             ],
         );
     }
@@ -1547,8 +1606,12 @@ RCPT TO:<b@y.test>\r\nBDAT 200\r\n"
             }),
         );
         let _ = session.decide(Decision::Proceed);
-        let Step::Check(_) = session.command(b"EHLO c") else { panic!() };
-        let Step::Reply(ehlo) = session.decide(Decision::Proceed) else { panic!() };
+        let Step::Check(_) = session.command(b"EHLO c") else {
+            panic!()
+        };
+        let Step::Reply(ehlo) = session.decide(Decision::Proceed) else {
+            panic!()
+        };
         assert!(ehlo.lines().iter().any(|l| l == "REQUIRETLS"), "{ehlo:?}");
         assert!(ehlo.lines().iter().any(|l| l == "DSN") && ehlo.lines().iter().any(|l| l == "CHUNKING"));
         let _ = session.command(b"MAIL FROM:<a@x.test> REQUIRETLS RET=HDRS ENVID=e+2B1");
