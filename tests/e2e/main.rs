@@ -10,6 +10,7 @@ mod config;
 mod delivery;
 mod durability;
 mod example_plugins;
+mod extensions;
 mod hostile;
 mod inbound;
 mod limits;

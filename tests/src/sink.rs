@@ -505,34 +505,22 @@ fn split_path(rest: &str) -> (String, String) {
 }
 
 /// Reads until a line that is exactly `.` terminated by CRLF, at the start
-/// of the data or after a CRLF.
+/// of the data or after a CRLF. Reads line by line, so commands a client
+/// pipelines after the final dot (Postfix sends QUIT that way) stay
+/// buffered for the command loop.
 async fn read_data(stream: &mut BufReader<Box<dyn Io>>) -> Result<Vec<u8>> {
     let mut raw = Vec::new();
-    let mut chunk = vec![0u8; 65536];
-    // Bytes before this offset have been searched for the terminator.
-    let mut searched: usize = 0;
+    let mut line = Vec::new();
     loop {
-        let end = if raw.starts_with(b".\r\n") {
-            Some(3)
-        } else {
-            let from = searched.saturating_sub(4);
-            raw[from..]
-                .windows(5)
-                .position(|w| w == b"\r\n.\r\n")
-                .map(|p| from + p + 5)
-        };
-        if let Some(end) = end {
-            if end != raw.len() {
-                anyhow::bail!("client sent bytes after the final dot without waiting");
-            }
-            return Ok(raw);
-        }
-        searched = raw.len();
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
+        line.clear();
+        if stream.read_until(b'\n', &mut line).await? == 0 {
             anyhow::bail!("connection closed during DATA");
         }
-        raw.extend_from_slice(&chunk[..n]);
+        raw.extend_from_slice(&line);
+        let at_line_start = raw.len() == line.len() || raw[..raw.len() - line.len()].ends_with(b"\r\n");
+        if line == b".\r\n" && at_line_start {
+            return Ok(raw);
+        }
     }
 }
 
