@@ -24,6 +24,7 @@ const RUST_PLUGINS: &[(&str, &str)] = &[
     ("FAULTY", "test_faulty"),
     ("WRONG_WORLD", "test_wrong_world"),
     ("PROBE", "test_probe"),
+    ("LEGACY", "test_legacy"),
 ];
 
 fn main() -> Result<(), String> {
@@ -43,6 +44,7 @@ fn main() -> Result<(), String> {
         root.join("plugin-sdk/src"),
         root.join("plugin-sdk/Cargo.toml"),
         root.join("wit"),
+        root.join("wit/v0.1.0"),
     ];
     for parent in [root.join("plugins"), root.join("tests/plugins")] {
         for entry in std::fs::read_dir(&parent).map_err(|e| e.to_string())?.flatten() {

@@ -101,6 +101,7 @@ async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>
     };
     let sender = ReversePath::Mailbox(Mailbox::parse("sender@example.org").expect("a mailbox"));
     let rcpt = Mailbox::parse("rcpt@example.com").expect("a mailbox");
+    let rcpt_dsn = mailgate::smtp::dsn::RcptDsn::default();
     let params = MailParameters::default();
     let mut measured = Measured {
         transactions: Vec::with_capacity(scenario.transactions),
@@ -114,7 +115,7 @@ async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>
             StageCall::Connect,
             StageCall::Helo("client.example"),
             StageCall::Mail(&sender, &params),
-            StageCall::Rcpt(&rcpt),
+            StageCall::Rcpt(&rcpt, &rcpt_dsn),
             StageCall::Data(message),
         ];
         for (n, call) in calls.into_iter().enumerate() {

@@ -66,7 +66,10 @@ mod types;
 pub use message::{Message, Part};
 pub use settings::{Settings, duration, parse_duration};
 pub use transaction::Transaction;
-pub use types::{BodyType, Client, Header, MailParameters, Mailbox, NextHop, Reply, ReversePath, Verdict};
+pub use types::{
+    BodyType, Client, Header, MailParameters, Mailbox, NextHop, Notify, RcptParameters, Reply, Ret, ReversePath,
+    Verdict,
+};
 
 /// A filter plugin. Every hook defaults to [`Verdict::Continue`]; implement
 /// the ones for the stages the plugin is configured to run at.
@@ -138,7 +141,8 @@ pub trait Plugin: Sized + 'static {
         Verdict::Continue
     }
 
-    /// RCPT TO with `rcpt`.
+    /// RCPT TO with `rcpt`; its DSN parameters are in
+    /// [`Transaction::rcpt_parameters`].
     ///
     /// ```no_run
     /// # use mailgate_plugin_sdk::*;
@@ -211,8 +215,12 @@ macro_rules! export_plugin {
             ) -> $crate::__private::Outcome {
                 $crate::__private::on_mail::<$plugin>(ctx, reverse_path, parameters)
             }
-            fn on_rcpt(ctx: $crate::__private::Context, recipient: ::std::string::String) -> $crate::__private::Outcome {
-                $crate::__private::on_rcpt::<$plugin>(ctx, recipient)
+            fn on_rcpt(
+                ctx: $crate::__private::Context,
+                recipient: ::std::string::String,
+                parameters: $crate::__private::RcptParameters,
+            ) -> $crate::__private::Outcome {
+                $crate::__private::on_rcpt::<$plugin>(ctx, recipient, parameters)
             }
             fn on_data(ctx: $crate::__private::Context, message: &$crate::__private::Message) -> $crate::__private::Outcome {
                 $crate::__private::on_data::<$plugin>(ctx, message)
@@ -242,7 +250,7 @@ pub mod __private {
     use std::any::Any;
     use std::cell::RefCell;
 
-    pub use crate::bindings::mailgate::plugin::types::{Context, MailParameters, Message, Outcome};
+    pub use crate::bindings::mailgate::plugin::types::{Context, MailParameters, Message, Outcome, RcptParameters};
     use crate::{Plugin, Settings, Transaction, Verdict};
 
     thread_local! {
@@ -258,7 +266,10 @@ pub mod __private {
     }
 
     fn run<P: Plugin>(ctx: Context, hook: impl FnOnce(&P, &Transaction) -> Verdict) -> Outcome {
-        let txn = Transaction::new(ctx);
+        run_with::<P>(Transaction::new(ctx), hook)
+    }
+
+    fn run_with<P: Plugin>(txn: Transaction, hook: impl FnOnce(&P, &Transaction) -> Verdict) -> Outcome {
         let verdict = INSTANCE.with(|cell| {
             let guard = cell.borrow();
             match guard.as_ref().and_then(|any| any.downcast_ref::<P>()) {
@@ -283,9 +294,10 @@ pub mod __private {
         run::<P>(ctx, |p, txn| p.on_mail_from(&from, &params, txn))
     }
 
-    pub fn on_rcpt<P: Plugin>(ctx: Context, recipient: String) -> Outcome {
+    pub fn on_rcpt<P: Plugin>(ctx: Context, recipient: String, parameters: RcptParameters) -> Outcome {
         let rcpt = crate::Mailbox::new(recipient);
-        run::<P>(ctx, |p, txn| p.on_rcpt_to(&rcpt, txn))
+        let txn = Transaction::new(ctx).with_rcpt(parameters.into());
+        run_with::<P>(txn, |p, txn| p.on_rcpt_to(&rcpt, txn))
     }
 
     pub fn on_data<P: Plugin>(ctx: Context, message: &Message) -> Outcome {

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 
 use crate::bindings::mailgate::plugin::types as wit;
-use crate::types::{Client, Mailbox, NextHop, ReversePath, Verdict};
+use crate::types::{Client, Mailbox, NextHop, Notify, RcptParameters, ReversePath, Verdict};
 
 /// What the gateway knows at a hook, plus the changes the hook asks for.
 /// A change not allowed at the stage makes the gateway treat the plugin
@@ -11,6 +11,7 @@ use crate::types::{Client, Mailbox, NextHop, ReversePath, Verdict};
 #[derive(Debug)]
 pub struct Transaction {
     ctx: wit::Context,
+    rcpt: Option<RcptParameters>,
     modifications: RefCell<Vec<wit::Modification>>,
 }
 
@@ -18,8 +19,19 @@ impl Transaction {
     pub(crate) fn new(ctx: wit::Context) -> Self {
         Self {
             ctx,
+            rcpt: None,
             modifications: RefCell::new(Vec::new()),
         }
+    }
+
+    pub(crate) fn with_rcpt(mut self, parameters: RcptParameters) -> Self {
+        self.rcpt = Some(parameters);
+        self
+    }
+
+    /// rcpt: the parameters of the RCPT being decided (DSN's NOTIFY and ORCPT).
+    pub fn rcpt_parameters(&self) -> Option<&RcptParameters> {
+        self.rcpt.as_ref()
     }
 
     pub(crate) fn into_outcome(self, verdict: Verdict) -> wit::Outcome {
@@ -79,9 +91,14 @@ impl Transaction {
         self.push(wit::Modification::SetReversePath(path.to_owned()));
     }
 
-    /// rcpt: replaces the recipient being decided.
+    /// rcpt: replaces the recipient being decided (its NOTIFY stays).
     pub fn set_recipient(&self, address: &str) {
-        self.push(wit::Modification::SetRecipient(address.to_owned()));
+        self.push(wit::Modification::SetRecipient(new_recipient(address, None)));
+    }
+
+    /// rcpt: replaces the recipient being decided and its DSN NOTIFY.
+    pub fn set_recipient_notify(&self, address: &str, notify: Notify) {
+        self.push(wit::Modification::SetRecipient(new_recipient(address, Some(notify))));
     }
 
     /// rcpt: routes the recipient being decided; data: routes every recipient.
@@ -97,9 +114,14 @@ impl Transaction {
         }));
     }
 
-    /// data: adds a recipient.
+    /// data: adds a recipient (with the default NOTIFY: failures and delays).
     pub fn add_recipient(&self, address: &str) {
-        self.push(wit::Modification::AddRecipient(address.to_owned()));
+        self.push(wit::Modification::AddRecipient(new_recipient(address, None)));
+    }
+
+    /// data: adds a recipient with this DSN NOTIFY.
+    pub fn add_recipient_notify(&self, address: &str, notify: Notify) {
+        self.push(wit::Modification::AddRecipient(new_recipient(address, Some(notify))));
     }
 
     /// data: removes a recipient.
@@ -140,5 +162,11 @@ impl Transaction {
     /// data: replaces the body (everything after the header section).
     pub fn replace_body(&self, body: &[u8]) {
         self.push(wit::Modification::ReplaceBody(body.to_vec()));
+    }
+}
+fn new_recipient(address: &str, notify: Option<Notify>) -> wit::NewRecipient {
+    wit::NewRecipient {
+        address: address.to_owned(),
+        notify: notify.map(Into::into),
     }
 }

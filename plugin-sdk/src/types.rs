@@ -152,8 +152,19 @@ pub enum BodyType {
     EightBitMime,
 }
 
+/// What a failure report returns of the message: DSN's `RET=` (RFC 3461).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Ret {
+    /// `RET=FULL`: the whole message.
+    Full,
+    /// `RET=HDRS`: the header section.
+    Hdrs,
+}
+
 /// The parameters of MAIL FROM.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MailParameters {
     /// `SIZE=`, the client's estimate.
     pub size: Option<u64>,
@@ -161,6 +172,12 @@ pub struct MailParameters {
     pub body: BodyType,
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
+    /// DSN's `RET=` (RFC 3461).
+    pub ret: Option<Ret>,
+    /// DSN's `ENVID=`, decoded (RFC 3461).
+    pub envid: Option<String>,
+    /// `REQUIRETLS` was given (RFC 8689): relayed only over verified TLS.
+    pub requiretls: bool,
 }
 
 impl From<wit::MailParameters> for MailParameters {
@@ -172,6 +189,79 @@ impl From<wit::MailParameters> for MailParameters {
                 wit::BodyType::EightBitMime => BodyType::EightBitMime,
             },
             smtputf8: p.smtputf8,
+            ret: p.ret.map(|ret| match ret {
+                wit::DsnRet::Full => Ret::Full,
+                wit::DsnRet::Hdrs => Ret::Hdrs,
+            }),
+            envid: p.envid,
+            requiretls: p.requiretls,
+        }
+    }
+}
+
+/// When the sender wants a delivery status notification for a recipient:
+/// DSN's `NOTIFY=` (RFC 3461). All false is `NOTIFY=NEVER`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// `SUCCESS`: report delivery.
+    pub success: bool,
+    /// `FAILURE`: report failure.
+    pub failure: bool,
+    /// `DELAY`: report delay.
+    pub delay: bool,
+}
+
+impl Notify {
+    /// `NOTIFY=NEVER`.
+    pub const NEVER: Self = Self {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+}
+
+impl From<wit::Notify> for Notify {
+    fn from(flags: wit::Notify) -> Self {
+        Self {
+            success: flags.contains(wit::Notify::SUCCESS),
+            failure: flags.contains(wit::Notify::FAILURE),
+            delay: flags.contains(wit::Notify::DELAY),
+        }
+    }
+}
+
+impl From<Notify> for wit::Notify {
+    fn from(notify: Notify) -> Self {
+        let mut flags = Self::empty();
+        for (on, flag) in [
+            (notify.success, Self::SUCCESS),
+            (notify.failure, Self::FAILURE),
+            (notify.delay, Self::DELAY),
+        ] {
+            if on {
+                flags |= flag;
+            }
+        }
+        flags
+    }
+}
+
+/// The parameters of RCPT TO: DSN's `NOTIFY=` and `ORCPT=` (RFC 3461).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RcptParameters {
+    /// `NOTIFY=`; none when the client gave none.
+    pub notify: Option<Notify>,
+    /// `ORCPT=`: the address type (e.g. `rfc822`) and the address as the
+    /// original sender gave it.
+    pub orcpt: Option<(String, String)>,
+}
+
+impl From<wit::RcptParameters> for RcptParameters {
+    fn from(p: wit::RcptParameters) -> Self {
+        Self {
+            notify: p.notify.map(Into::into),
+            orcpt: p.orcpt.map(|o| (o.addr_type, o.address)),
         }
     }
 }

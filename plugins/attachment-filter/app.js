@@ -18,7 +18,7 @@
 //     action = "reject"                 # or "quarantine"
 //     archive_names = true              # also block "x.exe.zip"-style names
 
-import { write as log } from "mailgate:plugin/log@0.1.0";
+import { write as log } from "mailgate:plugin/log@0.2.0";
 
 const DEFAULT_EXTENSIONS = [
   "ade", "adp", "app", "bat", "chm", "cmd", "com", "cpl", "dll", "exe",
@@ -93,7 +93,7 @@ export const hooks = {
     return cont();
   },
 
-  onRcpt(ctx, recipient) {
+  onRcpt(ctx, recipient, parameters) {
     return cont();
   },
 

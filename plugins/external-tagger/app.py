@@ -70,7 +70,7 @@ class Hooks(exports.Hooks):
     def on_mail(self, ctx, reverse_path, parameters):
         return outcome()
 
-    def on_rcpt(self, ctx, recipient):
+    def on_rcpt(self, ctx, recipient, parameters):
         return outcome()
 
     def on_data(self, ctx, message):

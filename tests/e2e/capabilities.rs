@@ -134,7 +134,7 @@ async fn a_capability_not_granted_stops_start_up() -> Result<()> {
     let error = error.unwrap_or_default();
     assert!(error.contains("plugin `dnsbl`"), "{error}");
     assert!(
-        error.contains("imports `mailgate:plugin/dns@0.1.0`, but its capabilities are [log, metrics]"),
+        error.contains("imports `mailgate:plugin/dns@0.2.0`, but its capabilities are [log, metrics]"),
         "{error}"
     );
     Ok(())

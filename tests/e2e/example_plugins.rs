@@ -164,7 +164,7 @@ async fn python_plugin_tags_external_senders() -> Result<()> {
     let denied = Setup::new().plugin(&plugin("")).start().await;
     let error = denied.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(
-        error.contains("imports `mailgate:plugin/log@0.1.0`, but its capabilities are []"),
+        error.contains("imports `mailgate:plugin/log@0.2.0`, but its capabilities are []"),
         "{error}"
     );
 

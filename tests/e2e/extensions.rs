@@ -85,7 +85,12 @@ async fn dsn_parameters_survive_a_restart() -> Result<()> {
 
     let sink = SinkServer::start().await?;
     sink.behave(|b| b.dsn = true);
-    let gw = mailgate_tests::Gateway::start_in(Setup::new().route_all_to(sink.addr()), dir).await?;
+    let setup = Setup::new().admin()?.route_all_to(sink.addr());
+    let gw = mailgate_tests::Gateway::start_in(setup, dir).await?;
+    // The failed attempt set the next one an hour away: retry now.
+    let admin = gw.admin.context("no admin address")?;
+    let (status, _) = mailgate_tests::http(admin, "POST", "/queue/retry").await?;
+    ensure!(status == 200, "retry answered {status}");
     wait_until(WAIT, || sink.count() == 1).await?;
     let message = &sink.messages()[0];
     assert!(

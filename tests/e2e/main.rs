@@ -23,6 +23,7 @@ mod relay;
 mod smuggling;
 mod standards;
 mod tls;
+mod versions;
 
 /// How long a test waits for something to arrive.
 const WAIT: Duration = Duration::from_secs(30);

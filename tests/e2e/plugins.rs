@@ -535,7 +535,7 @@ async fn start_up_fails_with_a_clear_message_for_broken_plugins() -> Result<()> 
         (
             mailgate_tests::plugins::WRONG_WORLD.to_owned(),
             "",
-            "does not match the mailgate:plugin@0.1.0 world",
+            "does not match the mailgate:plugin@0.2.0 world (nor @0.1.0)",
         ),
         (
             FAULTY.to_owned(),
@@ -589,7 +589,9 @@ async fn the_check_command_compiles_plugins() -> Result<()> {
         .arg(&config)
         .output()?;
     assert_eq!(output.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("does not match the mailgate:plugin@0.1.0 world"));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("does not match the mailgate:plugin@0.2.0 world (nor @0.1.0)")
+    );
     write(SCRIPTED)?;
     let output = std::process::Command::new(binary)
         .args(["check", "--config"])

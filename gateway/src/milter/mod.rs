@@ -170,11 +170,11 @@ impl MilterSession {
         match call {
             StageCall::Connect => self.connect(ctx).await,
             StageCall::Helo(name) => self.helo(name).await,
-            StageCall::Mail(path, _) => self.mail(path, ctx).await,
-            StageCall::Rcpt(rcpt) if !self.message_done => self.rcpt(rcpt).await,
+            StageCall::Mail(path, parameters) => self.mail(path, &parameters.esmtp_args(), ctx).await,
+            StageCall::Rcpt(rcpt, dsn) if !self.message_done => self.rcpt(rcpt, &esmtp_args(&dsn.wire())).await,
             StageCall::Data(message) if !self.message_done => self.message(message).await,
             StageCall::Data(_) => Ok((self.final_discard(), Vec::new())),
-            StageCall::Rcpt(_) => Ok((Verdict::Continue, Vec::new())),
+            StageCall::Rcpt(..) => Ok((Verdict::Continue, Vec::new())),
         }
     }
 
@@ -184,18 +184,21 @@ impl MilterSession {
         if let (Some(helo), false) = (&ctx.helo, matches!(call, StageCall::Helo(_))) {
             steps.push(self.helo(helo).await?);
         }
-        if let (Some(path), StageCall::Rcpt(_) | StageCall::Data(_)) = (&ctx.reverse_path, call) {
-            steps.push(self.mail(path, ctx).await?);
+        // The parameters of the earlier commands are not kept for a
+        // milter that connects late: they are left out.
+        if let (Some(path), StageCall::Rcpt(..) | StageCall::Data(_)) = (&ctx.reverse_path, call) {
+            steps.push(self.mail(path, &[], ctx).await?);
             if matches!(call, StageCall::Data(_)) {
                 for rcpt in &ctx.recipients {
-                    steps.push(self.rcpt(rcpt).await?);
+                    steps.push(self.rcpt(rcpt, &[]).await?);
                 }
             }
         }
         Ok(steps.into_iter().find(|(verdict, _)| *verdict != Verdict::Continue))
     }
 
-    async fn mail(&mut self, path: &ReversePath, ctx: &HookContext) -> Result<Answer, Fault> {
+    /// MAIL with its ESMTP arguments (SMFIC_MAIL: the path, then each argument).
+    async fn mail(&mut self, path: &ReversePath, esmtp: &[String], ctx: &HookContext) -> Result<Answer, Fault> {
         if self.in_message {
             self.abort().await?;
         }
@@ -208,15 +211,18 @@ impl MilterSession {
             macros.push(("{auth_authen}", user.clone()));
         }
         self.macros(command::MAIL, &macros).await?;
-        let args = [format!("<{path}>")];
+        let mut args = vec![format!("<{path}>")];
+        args.extend_from_slice(esmtp);
         self.ask(flag::NOMAIL, flag::NR_MAIL, Packet::strings(command::MAIL, &args))
             .await
     }
 
-    async fn rcpt(&mut self, rcpt: &Mailbox) -> Result<Answer, Fault> {
+    /// RCPT with its ESMTP arguments (SMFIC_RCPT: the path, then each argument).
+    async fn rcpt(&mut self, rcpt: &Mailbox, esmtp: &[String]) -> Result<Answer, Fault> {
         let macros = [("i", self.queue_id.clone()), ("{rcpt_addr}", rcpt.to_string())];
         self.macros(command::RCPT, &macros).await?;
-        let args = [format!("<{rcpt}>")];
+        let mut args = vec![format!("<{rcpt}>")];
+        args.extend_from_slice(esmtp);
         self.ask(flag::NORCPT, flag::NR_RCPT, Packet::strings(command::RCPT, &args))
             .await
     }
@@ -577,7 +583,7 @@ impl Changes {
                 allowed(action::ADDRCPT | action::ADDRCPT_PAR, "adding recipients")?;
                 let s = strings(&packet.data);
                 let rcpt = mailbox(unbracket(s.first().map_or("", String::as_str)))?;
-                self.modifications.push(Modification::AddRecipient(rcpt));
+                self.modifications.push(Modification::AddRecipient(rcpt, None));
             }
             response::DELRCPT => {
                 allowed(action::DELRCPT, "removing recipients")?;
@@ -666,6 +672,11 @@ fn split(raw: &[u8]) -> (Vec<(String, String)>, &[u8]) {
         })
         .collect();
     (fields, body)
+}
+
+/// ESMTP parameters as separate arguments.
+fn esmtp_args(wire: &str) -> Vec<String> {
+    wire.split_whitespace().map(str::to_owned).collect()
 }
 
 #[cfg(test)]
@@ -771,7 +782,7 @@ mod tests {
                     }
                 ),
                 Modification::RemoveHeaderAt("Received".into(), 1),
-                Modification::AddRecipient(mailbox("new@example.com").unwrap_or_else(|e| unreachable!("{e}"))),
+                Modification::AddRecipient(mailbox("new@example.com").unwrap_or_else(|e| unreachable!("{e}")), None),
                 Modification::ReplaceBody(b"new\r\nbody\r\n".to_vec()),
             ]
         );

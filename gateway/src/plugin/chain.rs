@@ -9,20 +9,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::{Instrument, debug, debug_span, warn};
-use wasmtime::component::Resource;
 
-use super::bindings::exports::mailgate::plugin::hooks::Outcome;
-use super::bindings::mailgate::plugin::types::{Context, MetadataEntry};
+use super::bindings::mailgate::plugin::types::{Context, MetadataEntry, Outcome};
 use super::convert::{self, Verdict};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
 use super::host::HostServices;
 use super::load::{EntryKind, EntryMode, Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
-use super::message::{MessageHandle, ParsedMessage};
+use super::message::ParsedMessage;
 use super::outcome::{Decision, HookContext, Modification, StageResult};
 use super::transcript::Journal;
 use crate::milter::{MilterSession, MilterSettings};
 use crate::smtp::command::MailParameters;
+use crate::smtp::dsn::RcptDsn;
 use crate::smtp::session::Stage;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 
@@ -151,8 +150,8 @@ pub enum StageCall<'a> {
     Helo(&'a str),
     /// MAIL FROM.
     Mail(&'a ReversePath, &'a MailParameters),
-    /// RCPT TO.
-    Rcpt(&'a Mailbox),
+    /// RCPT TO, with its DSN parameters.
+    Rcpt(&'a Mailbox, &'a RcptDsn),
     /// The message was received.
     Data(&'a Arc<ParsedMessage>),
 }
@@ -164,7 +163,7 @@ impl StageCall<'_> {
             Self::Connect => Stage::Connect,
             Self::Helo(_) => Stage::Helo,
             Self::Mail(..) => Stage::Mail,
-            Self::Rcpt(_) => Stage::Rcpt,
+            Self::Rcpt(..) => Stage::Rcpt,
             Self::Data(_) => Stage::Data,
         }
     }
@@ -363,30 +362,7 @@ impl ChainSession {
         }
         let budget = plugin.config.time_budget;
         arm(&mut live.store, budget);
-        let hooks = live.plugin.mailgate_plugin_hooks();
-        let store = &mut live.store;
-        let result = match call {
-            StageCall::Connect => hooks.call_on_connect(store, wit_ctx).await,
-            StageCall::Helo(name) => hooks.call_on_helo(store, wit_ctx, name).await,
-            StageCall::Mail(path, parameters) => {
-                let path = path.to_string();
-                hooks
-                    .call_on_mail(store, wit_ctx, &path, convert::mail_parameters(parameters))
-                    .await
-            }
-            StageCall::Rcpt(rcpt) => hooks.call_on_rcpt(store, wit_ctx, &rcpt.to_string()).await,
-            StageCall::Data(message) => {
-                let handle = store
-                    .data_mut()
-                    .table
-                    .push(MessageHandle(Arc::clone(message)))
-                    .map_err(|e| Fault::Instantiate(e.to_string()))?;
-                let lent = Resource::<MessageHandle>::new_borrow(handle.rep());
-                let result = hooks.call_on_data(&mut *store, wit_ctx, lent).await;
-                let _ = store.data_mut().table.delete(handle);
-                result
-            }
-        };
+        let result = live.plugin.call(&mut live.store, call, wit_ctx).await;
         match result {
             Ok(outcome) => {
                 if let Some(slot) = self.live.get_mut(index) {

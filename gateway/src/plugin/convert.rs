@@ -9,6 +9,7 @@ use super::bindings::mailgate::plugin::types as wit;
 use super::outcome::{HeaderField, HookContext, Modification};
 use crate::queue::RouteOverride;
 use crate::smtp::command::{BodyType, MailParameters};
+use crate::smtp::dsn::{Notify, RcptDsn, Ret};
 use crate::smtp::session::Stage;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 
@@ -83,7 +84,57 @@ pub fn mail_parameters(parameters: &MailParameters) -> wit::MailParameters {
             BodyType::EightBitMime => wit::BodyType::EightBitMime,
         },
         smtputf8: parameters.smtputf8,
+        ret: parameters.dsn.ret.map(|ret| match ret {
+            Ret::Full => wit::DsnRet::Full,
+            Ret::Hdrs => wit::DsnRet::Hdrs,
+        }),
+        envid: parameters.dsn.envid.clone(),
+        requiretls: parameters.requiretls,
     }
+}
+
+/// The WIT form of RCPT TO's parameters.
+pub fn rcpt_parameters(dsn: &RcptDsn) -> wit::RcptParameters {
+    wit::RcptParameters {
+        notify: dsn.notify.map(notify_to_wit),
+        orcpt: dsn.orcpt.as_ref().map(|orcpt| wit::OriginalRecipient {
+            addr_type: orcpt.addr_type.clone(),
+            address: orcpt.address.clone(),
+        }),
+    }
+}
+
+fn notify_to_wit(notify: Notify) -> wit::Notify {
+    match notify {
+        Notify::Never => wit::Notify::empty(),
+        Notify::On {
+            success,
+            failure,
+            delay,
+        } => [
+            (success, wit::Notify::SUCCESS),
+            (failure, wit::Notify::FAILURE),
+            (delay, wit::Notify::DELAY),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(wit::Notify::empty(), |all, (_, flag)| all | flag),
+    }
+}
+
+fn notify_from_wit(notify: wit::Notify) -> Notify {
+    if notify == wit::Notify::empty() {
+        return Notify::Never;
+    }
+    Notify::On {
+        success: notify.contains(wit::Notify::SUCCESS),
+        failure: notify.contains(wit::Notify::FAILURE),
+        delay: notify.contains(wit::Notify::DELAY),
+    }
+}
+
+fn new_recipient(rcpt: wit::NewRecipient) -> Result<(Mailbox, Option<Notify>), String> {
+    Ok((mailbox(&rcpt.address)?, rcpt.notify.map(notify_from_wit)))
 }
 
 /// Checks an outcome returned at `stage`. `routes` are the configured
@@ -165,10 +216,16 @@ fn modification(m: wit::Modification, stage: Stage, routes: &HashSet<String>) ->
     }
     Ok(match m {
         M::SetReversePath(path) => Modification::SetReversePath(reverse_path(&path)?),
-        M::SetRecipient(rcpt) => Modification::SetRecipient(mailbox(&rcpt)?),
+        M::SetRecipient(rcpt) => {
+            let (address, notify) = new_recipient(rcpt)?;
+            Modification::SetRecipient(address, notify)
+        }
         M::Route(hop) => Modification::Route(next_hop(hop, routes)?),
         M::RouteRecipient(r) => Modification::RouteRecipient(mailbox(&r.recipient)?, next_hop(r.next_hop, routes)?),
-        M::AddRecipient(rcpt) => Modification::AddRecipient(mailbox(&rcpt)?),
+        M::AddRecipient(rcpt) => {
+            let (address, notify) = new_recipient(rcpt)?;
+            Modification::AddRecipient(address, notify)
+        }
         M::RemoveRecipient(rcpt) => Modification::RemoveRecipient(mailbox(&rcpt)?),
         M::AddHeader(h) => Modification::AddHeader(header(h)?),
         M::SetHeader(h) => Modification::SetHeader(header(h)?),
@@ -341,7 +398,10 @@ mod tests {
         };
         assert!(outcome(with(wit::Verdict::Continue, vec![header()]), Stage::Rcpt, &routes()).is_err());
         assert!(outcome(with(wit::Verdict::Continue, vec![header()]), Stage::Data, &routes()).is_ok());
-        let rewrite = wit::Modification::SetRecipient("new@y.test".into());
+        let rewrite = wit::Modification::SetRecipient(wit::NewRecipient {
+            address: "new@y.test".into(),
+            notify: Some(wit::Notify::SUCCESS | wit::Notify::FAILURE),
+        });
         assert!(
             outcome(
                 with(wit::Verdict::Continue, vec![rewrite.clone()]),
@@ -361,9 +421,43 @@ mod tests {
     }
 
     #[test]
+    fn notify_crosses_the_boundary_both_ways() {
+        for notify in [
+            Notify::Never,
+            Notify::On {
+                success: true,
+                failure: false,
+                delay: true,
+            },
+            Notify::On {
+                success: false,
+                failure: true,
+                delay: false,
+            },
+        ] {
+            assert_eq!(notify_from_wit(notify_to_wit(notify)), notify);
+        }
+        let added = wit::Modification::AddRecipient(wit::NewRecipient {
+            address: "x@y.test".into(),
+            notify: Some(wit::Notify::empty()),
+        });
+        let (_, modifications) = outcome(with(wit::Verdict::Continue, vec![added]), Stage::Data, &routes()).unwrap();
+        assert_eq!(
+            modifications,
+            [Modification::AddRecipient(
+                Mailbox::parse("x@y.test").unwrap(),
+                Some(Notify::Never)
+            )]
+        );
+    }
+
+    #[test]
     fn values_are_checked() {
         let bad = [
-            wit::Modification::SetRecipient("not an address".into()),
+            wit::Modification::SetRecipient(wit::NewRecipient {
+                address: "not an address".into(),
+                notify: None,
+            }),
             wit::Modification::Route(wit::NextHop::Route("unknown".into())),
             wit::Modification::Route(wit::NextHop::Smarthost("host:99999".into())),
             wit::Modification::SetHeader(wit::Header {

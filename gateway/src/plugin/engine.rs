@@ -88,6 +88,9 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(engine_error)?;
         bindings::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state).map_err(engine_error)?;
+        // Plugins built against 0.1.0 link to its names (see `compat.rs`).
+        bindings::v0_1::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
+            .map_err(engine_error)?;
         start_ticker(&engine)?;
         Ok(Arc::new(Self {
             engine,

@@ -45,7 +45,7 @@ pub enum PluginError {
         granted: String,
     },
     /// The component does not match the `mailgate:plugin` world.
-    #[error("plugin `{plugin}`: {} does not match the mailgate:plugin@0.1.0 world: {reason}", path.display())]
+    #[error("plugin `{plugin}`: {} does not match the mailgate:plugin@0.2.0 world (nor @0.1.0): {reason}", path.display())]
     WorldMismatch {
         /// The plugin's name.
         plugin: String,

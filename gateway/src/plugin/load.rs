@@ -11,9 +11,10 @@ use tokio::task::spawn_blocking;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use super::bindings::{Plugin, PluginPre};
+use super::bindings::{PluginPre, v0_1};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
+use super::hooks::{Instance, Pre};
 use super::host::HostServices;
 use super::state::State;
 use crate::smtp::session::Stage;
@@ -144,7 +145,7 @@ pub struct Live {
     /// The store.
     pub store: Store<State>,
     /// The instance's exports.
-    pub plugin: Plugin,
+    pub plugin: Instance,
 }
 
 /// A compiled, checked plugin ready to instantiate.
@@ -153,7 +154,7 @@ pub struct LoadedPlugin {
     pub config: PluginConfig,
     engine: Engine,
     host: HostServices,
-    pre: PluginPre<State>,
+    pre: Pre,
     idle: Mutex<Vec<Live>>,
     /// Its counters, by hook and verdict.
     pub metrics: crate::metrics::PluginMetrics,
@@ -193,8 +194,17 @@ impl LoadedPlugin {
             path: config.path.clone(),
             reason: format!("{e:#}"),
         };
+        // Which package version it was built against decides its bindings.
+        let legacy = component
+            .component_type()
+            .exports(&runtime.engine)
+            .any(|(name, _)| name == Pre::HOOKS_0_1);
         let pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
-        let pre = PluginPre::new(pre).map_err(mismatch)?;
+        let pre = if legacy {
+            Pre::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?)
+        } else {
+            Pre::Current(PluginPre::new(pre).map_err(mismatch)?)
+        };
         let loaded = Self {
             engine: runtime.engine.clone(),
             host,
@@ -237,7 +247,7 @@ impl LoadedPlugin {
         });
         let budget = self.config.time_budget;
         arm(&mut store, budget);
-        let plugin = match self.pre.instantiate_async(&mut store).await {
+        let plugin = match self.pre.instantiate(&mut store).await {
             Ok(plugin) => plugin,
             Err(e) => {
                 return Err(match classify(&e, store.data(), budget) {
@@ -247,11 +257,7 @@ impl LoadedPlugin {
             }
         };
         arm(&mut store, budget);
-        match plugin
-            .mailgate_plugin_hooks()
-            .call_init(&mut store, &self.config.settings)
-            .await
-        {
+        match plugin.init(&mut store, &self.config.settings).await {
             Ok(Ok(())) => Ok(Live { store, plugin }),
             Ok(Err(message)) => Err(Fault::Init(message)),
             Err(e) => Err(classify(&e, store.data(), budget)),

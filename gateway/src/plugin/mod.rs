@@ -6,10 +6,12 @@
 
 mod bindings;
 mod chain;
+mod compat;
 mod convert;
 mod edit;
 mod engine;
 mod error;
+mod hooks;
 mod host;
 mod imports;
 mod load;

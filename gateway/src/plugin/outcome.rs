@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::queue::RouteOverride;
+use crate::smtp::dsn::Notify;
 use crate::smtp::{Mailbox, Reply, ReversePath};
 
 /// What the server knows at a hook, in the gateway's types.
@@ -58,14 +59,15 @@ pub struct HeaderField {
 pub enum Modification {
     /// Replace the reverse-path.
     SetReversePath(ReversePath),
-    /// Replace the recipient being decided (rcpt).
-    SetRecipient(Mailbox),
+    /// Replace the recipient being decided (rcpt); with a NOTIFY, that
+    /// replaces the client's (RFC 3461), else the client's stays.
+    SetRecipient(Mailbox, Option<Notify>),
     /// Route the recipient being decided (rcpt) or every recipient (data).
     Route(RouteOverride),
     /// Route one recipient (data).
     RouteRecipient(Mailbox, RouteOverride),
-    /// Add a recipient (data).
-    AddRecipient(Mailbox),
+    /// Add a recipient (data), with its NOTIFY (none: the default).
+    AddRecipient(Mailbox, Option<Notify>),
     /// Remove a recipient (data).
     RemoveRecipient(Mailbox),
     /// Append a header field (data).

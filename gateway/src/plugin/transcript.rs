@@ -23,6 +23,7 @@ use super::host::{
 };
 use super::outcome::{Decision, HookContext};
 use crate::smtp::command::BodyType;
+use crate::smtp::dsn::{MailDsn, RcptDsn};
 
 /// The transcript format's version.
 pub const VERSION: u32 = 1;
@@ -156,6 +157,12 @@ pub enum RecordedStage {
         /// `SMTPUTF8`.
         #[serde(default)]
         smtputf8: bool,
+        /// `RET=` and `ENVID=`.
+        #[serde(default, skip_serializing_if = "MailDsn::is_empty")]
+        dsn: MailDsn,
+        /// `REQUIRETLS`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        requiretls: bool,
         /// What the chain decided.
         outcome: String,
     },
@@ -163,6 +170,9 @@ pub enum RecordedStage {
     Rcpt {
         /// The recipient.
         recipient: String,
+        /// `NOTIFY=` and `ORCPT=`.
+        #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
+        dsn: RcptDsn,
         /// What the chain decided.
         outcome: String,
     },
@@ -213,10 +223,13 @@ fn stage_record(call: StageCall<'_>, outcome: String) -> RecordedStage {
             size: parameters.size,
             eight_bit: parameters.body == BodyType::EightBitMime,
             smtputf8: parameters.smtputf8,
+            dsn: parameters.dsn.clone(),
+            requiretls: parameters.requiretls,
             outcome,
         },
-        StageCall::Rcpt(rcpt) => RecordedStage::Rcpt {
+        StageCall::Rcpt(rcpt, dsn) => RecordedStage::Rcpt {
             recipient: rcpt.to_string(),
+            dsn: dsn.clone(),
             outcome,
         },
         StageCall::Data(message) => RecordedStage::Data {
@@ -588,7 +601,7 @@ pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<R
             RecordedStage::Mail {
                 reverse_path, outcome, ..
             } => ("mail", format!("mail from <{reverse_path}>"), outcome),
-            RecordedStage::Rcpt { recipient, outcome } => ("rcpt", format!("rcpt to <{recipient}>"), outcome),
+            RecordedStage::Rcpt { recipient, outcome, .. } => ("rcpt", format!("rcpt to <{recipient}>"), outcome),
             RecordedStage::Data { message, outcome } => {
                 ("data", format!("data ({} octets)", message.octets().len()), outcome)
             }
@@ -617,6 +630,8 @@ pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<R
                 size,
                 eight_bit,
                 smtputf8,
+                dsn,
+                requiretls,
                 ..
             } => {
                 let Ok(path) = ReversePath::try_from(reverse_path.clone()) else {
@@ -632,22 +647,23 @@ pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<R
                         BodyType::SevenBit
                     },
                     smtputf8: *smtputf8,
-                    ..MailParameters::default()
+                    dsn: dsn.clone(),
+                    requiretls: *requiretls,
                 };
                 let result = session.run(StageCall::Mail(&path, &parameters), &ctx).await;
                 ctx.reverse_path = Some(path);
                 result
             }
-            RecordedStage::Rcpt { recipient, .. } => {
+            RecordedStage::Rcpt { recipient, dsn, .. } => {
                 let Ok(rcpt) = Mailbox::parse(recipient) else {
                     line.detail = format!("unparsable recipient {recipient:?}");
                     report.push(line);
                     continue;
                 };
-                let result = session.run(StageCall::Rcpt(&rcpt), &ctx).await;
+                let result = session.run(StageCall::Rcpt(&rcpt, dsn), &ctx).await;
                 if result.decision == Decision::Proceed {
                     let rewritten = result.modifications.iter().rev().find_map(|m| match m {
-                        Modification::SetRecipient(to) => Some(to.clone()),
+                        Modification::SetRecipient(to, _) => Some(to.clone()),
                         _ => None,
                     });
                     ctx.recipients.push(rewritten.unwrap_or(rcpt));

@@ -61,8 +61,12 @@ impl TransactionEdits {
                         recipient.route = Some(route.clone());
                     }
                 }
-                Modification::AddRecipient(address) if !envelope.recipients.iter().any(|r| r.address == *address) => {
-                    envelope.recipients.push(Recipient::new(address.clone()));
+                Modification::AddRecipient(address, notify)
+                    if !envelope.recipients.iter().any(|r| r.address == *address) =>
+                {
+                    let mut recipient = Recipient::new(address.clone());
+                    recipient.dsn.notify = *notify;
+                    envelope.recipients.push(recipient);
                 }
                 Modification::RemoveRecipient(address) => envelope.recipients.retain(|r| r.address != *address),
                 _ => {}
@@ -161,13 +165,13 @@ impl Filters {
             stage,
             session.hello(),
             session.transaction(),
-            session.pending_recipient(),
+            session.pending_rcpt(),
             message,
         ) {
             (Stage::Connect, ..) => StageCall::Connect,
             (Stage::Helo, Some(hello), ..) => StageCall::Helo(&hello.name),
             (Stage::Mail, _, Some(txn), ..) => StageCall::Mail(&txn.reverse_path, &txn.parameters),
-            (Stage::Rcpt, _, _, Some(rcpt), _) => StageCall::Rcpt(rcpt),
+            (Stage::Rcpt, _, _, Some(rcpt), _) => StageCall::Rcpt(&rcpt.address, &rcpt.dsn),
             (Stage::Data, .., Some(message)) => StageCall::Data(message),
             _ => return SessionDecision::Proceed,
         };
@@ -208,8 +212,8 @@ impl Filters {
                 Modification::SetReversePath(path) if stage == Stage::Mail => {
                     session.rewrite_reverse_path(path);
                 }
-                Modification::SetRecipient(address) => {
-                    session.rewrite_pending_recipient(address);
+                Modification::SetRecipient(address, notify) => {
+                    session.rewrite_pending_recipient(address, notify);
                 }
                 Modification::Route(route) if stage == Stage::Rcpt => {
                     if let Some(rcpt) = session.pending_recipient() {

@@ -84,6 +84,28 @@ pub struct MailParameters {
     pub requiretls: bool,
 }
 
+impl MailParameters {
+    /// The parameters as ESMTP arguments (`SIZE=1000`, `RET=HDRS`...), as
+    /// a milter is told them.
+    pub fn esmtp_args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(size) = self.size {
+            args.push(format!("SIZE={size}"));
+        }
+        if self.body == BodyType::EightBitMime {
+            args.push("BODY=8BITMIME".to_owned());
+        }
+        if self.smtputf8 {
+            args.push("SMTPUTF8".to_owned());
+        }
+        if self.requiretls {
+            args.push("REQUIRETLS".to_owned());
+        }
+        args.extend(self.dsn.wire().split_whitespace().map(str::to_owned));
+        args
+    }
+}
+
 /// Parameters of RCPT TO: DSN's `NOTIFY=` and `ORCPT=` (RFC 3461).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RcptParameters {

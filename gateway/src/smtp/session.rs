@@ -831,10 +831,14 @@ impl Session {
 
     /// Replaces the recipient being decided (a plugin's rewrite). Returns
     /// false when no RCPT is being decided.
-    pub fn rewrite_pending_recipient(&mut self, recipient: Mailbox) -> bool {
+    /// A NOTIFY given with it replaces the client's (RFC 3461).
+    pub fn rewrite_pending_recipient(&mut self, recipient: Mailbox, notify: Option<super::dsn::Notify>) -> bool {
         match &mut self.state {
             State::Pending(Pending::Rcpt(_, _, rcpt)) => {
                 rcpt.address = recipient;
+                if notify.is_some() {
+                    rcpt.dsn.notify = notify;
+                }
                 true
             }
             _ => false,
@@ -882,6 +886,14 @@ impl Session {
             State::Pending(
                 Pending::Mail(_, t) | Pending::Rcpt(_, t, _) | Pending::Data(_, t, _) | Pending::Queue(_, t, _),
             ) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// The recipient whose RCPT is being decided, with its parameters.
+    pub fn pending_rcpt(&self) -> Option<&Rcpt> {
+        match &self.state {
+            State::Pending(Pending::Rcpt(_, _, rcpt)) => Some(rcpt),
             _ => None,
         }
     }

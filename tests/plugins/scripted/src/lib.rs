@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 
 use mailgate_plugin_sdk::{
-    MailParameters, Mailbox, Message, NextHop, Plugin, Reply, ReversePath, Settings, Transaction, Verdict,
+    MailParameters, Mailbox, Message, NextHop, Notify, Plugin, Reply, ReversePath, Settings, Transaction, Verdict,
     export_plugin,
 };
 use serde::Deserialize;
@@ -48,6 +48,21 @@ enum Change {
     },
     SetRecipient {
         value: String,
+    },
+    /// rcpt: replace the recipient and its NOTIFY ("never" or a list
+    /// such as "success,failure").
+    SetRecipientNotify {
+        value: String,
+        notify: String,
+    },
+    /// data: add a recipient with this NOTIFY.
+    AddRecipientNotify {
+        value: String,
+        notify: String,
+    },
+    /// mail, rcpt: a metadata entry describing the command's parameters.
+    MetadataFromParameters {
+        key: String,
     },
     Route {
         route: Option<String>,
@@ -122,7 +137,16 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn run(&self, stage: &str, subject: &str, txn: &Transaction, message: Option<&Message>) -> Verdict {
+    /// `parameters` describes the stage's command parameters, for
+    /// `metadata-from-parameters`.
+    fn run(
+        &self,
+        stage: &str,
+        subject: &str,
+        txn: &Transaction,
+        message: Option<&Message>,
+        parameters: &str,
+    ) -> Verdict {
         let Some(script) = self.stages.get(stage) else {
             return Verdict::Continue;
         };
@@ -130,7 +154,7 @@ impl Scripted {
             return Verdict::Continue;
         }
         for change in &script.modifications {
-            self.apply(change, txn, message);
+            self.apply(change, txn, message, parameters);
         }
         let reply = || Reply {
             code: script.code,
@@ -148,10 +172,13 @@ impl Scripted {
         }
     }
 
-    fn apply(&self, change: &Change, txn: &Transaction, message: Option<&Message>) {
+    fn apply(&self, change: &Change, txn: &Transaction, message: Option<&Message>, parameters: &str) {
         match change {
             Change::SetReversePath { value } => txn.set_reverse_path(value),
             Change::SetRecipient { value } => txn.set_recipient(value),
+            Change::SetRecipientNotify { value, notify } => txn.set_recipient_notify(value, parse_notify(notify)),
+            Change::AddRecipientNotify { value, notify } => txn.add_recipient_notify(value, parse_notify(notify)),
+            Change::MetadataFromParameters { key } => txn.set_metadata(key, parameters),
             Change::Route { route, smarthost } => txn.route(hop(route, smarthost)),
             Change::RouteRecipient {
                 recipient,
@@ -203,6 +230,16 @@ impl Scripted {
     }
 }
 
+/// "never", or a comma-separated list of success, failure, delay.
+fn parse_notify(text: &str) -> Notify {
+    let has = |word: &str| text.split(',').any(|w| w.trim().eq_ignore_ascii_case(word));
+    Notify {
+        success: has("success"),
+        failure: has("failure"),
+        delay: has("delay"),
+    }
+}
+
 fn hop(route: &Option<String>, smarthost: &Option<String>) -> NextHop {
     match (route, smarthost) {
         (Some(name), _) => NextHop::Route(name.clone()),
@@ -246,28 +283,41 @@ impl Plugin for Scripted {
     }
 
     fn on_connect(&self, txn: &Transaction) -> Verdict {
-        self.run("connect", &txn.client().ip, txn, None)
+        self.run("connect", &txn.client().ip, txn, None, "")
     }
 
     fn on_helo(&self, name: &str, txn: &Transaction) -> Verdict {
-        self.run("helo", name, txn, None)
+        self.run("helo", name, txn, None, "")
     }
 
-    fn on_mail_from(&self, from: &ReversePath, _params: &MailParameters, txn: &Transaction) -> Verdict {
+    fn on_mail_from(&self, from: &ReversePath, params: &MailParameters, txn: &Transaction) -> Verdict {
         let subject = match from {
             ReversePath::Mailbox(m) => m.to_string(),
             _ => String::new(),
         };
-        self.run("mail", &subject, txn, None)
+        let parameters = format!(
+            "ret={:?} envid={} requiretls={}",
+            params.ret,
+            params.envid.as_deref().unwrap_or("-"),
+            params.requiretls
+        );
+        self.run("mail", &subject, txn, None, &parameters)
     }
 
     fn on_rcpt_to(&self, rcpt: &Mailbox, txn: &Transaction) -> Verdict {
-        self.run("rcpt", rcpt.as_str(), txn, None)
+        let parameters = txn.rcpt_parameters().map_or_else(String::new, |p| {
+            let orcpt = p
+                .orcpt
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |(t, a)| format!("{t};{a}"));
+            format!("notify={:?} orcpt={orcpt}", p.notify)
+        });
+        self.run("rcpt", rcpt.as_str(), txn, None, &parameters)
     }
 
     fn on_data(&self, message: &Message, txn: &Transaction) -> Verdict {
         let subject = message.first_header("Subject").unwrap_or_default();
-        self.run("data", &subject, txn, Some(message))
+        self.run("data", &subject, txn, Some(message), "")
     }
 }
 
