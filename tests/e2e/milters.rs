@@ -33,8 +33,12 @@ async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
     let mut client = SmtpClient::connect(gw.addr).await?;
     client.expect_reply(220).await?;
     client.expect("EHLO client.test", 250).await?;
-    client.expect("MAIL FROM:<alice@example.com> SIZE=100", 250).await?;
-    client.expect("RCPT TO:<bob@dest.test>", 250).await?;
+    client
+        .expect("MAIL FROM:<alice@example.com> SIZE=100 RET=HDRS ENVID=m+2B1", 250)
+        .await?;
+    client
+        .expect("RCPT TO:<bob@dest.test> NOTIFY=FAILURE,DELAY", 250)
+        .await?;
     client.expect("RCPT TO:<removed@dest.test>", 250).await?;
     let blocked = client.command("RCPT TO:<blocked@dest.test>").await?;
     assert_eq!((blocked.code, blocked.text()), (550, "5.7.1 Command rejected"));
@@ -66,7 +70,12 @@ async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
     assert_eq!(connect.macros.get("{daemon_name}").map(String::as_str), Some("test"));
     assert_eq!(connect.args.first().map(String::as_str), Some("[127.0.0.1]"));
     assert_eq!(seen[1].args, ["client.test"]);
-    assert_eq!(seen[2].args, ["<alice@example.com>"]);
+    // MAIL and RCPT come with their ESMTP arguments, as Postfix sends them.
+    assert_eq!(
+        seen[2].args,
+        ["<alice@example.com>", "SIZE=100", "RET=HDRS", "ENVID=m+2B1"]
+    );
+    assert_eq!(seen[3].args, ["<bob@dest.test>", "NOTIFY=FAILURE,DELAY"]);
     let queue_id = seen[2].macros.get("i").cloned().unwrap_or_default();
     assert!(!queue_id.is_empty(), "{:?}", seen[2]);
     assert_eq!(
