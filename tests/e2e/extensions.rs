@@ -4,7 +4,7 @@
 //! mailgate writes; interoperability with Python's smtplib and Postfix.
 
 use anyhow::{Context, Result, ensure};
-use mailgate_tests::{DnsServer, Postfix, Received, Setup, SinkServer, SmtpClient, TestCa, dsn_parts, wait_until};
+use mailgate_tests::{Postfix, Received, Setup, SinkServer, SmtpClient, TestCa, dsn_parts, wait_until};
 
 use crate::WAIT;
 
@@ -330,20 +330,13 @@ async fn refused_chunks_are_read_and_thrown_away() -> Result<()> {
     Ok(())
 }
 
-/// A DNS server saying `relay.test` is 127.0.0.1, for certificate names.
-async fn dns() -> Result<DnsServer> {
-    let dns = DnsServer::start().await?;
-    dns.address("relay.test", "127.0.0.1".parse()?);
-    Ok(dns)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requiretls_is_offered_inside_tls_and_relayed_only_over_verified_tls() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let ca = TestCa::new()?;
     let ca_file = dir.path().join("ca.pem");
     ca.write(&ca_file)?;
-    let dns = dns().await?;
+    let dns = crate::tls::dns().await?;
     let strict = SinkServer::start().await?;
     strict.behave(|b| {
         b.tls = Some(ca.server_config(&["relay.test"]).unwrap());

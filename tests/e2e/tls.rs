@@ -12,7 +12,7 @@ async fn send(gw: &Gateway) -> Result<()> {
 }
 
 /// A DNS server saying `relay.test` is 127.0.0.1, for certificate names.
-async fn dns() -> Result<DnsServer> {
+pub(crate) async fn dns() -> Result<DnsServer> {
     let dns = DnsServer::start().await?;
     dns.address("relay.test", "127.0.0.1".parse()?);
     Ok(dns)

@@ -131,6 +131,14 @@ struct State {
     auth_failures: usize,
 }
 
+impl State {
+    /// A transaction ended with this message.
+    fn received(&mut self, message: Received) {
+        self.messages.push(message);
+        self.active_transactions -= 1;
+    }
+}
+
 /// The recording SMTP server.
 #[derive(Debug)]
 pub struct SinkServer {
@@ -380,22 +388,18 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                 format!("250 2.0.0 {size} octets received")
             } else {
                 let content = std::mem::take(&mut chunks);
-                {
-                    let mut state = lock(&state);
-                    state.messages.push(Received {
-                        mail_from: mail_from.clone(),
-                        mail_params: mail_params.clone(),
-                        rcpt_to: std::mem::take(&mut rcpt_to),
-                        rcpt_params: std::mem::take(&mut rcpt_params),
-                        bdat: true,
-                        raw: content.clone(),
-                        content,
-                        tls,
-                        auth: user.clone(),
-                        connection,
-                    });
-                    state.active_transactions -= 1;
-                }
+                lock(&state).received(Received {
+                    mail_from: mail_from.clone(),
+                    mail_params: mail_params.clone(),
+                    rcpt_to: std::mem::take(&mut rcpt_to),
+                    rcpt_params: std::mem::take(&mut rcpt_params),
+                    bdat: true,
+                    raw: content.clone(),
+                    content,
+                    tls,
+                    auth: user.clone(),
+                    connection,
+                });
                 in_transaction = false;
                 "250 2.0.0 ok: queued".into()
             }
@@ -410,22 +414,18 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<State>>, behavior: Arc<Mutex<
                 let content = unstuff(&raw);
                 let delay = lock(&behavior).data_delay;
                 tokio::time::sleep(delay).await;
-                {
-                    let mut state = lock(&state);
-                    state.messages.push(Received {
-                        mail_from: mail_from.clone(),
-                        mail_params: mail_params.clone(),
-                        rcpt_to: std::mem::take(&mut rcpt_to),
-                        rcpt_params: std::mem::take(&mut rcpt_params),
-                        bdat: false,
-                        raw,
-                        content,
-                        tls,
-                        auth: user.clone(),
-                        connection,
-                    });
-                    state.active_transactions -= 1;
-                }
+                lock(&state).received(Received {
+                    mail_from: mail_from.clone(),
+                    mail_params: mail_params.clone(),
+                    rcpt_to: std::mem::take(&mut rcpt_to),
+                    rcpt_params: std::mem::take(&mut rcpt_params),
+                    bdat: false,
+                    raw,
+                    content,
+                    tls,
+                    auth: user.clone(),
+                    connection,
+                });
                 in_transaction = false;
                 if lock(&behavior).close_after_message {
                     stream.get_mut().write_all(b"250 2.0.0 ok: queued\r\n").await?;

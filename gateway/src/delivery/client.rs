@@ -274,30 +274,17 @@ impl SmtpClient {
                 reply: data_reply,
             });
         }
-        self.write_content(content, content_len).await?;
+        self.write_content(content, content_len, Some(DotStuffer::default()))
+            .await?;
         self.read_reply("end of DATA", self.timeouts.data_done).await
     }
 
     /// The whole content as one `BDAT n LAST` chunk (RFC 3030): sent as
     /// stored, without dot-stuffing; the reply to the chunk.
-    async fn send_chunk(
-        &mut self,
-        mut content: impl AsyncRead + Unpin,
-        content_len: u64,
-    ) -> Result<Reply, DeliveryError> {
+    async fn send_chunk(&mut self, content: impl AsyncRead + Unpin, content_len: u64) -> Result<Reply, DeliveryError> {
         self.write("BDAT", format!("BDAT {content_len} LAST\r\n").as_bytes())
             .await?;
-        let mut chunk = vec![0u8; BLOCK];
-        let mut remaining = content_len;
-        while remaining > 0 {
-            let want = usize::try_from(remaining).unwrap_or(BLOCK).min(BLOCK);
-            let n = content.read(&mut chunk[..want]).await.map_err(DeliveryError::Content)?;
-            if n == 0 {
-                return Err(DeliveryError::Protocol("spooled content ended early".into()));
-            }
-            remaining -= n as u64;
-            self.write_with("BDAT", &chunk[..n], self.timeouts.data).await?;
-        }
+        self.write_content(content, content_len, None).await?;
         self.read_reply("BDAT", self.timeouts.data_done).await
     }
 
@@ -440,12 +427,14 @@ impl SmtpClient {
         }
     }
 
+    /// Writes the spooled content: dot-stuffed and ended with the final
+    /// dot after DATA (`stuffer`), or as it is in a BDAT chunk (`None`).
     async fn write_content(
         &mut self,
         mut content: impl AsyncRead + Unpin,
         content_len: u64,
+        mut stuffer: Option<DotStuffer>,
     ) -> Result<(), DeliveryError> {
-        let mut stuffer = DotStuffer::default();
         let mut chunk = vec![0u8; BLOCK];
         let mut out = Vec::with_capacity(BLOCK + BLOCK / 16);
         let mut remaining = content_len;
@@ -456,6 +445,10 @@ impl SmtpClient {
                 return Err(DeliveryError::Protocol("spooled content ended early".into()));
             }
             remaining -= n as u64;
+            let Some(stuffer) = stuffer.as_mut() else {
+                self.write_with("BDAT", &chunk[..n], self.timeouts.data).await?;
+                continue;
+            };
             out.clear();
             stuffer.stuff(&chunk[..n], &mut out);
             if remaining == 0 {
@@ -463,7 +456,7 @@ impl SmtpClient {
             }
             self.write_with("DATA", &out, self.timeouts.data).await?;
         }
-        if content_len == 0 {
+        if let (0, Some(stuffer)) = (content_len, stuffer.as_mut()) {
             out.clear();
             stuffer.finish(&mut out);
             self.write_with("DATA", &out, self.timeouts.data).await?;

@@ -16,6 +16,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
+mod transfer;
+
 use super::filters::{Disposition, Filters, TransactionEdits};
 use super::{Accepted, ConnectionError, Generation, Inbound, PREAMBLE_TIMEOUT, handshake};
 use crate::metrics::{ListenerMetrics, metrics};
@@ -23,9 +25,8 @@ use crate::net::{Stream, TlsInfo};
 use crate::plugin::{self, ParsedMessage};
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
-use crate::smtp::chunking::{ChunkReader, Discard};
-use crate::smtp::data::{DataOutcome, DataReader, Feed};
 use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
+use transfer::{ChunkEnd, DataEnd};
 
 /// A command line longer than this is not buffered: it is skipped up to its
 /// LF and answered 500 5.5.6. The session enforces the exact limits below it.
@@ -48,18 +49,6 @@ struct Connection {
     counters: ListenerMetrics,
     /// The listener's transcript directory, when it records.
     record: Option<Arc<std::path::Path>>,
-}
-
-/// How reading DATA ended.
-enum DataEnd {
-    Read(DataOutcome),
-    TimedOut,
-}
-
-/// How reading a BDAT chunk ended.
-enum ChunkEnd {
-    Read(ChunkReader),
-    TimedOut,
 }
 
 /// Serves one connection to its end; `tls` is set when it is encrypted
@@ -430,97 +419,6 @@ impl Connection {
         let line = line.strip_suffix(b"\n").unwrap_or(&line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         Some(session.command(line))
-    }
-
-    /// Streams DATA through the reader into the spool writer, keeping what
-    /// follows the final dot as the next commands.
-    async fn receive_data(
-        &mut self,
-        mut reader: DataReader,
-        writer: &mut SpoolWriter,
-    ) -> Result<DataEnd, ConnectionError> {
-        let mut content = Vec::with_capacity(READ_CHUNK);
-        loop {
-            if !self.input.is_empty() {
-                content.clear();
-                let feed = reader.feed(&self.input, &mut content);
-                if !content.is_empty() {
-                    self.counters.received.inc_by(content.len() as u64);
-                    writer.write(&content).await;
-                }
-                match feed {
-                    Feed::More => self.input.clear(),
-                    Feed::Done { consumed } => {
-                        self.input.advance(consumed);
-                        return Ok(DataEnd::Read(reader.outcome()));
-                    }
-                }
-            }
-            if !self.read_more().await? {
-                return Ok(DataEnd::TimedOut);
-            }
-        }
-    }
-
-    /// Streams one BDAT chunk (exactly its size) into the spool writer,
-    /// keeping what follows it as the next commands.
-    async fn receive_chunk(
-        &mut self,
-        mut chunk: ChunkReader,
-        writer: &mut SpoolWriter,
-    ) -> Result<ChunkEnd, ConnectionError> {
-        let mut content = Vec::with_capacity(READ_CHUNK.min(self.input.len().max(1024)));
-        loop {
-            content.clear();
-            let feed = chunk.feed(&self.input, &mut content);
-            if !content.is_empty() {
-                self.counters.received.inc_by(content.len() as u64);
-                writer.write(&content).await;
-            }
-            match feed {
-                Feed::Done { consumed } => {
-                    self.input.advance(consumed);
-                    return Ok(ChunkEnd::Read(chunk));
-                }
-                Feed::More => self.input.clear(),
-            }
-            if !self.read_more().await? {
-                return Ok(ChunkEnd::TimedOut);
-            }
-        }
-    }
-
-    /// Reads and drops a refused BDAT chunk of `size` octets (RFC 3030
-    /// section 3). False when the client went silent.
-    async fn discard_chunk(&mut self, size: u64) -> Result<bool, ConnectionError> {
-        let mut discard = Discard::new(size);
-        loop {
-            let (consumed, done) = discard.feed(&self.input);
-            self.input.advance(consumed);
-            if done {
-                return Ok(true);
-            }
-            if !self.read_more().await? {
-                return Ok(false);
-            }
-        }
-    }
-
-    /// Reads more message content into the input buffer; false on the
-    /// DATA timeout.
-    async fn read_more(&mut self) -> Result<bool, ConnectionError> {
-        self.input.reserve(READ_CHUNK);
-        match timeout(
-            self.settings.settings.data_timeout,
-            self.stream.read_buf(&mut self.input),
-        )
-        .await
-        {
-            Err(_) => Ok(false),
-            Ok(Ok(0)) => Err(ConnectionError::ClosedInData),
-            Ok(Ok(_)) => Ok(true),
-            Ok(Err(e)) => Err(e.into()),
-        }
     }
 
     /// Applies the plugins' edits, then spools the message and tells the
