@@ -52,6 +52,8 @@ fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, pyth
         } else {
             vec![]
         },
+        sha256: None,
+        listeners: Vec::new(),
     }
 }
 

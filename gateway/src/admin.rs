@@ -142,6 +142,10 @@ async fn handle(request: Request<Incoming>, state: &AdminState) -> Response<Full
             return text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".into());
         }
         (&Method::GET, "/readyz") => return text(StatusCode::OK, "text/plain", "ready\n".into()),
+        (&Method::GET, "/config") => {
+            let path = state.reloader.config_path();
+            return reply(StatusCode::OK, json!({ "path": path.display().to_string() }));
+        }
         (&Method::POST, "/reload") => {
             return match state.reloader.reload().await {
                 Ok(generation) => reply(

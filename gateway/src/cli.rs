@@ -39,10 +39,13 @@ enum Command {
         config: PathBuf,
     },
     /// Reload the running gateway's configuration and plugins (what
-    /// SIGHUP does), through its admin API; prints why when it fails.
+    /// SIGHUP does), through its admin API; prints why when it fails. The
+    /// gateway reloads the file it was started with: `--config` must name
+    /// that file (its `[admin] address` says where the gateway is), or the
+    /// command refuses.
     Reload {
-        /// The configuration file (checked here first, then reloaded by
-        /// the gateway).
+        /// The running gateway's configuration file (checked here first,
+        /// then reloaded by the gateway).
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -135,6 +138,12 @@ enum PluginAction {
         #[arg(long)]
         expect: Vec<String>,
     },
+    /// Print a component's SHA-256 as the `sha256 = "..."` line that pins
+    /// it in its `[[plugin]]`.
+    Hash {
+        /// The plugin component (.wasm).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +199,32 @@ enum QueueAction {
 
 const EXIT_CONFIG: u8 = 64;
 
+/// Each listener's chain, in order, with the stages each entry runs at.
+fn print_chains(config: &Config) {
+    for listener in &config.listeners {
+        let entries: Vec<String> = config
+            .plugins
+            .iter()
+            .filter(|p| p.listeners.is_empty() || p.listeners.contains(&listener.name))
+            .map(|p| {
+                let stages: Vec<&str> = p.stages.iter().map(|s| s.name()).collect();
+                let shadow = if p.mode == crate::plugin::EntryMode::Shadow {
+                    ", shadow"
+                } else {
+                    ""
+                };
+                format!("{} [{}{shadow}]", p.name, stages.join(" "))
+            })
+            .collect();
+        let chain = if entries.is_empty() {
+            "no plugins".to_owned()
+        } else {
+            entries.join(" -> ")
+        };
+        println!("  listener {} ({}): {chain}", listener.name, listener.address);
+    }
+}
+
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -210,6 +245,7 @@ pub fn main() -> ExitCode {
                     loaded.delivery.routes.len(),
                     loaded.plugins.len()
                 );
+                print_chains(&loaded);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -235,6 +271,18 @@ pub fn main() -> ExitCode {
             transcripts: transcript,
             expect,
         })),
+        Command::Plugin {
+            action: PluginAction::Hash { file },
+        } => match std::fs::read(&file) {
+            Ok(bytes) => {
+                println!("sha256 = \"{}\"", crate::plugin::sha256_hex(&bytes));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mailgate: cannot read {}: {e}", file.display());
+                ExitCode::FAILURE
+            }
+        },
 
         Command::Dkim {
             action:
@@ -375,9 +423,10 @@ fn validated(path: &std::path::Path) -> Result<Config, ExitCode> {
         })
 }
 
-/// Checks the file here (without plugins), then asks the gateway to load
-/// it. Exit 64 when the file is invalid, 1 when the gateway refused it or
-/// cannot be reached.
+/// Checks the file here (without plugins), makes sure it is the file the
+/// gateway runs, then asks the gateway to reload it. Exit 64 when the file
+/// is invalid, 1 when it is another file than the gateway's, the gateway
+/// refused it, or it cannot be reached.
 async fn reload(path: &std::path::Path) -> ExitCode {
     let config = match validated(path) {
         Ok(config) => config,
@@ -390,6 +439,30 @@ async fn reload(path: &std::path::Path) -> ExitCode {
         );
         return ExitCode::FAILURE;
     };
+    match admin_request(address, hyper::Method::GET, "/config").await {
+        Ok((status, body)) if status.is_success() => {
+            let given = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+            let running = PathBuf::from(body["path"].as_str().unwrap_or_default());
+            if given != running {
+                eprintln!(
+                    "mailgate: the gateway at {address} runs {}, not {}; `mailgate reload` reloads the gateway's own \
+                     file (edit that one, or restart the gateway with --config {})",
+                    running.display(),
+                    given.display(),
+                    path.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+        Ok((status, _)) => {
+            eprintln!("mailgate: the admin API at {address} answered {status} when asked for its configuration file");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("mailgate: asking the admin API at {address}: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     match admin_request(address, hyper::Method::POST, "/reload").await {
         Ok((status, body)) if status.is_success() => {
             println!("reloaded: generation {}", body["generation"]);

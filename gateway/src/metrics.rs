@@ -80,7 +80,7 @@ pub const PLUGIN_CALL_DURATION: Metric = Metric {
 /// `mailgate_plugin_faults_total{plugin,kind}`.
 pub const PLUGIN_FAULTS: Metric = Metric {
     name: "mailgate_plugin_faults_total",
-    help: "Plugin faults by plugin and kind (trap, timeout, memory, illegal_outcome, instantiate, milter).",
+    help: "Plugin faults by plugin and kind (trap, timeout, memory, illegal_outcome, init, instantiate, milter).",
     labels: &["plugin", "kind"],
 };
 /// `mailgate_plugin_shadow_decisions_total{plugin,stage,agreed}`.

@@ -176,6 +176,8 @@ pub async fn run(test: TestRun) -> ExitCode {
             Capability::Metrics,
             Capability::Dkim,
         ],
+        sha256: None,
+        listeners: Vec::new(),
     };
     let mut failures = 0;
     for file in &files {
@@ -189,10 +191,11 @@ pub async fn run(test: TestRun) -> ExitCode {
         };
         println!("{}", file.display());
         for line in &report {
-            let detail = if line.detail.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", line.detail)
+            let detail = match (line.detail.is_empty(), line.verdict.as_str()) {
+                (true, _) => String::new(),
+                // "not reached: the client was turned away at mail"
+                (false, "not reached") => format!(": {}", line.detail),
+                (false, _) => format!(" {}", line.detail),
             };
             println!("  {:<40} {}{detail}", line.label, line.verdict);
             for m in &line.modifications {

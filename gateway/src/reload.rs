@@ -104,6 +104,12 @@ impl Reloader {
         *self.grace_period.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The configuration file this gateway runs (and reloads), made
+    /// absolute with symbolic links resolved when it still exists.
+    pub fn config_path(&self) -> PathBuf {
+        std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone())
+    }
+
     /// Reads the file again and switches to it; the new generation's
     /// number, or why nothing changed. Logged and counted either way.
     pub async fn reload(&self) -> Result<u64, String> {

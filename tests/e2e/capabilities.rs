@@ -461,8 +461,36 @@ async fn recorded_transactions_replay_deterministically() -> Result<()> {
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("blocked using bl.test"), "{stdout}");
     assert!(
-        stdout.contains("not reached"),
+        stdout.contains("not reached: the client was turned away at connect"),
         "the replay stops where the client was turned away: {stdout}"
+    );
+    Ok(())
+}
+
+/// The sandbox, proven: whatever its capabilities, a plugin opens no file,
+/// no socket, resolves no name and sees no environment variable through
+/// WASI. The WASI
+/// clocks and randomness are there (language runtimes need them to start);
+/// the README says what a plugin learns from them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_reaches_nothing_outside_its_capabilities() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&probe("sandboxed", "sandbox = true"))
+        .start()
+        .await?;
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: sandbox\r\n\r\nhi\r\n").await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    let text = sink.messages()[0].text();
+    let seen = mailgate_tests::header(&text, "X-Sandbox").unwrap_or_default();
+    for denied in ["file=denied(", "socket=denied(", "resolve=denied("] {
+        assert!(seen.contains(denied), "{denied}: {seen}");
+    }
+    assert!(seen.contains("env=0"), "{seen}");
+    assert!(
+        seen.contains("clock=allowed(true)") && seen.contains("random=allowed(true)"),
+        "{seen}"
     );
     Ok(())
 }

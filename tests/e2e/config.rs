@@ -73,5 +73,26 @@ fn check_command_reports_errors_and_exits_64() -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("2 plugin(s)"));
+
+    // A bare file name, from its own directory, with a relative spool: the
+    // plugin cache under it is made absolute too.
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "[server]\nspool_dir = \"spool\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n\
+         [[plugin]]\nname = \"scripted\"\npath = \"{}\"\nstages = [\"data\"]\n",
+        mailgate_tests::plugins::SCRIPTED
+    );
+    std::fs::write(dir.path().join("mailgate.toml"), config)?;
+    let output = std::process::Command::new(binary)
+        .args(["check", "--config", "mailgate.toml"])
+        .current_dir(dir.path())
+        .output()?;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.path().join("spool/plugin-cache").is_dir());
     Ok(())
 }

@@ -14,6 +14,7 @@ mod extensions;
 mod hostile;
 mod inbound;
 mod limits;
+mod logs;
 mod milters;
 mod mx;
 mod operations;

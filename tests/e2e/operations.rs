@@ -207,8 +207,14 @@ async fn metrics_count_a_delivery_a_plugin_reject_and_a_fault() -> Result<()> {
         ),
         (
             "mailgate_smtp_commands_total",
-            &[("command", "DATA"), ("result", "3xx")],
+            &[("command", "DATA"), ("result", "2xx")],
             1.0,
+        ),
+        (
+            // DATA is counted by its final reply, not by the 354.
+            "mailgate_smtp_commands_total",
+            &[("command", "DATA"), ("result", "3xx")],
+            0.0,
         ),
         (
             "mailgate_smtp_connections_total",
@@ -419,6 +425,11 @@ async fn a_failed_reload_keeps_the_old_configuration_serving() -> Result<()> {
     assert_eq!(scrape.value("mailgate_config_last_reload_successful", &[]), 0.0);
 
     base.clone().plugin(&tagger("v2")).write(dir.path())?;
+    // Another file that names the same gateway: refused, nothing reloaded.
+    let other_dir = tempfile::tempdir()?;
+    let other = base.clone().plugin(&tagger("v3")).write(other_dir.path())?;
+    let (ok, output) = reload_cli(&other).await?;
+    assert!(!ok && output.contains("reloads the gateway's own file"), "{output}");
     let (ok, output) = reload_cli(&config).await?;
     assert!(ok, "{output}");
     send(gateway.addr, "after-good-reload").await?;

@@ -557,7 +557,13 @@ async fn start_up_fails_with_a_clear_message_for_broken_plugins() -> Result<()> 
             Err(e) => e.to_string(),
         };
         assert!(error.contains(expected), "{path}: {error}");
-        assert!(error.contains("`plugin[0].path`"), "names the key: {error}");
+        // Refused settings are located at the settings table, the rest at the path.
+        let key = if expected.starts_with("init") {
+            "`plugin[0].settings"
+        } else {
+            "`plugin[0].path`"
+        };
+        assert!(error.contains(key), "names the key {key}: {error}");
         assert!(error.contains("plugin `broken`"), "names the plugin: {error}");
         if !expected.starts_with("init") {
             assert!(error.contains(&path), "names the file: {error}");
@@ -633,6 +639,118 @@ async fn metadata_reaches_later_plugins_within_the_same_stage() -> Result<()> {
         sink.messages()[0].text().contains("\r\nX-Seen: clean\r\n"),
         "{}",
         sink.messages()[0].text()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_plugins_load_only_with_their_digest() -> Result<()> {
+    let output = std::process::Command::new(crate::binary())
+        .args(["plugin", "hash", SCRIPTED])
+        .output()?;
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let line = String::from_utf8(output.stdout)?;
+    let digest = line
+        .trim()
+        .strip_prefix("sha256 = \"")
+        .and_then(|rest| rest.strip_suffix('"'))
+        .ok_or_else(|| anyhow::anyhow!("not a sha256 line: {line}"))?
+        .to_owned();
+    assert_eq!(digest.len(), 64, "{line}");
+    let pinned = |digest: &str| scripted("pinned", "\"rcpt\"", &format!("sha256 = \"{digest}\""));
+
+    // The right digest loads; a wrong one stops start-up naming both.
+    let sink = SinkServer::start().await?;
+    let wrong = "0".repeat(64);
+    let error = match Setup::new().plugin(&pinned(&wrong)).start().await {
+        Ok(_) => anyhow::bail!("a plugin with the wrong digest loaded"),
+        Err(e) => e.to_string(),
+    };
+    for part in ["plugin `pinned`", SCRIPTED, &digest, &wrong, "`plugin[0].path`"] {
+        assert!(error.contains(part), "{part}: {error}");
+    }
+    let setup = Setup::new().admin()?.plugin(&pinned(&digest)).route_all_to(sink.addr());
+    let gw = setup.start().await?;
+
+    // A reload with a wrong digest fails and the running chain keeps serving.
+    let admin = gw.admin.ok_or_else(|| anyhow::anyhow!("no admin address"))?;
+    let rewritten = std::fs::read_to_string(gw.config())?.replace(&digest, &wrong);
+    std::fs::write(gw.config(), rewritten)?;
+    let (status, body) = mailgate_tests::http(admin, "POST", "/reload").await?;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains(&wrong) && body.contains(&digest), "{body}");
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: pinned\r\n\r\nhi\r\n").await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_runs_its_own_chain() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let stamp = |name: &str, value: &str, listeners: &str| {
+        scripted(
+            name,
+            "\"data\"",
+            &format!(
+                "{listeners}\n[plugin.settings.data]\nmodifications = [{{ kind = \"add-header\", name = \"X-Chain\", value = \"{value}\" }}]\n"
+            ),
+        )
+    };
+    let setup = Setup::new()
+        .listener("submission", "")
+        .plugin(&stamp("everywhere", "all", ""))
+        .plugin(&stamp("mx-only", "mx", "listeners = [\"test\"]"))
+        .plugin(&stamp("submission-only", "submission", "listeners = [\"submission\"]"))
+        .route_all_to(sink.addr());
+    let dir = tempfile::tempdir()?;
+    let config = setup.write(dir.path())?;
+    let output = std::process::Command::new(crate::binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("listener test (127.0.0.1:0): everywhere [data] -> mx-only [data]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("listener submission (127.0.0.1:0): everywhere [data] -> submission-only [data]"),
+        "{stdout}"
+    );
+
+    let gw = setup.start().await?;
+    for (listener, id) in [("test", "via-mx"), ("submission", "via-submission")] {
+        let content = format!("Subject: {id}\r\n\r\nhi\r\n");
+        SmtpClient::deliver(gw.listener(listener), "a@x.test", &["b@y.test"], content.as_bytes()).await?;
+    }
+    wait_until(WAIT, || sink.count() == 2).await?;
+    for message in sink.messages() {
+        let text = message.text();
+        let chain = mailgate_tests::header_values(&text, "X-Chain");
+        if text.contains("Subject: via-mx") {
+            assert_eq!(chain, ["all", "mx"]);
+        } else {
+            assert_eq!(chain, ["all", "submission"]);
+        }
+    }
+
+    // A listener that does not exist is a configuration error at its key.
+    let error = match Setup::new()
+        .plugin(&stamp("typo", "x", "listeners = [\"mxx\"]"))
+        .start()
+        .await
+    {
+        Ok(_) => anyhow::bail!("an unknown listener was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("`plugin[0].listeners[0]`: no [[listener]] is named \"mxx\""),
+        "{error}"
     );
     Ok(())
 }

@@ -27,7 +27,9 @@ use crate::dkim::{DkimKey, DkimSettings, MailAuth};
 use crate::dns::{DnsSettings, Resolver};
 use crate::kv::{Kv, KvSettings};
 use crate::milter::{MilterAddress, MilterSettings};
-use crate::plugin::{Chain, EntryKind, HostServices, PluginConfig, Runtime, RuntimeSettings, SystemClock};
+use crate::plugin::{
+    Chain, EntryKind, Fault, HostServices, PluginConfig, PluginError, Runtime, RuntimeSettings, SystemClock,
+};
 use crate::queue::RetrySchedule;
 use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
@@ -102,19 +104,40 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let (mut config, plugin_spans) = Self::parse(path, &source)?;
+        let (mut config, spans) = Self::parse(path, &source)?;
         // The store stays open across reloads (its settings need a
         // restart): a second handle on the same file could not open it.
         if let Some(kv) = reuse.kv.filter(|kv| kv.settings() == config.kv.settings()) {
             config.kv = Arc::clone(kv);
         }
         if !config.plugins.is_empty() {
-            let located = |index: usize, reason: String| Problem::at(&source, plugin_spans.get(index).cloned(), reason);
+            // A plugin refusing its settings is located at its settings
+            // table, anything else at its path.
+            let located = |index: usize, error: PluginError| {
+                let settings = spans.settings.get(index).cloned().flatten();
+                let span = match (&error, settings) {
+                    (
+                        PluginError::Start {
+                            fault: Fault::Init(_), ..
+                        },
+                        Some(span),
+                    ) => Some(span),
+                    _ => spans.plugins.get(index).cloned(),
+                };
+                Problem::at(&source, span, error.to_string())
+            };
             let runtime = match reuse.runtime.filter(|r| r.settings == config.plugin_runtime) {
                 Some(runtime) => Arc::clone(runtime),
                 None => Runtime::new(&config.plugin_runtime).map_err(|e| ConfigError::Invalid {
                     path: path.to_owned(),
-                    problems: vec![Problem::at(&source, None, e.to_string())],
+                    problems: vec![Problem::at(
+                        &source,
+                        spans.cache_dir.clone(),
+                        format!(
+                            "`plugins.cache_dir` ({}; by default `plugin-cache` in `server.spool_dir`): {e}",
+                            config.plugin_runtime.cache_dir.display()
+                        ),
+                    )],
                 })?,
             };
             let routes = config.delivery.routes.names().map(str::to_owned).collect();
@@ -128,7 +151,7 @@ impl Config {
                 .await
                 .map_err(|errors| ConfigError::Invalid {
                     path: path.to_owned(),
-                    problems: errors.into_iter().map(|(i, e)| located(i, e.to_string())).collect(),
+                    problems: errors.into_iter().map(|(i, e)| located(i, e)).collect(),
                 })?;
             config.server.chain = Some(chain);
         }
@@ -140,9 +163,9 @@ impl Config {
         Self::parse(path, source).map(|(config, _)| config)
     }
 
-    /// Parses and validates; also returns where each `[[plugin]]`'s path is
-    /// written, to locate plugin load errors.
-    fn parse(path: &Path, source: &str) -> Result<(Self, Vec<Range<usize>>), ConfigError> {
+    /// Parses and validates; also returns where the keys that loading
+    /// plugins depends on are written, to locate its errors.
+    fn parse(path: &Path, source: &str) -> Result<(Self, PluginSpans), ConfigError> {
         let invalid = |problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
@@ -156,19 +179,43 @@ impl Config {
             tls_configs: HashMap::new(),
             server_tls: HashMap::new(),
         };
-        let plugin_spans = raw
-            .plugin
-            .iter()
-            .map(|p| p.get_ref().path.as_ref().map_or_else(|| p.span(), Spanned::span))
-            .collect();
+        let written = |span: Range<usize>| (span.end > 0).then_some(span);
+        let spans = PluginSpans {
+            plugins: raw
+                .plugin
+                .iter()
+                .map(|p| p.get_ref().path.as_ref().map_or_else(|| p.span(), Spanned::span))
+                .collect(),
+            settings: raw
+                .plugin
+                .iter()
+                .map(|p| written(p.get_ref().settings.span()))
+                .collect(),
+            cache_dir: raw
+                .plugins
+                .cache_dir
+                .as_ref()
+                .map(Spanned::span)
+                .or_else(|| written(raw.server.spool_dir.span())),
+        };
         let config = check.convert(path, raw);
         if check.problems.is_empty() {
-            Ok((config, plugin_spans))
+            Ok((config, spans))
         } else {
             check.problems.sort_by_key(|p| (p.line, p.column));
             Err(invalid(check.problems))
         }
     }
+}
+
+/// Where the keys that loading plugins depends on are written.
+struct PluginSpans {
+    /// Each `[[plugin]]`'s `path` (or the entry, when it has none).
+    plugins: Vec<Range<usize>>,
+    /// Each `[[plugin]]`'s `settings` table, when written.
+    settings: Vec<Option<Range<usize>>>,
+    /// `plugins.cache_dir`, else `server.spool_dir`, when written.
+    cache_dir: Option<Range<usize>>,
 }
 
 /// Collects problems while converting, so all are reported at once.
@@ -212,13 +259,13 @@ impl Checker<'_> {
         let listeners = self.listeners(&raw);
         let server = self.server_settings(&raw, hostname.clone());
         let delivery = self.delivery_settings(&raw, hostname.clone());
-        let spool_dir = self.resolve(&raw.server.spool_dir);
+        let spool_dir = self.resolve(raw.server.spool_dir.get_ref());
         let plugins = self.plugins(&raw, &hostname);
         let cache_dir = raw
             .plugins
             .cache_dir
-            .as_deref()
-            .map_or_else(|| spool_dir.join("plugin-cache"), |dir| self.resolve(dir));
+            .as_ref()
+            .map_or_else(|| spool_dir.join("plugin-cache"), |dir| self.resolve(dir.get_ref()));
         if raw.plugins.max_instances == 0 {
             self.problems.push(Problem::at(
                 self.source,
@@ -254,7 +301,8 @@ impl Checker<'_> {
         let wasm_only = [
             ("path", p.path.is_some()),
             ("capabilities", !p.capabilities.is_empty()),
-            ("settings", !p.settings.is_empty()),
+            ("settings", !p.settings.get_ref().is_empty()),
+            ("sha256", p.sha256.is_some()),
         ];
         let milter_only = [
             ("address", p.address.is_some()),
@@ -344,7 +392,23 @@ impl Checker<'_> {
                 if !(1 << 20..=4 << 30).contains(&memory) {
                     self.problem(&p.memory_limit_bytes, "must be between 1 MiB and 4 GiB");
                 }
-                let settings = serde_json::to_string(&p.settings).unwrap_or_else(|_| "{}".to_owned());
+                let settings = serde_json::to_string(p.settings.get_ref()).unwrap_or_else(|_| "{}".to_owned());
+                let mut listeners: Vec<Arc<str>> = Vec::new();
+                for name in &p.listeners {
+                    let name_text = name.get_ref().as_str();
+                    if raw.listeners.iter().any(|l| l.get_ref().name == name_text) {
+                        listeners.push(Arc::from(name_text));
+                    } else {
+                        self.problem(name, format!("no [[listener]] is named {name_text:?}"));
+                    }
+                }
+                let sha256 = p.sha256.as_ref().map(|digest| {
+                    let hex = digest.get_ref().to_ascii_lowercase();
+                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        self.problem(digest, "a SHA-256 is 64 hex digits (`mailgate plugin hash FILE` prints it)");
+                    }
+                    hex
+                });
                 PluginConfig {
                     name: Arc::from(p.name.get_ref().as_str()),
                     path: p.path.as_ref().map(|path| self.resolve(path.get_ref())).unwrap_or_default(),
@@ -357,6 +421,8 @@ impl Checker<'_> {
                     on_error: p.on_error,
                     instances: p.instances,
                     capabilities: p.capabilities.clone(),
+                    sha256,
+                    listeners,
                 }
             })
             .collect()
@@ -890,7 +956,11 @@ pub fn users_file(path: &Path) -> Result<PathBuf, ConfigError> {
 /// resolved against. Absolute, so that paths stay right whatever the
 /// working directory later is (and wasmtime's cache insists on it).
 fn base_dir(path: &Path) -> PathBuf {
-    let parent = path.parent().unwrap_or(Path::new("."));
+    // A bare file name's parent is the empty path: the working directory.
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
     std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned())
 }
 

@@ -58,7 +58,7 @@ pub struct RawServer {
     pub hostname: Option<String>,
     /// `spool_dir`: where accepted mail is kept until delivered; default `"/var/spool/mailgate"`.
     /// Relative paths are relative to the configuration file.
-    pub spool_dir: PathBuf,
+    pub spool_dir: Spanned<PathBuf>,
     /// `max_connections`: inbound connections open at once, over all listeners; default 1000.
     pub max_connections: usize,
     /// `max_connections_per_ip`: connections open at once from one client
@@ -82,7 +82,7 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             hostname: None,
-            spool_dir: PathBuf::from("/var/spool/mailgate"),
+            spool_dir: Spanned::new(0..0, PathBuf::from("/var/spool/mailgate")),
             max_connections: 1000,
             max_connections_per_ip: 50,
             connection_limit_exempt: None,
@@ -453,7 +453,7 @@ fn minutes(n: u64) -> HumanDuration {
 pub struct RawPlugins {
     /// `cache_dir`: compiled components are kept here so a restart does
     /// not recompile; default `plugin-cache` inside `spool_dir`.
-    pub cache_dir: Option<PathBuf>,
+    pub cache_dir: Option<Spanned<PathBuf>>,
     /// `max_instances`: plugin instances alive at once, over all plugins
     /// and connections (the pooling allocator's size); default 1000.
     pub max_instances: u32,
@@ -482,6 +482,14 @@ pub struct RawPlugin {
     pub mode: EntryMode,
     /// `path`: the component (`.wasm`); wasm only.
     pub path: Option<Spanned<PathBuf>>,
+    /// `sha256`: the component's expected SHA-256, hex (`mailgate plugin
+    /// hash FILE` prints it); a file with another digest is refused; wasm
+    /// only.
+    pub sha256: Option<Spanned<String>>,
+    /// `listeners`: the names of the listeners whose connections this
+    /// entry runs for; default all of them.
+    #[serde(default)]
+    pub listeners: Vec<Spanned<String>>,
     /// `stages`: any of `"connect"`, `"helo"`, `"mail"`, `"rcpt"`, `"data"`;
     /// wasm only (a milter sees every stage).
     pub stages: Option<Spanned<Vec<RawStage>>>,
@@ -494,8 +502,8 @@ pub struct RawPlugin {
     /// default `"30s"`.
     pub timeout: Option<HumanDuration>,
     /// `settings`: a table handed to the plugin's `init` as JSON.
-    #[serde(default)]
-    pub settings: toml::Table,
+    #[serde(default = "no_settings")]
+    pub settings: Spanned<toml::Table>,
     /// `memory_limit_bytes`: linear memory cap; default 67108864 (64 MiB).
     #[serde(default = "default_memory_limit")]
     pub memory_limit_bytes: Spanned<usize>,
@@ -550,4 +558,9 @@ fn default_memory_limit() -> Spanned<usize> {
 
 fn default_time_budget() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(1))
+}
+
+/// An absent `settings` table: empty, written nowhere.
+fn no_settings() -> Spanned<toml::Table> {
+    Spanned::new(0..0, toml::Table::new())
 }

@@ -121,8 +121,8 @@ impl Chain {
     }
 
     /// True when some plugin runs at `stage`.
-    pub fn runs_at(&self, stage: Stage) -> bool {
-        self.plugins.iter().any(|p| p.config().stages.contains(&stage))
+    pub fn runs_at(&self, stage: Stage, listener: &str) -> bool {
+        self.plugins.iter().any(|p| p.config().runs(stage, listener))
     }
 
     /// The plugins' names, in order.
@@ -208,7 +208,7 @@ impl ChainSession {
         let mut faults = Vec::new();
         let chain = Arc::clone(&self.chain);
         for (index, plugin) in chain.plugins.iter().enumerate() {
-            if !plugin.config().stages.contains(&stage) || plugin.is_shadow() {
+            if !plugin.config().runs(stage, &ctx.listener) || plugin.is_shadow() {
                 continue;
             }
             let checked = self.consult(&chain, index, call, ctx, &wit_ctx).await;
@@ -223,6 +223,7 @@ impl ChainSession {
                     };
                     return StageResult {
                         faults,
+                        decided_by: Some(format!("plugin {} (fault)", plugin.config().name)),
                         ..refuse(reply)
                     };
                 }
@@ -247,6 +248,7 @@ impl ChainSession {
                 Verdict::Reject(reply) | Verdict::Tempfail(reply) => {
                     return StageResult {
                         faults,
+                        decided_by: Some(format!("plugin {}", plugin.config().name)),
                         ..refuse(reply)
                     };
                 }
@@ -259,12 +261,14 @@ impl ChainSession {
                 decision,
                 modifications,
                 faults,
+                decided_by: Some(format!("plugin {}", plugin.config().name)),
             };
         }
         StageResult {
             decision: Decision::Proceed,
             modifications,
             faults,
+            decided_by: None,
         }
     }
 
@@ -321,7 +325,7 @@ impl ChainSession {
         let wit_ctx = convert::context(ctx);
         let chain = Arc::clone(&self.chain);
         for (index, entry) in chain.plugins.iter().enumerate() {
-            if !entry.is_shadow() || !entry.config().stages.contains(&stage) {
+            if !entry.is_shadow() || !entry.config().runs(stage, &ctx.listener) {
                 continue;
             }
             let answer = self.consult(&chain, index, call, ctx, &wit_ctx).await;
@@ -422,6 +426,7 @@ fn refuse(reply: Reply) -> StageResult {
         decision: Decision::Refuse(reply),
         modifications: Vec::new(),
         faults: Vec::new(),
+        decided_by: None,
     }
 }
 

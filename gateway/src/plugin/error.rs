@@ -55,6 +55,21 @@ pub enum PluginError {
         reason: String,
     },
     /// The plugin's `init` refused its settings, or faulted.
+    /// The file is not the one the configuration pins (`sha256`).
+    #[error(
+        "plugin `{plugin}`: {} has SHA-256 {actual}, but the configuration pins {expected}",
+        path.display()
+    )]
+    Pinned {
+        /// The plugin's name.
+        plugin: String,
+        /// The file.
+        path: PathBuf,
+        /// The digest configured.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
     #[error("plugin `{plugin}` failed to start: {fault}")]
     Start {
         /// The plugin's name.

@@ -138,6 +138,17 @@ pub struct PluginConfig {
     pub instances: InstanceMode,
     /// Granted capabilities.
     pub capabilities: Vec<Capability>,
+    /// The component's SHA-256 (lower-case hex) it must have, when pinned.
+    pub sha256: Option<String>,
+    /// The listeners it runs for; empty for all of them.
+    pub listeners: Vec<Arc<str>>,
+}
+
+impl PluginConfig {
+    /// True when the entry runs at `stage` for connections on `listener`.
+    pub fn runs(&self, stage: Stage, listener: &str) -> bool {
+        self.stages.contains(&stage) && (self.listeners.is_empty() || self.listeners.iter().any(|l| &**l == listener))
+    }
 }
 
 /// An instance and its store.
@@ -181,6 +192,17 @@ impl LoadedPlugin {
                 path: config.path.clone(),
                 source,
             })?;
+        if let Some(expected) = &config.sha256 {
+            let actual = sha256_hex(&bytes);
+            if actual != *expected {
+                return Err(PluginError::Pinned {
+                    plugin,
+                    path: config.path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
         let engine = runtime.engine.clone();
         let compiled = spawn_blocking(move || Component::from_binary(&engine, &bytes)).await;
         let component = match compiled {
@@ -277,8 +299,15 @@ impl LoadedPlugin {
     }
 }
 
+/// The SHA-256 of `bytes`, lower-case hex (what `sha256` pins).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Starts the time budget of a call.
 pub fn arm(store: &mut Store<State>, budget: Duration) {
+    store.data_mut().output.clear();
     store.data_mut().deadline = Instant::now() + budget;
     store.set_epoch_deadline(1);
 }
@@ -289,11 +318,22 @@ pub fn classify(error: &wasmtime::Error, state: &State, budget: Duration) -> Fau
     if state.limiter.exceeded {
         return Fault::Memory;
     }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Fault::Timeout(budget),
-        Some(trap) => Fault::Trap(trap.to_string()),
-        None => Fault::Trap(format!("{error:#}")),
+    let what = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return Fault::Timeout(budget),
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    // What the plugin printed (a panic message, a traceback) and where it
+    // stopped say more than the trap.
+    let mut explained = what;
+    let output = state.output.text();
+    if !output.is_empty() {
+        explained.push_str(&format!("; plugin output: {output}"));
     }
+    if let Some(trace) = super::output::backtrace(error) {
+        explained.push_str(&format!("; wasm backtrace: {trace}"));
+    }
+    Fault::Trap(explained)
 }
 
 fn compile_error(config: &PluginConfig, reason: String) -> PluginError {

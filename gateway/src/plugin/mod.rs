@@ -17,6 +17,7 @@ mod imports;
 mod load;
 mod message;
 mod outcome;
+mod output;
 mod state;
 pub mod transcript;
 
@@ -32,6 +33,6 @@ pub use host::{
     DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SignatureCheck, SystemClock,
     Verification,
 };
-pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig};
+pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig, sha256_hex};
 pub use message::ParsedMessage;
 pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

@@ -100,4 +100,7 @@ pub struct StageResult {
     /// The faults on the way ("plugin: what happened"), answered by each
     /// plugin's `on_error`.
     pub faults: Vec<String>,
+    /// The entry whose verdict (or fault) ended the stage, for the log:
+    /// none when every entry continued.
+    pub decided_by: Option<String>,
 }

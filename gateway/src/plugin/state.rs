@@ -1,5 +1,6 @@
 //! What a plugin instance's store holds: a WASI context with no files,
-//! environment, arguments, stdio or network; the resource table (the
+//! environment, arguments, stdin or network, whose stdout and stderr are
+//! kept (bounded) to explain faults; the resource table (the
 //! message handle lives there during `on-data`); the memory limiter; the
 //! deadline of the call in progress; and what the capabilities reach, with
 //! the transaction's DNS cache.
@@ -13,6 +14,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::host::{DnsAnswer, DnsKind, HostServices};
+use super::output::Output;
 use super::transcript::{HostCall, Journal};
 
 /// Store data of one plugin instance.
@@ -34,15 +36,20 @@ pub struct State {
     pub dns_lookups: u32,
     /// Where the host's answers go while the listener records.
     pub journal: Option<Journal>,
+    /// What the plugin wrote to stdout and stderr during the current call.
+    pub output: Output,
 }
 
 impl State {
     /// Fresh state for an instance of `plugin` allowed `memory_limit` bytes.
     pub fn new(plugin: Arc<str>, memory_limit: usize, host: HostServices) -> Self {
+        let output = Output::default();
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .stdout(output.clone())
+            .stderr(output.clone())
             .build();
         Self {
             plugin,
@@ -57,6 +64,7 @@ impl State {
             dns_cache: HashMap::new(),
             dns_lookups: 0,
             journal: None,
+            output,
         }
     }
 

@@ -49,6 +49,10 @@ struct Connection {
     counters: ListenerMetrics,
     /// The listener's transcript directory, when it records.
     record: Option<Arc<std::path::Path>>,
+    /// The refusal being answered was logged where it was decided.
+    refusal_logged: bool,
+    /// The listener's name: which chain entries run for this connection.
+    listener: Arc<str>,
 }
 
 /// Serves one connection to its end; `tls` is set when it is encrypted
@@ -73,7 +77,7 @@ pub(super) async fn handle(
         .settings
         .chain
         .as_ref()
-        .map(|chain| Filters::new(chain, record.as_ref()));
+        .map(|chain| Filters::new(chain, record.as_ref(), &listener.name));
     let mut conn = Connection {
         stream,
         input: BytesMut::with_capacity(4096),
@@ -84,6 +88,8 @@ pub(super) async fn handle(
         shutdown,
         counters,
         record,
+        refusal_logged: false,
+        listener: Arc::clone(&listener.name),
     };
     // The message between the end of DATA and its commit. Held here rather
     // than in the session because the session does no I/O.
@@ -124,15 +130,25 @@ pub(super) async fn handle(
                 if stage == Stage::Mail {
                     conn.renew(&mut filters);
                 }
-                let decision = conn
+                let to = session.pending_recipient().map(ToString::to_string);
+                let (decision, decided_by) = conn
                     .check(stage, &mut session, filters.as_mut(), message.as_ref())
                     .instrument(span.clone())
                     .await;
                 if let Decision::Refuse(reply) | Decision::Disconnect(reply) = &decision {
                     metrics().message(stage.name(), refusal(reply));
-                    if let (Stage::Data, Some(writer)) = (stage, message.take()) {
-                        let _entered = span.enter();
-                        MessageLog::new(&writer, &session, "rejected").emit(reply);
+                    let _entered = span.enter();
+                    match (stage, message.take()) {
+                        (Stage::Data, Some(writer)) => MessageLog {
+                            decided_by,
+                            ..MessageLog::new(&writer, &session, refusal(reply))
+                        }
+                        .emit(reply),
+                        _ => {
+                            let decided_by = decided_by.unwrap_or_else(|| "policy".to_owned());
+                            log_refusal(stage.name(), &session, to.as_deref(), reply, &decided_by);
+                            conn.refusal_logged = true;
+                        }
                     }
                 }
                 session.decide(decision)
@@ -150,7 +166,7 @@ pub(super) async fn handle(
                         let mut log = MessageLog::new(&writer, &session, "rejected");
                         log.reason = outcome.refusal_reason();
                         let step = session.data_end(outcome);
-                        content_end(&session, &step, writer, &mut message, &log, &span);
+                        content_end(&session, &step, writer, &mut message, log, &span);
                         step
                     }
                 }
@@ -172,7 +188,7 @@ pub(super) async fn handle(
                         let mut log = MessageLog::new(&writer, &session, "rejected");
                         log.reason = chunk.outcome().and_then(|o| o.refusal_reason());
                         let step = session.chunk_end(chunk);
-                        content_end(&session, &step, writer, &mut message, &log, &span);
+                        content_end(&session, &step, writer, &mut message, log, &span);
                         step
                     }
                 }
@@ -246,7 +262,7 @@ fn content_end(
     step: &Step,
     writer: SpoolWriter,
     message: &mut Option<SpoolWriter>,
-    log: &MessageLog,
+    mut log: MessageLog,
     span: &Span,
 ) {
     if session.transaction().is_some() {
@@ -254,6 +270,7 @@ fn content_end(
     } else if let Step::Reply(reply) = step {
         metrics().message("data", refusal(reply));
         let _entered = span.enter();
+        log.decided_by = Some(session_decider(reply).to_owned());
         log.emit(reply);
     }
 }
@@ -271,8 +288,10 @@ struct MessageLog {
     from: String,
     rcpts: usize,
     outcome: &'static str,
-    /// Why a plugin quarantined it.
+    /// Why it was quarantined or refused.
     reason: Option<String>,
+    /// Who refused it: a plugin, a policy or a limit.
+    decided_by: Option<String>,
 }
 
 impl MessageLog {
@@ -285,6 +304,7 @@ impl MessageLog {
             rcpts: txn.map_or(0, |t| t.recipients.len()),
             outcome,
             reason: None,
+            decided_by: None,
         }
     }
 
@@ -296,13 +316,50 @@ impl MessageLog {
             rcpts,
             outcome,
             reason,
+            decided_by,
         } = self;
-        match reason {
-            Some(reason) => {
-                info!(queue_id = %id, from = %from, rcpts, size, outcome, reply = %reply, reason = %reason, "message {outcome}");
-            }
-            None => info!(queue_id = %id, from = %from, rcpts, size, outcome, reply = %reply, "message {outcome}"),
-        }
+        info!(
+            queue_id = %id,
+            from = %from,
+            rcpts,
+            size,
+            outcome,
+            reply = %reply,
+            reason = reason.as_ref().map(field::display),
+            decided_by = decided_by.as_deref(),
+            "message {outcome}"
+        );
+    }
+}
+
+/// The log line for a refusal before DATA (Postfix's `NOQUEUE: reject`):
+/// the stage, the client, the envelope so far, the reply and who decided.
+fn log_refusal(stage: &str, session: &Session, to: Option<&str>, reply: &Reply, decided_by: &str) {
+    let txn = session.transaction();
+    info!(
+        stage,
+        client = %session.connection().peer.ip(),
+        helo = session.hello().map(|h| field::display(&h.name)),
+        from = txn.map(|t| field::display(&t.reverse_path)),
+        to = to.map(field::display),
+        rcpts = txn.map_or(0, |t| t.recipients.len()),
+        outcome = refusal(reply),
+        reply = %reply,
+        decided_by,
+        "refused"
+    );
+}
+
+/// Who refuses a command the session itself refused: the limit behind its
+/// status code, else the protocol.
+fn session_decider(reply: &Reply) -> &'static str {
+    match reply.enhanced().map(|e| e.to_string()).as_deref() {
+        Some("4.5.3") => "limit max_recipients",
+        Some("5.3.4") => "limit max_message_bytes",
+        Some("5.4.6") => "limit max_hops",
+        Some("5.7.10") => "policy requiretls",
+        Some("5.6.0") => "policy bare_line_endings or long_lines",
+        _ => "protocol",
     }
 }
 
@@ -319,14 +376,16 @@ async fn parse(content: Vec<u8>) -> Option<Arc<ParsedMessage>> {
 
 impl Connection {
     /// Decides a stage: the built-in relay policy first (plugins can only
-    /// tighten it), then the plugin chain.
+    /// tighten it), then the plugin chain. With the decision comes who
+    /// made it, when it was not the default.
     async fn check(
         &self,
         stage: Stage,
         session: &mut Session,
         filters: Option<&mut Filters>,
         message: Option<&SpoolWriter>,
-    ) -> Decision {
+    ) -> (Decision, Option<String>) {
+        let decided = |decision, by: &str| (decision, Some(by.to_owned()));
         // The postmaster is always accepted (RFC 5321 section 4.5.1).
         if let (Stage::Rcpt, Some(rcpt)) = (stage, session.pending_recipient())
             && !session.pending_is_postmaster()
@@ -336,23 +395,23 @@ impl Connection {
                 rcpt,
             )
         {
-            return Decision::Refuse(Reply::relay_denied());
+            return decided(Decision::Refuse(Reply::relay_denied()), "policy relay");
         }
         if let (Stage::Mail, Some(user)) = (stage, session.authenticated())
             && !self.inbound.user_rates.allows(user)
         {
             warn!(user, "message rate limit reached");
-            return Decision::Refuse(Reply::user_rate_limited());
+            return decided(Decision::Refuse(Reply::user_rate_limited()), "limit user_message_limit");
         }
         let Some(filters) = filters.filter(|f| f.runs_at(stage)) else {
-            return Decision::Proceed;
+            return (Decision::Proceed, None);
         };
         let parsed = match (stage, message) {
             (Stage::Data, Some(writer)) => match writer.contents().await {
                 Ok(content) => parse(content).await,
                 Err(e) => {
                     error!(error = %e, "cannot read the message back for plugins");
-                    return Decision::Refuse(Reply::local_error());
+                    return decided(Decision::Refuse(Reply::local_error()), "local error");
                 }
             },
             _ => None,
@@ -475,6 +534,7 @@ impl Connection {
             rcpts: envelope.recipients.len(),
             outcome,
             reason: None,
+            decided_by: None,
         };
         match edits.disposition {
             Disposition::Discard => (QueueOutcome::Queued(id.clone()), Some(log("discarded"))),
@@ -538,7 +598,7 @@ impl Connection {
                 old.rechain(chain);
                 Some(old)
             }
-            (None, Some(chain)) => Some(Filters::new(chain, self.record.as_ref())),
+            (None, Some(chain)) => Some(Filters::new(chain, self.record.as_ref(), &self.listener)),
             (_, None) => None,
         };
         self.settings = current;
@@ -546,8 +606,20 @@ impl Connection {
 
     /// Queues a reply, counting it against the command it answers.
     fn answer(&mut self, session: &mut Session, reply: &Reply) {
-        if let Some(verb) = session.take_verb() {
+        // DATA is counted by its final reply, after the dot, not by the 354.
+        let verb = if reply.code() == 354 { None } else { session.take_verb() };
+        if let Some(verb) = verb {
             metrics().command(verb, reply.code());
+        }
+        // A refusal of the session's own (a limit, a sequence or syntax
+        // error) is logged here; one decided by a policy or plugin was
+        // logged where it was decided.
+        let logged = std::mem::take(&mut self.refusal_logged);
+        if let Some(verb @ ("MAIL" | "RCPT" | "BDAT")) = verb
+            && reply.code() >= 400
+            && !logged
+        {
+            log_refusal(&verb.to_ascii_lowercase(), session, None, reply, session_decider(reply));
         }
         reply.write_to(&mut self.output);
     }

@@ -93,12 +93,14 @@ pub struct Filters {
     connection_metadata: Vec<(String, String)>,
     txn: TransactionEdits,
     in_transaction: bool,
+    /// The connection's listener: entries may run for some listeners only.
+    listener: Arc<str>,
 }
 
 impl Filters {
     /// Starts using `chain` for a connection; with `record`, every stage
     /// and the host's answers are written to transcripts there.
-    pub fn new(chain: &Arc<Chain>, record: Option<&Arc<Path>>) -> Self {
+    pub fn new(chain: &Arc<Chain>, record: Option<&Arc<Path>>, listener: &Arc<str>) -> Self {
         let recorder = record.map(|dir| Recorder::new(Arc::clone(dir), chain.host().clock.now_millis()));
         let mut session = chain.session();
         if let Some(recorder) = &recorder {
@@ -111,6 +113,7 @@ impl Filters {
             connection_metadata: Vec::new(),
             txn: TransactionEdits::default(),
             in_transaction: false,
+            listener: Arc::clone(listener),
         }
     }
 
@@ -128,7 +131,7 @@ impl Filters {
 
     /// True when some plugin runs at `stage`, or the stage is recorded.
     pub fn runs_at(&self, stage: Stage) -> bool {
-        self.recorder.is_some() || self.chain.runs_at(stage)
+        self.recorder.is_some() || self.chain.runs_at(stage, &self.listener)
     }
 
     /// Follows the session: when its transaction has ended (queued,
@@ -151,13 +154,14 @@ impl Filters {
     }
 
     /// Runs `stage` through the chain and applies what it decided to the
-    /// session; returns the decision for the session.
+    /// session; returns the decision for the session and, when an entry
+    /// ended the stage, which one (for the log).
     pub async fn check(
         &mut self,
         stage: Stage,
         session: &mut Session,
         message: Option<&Arc<ParsedMessage>>,
-    ) -> SessionDecision {
+    ) -> (SessionDecision, Option<String>) {
         let ctx = self.context(session);
         // The call borrows from the session only until the chain returns;
         // the modifications are applied to it afterwards.
@@ -173,11 +177,12 @@ impl Filters {
             (Stage::Mail, _, Some(txn), ..) => StageCall::Mail(&txn.reverse_path, &txn.parameters),
             (Stage::Rcpt, _, _, Some(rcpt), _) => StageCall::Rcpt(&rcpt.address, &rcpt.dsn),
             (Stage::Data, .., Some(message)) => StageCall::Data(message),
-            _ => return SessionDecision::Proceed,
+            _ => return (SessionDecision::Proceed, None),
         };
         let StageResult {
             decision,
             modifications,
+            decided_by,
             ..
         } = self.session.run(call, &ctx).await;
         if let Some(recorder) = &mut self.recorder {
@@ -190,8 +195,8 @@ impl Filters {
         }
         match decision {
             Decision::Proceed => {}
-            Decision::Refuse(reply) => return SessionDecision::Refuse(reply),
-            Decision::Disconnect(reply) => return SessionDecision::Disconnect(reply),
+            Decision::Refuse(reply) => return (SessionDecision::Refuse(reply), decided_by),
+            Decision::Disconnect(reply) => return (SessionDecision::Disconnect(reply), decided_by),
             Decision::Discard => self.txn.disposition = Disposition::Discard,
             Decision::Quarantine(reason) => self.txn.disposition = Disposition::Quarantine(reason),
         }
@@ -199,7 +204,7 @@ impl Filters {
         if stage == Stage::Data {
             self.txn.message = message.cloned();
         }
-        SessionDecision::Proceed
+        (SessionDecision::Proceed, decided_by)
     }
 
     fn apply(&mut self, stage: Stage, session: &mut Session, modifications: Vec<Modification>) {

@@ -386,8 +386,8 @@ impl Session {
         self.state = State::Greeted;
     }
 
-    /// The verb of the command the next reply answers (once: the reply to
-    /// DATA's 354 has one, the reply after the final dot none).
+    /// The verb of the command the next reply answers (once: after DATA,
+    /// the driver takes it for the reply after the final dot).
     pub fn take_verb(&mut self) -> Option<&'static str> {
         self.verb.take()
     }

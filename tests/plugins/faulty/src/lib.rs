@@ -1,5 +1,5 @@
 //! Test-only plugin that misbehaves on purpose, as its settings say:
-//! `{"mode": "...", "stage": "rcpt"}` with mode `trap`, `spin`,
+//! `{"mode": "...", "stage": "rcpt"}` with mode `trap`, `panic`, `spin`,
 //! `grab-memory`, `illegal-verdict`, `illegal-modification`, or
 //! `refuse-settings` (init fails).
 
@@ -15,6 +15,14 @@ struct Faulty {
     stage: String,
 }
 
+#[inline(never)]
+fn panic_at(stage: &str) -> Verdict {
+    #[allow(clippy::panic, reason = "the panic is what this mode tests")]
+    {
+        panic!("faulty plugin panicked on purpose at {stage}")
+    }
+}
+
 fn rcpt() -> String {
     "rcpt".into()
 }
@@ -26,6 +34,8 @@ impl Faulty {
         }
         match self.mode.as_str() {
             "trap" => std::process::abort(),
+            // A panic: its message goes to stderr before the trap.
+            "panic" => panic_at(stage),
             "spin" => loop {
                 std::hint::black_box(0u64);
             },

@@ -7,6 +7,7 @@
 //! repeat = 2                                             # do each lookup this often
 //! counter = "messages"                                   # X-Kv: messages = N (kv increment)
 //! metrics = true                                         # count and observe
+//! sandbox = true                                         # X-Sandbox: what WASI lets it reach
 //! ```
 
 use std::net::IpAddr;
@@ -23,6 +24,44 @@ struct Probe {
     repeat: u32,
     counter: Option<String>,
     metrics: bool,
+    sandbox: bool,
+}
+
+/// What the plugin can reach through WASI without any capability: files,
+/// sockets, name resolution, the environment, the clocks and randomness.
+fn sandbox() -> String {
+    let outcome = |result: Result<String, String>| match result {
+        Ok(value) => format!("allowed({value})"),
+        Err(error) => format!("denied({error})"),
+    };
+    let file = std::fs::read_to_string("/etc/passwd")
+        .map(|t| t.len().to_string())
+        .map_err(|e| e.kind().to_string());
+    let socket = std::net::TcpStream::connect(("127.0.0.1", 25))
+        .map(|_| "connected".to_owned())
+        .map_err(|e| e.kind().to_string());
+    let resolve = std::net::ToSocketAddrs::to_socket_addrs(&("localhost", 25))
+        .map(|addrs| addrs.count().to_string())
+        .map_err(|e| e.kind().to_string());
+    let env = std::env::vars().count();
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_secs() > 1_600_000_000).to_string())
+        .map_err(|e| e.to_string());
+    let random = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u8(1);
+        Ok::<_, String>((hasher.finish() != 0).to_string())
+    };
+    format!(
+        "file={} socket={} resolve={} env={env} clock={} random={}",
+        outcome(file),
+        outcome(socket),
+        outcome(resolve),
+        outcome(clock),
+        outcome(random)
+    )
 }
 
 fn shown<T: ToString>(answer: Result<Vec<T>, dns::Error>) -> String {
@@ -72,6 +111,9 @@ impl Plugin for Probe {
                 Err(e) => format!("error: {e}"),
             };
             txn.add_header("X-Kv", &format!("{counter} = {value}"));
+        }
+        if self.sandbox {
+            txn.add_header("X-Sandbox", &sandbox());
         }
         if self.metrics {
             metrics::count("probe_messages", &[("listener", &txn.client().listener)]);
