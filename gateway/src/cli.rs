@@ -126,12 +126,27 @@ enum PluginAction {
         /// The plugin component (.wasm).
         #[arg(long)]
         plugin: PathBuf,
-        /// Its settings: a TOML file of the `[plugin.settings]` keys, or JSON.
+        /// Its settings: a file (or `<(...)`) of the `[plugin.settings]`
+        /// keys in TOML, or a JSON object.
         #[arg(long)]
         settings: Option<PathBuf>,
         /// A transcript, or a directory of them; may be repeated.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "eml")]
         transcript: Vec<PathBuf>,
+        /// A message file (.eml) to test with instead of a recording, with
+        /// `--from` and `--to` as its envelope.
+        #[arg(long, requires = "to")]
+        eml: Option<PathBuf>,
+        /// The reverse-path for `--eml` (default: the null path).
+        #[arg(long, default_value = "")]
+        from: String,
+        /// A recipient for `--eml`; may be repeated.
+        #[arg(long)]
+        to: Vec<String>,
+        /// `Name: value`: a header field the plugin must add or set; may be
+        /// repeated.
+        #[arg(long)]
+        expect_header: Vec<String>,
         /// `VERDICT` (the transaction's first verdict other than continue)
         /// or `STAGE=VERDICT`; may be repeated. Verdicts: continue, reject,
         /// tempfail, disconnect, discard, quarantine, fault.
@@ -263,13 +278,19 @@ pub fn main() -> ExitCode {
                     plugin,
                     settings,
                     transcript,
+                    eml,
+                    from,
+                    to,
                     expect,
+                    expect_header,
                 },
         } => runtime.block_on(crate::plugin_test::run(crate::plugin_test::TestRun {
             plugin,
             settings,
             transcripts: transcript,
+            message: eml.map(|eml| crate::plugin_test::Message { eml, from, to }),
             expect,
+            expect_header,
         })),
         Command::Plugin {
             action: PluginAction::Hash { file },

@@ -22,8 +22,23 @@ pub struct TestRun {
     pub settings: Option<PathBuf>,
     /// Transcript files, or directories of them.
     pub transcripts: Vec<PathBuf>,
+    /// A message to test with instead of (or besides) transcripts.
+    pub message: Option<Message>,
     /// `VERDICT` (the transaction's) or `STAGE=VERDICT`.
     pub expect: Vec<String>,
+    /// `Name: value` header fields the plugin must add or set.
+    pub expect_header: Vec<String>,
+}
+
+/// A message file with the envelope to test it with.
+#[derive(Debug)]
+pub struct Message {
+    /// The `.eml` file.
+    pub eml: PathBuf,
+    /// The reverse-path ("" for the null path).
+    pub from: String,
+    /// The recipients.
+    pub to: Vec<String>,
 }
 
 /// A usage problem: exit 64.
@@ -32,10 +47,12 @@ fn usage(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(64)
 }
 
+/// The settings file as JSON: a JSON object as it is, else TOML, whatever
+/// the file is called (a process substitution has no extension).
 fn settings_json(path: Option<&Path>) -> Result<String, String> {
     let Some(path) = path else { return Ok("{}".to_owned()) };
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+    let value: serde_json::Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
     } else {
         let table: toml::Table = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -75,8 +92,20 @@ fn overall(report: &[Replayed]) -> &str {
 }
 
 /// Checks the expectations; the failures, described.
-fn failed_expectations(expect: &[String], report: &[Replayed]) -> Vec<String> {
+fn failed_expectations(expect: &[String], headers: &[String], report: &[Replayed]) -> Vec<String> {
     let mut failures = Vec::new();
+    let added: Vec<&String> = report.iter().flat_map(|r| &r.headers).collect();
+    for wanted in headers {
+        let matches = |field: &&String| {
+            let (name, value) = field.split_once(": ").unwrap_or((field, ""));
+            let (wanted_name, wanted_value) = wanted.split_once(':').unwrap_or((wanted, ""));
+            name.eq_ignore_ascii_case(wanted_name.trim()) && value == wanted_value.trim()
+        };
+        if !added.iter().any(matches) {
+            let got: Vec<&str> = added.iter().map(|h| h.as_str()).collect();
+            failures.push(format!("expected header {wanted:?}, the plugin added or set {got:?}"));
+        }
+    }
     for expectation in expect {
         let (stage, wanted) = match expectation.split_once('=') {
             Some((stage, wanted)) => (Some(stage), wanted),
@@ -120,6 +149,11 @@ async fn replay_one(
     Ok(transcript::replay(&chain, transcript).await)
 }
 
+/// A message file with every line ending in CRLF, as SMTP would carry it.
+fn canonical(bytes: &[u8]) -> Vec<u8> {
+    crate::plugin::canonical_line_endings(bytes)
+}
+
 /// Runs `mailgate plugin test`.
 pub async fn run(test: TestRun) -> ExitCode {
     for expectation in &test.expect {
@@ -144,10 +178,27 @@ pub async fn run(test: TestRun) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return usage(e),
     };
-    let files = match transcript_files(&test.transcripts) {
-        Ok(files) => files,
-        Err(e) => return usage(e),
-    };
+    let mut transcripts: Vec<(String, Transcript)> = Vec::new();
+    if let Some(message) = &test.message {
+        let bytes = match std::fs::read(&message.eml) {
+            Ok(bytes) => canonical(&bytes),
+            Err(e) => return usage(format!("cannot read {}: {e}", message.eml.display())),
+        };
+        let made = transcript::from_message(&bytes, &message.from, &message.to);
+        transcripts.push((message.eml.display().to_string(), made));
+    }
+    if !test.transcripts.is_empty() {
+        let files = match transcript_files(&test.transcripts) {
+            Ok(files) => files,
+            Err(e) => return usage(e),
+        };
+        for file in files {
+            match transcript::read(&file) {
+                Ok(transcript) => transcripts.push((file.display().to_string(), transcript)),
+                Err(e) => return usage(e),
+            }
+        }
+    }
     let memory = 256 << 20;
     let runtime = match Runtime::new(&RuntimeSettings {
         cache_dir: std::env::temp_dir().join("mailgate-plugin-cache"),
@@ -180,16 +231,12 @@ pub async fn run(test: TestRun) -> ExitCode {
         listeners: Vec::new(),
     };
     let mut failures = 0;
-    for file in &files {
-        let transcript = match transcript::read(file) {
-            Ok(transcript) => transcript,
-            Err(e) => return usage(e),
-        };
-        let report = match replay_one(&runtime, &config, &transcript).await {
+    for (name, transcript) in &transcripts {
+        let report = match replay_one(&runtime, &config, transcript).await {
             Ok(report) => report,
             Err(e) => return usage(e),
         };
-        println!("{}", file.display());
+        println!("{name}");
         for line in &report {
             let detail = match (line.detail.is_empty(), line.verdict.as_str()) {
                 (true, _) => String::new(),
@@ -204,7 +251,7 @@ pub async fn run(test: TestRun) -> ExitCode {
             println!("  {:<40}   (recorded: {})", "", line.recorded);
         }
         let verdict = overall(&report);
-        let failed = failed_expectations(&test.expect, &report);
+        let failed = failed_expectations(&test.expect, &test.expect_header, &report);
         if failed.is_empty() {
             println!("  result: {verdict}");
         } else {
@@ -215,7 +262,10 @@ pub async fn run(test: TestRun) -> ExitCode {
         }
     }
     if failures > 0 {
-        println!("{failures} of {} transcript(s) failed their expectations", files.len());
+        println!(
+            "{failures} of {} transcript(s) failed their expectations",
+            transcripts.len()
+        );
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

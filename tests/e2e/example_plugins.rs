@@ -292,3 +292,43 @@ async fn javascript_plugin_refuses_blocked_attachments() -> Result<()> {
     assert_eq!(sink.count(), 2, "and not delivered");
     Ok(())
 }
+
+/// `mailgate plugin test` straight from a message file and an envelope,
+/// asserting the headers the plugin adds, with settings from a file of any
+/// name (TOML unless it is a JSON object).
+#[test]
+fn plugin_test_takes_an_eml_and_checks_headers() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let eml = dir.path().join("msg.eml");
+    // LF line endings, as a mail client saves them: made CRLF for the test.
+    std::fs::write(&eml, "From: a@x.test\nSubject: hello\n\nbody\n")?;
+    let settings = dir.path().join("settings-without-extension");
+    std::fs::write(&settings, "[[rules]]\nset = \"X-Checked\"\nvalue = \"yes\"\n")?;
+    let run = |expected: &str| -> anyhow::Result<(Option<i32>, String)> {
+        let output = std::process::Command::new(crate::binary())
+            .args(["plugin", "test", "--plugin", HEADER_REWRITE, "--settings"])
+            .arg(&settings)
+            .arg("--eml")
+            .arg(&eml)
+            .args(["--from", "a@x.test", "--to", "b@y.test", "--expect", "continue"])
+            .args(["--expect-header", expected])
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.code(), text))
+    };
+    let (code, text) = run("X-Checked: yes")?;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("msg.eml") && text.contains("data"), "{text}");
+    let (code, text) = run("X-Checked: no")?;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAILED: expected header \"X-Checked: no\""), "{text}");
+    // The same settings as JSON, through a path with no extension either.
+    std::fs::write(&settings, r#"{"rules": [{"set": "X-Checked", "value": "yes"}]}"#)?;
+    let (code, text) = run("x-checked: yes")?;
+    assert_eq!(code, Some(0), "{text}");
+    Ok(())
+}

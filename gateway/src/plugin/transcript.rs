@@ -521,6 +521,53 @@ impl KvService for ReplayHost {
     }
 }
 
+/// A transcript made from a message and an envelope rather than recorded
+/// traffic: a client on loopback greeting as `eml.test`, then MAIL, each
+/// RCPT and the message; no host answers (DNS lookups find nothing).
+pub fn from_message(message: &[u8], from: &str, to: &[String]) -> Transcript {
+    let outcome = String::new();
+    let mut stages = vec![
+        RecordedStage::Connect {
+            outcome: outcome.clone(),
+        },
+        RecordedStage::Helo {
+            name: "eml.test".to_owned(),
+            outcome: outcome.clone(),
+        },
+        RecordedStage::Mail {
+            reverse_path: from.to_owned(),
+            size: Some(message.len() as u64),
+            eight_bit: message.iter().any(|&b| b >= 0x80),
+            smtputf8: false,
+            dsn: MailDsn::default(),
+            requiretls: false,
+            outcome: outcome.clone(),
+        },
+    ];
+    stages.extend(to.iter().map(|recipient| RecordedStage::Rcpt {
+        recipient: recipient.clone(),
+        dsn: RcptDsn::default(),
+        outcome: outcome.clone(),
+    }));
+    stages.push(RecordedStage::Data {
+        message: Bytes::of(message),
+        outcome,
+    });
+    Transcript {
+        version: VERSION,
+        recorded_at_ms: 0,
+        client: RecordedClient {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            port: 25,
+            listener: "eml".to_owned(),
+            tls: false,
+            authenticated: None,
+        },
+        stages,
+        host_calls: Vec::new(),
+    }
+}
+
 /// Reads a transcript file.
 pub fn read(path: &Path) -> Result<Transcript, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -550,6 +597,8 @@ pub struct Replayed {
     pub detail: String,
     /// The modifications asked for.
     pub modifications: Vec<String>,
+    /// The header fields the modifications add or set, `Name: value`.
+    pub headers: Vec<String>,
     /// What the chain decided when the transcript was recorded.
     pub recorded: String,
 }
@@ -612,6 +661,7 @@ pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<R
             verdict: "not reached".to_owned(),
             detail: String::new(),
             modifications: Vec::new(),
+            headers: Vec::new(),
             recorded: recorded.clone(),
         };
         if let Some(why) = &stopped {
@@ -689,6 +739,16 @@ pub async fn replay(chain: &Arc<super::Chain>, transcript: &Transcript) -> Vec<R
         line.verdict = word;
         line.detail = detail;
         line.modifications = result.modifications.iter().map(|m| format!("{m:?}")).collect();
+        line.headers = result
+            .modifications
+            .iter()
+            .filter_map(|m| match m {
+                Modification::AddHeader(h) | Modification::SetHeader(h) | Modification::InsertHeader(_, h) => {
+                    Some(format!("{}: {}", h.name, h.value))
+                }
+                _ => None,
+            })
+            .collect();
         let turned_away = matches!(
             (&result.decision, name),
             (Decision::Disconnect(_), _) | (Decision::Refuse(_), "connect" | "helo" | "mail")
