@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::delivery::{QueueCommand, QueueControl};
+use crate::delivery::{QuarantineCommand, QueueCommand, QueueControl};
 use crate::metrics::metrics;
 use crate::queue::QueueId;
 use crate::reload::Reloader;
@@ -92,6 +92,15 @@ pub enum QueueRequest {
     Delete(QueueId),
     /// `POST /queue/ID/bounce`
     Bounce(QueueId),
+    /// `GET /quarantine`
+    QuarantineList,
+    /// `GET /quarantine/ID` (headers) or `GET /quarantine/ID/message`
+    /// (the whole message, `true`)
+    QuarantineShow(QueueId, bool),
+    /// `POST /quarantine/ID/release`
+    QuarantineRelease(QueueId),
+    /// `DELETE /quarantine/ID`
+    QuarantineDelete(QueueId),
 }
 
 impl QueueRequest {
@@ -104,6 +113,11 @@ impl QueueRequest {
             Self::Retry(Some(id)) => (Method::POST, format!("/queue/{id}/retry")),
             Self::Delete(id) => (Method::DELETE, format!("/queue/{id}")),
             Self::Bounce(id) => (Method::POST, format!("/queue/{id}/bounce")),
+            Self::QuarantineList => (Method::GET, "/quarantine".into()),
+            Self::QuarantineShow(id, false) => (Method::GET, format!("/quarantine/{id}")),
+            Self::QuarantineShow(id, true) => (Method::GET, format!("/quarantine/{id}/message")),
+            Self::QuarantineRelease(id) => (Method::POST, format!("/quarantine/{id}/release")),
+            Self::QuarantineDelete(id) => (Method::DELETE, format!("/quarantine/{id}")),
         }
     }
 
@@ -126,6 +140,11 @@ impl QueueRequest {
             (&Method::POST, ["queue", text, "retry"]) => Ok(Self::Retry(Some(id(text)?))),
             (&Method::DELETE, ["queue", text]) => Ok(Self::Delete(id(text)?)),
             (&Method::POST, ["queue", text, "bounce"]) => Ok(Self::Bounce(id(text)?)),
+            (&Method::GET, ["quarantine"]) => Ok(Self::QuarantineList),
+            (&Method::GET, ["quarantine", text]) => Ok(Self::QuarantineShow(id(text)?, false)),
+            (&Method::GET, ["quarantine", text, "message"]) => Ok(Self::QuarantineShow(id(text)?, true)),
+            (&Method::POST, ["quarantine", text, "release"]) => Ok(Self::QuarantineRelease(id(text)?)),
+            (&Method::DELETE, ["quarantine", text]) => Ok(Self::QuarantineDelete(id(text)?)),
             _ => Err((StatusCode::NOT_FOUND, json!({ "error": "no such endpoint" }))),
         }
     }
@@ -207,6 +226,40 @@ pub async fn execute(queue: &QueueControl, request: QueueRequest) -> (StatusCode
         },
         QueueRequest::Delete(id) => outcome(ask(queue, |tx| QueueCommand::Delete(id, tx)).await),
         QueueRequest::Bounce(id) => outcome(ask(queue, |tx| QueueCommand::Bounce(id, tx)).await),
+        QueueRequest::QuarantineList => {
+            match ask(queue, |tx| QueueCommand::Quarantine(QuarantineCommand::List(tx))).await {
+                Some(Ok(entries)) => (StatusCode::OK, json!(entries)),
+                Some(Err(error)) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": error })),
+                None => unavailable(),
+            }
+        }
+        QueueRequest::QuarantineShow(id, whole) => {
+            match ask(queue, |tx| QueueCommand::Quarantine(QuarantineCommand::Show(id, tx))).await {
+                Some(Ok((entry, content))) => {
+                    // The header section: up to the blank line.
+                    let end = content
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(content.len(), |p| p + 2);
+                    let mut body = json!({
+                        "entry": entry,
+                        "headers": String::from_utf8_lossy(&content[..end]),
+                    });
+                    if whole {
+                        body["message"] = json!(String::from_utf8_lossy(&content));
+                    }
+                    (StatusCode::OK, body)
+                }
+                Some(Err(error)) => (StatusCode::NOT_FOUND, json!({ "error": error })),
+                None => unavailable(),
+            }
+        }
+        QueueRequest::QuarantineRelease(id) => {
+            outcome(ask(queue, |tx| QueueCommand::Quarantine(QuarantineCommand::Release(id, tx))).await)
+        }
+        QueueRequest::QuarantineDelete(id) => {
+            outcome(ask(queue, |tx| QueueCommand::Quarantine(QuarantineCommand::Delete(id, tx))).await)
+        }
     }
 }
 

@@ -59,6 +59,17 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Review the messages plugins quarantined: through the admin API of
+    /// the gateway running on the configured spool, or directly when none
+    /// is running.
+    Quarantine {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Manage the users file of SMTP AUTH (`[auth] users_file`). The
     /// running gateway reads it again on SIGHUP.
     User {
@@ -179,6 +190,35 @@ enum UserAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum QuarantineAction {
+    /// List quarantined messages: id, age, size, reason, who decided, envelope.
+    List {
+        /// Print the JSON the admin API returns.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message's envelope and headers (JSON).
+    Show {
+        /// The queue id.
+        id: String,
+        /// The whole message, body included.
+        #[arg(long)]
+        body: bool,
+    },
+    /// Queue a message for delivery as it was accepted (the chain does not
+    /// run again).
+    Release {
+        /// The queue id.
+        id: String,
+    },
+    /// Remove a message.
+    Delete {
+        /// The queue id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum QueueAction {
     /// List queued messages.
     List {
@@ -271,6 +311,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&runtime, &config),
         Command::Reload { config } => runtime.block_on(reload(&config)),
         Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
+        Command::Quarantine { config, action } => runtime.block_on(quarantine(&config, action)),
         Command::User { config, file, action } => user(config.as_deref(), file, action),
         Command::Plugin {
             action:
@@ -541,6 +582,73 @@ async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
         _ => println!("{}", body["result"].as_str().unwrap_or_default()),
     }
     ExitCode::SUCCESS
+}
+
+async fn quarantine(path: &std::path::Path, action: QuarantineAction) -> ExitCode {
+    let config = match validated(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let parse_id = |text: &str| crate::queue::QueueId::parse(text).ok_or_else(|| format!("invalid queue id {text:?}"));
+    let (request, json) = match &action {
+        QuarantineAction::List { json } => (Ok(QueueRequest::QuarantineList), *json),
+        QuarantineAction::Show { id, body } => (parse_id(id).map(|id| QueueRequest::QuarantineShow(id, *body)), true),
+        QuarantineAction::Release { id } => (parse_id(id).map(QueueRequest::QuarantineRelease), false),
+        QuarantineAction::Delete { id } => (parse_id(id).map(QueueRequest::QuarantineDelete), false),
+    };
+    let request = match request {
+        Ok(request) => request,
+        Err(e) => {
+            eprintln!("mailgate: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (status, body) = match queue_answer(&config, request.clone()).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("mailgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !status.is_success() {
+        eprintln!("mailgate: {}", body["error"].as_str().unwrap_or("request failed"));
+        return ExitCode::FAILURE;
+    }
+    match (&request, json) {
+        (_, true) => println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default()),
+        (QueueRequest::QuarantineList, false) => print_quarantine(&body),
+        _ => println!("{}", body["result"].as_str().unwrap_or_default()),
+    }
+    ExitCode::SUCCESS
+}
+
+/// One line per quarantined message: id, age, size, reason, who decided,
+/// sender and recipients.
+fn print_quarantine(body: &serde_json::Value) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    for entry in body.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let envelope = &entry["envelope"];
+        let received = envelope["received_at"]["secs_since_epoch"].as_u64().unwrap_or(now);
+        let rcpts: Vec<&str> = envelope["recipients"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["address"].as_str())
+            .collect();
+        println!(
+            "{}  {}s  {} octets  {:?} by {}  from <{}> to {}",
+            entry["id"].as_str().unwrap_or_default(),
+            now.saturating_sub(received),
+            entry["size"],
+            envelope["quarantine"].as_str().unwrap_or_default(),
+            envelope["quarantined_by"].as_str().unwrap_or("-"),
+            envelope["reverse_path"].as_str().unwrap_or_default(),
+            rcpts.join(", ")
+        );
+    }
 }
 
 /// Asks the running gateway over its admin API, or, when no gateway holds

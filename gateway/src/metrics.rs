@@ -95,6 +95,18 @@ pub const QUEUE_MESSAGES: Metric = Metric {
     help: "Messages in the delivery queue by state: waiting (for a retry), ready (due, waiting for a slot), delivering.",
     labels: &["state"],
 };
+/// `mailgate_quarantine_messages`.
+pub const QUARANTINE_MESSAGES: Metric = Metric {
+    name: "mailgate_quarantine_messages",
+    help: "Messages held in the quarantine.",
+    labels: &[],
+};
+/// `mailgate_quarantine_oldest_age_seconds`.
+pub const QUARANTINE_OLDEST: Metric = Metric {
+    name: "mailgate_quarantine_oldest_age_seconds",
+    help: "Age of the oldest message in the quarantine (0 when it is empty).",
+    labels: &[],
+};
 /// `mailgate_delivery_attempts_total{result}`.
 pub const DELIVERY_ATTEMPTS: Metric = Metric {
     name: "mailgate_delivery_attempts_total",
@@ -145,6 +157,8 @@ pub const ALL: &[Metric] = &[
     PLUGIN_FAULTS,
     PLUGIN_SHADOW_DECISIONS,
     QUEUE_MESSAGES,
+    QUARANTINE_MESSAGES,
+    QUARANTINE_OLDEST,
     DELIVERY_ATTEMPTS,
     DELIVERY_DURATION,
     DNS_LOOKUPS,
@@ -212,6 +226,8 @@ pub struct Metrics {
     plugin_shadow: IntCounterVec,
     /// `mailgate_queue_messages` by state: waiting, ready, delivering.
     pub queue: [IntGauge; 3],
+    /// `mailgate_quarantine_messages` and `mailgate_quarantine_oldest_age_seconds`.
+    pub quarantine: [IntGauge; 2],
     delivery_attempts: [IntCounter; 3],
     delivery_duration: [Histogram; 3],
     dns: [[IntCounter; 4]; 6],
@@ -275,6 +291,11 @@ impl Metrics {
         let last = IntGauge::with_opts(opts(CONFIG_LAST_RELOAD_SUCCESSFUL)).expect("valid metric");
         register(Box::new(last.clone()));
         last.set(1);
+        let quarantine = [QUARANTINE_MESSAGES, QUARANTINE_OLDEST].map(|metric| {
+            let gauge = IntGauge::with_opts(opts(metric)).expect("valid metric");
+            register(Box::new(gauge.clone()));
+            gauge
+        });
         Self {
             connections: counter(SMTP_CONNECTIONS),
             sessions: gauge(SMTP_SESSIONS_ACTIVE),
@@ -286,6 +307,7 @@ impl Metrics {
             plugin_faults: counter(PLUGIN_FAULTS),
             plugin_shadow: counter(PLUGIN_SHADOW_DECISIONS),
             queue: ["waiting", "ready", "delivering"].map(|state| queue.with_label_values(&[state])),
+            quarantine,
             delivery_attempts: results.map(|r| attempts.with_label_values(&[r])),
             delivery_duration: results.map(|r| durations.with_label_values(&[r])),
             dns: DNS_KINDS.map(|kind| {

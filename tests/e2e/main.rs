@@ -19,6 +19,7 @@ mod milters;
 mod mx;
 mod operations;
 mod plugins;
+mod quarantine;
 mod queue;
 mod relay;
 mod smuggling;

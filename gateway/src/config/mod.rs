@@ -670,6 +670,7 @@ impl Checker<'_> {
             resolver,
             remote_port: d.mx_port,
             delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
+            quarantine_max_age: d.quarantine_max_age.0,
         }
     }
 

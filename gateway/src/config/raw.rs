@@ -270,6 +270,9 @@ pub struct RawDelivery {
     /// `delay_warning`: send the sender a delay DSN once, when a message
     /// has been queued this long; default `"4h"`, `"0s"` turns it off.
     pub delay_warning: HumanDuration,
+    /// `quarantine_max_age`: quarantined messages older than this are
+    /// deleted; default `"30d"`.
+    pub quarantine_max_age: HumanDuration,
     /// `max_connections_per_destination`: transactions in flight to one
     /// smarthost or MX domain at once; default 20.
     pub max_connections_per_destination: Spanned<usize>,
@@ -300,6 +303,7 @@ impl Default for RawDelivery {
             data_done_timeout: minutes(10),
             idle_timeout: HumanDuration(std::time::Duration::from_secs(30)),
             delay_warning: minutes(4 * 60),
+            quarantine_max_age: minutes(30 * 24 * 60),
             max_connections_per_destination: Spanned::new(0..0, 20),
             mx_port: 25,
             tls: TlsMode::Opportunistic,

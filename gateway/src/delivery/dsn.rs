@@ -183,6 +183,7 @@ impl Report<'_> {
             eight_bit,
             client: None,
             quarantine: None,
+            quarantined_by: None,
             dsn: crate::smtp::dsn::MailDsn::default(),
             requiretls: false,
             tls_optional: false,
@@ -309,6 +310,7 @@ mod tests {
             eight_bit: false,
             client: None,
             quarantine: None,
+            quarantined_by: None,
             dsn: MailDsn {
                 ret: Some(Ret::Full),
                 envid: Some("QQ314159".into()),

@@ -20,7 +20,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 pub use error::{DeliveryError, Failure, Handoff, Outcome};
-pub use runner::{QueueCommand, QueueControl, QueueEntry, QueueStatus, control, offline, run};
+pub use runner::{QuarantineCommand, QueueCommand, QueueControl, QueueEntry, QueueStatus, control, offline, run};
 
 use crate::dns::Resolver;
 use crate::queue::RetrySchedule;
@@ -45,6 +45,8 @@ pub struct DeliverySettings {
     pub remote_port: u16,
     /// Send a delay warning DSN once a message has waited this long.
     pub delay_warning: Option<Duration>,
+    /// Quarantined messages older than this are deleted.
+    pub quarantine_max_age: Duration,
 }
 
 /// Outbound SMTP timeouts (RFC 5321 section 4.5.3.2).

@@ -16,8 +16,12 @@ use tracing::{Instrument, error, info, info_span};
 use super::DeliverySettings;
 use super::attempt::{AttemptResult, Next, attempt, give_up};
 use super::pool::ConnectionPool;
+
+mod quarantine;
+
 use crate::metrics::metrics;
 use crate::queue::{DeliveryState, Envelope, QueueId, QueueReceiver, Spool, StoredMessage};
+pub use quarantine::QuarantineCommand;
 
 /// How often idle outbound connections are checked for expiry.
 const REAP_INTERVAL: Duration = Duration::from_secs(5);
@@ -65,6 +69,8 @@ pub enum QueueCommand {
     Delete(QueueId, oneshot::Sender<Result<String, String>>),
     /// Fail a message's pending recipients and bounce it to the sender.
     Bounce(QueueId, oneshot::Sender<Result<String, String>>),
+    /// Act on the quarantine (see `quarantine.rs`).
+    Quarantine(QuarantineCommand),
 }
 
 /// Sends commands to the runner.
@@ -119,6 +125,7 @@ pub async fn run(
     let mut inbox_open = true;
     let mut commands_open = true;
     let mut reap = tokio::time::interval(REAP_INTERVAL);
+    let mut tend = tokio::time::interval(quarantine::TEND_INTERVAL);
     loop {
         runner.dispatch();
         runner.gauge();
@@ -146,6 +153,7 @@ pub async fn run(
             },
             () = sleep_until(next_due), if next_due.is_some() => runner.promote_due(),
             _ = reap.tick() => runner.pool.reap(),
+            _ = tend.tick() => runner.tend_quarantine().await,
         }
     }
     let in_flight = runner.in_flight.len();
@@ -298,6 +306,7 @@ impl Runner {
             QueueCommand::Bounce(id, reply) => {
                 let _ = reply.send(self.end(id, Pending::Bounce).await);
             }
+            QueueCommand::Quarantine(command) => self.quarantine(command).await,
         }
     }
 

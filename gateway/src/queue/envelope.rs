@@ -32,6 +32,9 @@ pub struct Envelope {
     /// Why a plugin quarantined the message, for messages in the quarantine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<String>,
+    /// Which chain entry quarantined it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_by: Option<String>,
     /// `RET=` and `ENVID=` of MAIL (RFC 3461).
     #[serde(default, skip_serializing_if = "MailDsn::is_empty")]
     pub dsn: MailDsn,

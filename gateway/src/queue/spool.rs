@@ -28,6 +28,10 @@ use tokio::task::spawn_blocking;
 use super::envelope::{DeliveryState, Envelope};
 use super::id::QueueId;
 
+mod quarantine;
+
+pub use quarantine::Quarantined;
+
 const MAGIC: &[u8; 4] = b"MGQ1";
 const FOOTER_LEN: u64 = 20;
 /// Content is buffered in memory up to this size, then written out, so a
@@ -582,6 +586,7 @@ mod tests {
             eight_bit: false,
             client: None,
             quarantine: None,
+            quarantined_by: None,
             dsn: crate::smtp::dsn::MailDsn::default(),
             requiretls: false,
             tls_optional: false,

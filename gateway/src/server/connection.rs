@@ -512,6 +512,7 @@ impl Connection {
                 helo: session.hello().map(|h| h.name.clone()).unwrap_or_default(),
             }),
             quarantine: None,
+            quarantined_by: None,
             dsn: txn.parameters.dsn.clone(),
             requiretls: txn.parameters.requiretls,
             tls_optional: info.tls_optional,
@@ -542,12 +543,13 @@ impl Connection {
             Disposition::Deliver if envelope.recipients.is_empty() => {
                 (QueueOutcome::Queued(id.clone()), Some(log("discarded")))
             }
-            Disposition::Quarantine(reason) => {
+            Disposition::Quarantine(reason, by) => {
                 let log = MessageLog {
                     reason: Some(reason.clone()),
                     ..log("quarantined")
                 };
                 envelope.quarantine = Some(reason);
+                envelope.quarantined_by = by;
                 match self.inbound.spool.quarantine(writer, envelope).await {
                     Ok(_) => (QueueOutcome::Queued(id), Some(log)),
                     Err(e) => {

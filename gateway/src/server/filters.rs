@@ -19,8 +19,9 @@ pub enum Disposition {
     Deliver,
     /// Answer 250 and drop.
     Discard,
-    /// Answer 250 and keep in the quarantine.
-    Quarantine(String),
+    /// Answer 250 and keep in the quarantine: the reason, and the entry
+    /// that decided.
+    Quarantine(String, Option<String>),
 }
 
 /// What plugins asked for during the current transaction.
@@ -198,7 +199,9 @@ impl Filters {
             Decision::Refuse(reply) => return (SessionDecision::Refuse(reply), decided_by),
             Decision::Disconnect(reply) => return (SessionDecision::Disconnect(reply), decided_by),
             Decision::Discard => self.txn.disposition = Disposition::Discard,
-            Decision::Quarantine(reason) => self.txn.disposition = Disposition::Quarantine(reason),
+            Decision::Quarantine(reason) => {
+                self.txn.disposition = Disposition::Quarantine(reason, decided_by.clone());
+            }
         }
         self.apply(stage, session, modifications);
         if stage == Stage::Data {
