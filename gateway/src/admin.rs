@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::delivery::{QuarantineCommand, QueueCommand, QueueControl};
+use crate::delivery::{HoldTarget, QuarantineCommand, QueueCommand, QueueControl};
 use crate::metrics::metrics;
 use crate::queue::QueueId;
 use crate::reload::Reloader;
@@ -92,6 +92,10 @@ pub enum QueueRequest {
     Delete(QueueId),
     /// `POST /queue/ID/bounce`
     Bounce(QueueId),
+    /// `POST /queue/ID/hold`, `POST /queue/domain/DOMAIN/hold`, `POST /queue/hold`
+    Hold(HoldTarget),
+    /// `POST /queue/ID/release`, `POST /queue/domain/DOMAIN/release`, `POST /queue/release`
+    Release(HoldTarget),
     /// `GET /quarantine`
     QuarantineList,
     /// `GET /quarantine/ID` (headers) or `GET /quarantine/ID/message`
@@ -113,6 +117,8 @@ impl QueueRequest {
             Self::Retry(Some(id)) => (Method::POST, format!("/queue/{id}/retry")),
             Self::Delete(id) => (Method::DELETE, format!("/queue/{id}")),
             Self::Bounce(id) => (Method::POST, format!("/queue/{id}/bounce")),
+            Self::Hold(target) => (Method::POST, format!("{}/hold", target_path(target))),
+            Self::Release(target) => (Method::POST, format!("{}/release", target_path(target))),
             Self::QuarantineList => (Method::GET, "/quarantine".into()),
             Self::QuarantineShow(id, false) => (Method::GET, format!("/quarantine/{id}")),
             Self::QuarantineShow(id, true) => (Method::GET, format!("/quarantine/{id}/message")),
@@ -140,6 +146,16 @@ impl QueueRequest {
             (&Method::POST, ["queue", text, "retry"]) => Ok(Self::Retry(Some(id(text)?))),
             (&Method::DELETE, ["queue", text]) => Ok(Self::Delete(id(text)?)),
             (&Method::POST, ["queue", text, "bounce"]) => Ok(Self::Bounce(id(text)?)),
+            (&Method::POST, ["queue", "hold"]) => Ok(Self::Hold(HoldTarget::All)),
+            (&Method::POST, ["queue", "release"]) => Ok(Self::Release(HoldTarget::All)),
+            (&Method::POST, ["queue", "domain", domain, "hold"]) => {
+                Ok(Self::Hold(HoldTarget::Domain(domain.to_ascii_lowercase())))
+            }
+            (&Method::POST, ["queue", "domain", domain, "release"]) => {
+                Ok(Self::Release(HoldTarget::Domain(domain.to_ascii_lowercase())))
+            }
+            (&Method::POST, ["queue", text, "hold"]) => Ok(Self::Hold(HoldTarget::One(id(text)?))),
+            (&Method::POST, ["queue", text, "release"]) => Ok(Self::Release(HoldTarget::One(id(text)?))),
             (&Method::GET, ["quarantine"]) => Ok(Self::QuarantineList),
             (&Method::GET, ["quarantine", text]) => Ok(Self::QuarantineShow(id(text)?, false)),
             (&Method::GET, ["quarantine", text, "message"]) => Ok(Self::QuarantineShow(id(text)?, true)),
@@ -226,6 +242,17 @@ pub async fn execute(queue: &QueueControl, request: QueueRequest) -> (StatusCode
         },
         QueueRequest::Delete(id) => outcome(ask(queue, |tx| QueueCommand::Delete(id, tx)).await),
         QueueRequest::Bounce(id) => outcome(ask(queue, |tx| QueueCommand::Bounce(id, tx)).await),
+        QueueRequest::Hold(target) => {
+            let reason = "held by the operator".to_owned();
+            match ask(queue, |tx| QueueCommand::Hold(target, reason, tx)).await {
+                Some(count) => (StatusCode::OK, json!({ "held": count })),
+                None => unavailable(),
+            }
+        }
+        QueueRequest::Release(target) => match ask(queue, |tx| QueueCommand::Release(target, tx)).await {
+            Some(count) => (StatusCode::OK, json!({ "released": count })),
+            None => unavailable(),
+        },
         QueueRequest::QuarantineList => {
             match ask(queue, |tx| QueueCommand::Quarantine(QuarantineCommand::List(tx))).await {
                 Some(Ok(entries)) => (StatusCode::OK, json!(entries)),
@@ -260,6 +287,15 @@ pub async fn execute(queue: &QueueControl, request: QueueRequest) -> (StatusCode
         QueueRequest::QuarantineDelete(id) => {
             outcome(ask(queue, |tx| QueueCommand::Quarantine(QuarantineCommand::Delete(id, tx))).await)
         }
+    }
+}
+
+/// The path of a hold target: `/queue/ID`, `/queue/domain/DOMAIN`, `/queue`.
+fn target_path(target: &HoldTarget) -> String {
+    match target {
+        HoldTarget::One(id) => format!("/queue/{id}"),
+        HoldTarget::Domain(domain) => format!("/queue/domain/{domain}"),
+        HoldTarget::All => "/queue".to_owned(),
     }
 }
 

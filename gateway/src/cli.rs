@@ -250,6 +250,31 @@ enum QueueAction {
         /// The queue id.
         id: String,
     },
+    /// Keep messages back from delivery until released (they do not
+    /// expire while held; the hold survives a restart).
+    Hold {
+        /// The queue id.
+        #[arg(required_unless_present_any = ["domain", "all"], conflicts_with_all = ["domain", "all"])]
+        id: Option<String>,
+        /// Every message with a pending recipient in this domain.
+        #[arg(long, conflicts_with = "all")]
+        domain: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Release held messages into the queue.
+    Release {
+        /// The queue id.
+        #[arg(required_unless_present_any = ["domain", "all"], conflicts_with_all = ["domain", "all"])]
+        id: Option<String>,
+        /// Every held message with a pending recipient in this domain.
+        #[arg(long, conflicts_with = "all")]
+        domain: Option<String>,
+        /// Every held message.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -554,6 +579,8 @@ async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
         QueueAction::Retry { id: None, .. } => (Ok(QueueRequest::Retry(None)), false),
         QueueAction::Delete { id } => (parse_id(id).map(QueueRequest::Delete), false),
         QueueAction::Bounce { id } => (parse_id(id).map(QueueRequest::Bounce), false),
+        QueueAction::Hold { id, domain, .. } => (hold_target(id, domain).map(QueueRequest::Hold), false),
+        QueueAction::Release { id, domain, .. } => (hold_target(id, domain).map(QueueRequest::Release), false),
     };
     let request = match request {
         Ok(request) => request,
@@ -579,9 +606,23 @@ async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
         (_, true) => println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default()),
         (QueueRequest::List, false) => print_queue(&body),
         (QueueRequest::Retry(_), _) => println!("{} message(s) scheduled for delivery now", body["retried"]),
+        (QueueRequest::Hold(_), _) => println!("{} message(s) held", body["held"]),
+        (QueueRequest::Release(_), _) => println!("{} message(s) released", body["released"]),
         _ => println!("{}", body["result"].as_str().unwrap_or_default()),
     }
     ExitCode::SUCCESS
+}
+
+/// What `queue hold` and `queue release` name: an id, a domain or all.
+fn hold_target(id: &Option<String>, domain: &Option<String>) -> Result<crate::delivery::HoldTarget, String> {
+    use crate::delivery::HoldTarget;
+    match (id, domain) {
+        (Some(id), _) => crate::queue::QueueId::parse(id)
+            .map(HoldTarget::One)
+            .ok_or_else(|| format!("invalid queue id {id:?}")),
+        (None, Some(domain)) => Ok(HoldTarget::Domain(domain.to_ascii_lowercase())),
+        (None, None) => Ok(HoldTarget::All),
+    }
 }
 
 async fn quarantine(path: &std::path::Path, action: QuarantineAction) -> ExitCode {

@@ -92,7 +92,7 @@ pub const PLUGIN_SHADOW_DECISIONS: Metric = Metric {
 /// `mailgate_queue_messages{state}`.
 pub const QUEUE_MESSAGES: Metric = Metric {
     name: "mailgate_queue_messages",
-    help: "Messages in the delivery queue by state: waiting (for a retry), ready (due, waiting for a slot), delivering.",
+    help: "Messages in the delivery queue by state: waiting (for a retry), ready (due, waiting for a slot), delivering, held.",
     labels: &["state"],
 };
 /// `mailgate_quarantine_messages`.
@@ -225,7 +225,7 @@ pub struct Metrics {
     plugin_faults: IntCounterVec,
     plugin_shadow: IntCounterVec,
     /// `mailgate_queue_messages` by state: waiting, ready, delivering.
-    pub queue: [IntGauge; 3],
+    pub queue: [IntGauge; 4],
     /// `mailgate_quarantine_messages` and `mailgate_quarantine_oldest_age_seconds`.
     pub quarantine: [IntGauge; 2],
     delivery_attempts: [IntCounter; 3],
@@ -306,7 +306,7 @@ impl Metrics {
             plugin_duration: histogram(PLUGIN_CALL_DURATION, PLUGIN_BUCKETS),
             plugin_faults: counter(PLUGIN_FAULTS),
             plugin_shadow: counter(PLUGIN_SHADOW_DECISIONS),
-            queue: ["waiting", "ready", "delivering"].map(|state| queue.with_label_values(&[state])),
+            queue: ["waiting", "ready", "delivering", "held"].map(|state| queue.with_label_values(&[state])),
             quarantine,
             delivery_attempts: results.map(|r| attempts.with_label_values(&[r])),
             delivery_duration: results.map(|r| durations.with_label_values(&[r])),

@@ -265,3 +265,58 @@ async fn queue_commands_work_on_a_stopped_gateways_spool() -> Result<()> {
     assert_eq!(mailgate_tests::count_queued(&dir.path().join("spool")), 0);
     Ok(())
 }
+
+/// Holds: a domain's mail kept back while its server is repaired, shown by
+/// `queue list`, kept across a restart, not delivered by a retry, and
+/// delivered once released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_messages_wait_for_release_across_a_restart() -> Result<()> {
+    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let gw = Setup::new()
+        .delivery("retry_initial = \"1h\"")
+        .delivery("retry_max = \"1h\"")
+        .route_all_to(down)
+        .start()
+        .await?;
+    send(&gw, "one@held.test", "held").await?;
+    send(&gw, "two@other.test", "not held").await?;
+    wait_until(WAIT, || gw.queued() == 2).await?;
+    let config = gw.config();
+    let dir = gw.stop().await?;
+
+    // On the stopped gateway's spool, with the CLI.
+    let (ok, out) = queue_cli(&config, &["hold", "--domain", "HELD.test"]).await?;
+    assert!(ok && out.contains("1 message(s) held"), "{out}");
+    let (ok, out) = queue_cli(&config, &["list", "--json"]).await?;
+    assert!(ok, "{out}");
+    let entries: serde_json::Value = serde_json::from_str(&out)?;
+    let held: Vec<&serde_json::Value> = entries
+        .as_array()
+        .context("not a list")?
+        .iter()
+        .filter(|e| e["status"] == "held")
+        .collect();
+    assert_eq!(held.len(), 1, "{out}");
+    assert_eq!(held[0]["state"]["held"]["reason"], "held by the operator");
+    assert_eq!(held[0]["envelope"]["recipients"][0]["address"], "one@held.test");
+
+    // After a restart the hold stands: a retry delivers only the other one.
+    let sink = SinkServer::start().await?;
+    let setup = Setup::new().admin()?.route_all_to(sink.addr());
+    let gw = Gateway::start_in(setup, dir).await?;
+    let admin = gw.admin.context("no admin address")?;
+    let (status, _) = mailgate_tests::http(admin, "POST", "/queue/retry").await?;
+    assert_eq!(status, 200);
+    wait_until(WAIT, || sink.count() == 1).await?;
+    assert_eq!(sink.messages()[0].rcpt_to, ["two@other.test"]);
+    let (_, listed) = mailgate_tests::http(admin, "GET", "/queue").await?;
+    assert!(listed.contains("\"held\""), "{listed}");
+
+    let (status, body) = mailgate_tests::http(admin, "POST", "/queue/domain/held.test/release").await?;
+    assert_eq!((status, body.contains("\"released\":1")), (200, true), "{body}");
+    let (status, _) = mailgate_tests::http(admin, "POST", "/queue/retry").await?;
+    assert_eq!(status, 200);
+    wait_until(WAIT, || sink.count() == 2 && gw.queued() == 0).await?;
+    assert_eq!(sink.messages()[1].rcpt_to, ["one@held.test"]);
+    Ok(())
+}

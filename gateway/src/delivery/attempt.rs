@@ -345,11 +345,12 @@ fn expire_if_too_old(settings: &DeliverySettings, message: &mut StoredMessage, f
     }
 }
 
-/// How long the message has been queued.
+/// How long the message has been queued, not counting time on hold.
 fn age(message: &StoredMessage) -> Duration {
     SystemTime::now()
         .duration_since(message.envelope.received_at)
         .unwrap_or(Duration::ZERO)
+        .saturating_sub(message.state.held_for)
 }
 
 /// A failure for each pending recipient, made from its last error.

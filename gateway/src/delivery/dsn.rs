@@ -184,6 +184,7 @@ impl Report<'_> {
             client: None,
             quarantine: None,
             quarantined_by: None,
+            hold: None,
             dsn: crate::smtp::dsn::MailDsn::default(),
             requiretls: false,
             tls_optional: false,
@@ -311,6 +312,7 @@ mod tests {
             client: None,
             quarantine: None,
             quarantined_by: None,
+            hold: None,
             dsn: MailDsn {
                 ret: Some(Ret::Full),
                 envid: Some("QQ314159".into()),

@@ -20,7 +20,9 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 pub use error::{DeliveryError, Failure, Handoff, Outcome};
-pub use runner::{QuarantineCommand, QueueCommand, QueueControl, QueueEntry, QueueStatus, control, offline, run};
+pub use runner::{
+    HoldTarget, QuarantineCommand, QueueCommand, QueueControl, QueueEntry, QueueStatus, control, offline, run,
+};
 
 use crate::dns::Resolver;
 use crate::queue::RetrySchedule;

@@ -16,11 +16,13 @@ use tracing::{Instrument, error, info, info_span};
 use super::DeliverySettings;
 use super::attempt::{AttemptResult, Next, attempt, give_up};
 use super::pool::ConnectionPool;
-
-mod quarantine;
-
 use crate::metrics::metrics;
 use crate::queue::{DeliveryState, Envelope, QueueId, QueueReceiver, Spool, StoredMessage};
+
+mod holds;
+mod quarantine;
+
+pub use holds::HoldTarget;
 pub use quarantine::QuarantineCommand;
 
 /// How often idle outbound connections are checked for expiry.
@@ -39,6 +41,8 @@ pub enum QueueStatus {
     Ready,
     /// An attempt is in flight.
     Delivering,
+    /// On hold: not attempted until released.
+    Held,
 }
 
 /// One queued message, as operators see it.
@@ -71,6 +75,10 @@ pub enum QueueCommand {
     Bounce(QueueId, oneshot::Sender<Result<String, String>>),
     /// Act on the quarantine (see `quarantine.rs`).
     Quarantine(QuarantineCommand),
+    /// Put messages on hold, with a reason; answers how many.
+    Hold(HoldTarget, String, oneshot::Sender<usize>),
+    /// Release held messages; answers how many.
+    Release(HoldTarget, oneshot::Sender<usize>),
 }
 
 /// Sends commands to the runner.
@@ -99,6 +107,8 @@ struct Runner {
     /// By due time, then arrival order.
     waiting: BTreeMap<(Instant, u64), StoredMessage>,
     ready: VecDeque<StoredMessage>,
+    /// On hold, in the order they were held.
+    held: Vec<StoredMessage>,
     in_flight: JoinSet<AttemptResult>,
     /// Messages with an attempt in flight, and what to do after it.
     busy: HashMap<QueueId, Option<Pending>>,
@@ -140,7 +150,7 @@ pub async fn run(
                 Err(_) => settings_open = false,
             },
             message = inbox.recv(), if inbox_open => match message {
-                Some(message) => runner.ready.push_back(message),
+                Some(message) => runner.admit(message),
                 None => inbox_open = false,
             },
             command = commands.recv(), if commands_open => match command {
@@ -191,6 +201,7 @@ impl Runner {
             settings,
             waiting: BTreeMap::new(),
             ready: VecDeque::new(),
+            held: Vec::new(),
             in_flight: JoinSet::new(),
             busy: HashMap::new(),
             seq: 0,
@@ -200,7 +211,11 @@ impl Runner {
             let due = message.state.next_attempt.map_or_else(Instant::now, |at| {
                 Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
             });
-            runner.schedule(due, message);
+            if message.state.held.is_some() {
+                runner.held.push(message);
+            } else {
+                runner.schedule(due, message);
+            }
         }
         runner
     }
@@ -215,7 +230,8 @@ impl Runner {
 
     /// Sets `mailgate_queue_messages`.
     fn gauge(&self) {
-        let [waiting, ready, delivering] = &metrics().queue;
+        let [waiting, ready, delivering, held] = &metrics().queue;
+        held.set(i64::try_from(self.held.len()).unwrap_or(i64::MAX));
         waiting.set(i64::try_from(self.waiting.len()).unwrap_or(i64::MAX));
         ready.set(i64::try_from(self.ready.len()).unwrap_or(i64::MAX));
         delivering.set(i64::try_from(self.in_flight.len()).unwrap_or(i64::MAX));
@@ -307,6 +323,12 @@ impl Runner {
                 let _ = reply.send(self.end(id, Pending::Bounce).await);
             }
             QueueCommand::Quarantine(command) => self.quarantine(command).await,
+            QueueCommand::Hold(target, reason, reply) => {
+                let _ = reply.send(self.hold(&target, &reason).await);
+            }
+            QueueCommand::Release(target, reply) => {
+                let _ = reply.send(self.release(&target).await);
+            }
         }
     }
 
@@ -379,6 +401,9 @@ impl Runner {
         }
         for message in self.waiting.values().filter(|m| wanted(&m.id)) {
             entries.push(entry(message, QueueStatus::Waiting));
+        }
+        for message in self.held.iter().filter(|m| wanted(&m.id)) {
+            entries.push(entry(message, QueueStatus::Held));
         }
         for id in self.busy.keys().filter(|id| wanted(id)) {
             let spool = Arc::clone(&self.spool);

@@ -2,7 +2,7 @@
 //! message is accepted) and the delivery state (rewritten after attempts).
 
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,10 @@ pub struct Envelope {
     /// Which chain entry quarantined it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined_by: Option<String>,
+    /// A plugin put the message on hold at the data stage, with this
+    /// reason: it starts held (see `DeliveryState::for_envelope`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<String>,
     /// `RET=` and `ENVID=` of MAIL (RFC 3461).
     #[serde(default, skip_serializing_if = "MailDsn::is_empty")]
     pub dsn: MailDsn,
@@ -150,6 +154,21 @@ pub struct DeliveryState {
     /// A delay warning was sent to the sender.
     #[serde(default)]
     pub delay_warned: bool,
+    /// On hold: not attempted (and not expiring) until released.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Hold>,
+    /// Time spent on hold before, which does not count toward `max_age`.
+    #[serde(default, skip_serializing_if = "Duration::is_zero")]
+    pub held_for: Duration,
+}
+
+/// Why and since when a message is on hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Who held it and why.
+    pub reason: String,
+    /// Since when.
+    pub since: SystemTime,
 }
 
 impl DeliveryState {
@@ -160,6 +179,27 @@ impl DeliveryState {
             next_attempt: None,
             recipients: vec![RecipientStatus::Pending { last_error: None }; recipients],
             delay_warned: false,
+            held: None,
+            held_for: Duration::ZERO,
+        }
+    }
+
+    /// The state of a new message: on hold from its arrival when a plugin
+    /// held it at the data stage (so a crash before the state is first
+    /// written cannot let it go).
+    pub fn for_envelope(envelope: &Envelope) -> Self {
+        let mut state = Self::new(envelope.recipients.len());
+        state.held = envelope.hold.as_ref().map(|reason| Hold {
+            reason: reason.clone(),
+            since: envelope.received_at,
+        });
+        state
+    }
+
+    /// Releases a hold: the time held stops counting toward `max_age`.
+    pub fn release(&mut self, now: SystemTime) {
+        if let Some(hold) = self.held.take() {
+            self.held_for += now.duration_since(hold.since).unwrap_or_default();
         }
     }
 

@@ -9,7 +9,7 @@ mod spool;
 
 use tokio::sync::mpsc;
 
-pub use envelope::{Client, DeliveryState, Envelope, Recipient, RecipientStatus, RouteOverride};
+pub use envelope::{Client, DeliveryState, Envelope, Hold, Recipient, RecipientStatus, RouteOverride};
 pub use id::QueueId;
 pub use schedule::RetrySchedule;
 pub use spool::{Quarantined, Spool, SpoolError, SpoolWriter, StoredMessage};

@@ -156,7 +156,7 @@ impl Spool {
             });
         }
         Ok(StoredMessage {
-            state: DeliveryState::new(envelope.recipients.len()),
+            state: DeliveryState::for_envelope(&envelope),
             id,
             envelope,
             content_len,
@@ -223,7 +223,7 @@ impl Spool {
                 .filter(|s| s.recipients.len() == envelope.recipients.len()),
             Err(_) => None,
         }
-        .unwrap_or_else(|| DeliveryState::new(envelope.recipients.len()));
+        .unwrap_or_else(|| DeliveryState::for_envelope(&envelope));
         Ok(StoredMessage {
             id: id.clone(),
             envelope,
@@ -587,6 +587,7 @@ mod tests {
             client: None,
             quarantine: None,
             quarantined_by: None,
+            hold: None,
             dsn: crate::smtp::dsn::MailDsn::default(),
             requiretls: false,
             tls_optional: false,

@@ -513,6 +513,7 @@ impl Connection {
             }),
             quarantine: None,
             quarantined_by: None,
+            hold: None,
             dsn: txn.parameters.dsn.clone(),
             requiretls: txn.parameters.requiretls,
             tls_optional: info.tls_optional,

@@ -88,7 +88,7 @@ impl Spool {
         .await;
         moved.map_err(|_| SpoolError::Cancelled)??;
         let mut message = self.load(id)?;
-        message.state = DeliveryState::new(message.envelope.recipients.len());
+        message.state = DeliveryState::for_envelope(&message.envelope);
         Ok(message)
     }
 
