@@ -180,7 +180,7 @@ const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
 pub const HOOKS: [&str; 5] = ["connect", "helo", "mail", "rcpt", "data"];
 
 /// Plugin verdicts, plus `fault`.
-pub const VERDICTS: [&str; 8] = [
+pub const VERDICTS: [&str; 9] = [
     "continue",
     "accept",
     "reject",
@@ -188,6 +188,7 @@ pub const VERDICTS: [&str; 8] = [
     "disconnect",
     "discard",
     "quarantine",
+    "hold",
     "fault",
 ];
 
@@ -481,7 +482,7 @@ impl Drop for SessionGuard {
 /// One plugin's handles.
 #[derive(Clone, Debug)]
 pub struct PluginMetrics {
-    calls: [[IntCounter; 8]; 5],
+    calls: [[IntCounter; 9]; 5],
     duration: [Histogram; 5],
     faults: [IntCounter; 7],
 }

@@ -24,6 +24,9 @@ pub enum Verdict {
     Discard,
     /// Data stage only: answer 250 and keep the message in the quarantine.
     Quarantine(String),
+    /// Data stage only: answer 250 and queue the message on hold, not
+    /// delivered until an operator releases it.
+    Hold(String),
 }
 
 impl Verdict {
@@ -85,6 +88,7 @@ impl From<Verdict> for wit::Verdict {
             Verdict::Disconnect(r) => Self::Disconnect(r.into()),
             Verdict::Discard => Self::Discard,
             Verdict::Quarantine(reason) => Self::Quarantine(reason),
+            Verdict::Hold(reason) => Self::Hold(reason),
         }
     }
 }

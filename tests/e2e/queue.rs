@@ -320,3 +320,36 @@ async fn held_messages_wait_for_release_across_a_restart() -> Result<()> {
     assert_eq!(sink.messages()[1].rcpt_to, ["one@held.test"]);
     Ok(())
 }
+
+/// A plugin puts a message on hold at the data stage: the client gets its
+/// 250, the message waits in the queue until an operator releases it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_holds_a_message_for_review() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let reviewer = crate::plugins::scripted(
+        "reviewer",
+        "\"data\"",
+        "[plugin.settings.data]\nwhen = \"review\"\nverdict = \"hold\"\ntext = \"needs a human\"\n",
+    );
+    let gw = Setup::new()
+        .admin()?
+        .plugin(&reviewer)
+        .route_all_to(sink.addr())
+        .start()
+        .await?;
+    let admin = gw.admin.context("no admin address")?;
+    send(&gw, "b@y.test", "please review").await?;
+    send(&gw, "c@y.test", "ordinary").await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    let (_, listed) = mailgate_tests::http(admin, "GET", "/queue").await?;
+    let entries: serde_json::Value = serde_json::from_str(&listed)?;
+    let held = &entries.as_array().context("not a list")?[0];
+    assert_eq!(held["status"], "held", "{listed}");
+    assert_eq!(held["state"]["held"]["reason"], "needs a human (plugin reviewer)");
+    let id = held["id"].as_str().unwrap_or_default().to_owned();
+    let (status, body) = mailgate_tests::http(admin, "POST", &format!("/queue/{id}/release")).await?;
+    assert_eq!((status, body.contains("\"released\":1")), (200, true), "{body}");
+    wait_until(WAIT, || sink.count() == 2 && gw.queued() == 0).await?;
+    assert!(sink.messages()[1].text().contains("Subject: please review"));
+    Ok(())
+}

@@ -255,6 +255,7 @@ impl ChainSession {
                 Verdict::Disconnect(reply) => Decision::Disconnect(reply),
                 Verdict::Discard => Decision::Discard,
                 Verdict::Quarantine(reason) => Decision::Quarantine(reason),
+                Verdict::Hold(reason) => Decision::Hold(reason),
             };
             modifications.extend(mods);
             return StageResult {
@@ -407,6 +408,7 @@ fn decision_class(decision: &Decision) -> &'static str {
         Decision::Disconnect(_) => "disconnect",
         Decision::Discard => "discard",
         Decision::Quarantine(_) => "quarantine",
+        Decision::Hold(_) => "hold",
     }
 }
 
@@ -418,6 +420,7 @@ fn shadow_class(verdict: &Verdict) -> &'static str {
         Verdict::Disconnect(_) => "disconnect",
         Verdict::Discard => "discard",
         Verdict::Quarantine(_) => "quarantine",
+        Verdict::Hold(_) => "hold",
     }
 }
 

@@ -34,6 +34,8 @@ pub enum Verdict {
     Discard,
     /// Accept and quarantine (data).
     Quarantine(String),
+    /// Accept and queue on hold (data).
+    Hold(String),
 }
 
 impl Verdict {
@@ -47,6 +49,7 @@ impl Verdict {
             Self::Disconnect(_) => "disconnect",
             Self::Discard => "discard",
             Self::Quarantine(_) => "quarantine",
+            Self::Hold(_) => "hold",
         }
     }
 }
@@ -162,9 +165,10 @@ fn verdict(verdict: wit::Verdict, stage: Stage) -> Result<Verdict, String> {
         wit::Verdict::Disconnect(r) => Verdict::Disconnect(reply(r, "disconnect", |code| code == 421 || code == 554)?),
         wit::Verdict::Discard if stage == Stage::Data => Verdict::Discard,
         wit::Verdict::Quarantine(reason) if stage == Stage::Data => Verdict::Quarantine(reason),
-        wit::Verdict::Discard | wit::Verdict::Quarantine(_) => {
+        wit::Verdict::Hold(reason) if stage == Stage::Data => Verdict::Hold(reason),
+        wit::Verdict::Discard | wit::Verdict::Quarantine(_) | wit::Verdict::Hold(_) => {
             return Err(format!(
-                "discard and quarantine are for the data stage, not {}",
+                "discard, quarantine and hold are for the data stage, not {}",
                 stage.name()
             ));
         }

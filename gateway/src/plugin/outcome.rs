@@ -42,6 +42,8 @@ pub enum Decision {
     Discard,
     /// Data stage: answer 250 and keep the message in the quarantine.
     Quarantine(String),
+    /// Data stage: answer 250 and queue the message on hold.
+    Hold(String),
 }
 
 /// A header field to write.

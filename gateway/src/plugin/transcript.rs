@@ -208,6 +208,7 @@ pub fn describe(decision: &Decision) -> String {
         Decision::Disconnect(reply) => format!("disconnect {}", reply.to_string().trim_end()),
         Decision::Discard => "discard".to_owned(),
         Decision::Quarantine(reason) => format!("quarantine {reason}"),
+        Decision::Hold(reason) => format!("hold {reason}"),
     }
 }
 
@@ -617,6 +618,7 @@ fn verdict(result: &super::outcome::StageResult) -> (String, String) {
         Decision::Disconnect(reply) => ("disconnect".to_owned(), reply.to_string().trim_end().to_owned()),
         Decision::Discard => ("discard".to_owned(), String::new()),
         Decision::Quarantine(reason) => ("quarantine".to_owned(), reason.clone()),
+        Decision::Hold(reason) => ("hold".to_owned(), reason.clone()),
     }
 }
 

@@ -565,8 +565,19 @@ impl Connection {
                     }
                 }
             }
-            Disposition::Deliver => {
-                let log = log("queued");
+            Disposition::Deliver | Disposition::Hold(_) => {
+                let log = match &edits.disposition {
+                    Disposition::Hold(reason) => {
+                        // Spooled on hold: the runner keeps it back until an
+                        // operator releases it.
+                        envelope.hold = Some(reason.clone());
+                        MessageLog {
+                            reason: Some(reason.clone()),
+                            ..log("held")
+                        }
+                    }
+                    _ => log("queued"),
+                };
                 match self.inbound.spool.commit(writer, envelope).await {
                     Ok(stored) => {
                         // If the engine is gone (shutdown), the message stays

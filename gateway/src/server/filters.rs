@@ -22,6 +22,8 @@ pub enum Disposition {
     /// Answer 250 and keep in the quarantine: the reason, and the entry
     /// that decided.
     Quarantine(String, Option<String>),
+    /// Answer 250 and queue on hold, with the reason.
+    Hold(String),
 }
 
 /// What plugins asked for during the current transaction.
@@ -201,6 +203,10 @@ impl Filters {
             Decision::Discard => self.txn.disposition = Disposition::Discard,
             Decision::Quarantine(reason) => {
                 self.txn.disposition = Disposition::Quarantine(reason, decided_by.clone());
+            }
+            Decision::Hold(reason) => {
+                let by = decided_by.as_deref().unwrap_or("a plugin");
+                self.txn.disposition = Disposition::Hold(format!("{reason} ({by})"));
             }
         }
         self.apply(stage, session, modifications);

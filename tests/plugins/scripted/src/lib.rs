@@ -168,6 +168,7 @@ impl Scripted {
             "disconnect" => Verdict::Disconnect(reply()),
             "discard" => Verdict::Discard,
             "quarantine" => Verdict::Quarantine(script.text.clone()),
+            "hold" => Verdict::Hold(script.text.clone()),
             _ => Verdict::Continue,
         }
     }
