@@ -252,29 +252,23 @@ enum QueueAction {
     },
     /// Keep messages back from delivery until released (they do not
     /// expire while held; the hold survives a restart).
-    Hold {
-        /// The queue id.
-        #[arg(required_unless_present_any = ["domain", "all"], conflicts_with_all = ["domain", "all"])]
-        id: Option<String>,
-        /// Every message with a pending recipient in this domain.
-        #[arg(long, conflicts_with = "all")]
-        domain: Option<String>,
-        /// Every message.
-        #[arg(long)]
-        all: bool,
-    },
+    Hold(Selection),
     /// Release held messages into the queue.
-    Release {
-        /// The queue id.
-        #[arg(required_unless_present_any = ["domain", "all"], conflicts_with_all = ["domain", "all"])]
-        id: Option<String>,
-        /// Every held message with a pending recipient in this domain.
-        #[arg(long, conflicts_with = "all")]
-        domain: Option<String>,
-        /// Every held message.
-        #[arg(long)]
-        all: bool,
-    },
+    Release(Selection),
+}
+
+/// Which messages `queue hold` and `queue release` are for.
+#[derive(Debug, clap::Args)]
+struct Selection {
+    /// The queue id.
+    #[arg(required_unless_present_any = ["domain", "all"], conflicts_with_all = ["domain", "all"])]
+    id: Option<String>,
+    /// Every message with a pending recipient in this domain.
+    #[arg(long, conflicts_with = "all")]
+    domain: Option<String>,
+    /// Every message.
+    #[arg(long)]
+    all: bool,
 }
 
 const EXIT_CONFIG: u8 = 64;
@@ -579,29 +573,12 @@ async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
         QueueAction::Retry { id: None, .. } => (Ok(QueueRequest::Retry(None)), false),
         QueueAction::Delete { id } => (parse_id(id).map(QueueRequest::Delete), false),
         QueueAction::Bounce { id } => (parse_id(id).map(QueueRequest::Bounce), false),
-        QueueAction::Hold { id, domain, .. } => (hold_target(id, domain).map(QueueRequest::Hold), false),
-        QueueAction::Release { id, domain, .. } => (hold_target(id, domain).map(QueueRequest::Release), false),
+        QueueAction::Hold(selection) => (hold_target(selection).map(QueueRequest::Hold), false),
+        QueueAction::Release(selection) => (hold_target(selection).map(QueueRequest::Release), false),
     };
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => {
-            eprintln!("mailgate: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let answer = match queue_answer(&config, request.clone()).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            eprintln!("mailgate: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (status, body) = answer;
-    if !status.is_success() {
-        let error = body.get("error").and_then(|e| e.as_str()).unwrap_or("request failed");
-        eprintln!("mailgate: {error}");
+    let Some((request, body)) = spool_request(&config, request).await else {
         return ExitCode::FAILURE;
-    }
+    };
     match (&request, json) {
         (_, true) => println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default()),
         (QueueRequest::List, false) => print_queue(&body),
@@ -614,9 +591,9 @@ async fn queue(path: &std::path::Path, action: QueueAction) -> ExitCode {
 }
 
 /// What `queue hold` and `queue release` name: an id, a domain or all.
-fn hold_target(id: &Option<String>, domain: &Option<String>) -> Result<crate::delivery::HoldTarget, String> {
+fn hold_target(selection: &Selection) -> Result<crate::delivery::HoldTarget, String> {
     use crate::delivery::HoldTarget;
-    match (id, domain) {
+    match (&selection.id, &selection.domain) {
         (Some(id), _) => crate::queue::QueueId::parse(id)
             .map(HoldTarget::One)
             .ok_or_else(|| format!("invalid queue id {id:?}")),
@@ -637,24 +614,9 @@ async fn quarantine(path: &std::path::Path, action: QuarantineAction) -> ExitCod
         QuarantineAction::Release { id } => (parse_id(id).map(QueueRequest::QuarantineRelease), false),
         QuarantineAction::Delete { id } => (parse_id(id).map(QueueRequest::QuarantineDelete), false),
     };
-    let request = match request {
-        Ok(request) => request,
-        Err(e) => {
-            eprintln!("mailgate: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (status, body) = match queue_answer(&config, request.clone()).await {
-        Ok(answer) => answer,
-        Err(e) => {
-            eprintln!("mailgate: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if !status.is_success() {
-        eprintln!("mailgate: {}", body["error"].as_str().unwrap_or("request failed"));
+    let Some((request, body)) = spool_request(&config, request).await else {
         return ExitCode::FAILURE;
-    }
+    };
     match (&request, json) {
         (_, true) => println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default()),
         (QueueRequest::QuarantineList, false) => print_quarantine(&body),
@@ -690,6 +652,24 @@ fn print_quarantine(body: &serde_json::Value) {
             rcpts.join(", ")
         );
     }
+}
+
+/// Carries out a queue or quarantine request (see `queue_answer`); the
+/// request and the answer's body, or `None` once the error is printed.
+async fn spool_request(
+    config: &Config,
+    request: Result<QueueRequest, String>,
+) -> Option<(QueueRequest, serde_json::Value)> {
+    let request = request.map_err(|e| eprintln!("mailgate: {e}")).ok()?;
+    let (status, body) = queue_answer(config, request.clone())
+        .await
+        .map_err(|e| eprintln!("mailgate: {e:#}"))
+        .ok()?;
+    if !status.is_success() {
+        eprintln!("mailgate: {}", body["error"].as_str().unwrap_or("request failed"));
+        return None;
+    }
+    Some((request, body))
 }
 
 /// Asks the running gateway over its admin API, or, when no gateway holds

@@ -30,6 +30,24 @@ mod versions;
 /// How long a test waits for something to arrive.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Runs `mailgate COMMAND --config CONFIG ARGS...`: (success, stdout and
+/// stderr together).
+async fn mailgate_cli(command: &str, config: &std::path::Path, args: &[&str]) -> anyhow::Result<(bool, String)> {
+    let output = tokio::process::Command::new(binary())
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok((output.status.success(), text))
+}
+
 /// The `mailgate` program built for the tests.
 fn binary() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_mailgate-e2e"))

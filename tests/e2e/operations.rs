@@ -82,18 +82,7 @@ fn received_chains(sink: &SinkServer) -> HashMap<String, String> {
 
 /// Runs `mailgate reload --config config`: (success, stdout + stderr).
 async fn reload_cli(config: &Path) -> Result<(bool, String)> {
-    let output = tokio::process::Command::new(binary())
-        .arg("reload")
-        .arg("--config")
-        .arg(config)
-        .output()
-        .await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok((output.status.success(), text))
+    crate::mailgate_cli("reload", config, &[]).await
 }
 
 /// Sends one message with this test id; returns the final reply's code.

@@ -7,24 +7,12 @@
 use anyhow::{Context, Result, ensure};
 use mailgate_tests::{Setup, SinkServer, SmtpClient, http, wait_until};
 
+use crate::WAIT;
 use crate::plugins::scripted;
-use crate::{WAIT, binary};
 
 /// Runs `mailgate quarantine --config CONFIG ARGS`: (success, output).
 async fn quarantine_cli(config: &std::path::Path, args: &[&str]) -> Result<(bool, String)> {
-    let output = tokio::process::Command::new(binary())
-        .arg("quarantine")
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .output()
-        .await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok((output.status.success(), text))
+    crate::mailgate_cli("quarantine", config, args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
