@@ -59,6 +59,15 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Manage the admin API's bearer tokens (`[admin] tokens_file`).
+    Admin {
+        /// The configuration file naming the tokens file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// Review the messages plugins quarantined: through the admin API of
     /// the gateway running on the configured spool, or directly when none
     /// is running.
@@ -187,6 +196,27 @@ enum UserAction {
     },
     /// List the user names.
     List,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminAction {
+    /// Bearer tokens for the control endpoints.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenAction {
+    /// Make a token, add its digest to the tokens file, and print the
+    /// token once (it is not kept anywhere else). A running gateway reads
+    /// the file at each control request: the token works at once.
+    Add {
+        /// Who or what the token is for; it names the token in the log.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -331,6 +361,26 @@ pub fn main() -> ExitCode {
         Command::Reload { config } => runtime.block_on(reload(&config)),
         Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
         Command::Quarantine { config, action } => runtime.block_on(quarantine(&config, action)),
+        Command::Admin {
+            config,
+            action: AdminAction::Token {
+                action: TokenAction::Add { name },
+            },
+        } => {
+            let added = crate::config::tokens_file(&config)
+                .map_err(|e| e.to_string())
+                .and_then(|file| crate::admin::Tokens::add(&file, &name));
+            match added {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mailgate: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Command::User { config, file, action } => user(config.as_deref(), file, action),
         Command::Plugin {
             action:
@@ -513,14 +563,14 @@ async fn reload(path: &std::path::Path) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    let Some(address) = config.admin else {
+    let Some(address) = config.admin_control.or(config.admin) else {
         eprintln!(
             "mailgate: {} has no `[admin] address` to reach the gateway; send it SIGHUP instead",
             path.display()
         );
         return ExitCode::FAILURE;
     };
-    match admin_request(address, hyper::Method::GET, "/config").await {
+    match admin_request(&config, address, hyper::Method::GET, "/config").await {
         Ok((status, body)) if status.is_success() => {
             let given = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
             let running = PathBuf::from(body["path"].as_str().unwrap_or_default());
@@ -544,7 +594,7 @@ async fn reload(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    match admin_request(address, hyper::Method::POST, "/reload").await {
+    match admin_request(&config, address, hyper::Method::POST, "/reload").await {
         Ok((status, body)) if status.is_success() => {
             println!("reloaded: generation {}", body["generation"]);
             ExitCode::SUCCESS
@@ -699,11 +749,11 @@ async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<
             Ok(answer)
         }
         Err(crate::queue::SpoolError::Locked { .. }) => {
-            let address = config.admin.context(
+            let address = config.admin_control.or(config.admin).context(
                 "a gateway is running on this spool and the configuration has no `[admin] address` to reach it",
             )?;
             let (method, path) = request.http();
-            admin_request(address, method, &path)
+            admin_request(config, address, method, &path)
                 .await
                 .with_context(|| format!("asking the admin API at {address}"))
         }
@@ -711,7 +761,10 @@ async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<
     }
 }
 
+/// One request to the gateway's control endpoints at `address`, with the
+/// CLI's token (`MAILGATE_ADMIN_TOKEN` or `[admin] client_token_file`).
 async fn admin_request(
+    config: &Config,
     address: std::net::SocketAddr,
     method: hyper::Method,
     path: &str,
@@ -720,11 +773,14 @@ async fn admin_request(
     let stream = tokio::net::TcpStream::connect(address).await?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::builder()
+    let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
-        .header(hyper::header::HOST, address.to_string())
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        .header(hyper::header::HOST, address.to_string());
+    if let Some(token) = config.admin_auth.client_token() {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

@@ -68,6 +68,8 @@ pub struct Bound {
     pub listeners: Vec<BoundListener>,
     /// The admin API listener.
     pub admin: Option<TcpListener>,
+    /// The admin API's control endpoints, when they listen apart.
+    pub admin_control: Option<TcpListener>,
 }
 
 /// Connections the kernel queues for a listener before `accept`: std's
@@ -102,17 +104,20 @@ pub async fn bind(config: &Config) -> Result<Bound, StartError> {
             socket,
         });
     }
-    let admin = match config.admin {
-        Some(address) => Some(listen(address).map_err(|source| StartError::Bind {
-            name: "admin".into(),
+    let bind_admin = |name: &str, address: Option<std::net::SocketAddr>| match address {
+        Some(address) => listen(address).map(Some).map_err(|source| StartError::Bind {
+            name: name.into(),
             address,
             source,
-        })?),
-        None => None,
+        }),
+        None => Ok(None),
     };
+    let admin = bind_admin("admin", config.admin)?;
+    let admin_control = bind_admin("admin-control", config.admin_control)?;
     Ok(Bound {
         listeners: bound,
         admin,
+        admin_control,
     })
 }
 
@@ -156,7 +161,11 @@ pub enum Stopped {
 /// finish), deliveries in flight get the grace period, everything else
 /// stays spooled.
 pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> Result<Stopped, StartError> {
-    let Bound { listeners, admin } = bound;
+    let Bound {
+        listeners,
+        admin,
+        admin_control,
+    } = bound;
     let spool = Arc::new(Spool::open(&config.spool_dir)?);
     let scanned = {
         let spool = Arc::clone(&spool);
@@ -188,6 +197,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
     let inbound = Arc::new(Inbound::new(generation, Arc::clone(&spool), queue));
     let reloader = Arc::new(Reloader::new(&config, Arc::clone(&inbound), delivery_settings));
     let kv = Arc::clone(&config.kv);
+    let admin_auth = config.admin_auth.clone();
     drop(config);
     let tracker = TaskTracker::new();
     tracker.spawn(reload_on_hangup(Arc::clone(&reloader), shutdown.clone()));
@@ -214,16 +224,29 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
     ));
     // The admin API outlives the drain, so that /readyz can say so.
     let admin_stop = CancellationToken::new();
-    if let Some(admin) = admin {
-        if let Ok(address) = admin.local_addr() {
-            info!(listener = "admin", %address, "listening");
-        }
-        let state = admin::AdminState {
+    if admin.is_some() || admin_control.is_some() {
+        let state = Arc::new(admin::AdminState {
             queue: control,
             reloader: Arc::clone(&reloader),
             draining: shutdown.clone(),
+            auth: admin_auth,
+        });
+        // With a control listener of its own, the first one is read-only.
+        let roles = match admin_control.is_some() {
+            true => [admin::Role::ReadOnly, admin::Role::Control],
+            false => [admin::Role::All, admin::Role::Control],
         };
-        tokio::spawn(admin::serve(admin, Arc::new(state), admin_stop.clone()));
+        for ((socket, role), name) in [admin, admin_control]
+            .into_iter()
+            .zip(roles)
+            .zip(["admin", "admin-control"])
+        {
+            let Some(socket) = socket else { continue };
+            if let Ok(address) = socket.local_addr() {
+                info!(listener = name, %address, "listening");
+            }
+            tokio::spawn(admin::serve(socket, Arc::clone(&state), role, admin_stop.clone()));
+        }
     } else {
         drop(control);
     }

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+mod admin;
 mod authentication;
 mod capabilities;
 mod config;

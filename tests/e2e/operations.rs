@@ -253,7 +253,9 @@ async fn metrics_count_a_delivery_a_plugin_reject_and_a_fault() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_switch_the_chain_for_new_transactions_only() -> Result<()> {
     let sink = SinkServer::start().await?;
-    let base = Setup::new().admin()?.route_all_to(sink.addr());
+    // A pool slot for each client, since all 100 may be in DATA at once
+    // (an exhausted pool is a fault, as documented).
+    let base = Setup::new().admin()?.route_all_to(sink.addr()).max_instances(128);
     let dir = tempfile::tempdir()?;
     let config = base.clone().plugin(&tagger("v1")).write(dir.path())?;
     let gateway = GatewayProcess::start(&binary(), &config).await?;

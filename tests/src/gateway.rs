@@ -34,10 +34,12 @@ pub struct Setup {
     routes: String,
     plugins: Vec<String>,
     admin: Option<SocketAddr>,
+    admin_lines: Vec<String>,
     listeners: String,
     auth: Vec<String>,
     certificate: Option<(String, String)>,
     users: Vec<(String, String)>,
+    max_instances: Option<u32>,
 }
 
 impl Setup {
@@ -135,6 +137,12 @@ impl Setup {
         Ok(self)
     }
 
+    /// Adds a `key = value` line to `[admin]` (after `admin`).
+    pub fn admin_line(mut self, line: &str) -> Self {
+        self.admin_lines.push(line.to_owned());
+        self
+    }
+
     /// The admin API's address, when `admin` was called.
     pub fn admin_address(&self) -> Option<SocketAddr> {
         self.admin
@@ -158,6 +166,13 @@ impl Setup {
     /// `[plugin.settings]` table).
     pub fn plugin(mut self, body: &str) -> Self {
         self.plugins.push(body.to_owned());
+        self
+    }
+
+    /// Sizes the plugin pool (`plugins.max_instances`; 32 unless set): a
+    /// test with more transactions in a plugin at once needs more.
+    pub fn max_instances(mut self, n: u32) -> Self {
+        self.max_instances = Some(n);
         self
     }
 
@@ -235,6 +250,9 @@ impl Setup {
         section(&mut text, "kv", &[], &self.kv);
         if let Some(admin) = self.admin {
             let _ = writeln!(text, "[admin]\naddress = \"{admin}\"");
+            for line in &self.admin_lines {
+                let _ = writeln!(text, "{line}");
+            }
         }
         text.push_str(&self.tables);
         text.push_str(&self.routes);
@@ -244,8 +262,9 @@ impl Setup {
             let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plugin-cache");
             let _ = write!(
                 text,
-                "[plugins]\ncache_dir = \"{}\"\nmax_instances = 32\n",
-                cache.display()
+                "[plugins]\ncache_dir = \"{}\"\nmax_instances = {}\n",
+                cache.display(),
+                self.max_instances.unwrap_or(32)
             );
             for plugin in &self.plugins {
                 let _ = write!(text, "[[plugin]]\n{plugin}\n");

@@ -9,8 +9,18 @@ use tokio::net::TcpStream;
 
 /// Sends `method path` to `addr`; returns the status code and the body.
 pub async fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String)> {
+    http_with(addr, method, path, None).await
+}
+
+/// `http` with `Authorization: Bearer TOKEN` when a token is given.
+pub async fn http_with(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;

@@ -82,6 +82,10 @@ pub struct Config {
     pub plugin_runtime: RuntimeSettings,
     /// Where the admin API listens, if anywhere.
     pub admin: Option<std::net::SocketAddr>,
+    /// Where its control endpoints listen, when apart from `admin`.
+    pub admin_control: Option<std::net::SocketAddr>,
+    /// Who may use the control endpoints, and what the CLI sends.
+    pub admin_auth: crate::admin::AdminAuth,
     /// The plugins' key-value store (opened on first use).
     pub kv: Arc<Kv>,
     /// DKIM keys and the authserv-id, for the `dkim` capability.
@@ -291,7 +295,9 @@ impl Checker<'_> {
             delivery,
             plugins,
             plugin_runtime,
-            admin: raw.admin.address.map(|a| a.0),
+            admin: raw.admin.address.as_ref().map(|a| a.get_ref().0),
+            admin_control: raw.admin.control_address.as_ref().map(|a| a.get_ref().0),
+            admin_auth: self.admin_auth(&raw),
             kv,
             dkim,
         }
@@ -608,6 +614,35 @@ impl Checker<'_> {
             auth: self.authenticator(raw),
             user_message_limit: raw.auth.user_message_limit,
             user_message_window: raw.auth.user_message_window.0,
+        }
+    }
+
+    /// `[admin]`'s tokens, and the rule that control endpoints outside
+    /// loopback need them.
+    fn admin_auth(&mut self, raw: &RawConfig) -> crate::admin::AdminAuth {
+        let admin = &raw.admin;
+        let tokens_file = admin.tokens_file.as_ref().map(|file| {
+            let path = self.resolve(file.get_ref());
+            if let Err(e) = crate::admin::Tokens::load(&path) {
+                self.problem(file, e);
+            }
+            path
+        });
+        // The control endpoints are on `control_address`, else on `address`.
+        let control = admin.control_address.as_ref().or(admin.address.as_ref());
+        if let (Some(at), None) = (control, &admin.tokens_file)
+            && !at.get_ref().0.ip().is_loopback()
+        {
+            self.problem(
+                at,
+                "the control endpoints (queue, quarantine, reload) would be reachable from the network \
+                 without authentication: set `admin.tokens_file` (`mailgate admin token add`), or bind to loopback",
+            );
+        }
+        crate::admin::AdminAuth {
+            tokens_file,
+            protect_metrics: admin.protect_metrics,
+            client_token_file: admin.client_token_file.as_ref().map(|f| self.resolve(f)),
         }
     }
 
@@ -937,6 +972,20 @@ impl Checker<'_> {
 /// against the file's directory, without validating the rest: `mailgate
 /// user add` must work before the users file exists.
 pub fn users_file(path: &Path) -> Result<PathBuf, ConfigError> {
+    named_file(path, "auth.users_file", |raw| raw.auth.users_file)
+}
+
+/// The tokens file a configuration names (`[admin] tokens_file`), the
+/// same way: `mailgate admin token add` creates it.
+pub fn tokens_file(path: &Path) -> Result<PathBuf, ConfigError> {
+    named_file(path, "admin.tokens_file", |raw| raw.admin.tokens_file)
+}
+
+fn named_file(
+    path: &Path,
+    key: &str,
+    pick: impl FnOnce(RawConfig) -> Option<Spanned<PathBuf>>,
+) -> Result<PathBuf, ConfigError> {
     let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -946,10 +995,7 @@ pub fn users_file(path: &Path) -> Result<PathBuf, ConfigError> {
         problems: vec![problem],
     };
     let raw: RawConfig = toml::from_str(&source).map_err(|e| invalid(Problem::at(&source, e.span(), e.message())))?;
-    let file = raw
-        .auth
-        .users_file
-        .ok_or_else(|| invalid(Problem::at(&source, None, "`auth.users_file` is not set")))?;
+    let file = pick(raw).ok_or_else(|| invalid(Problem::at(&source, None, format!("`{key}` is not set"))))?;
     Ok(base_dir(path).join(file.get_ref()))
 }
 

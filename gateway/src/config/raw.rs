@@ -317,9 +317,22 @@ impl Default for RawDelivery {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
-    /// `address`: `"ip:port"` for the admin API (queue operations); none
-    /// by default. Bind it to loopback: it has no authentication.
-    pub address: Option<ListenAddress>,
+    /// `address`: `"ip:port"` for the admin API: metrics and health
+    /// checks, and the control endpoints unless `control_address` is set;
+    /// none by default.
+    pub address: Option<Spanned<ListenAddress>>,
+    /// `control_address`: `"ip:port"` for the control endpoints (queue,
+    /// quarantine, reload) apart from metrics; default on `address`.
+    pub control_address: Option<Spanned<ListenAddress>>,
+    /// `tokens_file`: `name:sha256` lines of the bearer tokens the control
+    /// endpoints require (`mailgate admin token add`); none by default,
+    /// which is allowed only on loopback.
+    pub tokens_file: Option<Spanned<PathBuf>>,
+    /// `protect_metrics`: `/metrics` needs a token too; default false.
+    pub protect_metrics: bool,
+    /// `client_token_file`: where the CLI (`mailgate queue`, `reload`,
+    /// `quarantine`) reads its token; `MAILGATE_ADMIN_TOKEN` wins.
+    pub client_token_file: Option<PathBuf>,
 }
 
 /// `[dns]`: the resolver used for MX and host lookups.

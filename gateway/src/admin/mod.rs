@@ -1,7 +1,10 @@
 //! The admin listener: HTTP/1.1 for Prometheus, health checks, reloads
 //! and queue operations (what `mailgate queue` and `mailgate reload` use
-//! against a running gateway). Bind it to loopback or a management
-//! network: it has no authentication of its own.
+//! against a running gateway). The read-only endpoints (metrics, health)
+//! and the control endpoints (everything else) may listen apart; the
+//! control endpoints need a bearer token when `[admin] tokens_file` is set,
+//! which is required off loopback. Every control request is logged with
+//! the token's name.
 //!
 //! | request | answer |
 //! |---|---|
@@ -36,6 +39,49 @@ use crate::metrics::metrics;
 use crate::queue::QueueId;
 use crate::reload::Reloader;
 
+mod auth;
+
+pub use auth::Tokens;
+
+/// Who may use the control endpoints (`[admin]`).
+#[derive(Clone, Debug, Default)]
+pub struct AdminAuth {
+    /// The file of the tokens the control endpoints require, read at each
+    /// request (a token added is usable at once); none: unauthenticated
+    /// (allowed on loopback only).
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// `/metrics` needs a token too.
+    pub protect_metrics: bool,
+    /// Where the CLI reads the token it sends.
+    pub client_token_file: Option<std::path::PathBuf>,
+}
+
+impl AdminAuth {
+    /// The token the CLI sends: `MAILGATE_ADMIN_TOKEN`, else the first
+    /// line of `client_token_file`.
+    pub fn client_token(&self) -> Option<String> {
+        if let Some(token) = std::env::var("MAILGATE_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()) {
+            return Some(token);
+        }
+        let text = std::fs::read_to_string(self.client_token_file.as_ref()?).ok()?;
+        text.lines()
+            .next()
+            .map(|l| l.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+/// What one admin listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Metrics and health checks only.
+    ReadOnly,
+    /// The control endpoints only.
+    Control,
+    /// Both.
+    All,
+}
+
 /// What the admin API acts on.
 #[derive(Debug)]
 pub struct AdminState {
@@ -45,10 +91,12 @@ pub struct AdminState {
     pub reloader: Arc<Reloader>,
     /// Cancelled once the gateway is shutting down (not ready any more).
     pub draining: CancellationToken,
+    /// Who may use the control endpoints.
+    pub auth: AdminAuth,
 }
 
-/// Serves the admin API on `listener` until `stop`.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: CancellationToken) {
+/// Serves the admin API's `role` on `listener` until `stop`.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, role: Role, stop: CancellationToken) {
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => return,
@@ -66,7 +114,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, stop: Cancella
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(handle(request, &state).await) }
+                async move { Ok::<_, Infallible>(guarded(request, &state, role).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::select! {
@@ -164,6 +212,59 @@ impl QueueRequest {
             _ => Err((StatusCode::NOT_FOUND, json!({ "error": "no such endpoint" }))),
         }
     }
+}
+
+/// Checks the listener's role and the credentials, then handles the
+/// request; control requests are logged with who made them.
+async fn guarded(request: Request<Incoming>, state: &AdminState, role: Role) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    let read_only = matches!(path, "/metrics" | "/healthz" | "/readyz");
+    let allowed = match role {
+        Role::All => true,
+        Role::ReadOnly => read_only,
+        Role::Control => !read_only,
+    };
+    if !allowed {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": "no such endpoint on this listener" }),
+        );
+    }
+    let needs_token = !read_only || (path == "/metrics" && state.auth.protect_metrics);
+    let who = match (&state.auth.tokens_file, needs_token) {
+        (Some(file), true) => {
+            let header = request
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            let tokens = Tokens::load(file).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read the admin tokens; refusing control requests");
+                Tokens::default()
+            });
+            match tokens.check(header) {
+                Some(name) => name.to_owned(),
+                None => {
+                    warn!(method = %request.method(), path, "admin request refused: no valid token");
+                    let mut response = reply(
+                        StatusCode::UNAUTHORIZED,
+                        json!({ "error": "a valid bearer token is required" }),
+                    );
+                    response.headers_mut().insert(
+                        hyper::header::WWW_AUTHENTICATE,
+                        hyper::header::HeaderValue::from_static("Bearer"),
+                    );
+                    return response;
+                }
+            }
+        }
+        _ => "unauthenticated (loopback)".to_owned(),
+    };
+    let (method, path) = (request.method().clone(), path.to_owned());
+    let response = handle(request, state).await;
+    if !read_only {
+        tracing::info!(who, %method, path, status = response.status().as_u16(), "admin request");
+    }
+    response
 }
 
 async fn handle(request: Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {

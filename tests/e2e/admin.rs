@@ -1,0 +1,121 @@
+//! An admin API that is safe to expose: control endpoints behind bearer
+//! tokens kept hashed in a file (`mailgate admin token add`), refused
+//! without or with a wrong token and changing nothing then; metrics open
+//! (or protected); read-only and control endpoints on separate addresses;
+//! no start on a public address without tokens; the CLI with its token.
+
+use anyhow::{Context, Result};
+use mailgate_tests::{Setup, SinkServer, SmtpClient, http, http_with, wait_until};
+
+use crate::{WAIT, mailgate_cli};
+
+/// `mailgate admin token add NAME --config CONFIG`: the token printed.
+async fn add_token(config: &std::path::Path, name: &str) -> Result<String> {
+    let (ok, output) = mailgate_cli("admin", config, &["token", "add", name]).await?;
+    anyhow::ensure!(ok, "{output}");
+    Ok(output.trim().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_endpoints_need_a_token_and_metrics_stay_open() -> Result<()> {
+    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let dir = tempfile::tempdir()?;
+    let setup = Setup::new()
+        .admin()?
+        .admin_line("tokens_file = \"admin-tokens\"")
+        .delivery("retry_initial = \"1h\"")
+        .delivery("retry_max = \"1h\"")
+        .route_all_to(down);
+    let config = setup.write(dir.path())?;
+    // The file does not exist yet: `token add` creates it (mode 0600).
+    let token = add_token(&config, "ops").await?;
+    assert_eq!(token.len(), 64, "{token}");
+    let stored = std::fs::read_to_string(dir.path().join("admin-tokens"))?;
+    assert!(stored.starts_with("ops:") && !stored.contains(&token), "{stored}");
+    let gw = mailgate_tests::Gateway::start_in(setup, dir).await?;
+    let admin = gw.admin.context("no admin address")?;
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: held back\r\n\r\nhi\r\n").await?;
+    wait_until(WAIT, || gw.queued() == 1).await?;
+
+    assert_eq!(http(admin, "GET", "/metrics").await?.0, 200, "metrics stay open");
+    assert_eq!(http(admin, "GET", "/healthz").await?.0, 200);
+    for token in [None, Some("wrong")] {
+        assert_eq!(http_with(admin, "GET", "/queue", token).await?.0, 401);
+        assert_eq!(http_with(admin, "POST", "/queue/hold", token).await?.0, 401);
+        assert_eq!(http_with(admin, "POST", "/reload", token).await?.0, 401);
+    }
+    // Nothing was held by the refused requests.
+    let (status, listed) = http_with(admin, "GET", "/queue", Some(&token)).await?;
+    assert_eq!(status, 200, "{listed}");
+    assert!(
+        listed.contains("\"waiting\"") && !listed.contains("\"held\""),
+        "{listed}"
+    );
+
+    // The CLI, with its token from the environment, and without.
+    let cli = |token: Option<&str>| {
+        let mut command = tokio::process::Command::new(crate::binary());
+        command
+            .args(["queue", "--config"])
+            .arg(gw.config())
+            .args(["hold", "--all"]);
+        command.env_remove("MAILGATE_ADMIN_TOKEN");
+        if let Some(token) = token {
+            command.env("MAILGATE_ADMIN_TOKEN", token);
+        }
+        command.output()
+    };
+    let refused = cli(None).await?;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("bearer token"),
+        "{refused:?}"
+    );
+    let held = cli(Some(&token)).await?;
+    assert!(held.status.success(), "{held:?}");
+    assert!(String::from_utf8_lossy(&held.stdout).contains("1 message(s) held"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_and_control_endpoints_listen_apart() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let control = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let gw = Setup::new()
+        .admin()?
+        .admin_line(&format!("control_address = \"{control}\""))
+        .route_all_to(sink.addr())
+        .start()
+        .await?;
+    let read_only = gw.admin.context("no admin address")?;
+    assert_eq!(http(read_only, "GET", "/metrics").await?.0, 200);
+    assert_eq!(
+        http(read_only, "GET", "/queue").await?.0,
+        404,
+        "no control on the read-only address"
+    );
+    assert_eq!(http(control, "GET", "/queue").await?.0, 200);
+    assert_eq!(http(control, "GET", "/metrics").await?.0, 404);
+    Ok(())
+}
+
+#[test]
+fn control_endpoints_off_loopback_without_tokens_stop_start_up() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("mailgate.toml");
+    std::fs::write(
+        &config,
+        "[server]\nspool_dir = \"spool\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n[admin]\naddress = \"0.0.0.0:8025\"\n",
+    )?;
+    let output = std::process::Command::new(crate::binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("`admin.address`: the control endpoints (queue, quarantine, reload) would be reachable from the network without authentication"),
+        "{stderr}"
+    );
+    Ok(())
+}
