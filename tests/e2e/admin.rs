@@ -9,6 +9,10 @@ use mailgate_tests::{Setup, SinkServer, SmtpClient, http, http_with, wait_until}
 
 use crate::{WAIT, mailgate_cli};
 
+fn dir_of(config: &std::path::Path) -> std::path::PathBuf {
+    config.parent().map(std::path::Path::to_path_buf).unwrap_or_default()
+}
+
 /// `mailgate admin token add NAME --config CONFIG`: the token printed.
 async fn add_token(config: &std::path::Path, name: &str) -> Result<String> {
     let (ok, output) = mailgate_cli("admin", config, &["token", "add", name]).await?;
@@ -23,6 +27,7 @@ async fn control_endpoints_need_a_token_and_metrics_stay_open() -> Result<()> {
     let setup = Setup::new()
         .admin()?
         .admin_line("tokens_file = \"admin-tokens\"")
+        .admin_line("client_token_file = \"client-token\"")
         .delivery("retry_initial = \"1h\"")
         .delivery("retry_max = \"1h\"")
         .route_all_to(down);
@@ -52,28 +57,38 @@ async fn control_endpoints_need_a_token_and_metrics_stay_open() -> Result<()> {
         "{listed}"
     );
 
-    // The CLI, with its token from the environment, and without.
-    let cli = |token: Option<&str>| {
+    // The CLI: a wrong token in its file is refused; the environment's
+    // token wins over the file; the right token in the file works.
+    let cli = |action: &'static str, token: Option<&str>| {
         let mut command = tokio::process::Command::new(crate::binary());
         command
             .args(["queue", "--config"])
             .arg(gw.config())
-            .args(["hold", "--all"]);
+            .args([action, "--all"]);
         command.env_remove("MAILGATE_ADMIN_TOKEN");
         if let Some(token) = token {
             command.env("MAILGATE_ADMIN_TOKEN", token);
         }
         command.output()
     };
-    let refused = cli(None).await?;
+    let client_token = dir_of(&gw.config()).join("client-token");
+    std::fs::write(&client_token, "wrong\n")?;
+    let refused = cli("hold", None).await?;
     assert!(!refused.status.success());
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("bearer token"),
         "{refused:?}"
     );
-    let held = cli(Some(&token)).await?;
+    let held = cli("hold", Some(&token)).await?;
     assert!(held.status.success(), "{held:?}");
     assert!(String::from_utf8_lossy(&held.stdout).contains("1 message(s) held"));
+    std::fs::write(&client_token, format!("{token}\n"))?;
+    let released = cli("release", None).await?;
+    assert!(released.status.success(), "{released:?}");
+    assert!(
+        String::from_utf8_lossy(&released.stdout).contains("1 message(s) released"),
+        "{released:?}"
+    );
     Ok(())
 }
 
