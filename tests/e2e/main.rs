@@ -9,6 +9,7 @@ mod authentication;
 mod capabilities;
 mod config;
 mod delivery;
+mod deploy;
 mod durability;
 mod example_plugins;
 mod extensions;
