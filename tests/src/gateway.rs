@@ -68,10 +68,16 @@ impl Setup {
 
     /// Adds a `[[listener]]` on a free loopback port; `body` holds its
     /// keys after `name` and `address` (`role`, `proxy_protocol`...).
-    pub fn listener(mut self, name: &str, body: &str) -> Self {
+    pub fn listener(self, name: &str, body: &str) -> Self {
+        self.listener_at(name, "127.0.0.1:0", body)
+    }
+
+    /// Adds a `[[listener]]` on `address` (`"[::1]:0"`: a free port on
+    /// the IPv6 loopback).
+    pub fn listener_at(mut self, name: &str, address: &str, body: &str) -> Self {
         let _ = writeln!(
             self.listeners,
-            "[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1:0\"\n{body}"
+            "[[listener]]\nname = \"{name}\"\naddress = \"{address}\"\n{body}"
         );
         self
     }
