@@ -8,12 +8,15 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use hickory_proto::rr::RecordType;
 use mailgate_tests::plugins::{DNSBL, GREYLIST, PROBE, RATE_LIMIT};
-use mailgate_tests::{DnsServer, Gateway, RedisServer, Setup, SinkServer, SmtpClient, http, wait_until};
+use mailgate_tests::{
+    DnsServer, Gateway, GatewayProcess, RedisServer, Setup, SinkServer, SmtpClient, http, wait_until,
+};
 
 use crate::WAIT;
+use crate::operations::Scrape;
 
 /// Every value of header `name` in a message, in order.
 fn headers(text: &str, name: &str) -> Vec<String> {
@@ -266,28 +269,49 @@ async fn rate_limit_defers_a_client_over_its_limit() -> Result<()> {
     Ok(())
 }
 
-/// Gateways on loopback that share one Redis, with the rate-limit and
-/// greylist plugins.
-async fn fleet(redis: &RedisServer, sink: &SinkServer, plugin: &str, size: usize) -> Result<Vec<Gateway>> {
+/// One gateway of a fleet: its own process, directory and spool.
+struct Member {
+    process: GatewayProcess,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// Gateways on loopback, each its own process with its own spool, sharing
+/// one Redis, with the rate-limit or greylist plugin: each has a listener
+/// `lb` taking the client from PROXY headers (the load balancer's side)
+/// for mail to `y.test`, and its admin API for Prometheus, as in the
+/// README's "Running a fleet".
+async fn fleet(redis: &RedisServer, sink: &SinkServer, plugin: &str, size: usize) -> Result<Vec<Member>> {
     let mut fleet = Vec::new();
     for _ in 0..size {
-        let gw = Setup::new()
+        let setup = Setup::new()
+            .admin()?
+            .listener("lb", "proxy_protocol = true")
+            .relay("accepted_domains = [\"y.test\"]")
             .route_all_to(sink.addr())
             .kv("backend = \"redis\"")
             .kv(&format!("url = \"{}\"", redis.url()))
             .kv("key_prefix = \"fleet:\"")
-            .plugin(plugin)
-            .start()
-            .await?;
-        fleet.push(gw);
+            .plugin(plugin);
+        let dir = tempfile::tempdir()?;
+        let config = setup.write(dir.path())?;
+        let process = GatewayProcess::start(&crate::binary(), &config).await?;
+        let admin = setup.admin_address().context("no admin address")?;
+        fleet.push(Member {
+            process,
+            admin,
+            _dir: dir,
+        });
     }
     Ok(fleet)
 }
 
-/// The fleet: three gateways on loopback share one Redis. A client limited
-/// to 5 messages an hour gets exactly 5 through, whichever gateway it
-/// reaches; and a greylisting retry passes on another gateway than the
-/// one that saw the first attempt.
+/// The fleet: three gateways behind a load balancer (PROXY protocol) share
+/// one Redis. A client limited to 5 messages an hour gets exactly 5
+/// through, whichever gateway it reaches, counted by its own address from
+/// the PROXY header; each gateway's metrics count its share; and a
+/// greylisting retry passes on another gateway than the one that saw the
+/// first attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_shares_one_rate_limit_through_redis() -> Result<()> {
     let redis = RedisServer::start().await?;
@@ -296,7 +320,11 @@ async fn a_fleet_shares_one_rate_limit_through_redis() -> Result<()> {
     let mut accepted = 0;
     let mut deferred = 0;
     for n in 0..12 {
-        let mut client = SmtpClient::greeted(limited[n % 3].addr).await?;
+        let lb = limited[n % 3].process.listener("lb").context("no lb listener")?;
+        let mut client = SmtpClient::connect(lb).await?;
+        client.send(b"PROXY TCP4 192.0.2.7 192.0.2.25 40000 25\r\n").await?;
+        client.expect_reply(220).await?;
+        client.expect("EHLO client.test", 250).await?;
         let reply = client.command("MAIL FROM:<a@x.test>").await?;
         match reply.code {
             250 => {
@@ -313,15 +341,27 @@ async fn a_fleet_shares_one_rate_limit_through_redis() -> Result<()> {
     }
     assert_eq!((accepted, deferred), (5, 7), "the limit holds across the fleet");
     wait_until(WAIT, || sink.count() == 5).await?;
-    let keys = redis.keys("fleet:rate-limit:ip:3600:127.0.0.1:*").await?;
-    assert_eq!(keys.len(), 1, "one shared counter: {keys:?}");
+    let keys = redis.keys("fleet:rate-limit:ip:3600:192.0.2.7:*").await?;
+    assert_eq!(
+        keys.len(),
+        1,
+        "one shared counter, for the client behind the balancer: {keys:?}"
+    );
+    let mut queued = 0.0;
+    for gw in &limited {
+        let scrape = Scrape::take(gw.admin).await?;
+        let share = scrape.value("mailgate_messages_total", &[("stage", "data"), ("result", "queued")]);
+        assert!(share >= 1.0, "every gateway took its share: {share}");
+        queued += share;
+    }
+    assert_eq!(queued, 5.0, "the fleet's metrics add up to what was accepted");
 
     let greylisting = fleet(&redis, &sink, &greylist(r#"delay = "1s""#), 2).await?;
-    let (code, _) = rcpt(greylisting[0].addr, "g@x.test", "b@y.test").await?;
+    let (code, _) = rcpt(greylisting[0].process.addr, "g@x.test", "b@y.test").await?;
     ensure!(code == 451, "the first attempt is greylisted, got {code}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(
-        rcpt(greylisting[1].addr, "g@x.test", "b@y.test").await?.0,
+        rcpt(greylisting[1].process.addr, "g@x.test", "b@y.test").await?.0,
         250,
         "the retry passes on the other gateway"
     );

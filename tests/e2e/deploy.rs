@@ -93,3 +93,42 @@ fn the_systemd_unit_verifies() -> Result<()> {
     assert!(output.status.success() && stderr.trim().is_empty(), "{stderr}");
     Ok(())
 }
+
+/// The README's "Running a fleet" configuration is a working one: with
+/// the spool and plugin paths pointed at this build, and a route added,
+/// `mailgate check` accepts it. (The fleet itself runs in
+/// `capabilities::a_fleet_shares_one_rate_limit_through_redis`.)
+#[test]
+fn the_readme_fleet_example_passes_check() -> Result<()> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))?;
+    let section = &readme[readme.find("### Running a fleet").context("no fleet section")?..];
+    let start = section.find("```toml\n").context("no example")? + "```toml\n".len();
+    let end = start + section[start..].find("```").context("unterminated example")?;
+    let dir = tempfile::tempdir()?;
+    let plugins = Path::new(mailgate_tests::plugins::RATE_LIMIT)
+        .parent()
+        .context("plugin path")?
+        .display()
+        .to_string();
+    let example = section[start..end]
+        .replace("/var/spool/mailgate", &dir.path().join("spool").display().to_string())
+        .replace("/usr/lib/mailgate/plugins", &plugins)
+        .replace(
+            "rate_limit.wasm",
+            Path::new(mailgate_tests::plugins::RATE_LIMIT)
+                .file_name()
+                .context("name")?
+                .to_str()
+                .context("utf-8")?,
+        );
+    let config = dir.path().join("mailgate.toml");
+    std::fs::write(&config, format!("{example}\n[[route]]\ndomains = [\"*\"]\nmx = true\n"))?;
+    let output = std::process::Command::new(crate::binary())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("rate-limit [mail]"), "{stdout}");
+    Ok(())
+}
