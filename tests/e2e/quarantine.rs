@@ -81,3 +81,31 @@ async fn quarantined_mail_is_listed_shown_released_and_deleted() -> Result<()> {
     drop(dir);
     Ok(())
 }
+
+/// Quarantined messages expire after `delivery.quarantine_max_age`: the
+/// next tending (after any operator command, else every minute) removes
+/// them and logs each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantined_mail_expires_after_its_max_age() -> Result<()> {
+    let holder = scripted(
+        "holder",
+        "\"data\"",
+        "[plugin.settings.data]\nwhen = \"hold\"\nverdict = \"quarantine\"\ntext = \"looks suspicious\"\n",
+    );
+    let gw = Setup::new()
+        .admin()?
+        .delivery("quarantine_max_age = \"1s\"")
+        .plugin(&holder)
+        .start()
+        .await?;
+    let admin = gw.admin.context("no admin address")?;
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: hold me\r\n\r\nold\r\n").await?;
+    let (_, body) = http(admin, "GET", "/quarantine").await?;
+    assert!(body.contains("looks suspicious"), "kept at first: {body}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // This listing is answered first; it then tends the quarantine.
+    http(admin, "GET", "/quarantine").await?;
+    let (status, body) = http(admin, "GET", "/quarantine").await?;
+    assert_eq!((status, body.trim()), (200, "[]"), "expired");
+    Ok(())
+}
