@@ -403,4 +403,41 @@ mod tests {
         );
         assert_eq!(interim.recipients[2], RecipientStatus::Pending { last_error: None });
     }
+
+    /// Time on hold does not count toward `max_age`: a message received
+    /// ten days ago and held for nine of them is a day old.
+    #[test]
+    fn time_on_hold_does_not_age_a_message() {
+        use crate::queue::Recipient;
+        use crate::smtp::{Mailbox, ReversePath};
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        let envelope = crate::queue::Envelope {
+            reverse_path: ReversePath::Mailbox(Mailbox::parse("a@x.test").unwrap()),
+            recipients: vec![Recipient::new(Mailbox::parse("b@y.test").unwrap())],
+            received_at: now - 10 * day,
+            size: 0,
+            body: crate::smtp::command::BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit: false,
+            client: None,
+            quarantine: None,
+            quarantined_by: None,
+            hold: Some("review".into()),
+            dsn: crate::smtp::dsn::MailDsn::default(),
+            requiretls: false,
+            tls_optional: false,
+        };
+        let mut state = DeliveryState::for_envelope(&envelope);
+        // Held from reception for nine days, then released.
+        state.release(now - day);
+        let message = StoredMessage {
+            id: crate::queue::QueueId::generate(),
+            envelope,
+            state,
+            content_len: 0,
+        };
+        let age = age(&message);
+        assert!(age >= day && age < day + Duration::from_secs(60), "{age:?}");
+    }
 }
