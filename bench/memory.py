@@ -9,8 +9,13 @@ stream: relays M messages of 100 KB (default 1,000: 100 MB) with 20
         parallel smtp-source sessions into the gateway and on to smtp-sink,
         sampling RSS every 10 ms; "flat" means the RSS after the first 10%
         of the messages does not grow with the rest.
+faults: F transactions (default 0; the issue's figure is 10,000) through a
+        Python plugin (the external-tagger, built by componentize-py with
+        its data hook changed to raise) that faults on every message, with
+        on_error = "continue" so that the mail still flows; RSS sampled as
+        for stream, and the fault count read from the gateway's metrics.
 
-Usage: bench/memory.py [--idle N] [--stream M]   (after `cargo build --release -p mailgate`)
+Usage: bench/memory.py [--idle N] [--stream M] [--faults F]   (after `cargo build --release -p mailgate`)
 """
 
 from __future__ import annotations
@@ -96,39 +101,112 @@ def idle(count: int):
         sink.terminate()
 
 
+def relay_sampled(pid: int, port: int, sink: subprocess.Popen, messages: int, size: int):
+    """Relays `messages` of `size` octets with 20 smtp-source sessions until
+    the sink has them all, sampling the gateway's RSS every 10 ms: (RSS
+    before in KiB, the samples in KiB, seconds taken)."""
+    samples: list[int] = []
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append(rss_kib(pid))
+            done.wait(0.01)
+
+    base = rss_kib(pid)
+    sampler = threading.Thread(target=sample)
+    start = time.monotonic()
+    sampler.start()
+    try:
+        subprocess.run(["smtp-source", "-s", "20", "-m", str(messages), "-l", str(size),
+                        "-f", "a@bench.test", "-t", "b@dest.test", f"127.0.0.1:{port}"], check=True)
+        sink.wait(timeout=600)
+    finally:
+        done.set()
+        sampler.join()
+    return base, samples, time.monotonic() - start
+
+
+def report_rss(label: str, base_kib: int, samples_kib: list[int]):
+    """RSS over a run: the peak per tenth, and min/max after the first tenth
+    (the warm-up); "flat" means the later tenths do not grow."""
+    mib = [kib / 1024 for kib in samples_kib]
+    tenth = max(1, len(mib) // 10)
+    deciles = [max(mib[i: i + tenth]) for i in range(0, len(mib), tenth)]
+    after_warmup = mib[tenth:] or mib
+    print(f"{label}: RSS idle {base_kib / 1024:.1f} MiB; peak per tenth of the run (MiB): "
+          + ", ".join(f"{d:.1f}" for d in deciles))
+    print(f"{label}: after the first tenth: min {min(after_warmup):.1f}, max {max(after_warmup):.1f} MiB; "
+          f"at the end {mib[-1]:.1f} MiB")
+
+
 def stream(messages: int):
     work = Path(tempfile.mkdtemp(prefix="mailgate-stream-"))
     sink_port = free_port()
     sink = subprocess.Popen(["smtp-sink", "-u", "postfix", "-M", str(messages), "-4", f"127.0.0.1:{sink_port}", "1024"])
     proc, port = start_gateway(work, sink_port)
-    samples: list[tuple[float, int]] = []
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            samples.append((time.monotonic(), rss_kib(proc.pid)))
-            done.wait(0.01)
-
     try:
-        base = rss_kib(proc.pid)
-        sampler = threading.Thread(target=sample)
-        start = time.monotonic()
-        sampler.start()
-        subprocess.run(["smtp-source", "-s", "20", "-m", str(messages), "-l", "102400",
-                        "-f", "a@bench.test", "-t", "b@dest.test", f"127.0.0.1:{port}"], check=True)
-        sink.wait(timeout=600)
-        done.set()
-        sampler.join()
-        elapsed = time.monotonic() - start
-        mib = [kib / 1024 for _, kib in samples]
-        tenth = max(1, len(mib) // 10)
-        deciles = [max(mib[i: i + tenth]) for i in range(0, len(mib), tenth)]
-        after_warmup = mib[tenth:]
+        base, samples, elapsed = relay_sampled(proc.pid, port, sink, messages, 102400)
         print(f"stream: {messages} x 100 KB = {messages * 100 / 1024:.0f} MiB relayed in {elapsed:.1f} s")
-        print(f"stream: RSS idle {base / 1024:.1f} MiB; peak per tenth of the run (MiB): "
-              + ", ".join(f"{d:.1f}" for d in deciles))
-        print(f"stream: after the first tenth: min {min(after_warmup):.1f}, max {max(after_warmup):.1f} MiB; "
-              f"at the end {mib[-1]:.1f} MiB")
+        report_rss("stream", base, samples)
+    finally:
+        proc.terminate()
+        proc.wait()
+        sink.kill()
+
+
+def faulty_python_plugin(work: Path) -> Path:
+    """The external-tagger with a data hook that raises: a trap per call."""
+    source = (ROOT / "plugins/external-tagger/app.py").read_text()
+    hook = "    def on_data(self, ctx, message):\n"
+    assert hook in source
+    source = source.replace(hook, hook + '        raise RuntimeError("faulting on purpose")\n')
+    (work / "faulty").mkdir()
+    (work / "faulty/app.py").write_text(source)
+    wasm = work / "faulty.wasm"
+    subprocess.run(["componentize-py", "-d", str(ROOT / "plugins/external-tagger/wit"), "-w", "tagger",
+                    "componentize", "-p", str(work / "faulty"), "app", "-o", str(wasm)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return wasm
+
+
+def metric(admin_port: int, name: str) -> float:
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def faults(transactions: int):
+    work = Path(tempfile.mkdtemp(prefix="mailgate-faults-"))
+    wasm = faulty_python_plugin(work)
+    sink_port, admin_port, port = free_port(), free_port(), free_port()
+    sink = subprocess.Popen(["smtp-sink", "-u", "postfix", "-M", str(transactions), "-4",
+                             f"127.0.0.1:{sink_port}", "1024"])
+    extra = f"""
+[admin]
+address = "127.0.0.1:{admin_port}"
+
+[plugins]
+cache_dir = "{work}/plugin-cache"
+
+[[plugin]]
+name = "faulty-python"
+path = "{wasm}"
+stages = ["data"]
+capabilities = ["log"]
+on_error = "continue"
+memory_limit_bytes = 268435456
+[plugin.settings]
+internal_domains = ["example.com"]
+"""
+    proc = start_mailgate(work, port, sink_port, extra)
+    wait_port(port, timeout=120)
+    try:
+        base, samples, elapsed = relay_sampled(proc.pid, port, sink, transactions, 1024)
+        faulted = metric(admin_port, "mailgate_plugin_faults_total")
+        print(f"faults: {transactions} transactions through a faulting Python plugin in {elapsed:.1f} s; "
+              f"faults counted: {faulted:.0f}")
+        report_rss("faults", base, samples)
     finally:
         proc.terminate()
         proc.wait()
@@ -139,12 +217,15 @@ def main():
     parser = argparse.ArgumentParser(description="gateway memory under idle connections and streaming")
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--stream", type=int, default=1000)
+    parser.add_argument("--faults", type=int, default=0)
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, {os.uname().release}")
     if args.idle:
         idle(args.idle)
     if args.stream:
         stream(args.stream)
+    if args.faults:
+        faults(args.faults)
 
 
 if __name__ == "__main__":
