@@ -22,14 +22,13 @@ async fn add_token(config: &std::path::Path, name: &str) -> Result<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_endpoints_need_a_token_and_metrics_stay_open() -> Result<()> {
-    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let down = mailgate_tests::unused_port()?;
     let dir = tempfile::tempdir()?;
     let setup = Setup::new()
         .admin()?
         .admin_line("tokens_file = \"admin-tokens\"")
         .admin_line("client_token_file = \"client-token\"")
-        .delivery("retry_initial = \"1h\"")
-        .delivery("retry_max = \"1h\"")
+        .hourly_retries()
         .route_all_to(down);
     let config = setup.write(dir.path())?;
     // The file does not exist yet: `token add` creates it (mode 0600).
@@ -95,7 +94,7 @@ async fn control_endpoints_need_a_token_and_metrics_stay_open() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_and_control_endpoints_listen_apart() -> Result<()> {
     let sink = SinkServer::start().await?;
-    let control = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let control = mailgate_tests::unused_port()?;
     let gw = Setup::new()
         .admin()?
         .admin_line(&format!("control_address = \"{control}\""))
@@ -122,10 +121,7 @@ fn control_endpoints_off_loopback_without_tokens_stop_start_up() -> Result<()> {
         &config,
         "[server]\nspool_dir = \"spool\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n[admin]\naddress = \"0.0.0.0:8025\"\n",
     )?;
-    let output = std::process::Command::new(crate::binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()?;
+    let output = crate::mailgate_check(&config, None)?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(64), "{stderr}");
     assert!(

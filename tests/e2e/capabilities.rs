@@ -373,7 +373,7 @@ async fn a_fleet_shares_one_rate_limit_through_redis() -> Result<()> {
 /// fails closed (451 4.3.0) when told to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_store_fails_open_or_closed_as_configured() -> Result<()> {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let closed = mailgate_tests::unused_port()?;
     for (settings, expected) in [("", 250), ("on_store_error = \"tempfail\"", 451)] {
         let gw = Setup::new()
             .kv("backend = \"redis\"")

@@ -49,12 +49,8 @@ async fn quickstart_config_is_valid() -> Result<()> {
 
 #[test]
 fn check_command_reports_errors_and_exits_64() -> Result<()> {
-    let binary = env!("CARGO_BIN_EXE_mailgate-e2e");
     let bad = fixtures().join("invalid/unknown-key.toml");
-    let output = std::process::Command::new(binary)
-        .args(["check", "--config"])
-        .arg(&bad)
-        .output()?;
+    let output = crate::mailgate_check(&bad, None)?;
     assert_eq!(output.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown-key.toml:"), "{stderr}");
@@ -62,10 +58,7 @@ fn check_command_reports_errors_and_exits_64() -> Result<()> {
     // As the README runs it: a relative path from the repository root; the
     // quickstart's plugins are compiled (build.rs built them).
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let output = std::process::Command::new(binary)
-        .args(["check", "--config", "quickstart/mailgate.toml"])
-        .current_dir(&root)
-        .output()?;
+    let output = crate::mailgate_check("quickstart/mailgate.toml", Some(&root))?;
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -83,10 +76,7 @@ fn check_command_reports_errors_and_exits_64() -> Result<()> {
         mailgate_tests::plugins::SCRIPTED
     );
     std::fs::write(dir.path().join("mailgate.toml"), config)?;
-    let output = std::process::Command::new(binary)
-        .args(["check", "--config", "mailgate.toml"])
-        .current_dir(dir.path())
-        .output()?;
+    let output = crate::mailgate_check("mailgate.toml", Some(dir.path()))?;
     assert_eq!(
         output.status.code(),
         Some(0),

@@ -229,12 +229,7 @@ async fn a_pooled_connection_the_server_closed_is_replaced() -> Result<()> {
     sink.behave(|b| b.close_after_message = true);
     // A deferral would wait an hour: only an immediate retry on a new
     // connection delivers within the test's wait.
-    let gw = Setup::new()
-        .delivery("retry_initial = \"1h\"")
-        .delivery("retry_max = \"1h\"")
-        .route_all_to(sink.addr())
-        .start()
-        .await?;
+    let gw = Setup::new().hourly_retries().route_all_to(sink.addr()).start().await?;
     let mut client = SmtpClient::greeted(gw.addr).await?;
     for n in 0..4 {
         send_numbered(&mut client, n).await?;

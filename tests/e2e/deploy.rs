@@ -14,10 +14,7 @@ fn deploy(file: &str) -> PathBuf {
 
 #[test]
 fn the_example_configuration_passes_check() -> Result<()> {
-    let output = std::process::Command::new(crate::binary())
-        .args(["check", "--config"])
-        .arg(deploy("mailgate.toml"))
-        .output()?;
+    let output = crate::mailgate_check(deploy("mailgate.toml"), None)?;
     assert!(output.status.success(), "{output:?}");
     Ok(())
 }
@@ -123,10 +120,7 @@ fn the_readme_fleet_example_passes_check() -> Result<()> {
         );
     let config = dir.path().join("mailgate.toml");
     std::fs::write(&config, format!("{example}\n[[route]]\ndomains = [\"*\"]\nmx = true\n"))?;
-    let output = std::process::Command::new(crate::binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()?;
+    let output = crate::mailgate_check(&config, None)?;
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("rate-limit [mail]"), "{stdout}");

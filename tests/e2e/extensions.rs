@@ -65,13 +65,8 @@ async fn dsn_parameters_go_to_a_next_hop_that_offers_dsn() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dsn_parameters_survive_a_restart() -> Result<()> {
     // Queued while the next hop is down, delivered after a restart.
-    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let gw = Setup::new()
-        .delivery("retry_initial = \"1h\"")
-        .delivery("retry_max = \"1h\"")
-        .route_all_to(down)
-        .start()
-        .await?;
+    let down = mailgate_tests::unused_port()?;
+    let gw = Setup::new().hourly_retries().route_all_to(down).start().await?;
     let mut client = SmtpClient::greeted(gw.addr).await?;
     let code = transact(
         &mut client,

@@ -32,6 +32,20 @@ mod versions;
 /// How long a test waits for something to arrive.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Runs `mailgate check --config CONFIG` (a relative CONFIG from `dir`,
+/// when given), synchronously.
+fn mailgate_check(
+    config: impl AsRef<std::ffi::OsStr>,
+    dir: Option<&std::path::Path>,
+) -> std::io::Result<std::process::Output> {
+    let mut command = std::process::Command::new(binary());
+    command.args(["check", "--config"]).arg(config);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    command.output()
+}
+
 /// Runs `mailgate COMMAND --config CONFIG ARGS...`: (success, stdout and
 /// stderr together).
 async fn mailgate_cli(command: &str, config: &std::path::Path, args: &[&str]) -> anyhow::Result<(bool, String)> {

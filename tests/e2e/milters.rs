@@ -128,7 +128,7 @@ async fn a_milter_sees_every_stage_and_its_answers_apply() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_milter_is_a_fault_answered_by_on_error() -> Result<()> {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let closed = mailgate_tests::unused_port()?;
     let sink = SinkServer::start().await?;
     let address = format!("inet:{closed}");
     let passing = Setup::new()

@@ -588,21 +588,14 @@ async fn the_check_command_compiles_plugins() -> Result<()> {
             ),
         )
     };
-    let binary = env!("CARGO_BIN_EXE_mailgate-e2e");
     write(mailgate_tests::plugins::WRONG_WORLD)?;
-    let output = std::process::Command::new(binary)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()?;
+    let output = crate::mailgate_check(&config, None)?;
     assert_eq!(output.status.code(), Some(64));
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("does not match the mailgate:plugin@0.2.0 world (nor @0.1.0)")
     );
     write(SCRIPTED)?;
-    let output = std::process::Command::new(binary)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()?;
+    let output = crate::mailgate_check(&config, None)?;
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -704,10 +697,7 @@ async fn each_listener_runs_its_own_chain() -> Result<()> {
         .route_all_to(sink.addr());
     let dir = tempfile::tempdir()?;
     let config = setup.write(dir.path())?;
-    let output = std::process::Command::new(crate::binary())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()?;
+    let output = crate::mailgate_check(&config, None)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

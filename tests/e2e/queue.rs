@@ -157,8 +157,7 @@ async fn queue_commands_work_against_a_running_gateway() -> Result<()> {
     let back = SinkServer::start().await?;
     let gw = Setup::new()
         .admin()?
-        .delivery("retry_initial = \"1h\"")
-        .delivery("retry_max = \"1h\"")
+        .hourly_retries()
         .route_to("\"dest.test\"", dest.addr())
         .route_to("\"back.test\"", back.addr())
         .start()
@@ -244,12 +243,7 @@ async fn http_get(address: &str, path: &str) -> Result<String> {
 async fn queue_commands_work_on_a_stopped_gateways_spool() -> Result<()> {
     let dest = SinkServer::start().await?;
     dest.behave(|b| b.mail_reply = Some("451 4.3.0 not now".into()));
-    let gw = Setup::new()
-        .delivery("retry_initial = \"1h\"")
-        .delivery("retry_max = \"1h\"")
-        .route_all_to(dest.addr())
-        .start()
-        .await?;
+    let gw = Setup::new().hourly_retries().route_all_to(dest.addr()).start().await?;
     send(&gw, "user@dest.test", "offline").await?;
     wait_until(WAIT, || dest.mail_commands() >= 1).await?;
     let config = gw.config();
@@ -271,13 +265,8 @@ async fn queue_commands_work_on_a_stopped_gateways_spool() -> Result<()> {
 /// delivered once released.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_messages_wait_for_release_across_a_restart() -> Result<()> {
-    let down = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let gw = Setup::new()
-        .delivery("retry_initial = \"1h\"")
-        .delivery("retry_max = \"1h\"")
-        .route_all_to(down)
-        .start()
-        .await?;
+    let down = mailgate_tests::unused_port()?;
+    let gw = Setup::new().hourly_retries().route_all_to(down).start().await?;
     send(&gw, "one@held.test", "held").await?;
     send(&gw, "two@other.test", "not held").await?;
     wait_until(WAIT, || gw.queued() == 2).await?;

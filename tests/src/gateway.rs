@@ -66,6 +66,12 @@ impl Setup {
         self
     }
 
+    /// Retries an hour apart (`retry_initial` and `retry_max`): a
+    /// deferred message stays queued for the rest of the test.
+    pub fn hourly_retries(self) -> Self {
+        self.delivery("retry_initial = \"1h\"").delivery("retry_max = \"1h\"")
+    }
+
     /// Adds a `[[listener]]` on a free loopback port; `body` holds its
     /// keys after `name` and `address` (`role`, `proxy_protocol`...).
     pub fn listener(self, name: &str, body: &str) -> Self {

@@ -91,6 +91,13 @@ pub fn dsn_parts(content: &[u8]) -> anyhow::Result<(String, String)> {
 }
 
 /// Sends the gateway's logs to the test output when `RUST_LOG` is set.
+/// A loopback address nothing listens on now (bound, then let go): a next
+/// hop, milter or store that refuses connections, or a free address to
+/// give the gateway.
+pub fn unused_port() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 pub fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt()

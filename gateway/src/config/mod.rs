@@ -3,7 +3,9 @@
 //! names the file, line, column and key; semantic errors are all reported in
 //! one pass. Relative paths are taken relative to the configuration file.
 
+mod delivery;
 mod error;
+mod plugins;
 mod raw;
 mod units;
 
@@ -18,19 +20,14 @@ use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
 pub use raw::LogFormat;
-use raw::{KvBackend, RawConfig, RawKind, RawPlugin, RawRoute, RawStage};
+use raw::{KvBackend, RawConfig};
 
-use crate::delivery::route::{Route, RouteTable, Target};
-use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
-use crate::delivery::{ClientTimeouts, DeliverySettings};
+use crate::delivery::DeliverySettings;
+use crate::delivery::tls::TlsConfigs;
 use crate::dkim::{DkimKey, DkimSettings, MailAuth};
-use crate::dns::{DnsSettings, Resolver};
+use crate::dns::DnsSettings;
 use crate::kv::{Kv, KvSettings};
-use crate::milter::{MilterAddress, MilterSettings};
-use crate::plugin::{
-    Chain, EntryKind, Fault, HostServices, PluginConfig, PluginError, Runtime, RuntimeSettings, SystemClock,
-};
-use crate::queue::RetrySchedule;
+use crate::plugin::{Chain, Fault, HostServices, PluginConfig, PluginError, Runtime, RuntimeSettings, SystemClock};
 use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
 use crate::server::tls::ServerTls;
@@ -38,7 +35,7 @@ use crate::server::{ListenerConfig, ListenerRole, ServerSettings};
 use crate::smtp::Mailbox;
 use crate::smtp::address::DomainPattern;
 use crate::smtp::data::DataPolicy;
-use crate::smtp::session::{SessionConfig, Stage};
+use crate::smtp::session::SessionConfig;
 
 /// What loading a configuration may take over from the one serving.
 #[derive(Clone, Copy, Debug, Default)]
@@ -47,14 +44,6 @@ pub struct Reuse<'a> {
     pub runtime: Option<&'a Arc<Runtime>>,
     /// The key-value store, kept when `[kv]` is unchanged.
     pub kv: Option<&'a Arc<Kv>>,
-}
-
-/// A plugin's name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
-fn valid_plugin_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// The validated configuration.
@@ -303,137 +292,6 @@ impl Checker<'_> {
         }
     }
 
-    fn entry_kind(&mut self, at: &Spanned<RawPlugin>, p: &RawPlugin, hostname: &str) -> EntryKind {
-        let wasm_only = [
-            ("path", p.path.is_some()),
-            ("capabilities", !p.capabilities.is_empty()),
-            ("settings", !p.settings.get_ref().is_empty()),
-            ("sha256", p.sha256.is_some()),
-        ];
-        let milter_only = [
-            ("address", p.address.is_some()),
-            ("timeout", p.timeout.is_some()),
-            ("connect_timeout", p.connect_timeout.is_some()),
-        ];
-        match p.kind.get_ref() {
-            RawKind::Wasm => {
-                for (key, _) in milter_only.iter().filter(|(_, set)| *set) {
-                    self.problem(at, format!("`{key}` is for `kind = \"milter\"` entries"));
-                }
-                if p.path.is_none() {
-                    self.problem(at, "a wasm plugin needs `path`");
-                }
-                EntryKind::Wasm
-            }
-            RawKind::Milter => {
-                for (key, _) in wasm_only.iter().filter(|(_, set)| *set) {
-                    self.problem(at, format!("`{key}` is for wasm plugins, not milters"));
-                }
-                let address = match &p.address {
-                    Some(address) => match MilterAddress::parse(address.get_ref()) {
-                        Ok(parsed) => parsed,
-                        Err(e) => {
-                            self.problem(address, e);
-                            MilterAddress::Unix(PathBuf::new())
-                        }
-                    },
-                    None => {
-                        self.problem(
-                            &p.kind,
-                            "a milter needs `address` (\"inet:HOST:PORT\" or \"unix:/PATH\")",
-                        );
-                        MilterAddress::Unix(PathBuf::new())
-                    }
-                };
-                EntryKind::Milter(Arc::new(MilterSettings {
-                    address,
-                    connect_timeout: p
-                        .connect_timeout
-                        .map_or(Duration::from_secs(5), |d| d.0.max(Duration::from_millis(1))),
-                    timeout: p
-                        .timeout
-                        .map_or(Duration::from_secs(30), |d| d.0.max(Duration::from_millis(1))),
-                    hostname: hostname.to_owned(),
-                }))
-            }
-        }
-    }
-
-    fn plugins(&mut self, raw: &RawConfig, hostname: &str) -> Vec<PluginConfig> {
-        let mut names = HashSet::new();
-        raw.plugin
-            .iter()
-            .map(|spanned| {
-                let p: &RawPlugin = spanned.get_ref();
-                if !names.insert(p.name.get_ref().clone()) {
-                    self.problem(&p.name, format!("duplicate plugin name {:?}", p.name.get_ref()));
-                }
-                if !valid_plugin_name(p.name.get_ref()) {
-                    self.problem(
-                        &p.name,
-                        "a plugin name is 1 to 64 letters, digits, `-`, `_` or `.` (it names the plugin's logs, metrics and key-value namespace)",
-                    );
-                }
-                let kind = self.entry_kind(spanned, p, hostname);
-                let stages = match (&kind, &p.stages) {
-                    (EntryKind::Wasm, Some(stages)) => {
-                        if stages.get_ref().is_empty() {
-                            self.problem(stages, "a plugin needs at least one stage");
-                        }
-                        stages.get_ref().iter().map(|&s| stage(s)).collect()
-                    }
-                    (EntryKind::Wasm, None) => {
-                        self.problem(spanned, "a wasm plugin needs `stages`");
-                        Vec::new()
-                    }
-                    (EntryKind::Milter(_), Some(stages)) => {
-                        self.problem(stages, "a milter sees every stage: remove `stages`");
-                        Vec::new()
-                    }
-                    (EntryKind::Milter(_), None) => {
-                        vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data]
-                    }
-                };
-                let memory = *p.memory_limit_bytes.get_ref();
-                if !(1 << 20..=4 << 30).contains(&memory) {
-                    self.problem(&p.memory_limit_bytes, "must be between 1 MiB and 4 GiB");
-                }
-                let settings = serde_json::to_string(p.settings.get_ref()).unwrap_or_else(|_| "{}".to_owned());
-                let mut listeners: Vec<Arc<str>> = Vec::new();
-                for name in &p.listeners {
-                    let name_text = name.get_ref().as_str();
-                    if raw.listeners.iter().any(|l| l.get_ref().name == name_text) {
-                        listeners.push(Arc::from(name_text));
-                    } else {
-                        self.problem(name, format!("no [[listener]] is named {name_text:?}"));
-                    }
-                }
-                let sha256 = p.sha256.as_ref().map(|digest| {
-                    let hex = digest.get_ref().to_ascii_lowercase();
-                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        self.problem(digest, "a SHA-256 is 64 hex digits (`mailgate plugin hash FILE` prints it)");
-                    }
-                    hex
-                });
-                PluginConfig {
-                    name: Arc::from(p.name.get_ref().as_str()),
-                    path: p.path.as_ref().map(|path| self.resolve(path.get_ref())).unwrap_or_default(),
-                    kind,
-                    mode: p.mode,
-                    stages,
-                    settings,
-                    memory_limit: memory,
-                    time_budget: p.time_budget.0.max(Duration::from_millis(1)),
-                    on_error: p.on_error,
-                    instances: p.instances,
-                    capabilities: p.capabilities.clone(),
-                    sha256,
-                    listeners,
-                }
-            })
-            .collect()
-    }
-
     fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
         if raw.listeners.is_empty() {
             self.problems
@@ -658,57 +516,6 @@ impl Checker<'_> {
         }
     }
 
-    fn delivery_settings(&mut self, raw: &RawConfig, hostname: String) -> DeliverySettings {
-        let d = &raw.delivery;
-        if d.retry_initial.0 > d.retry_max.0 {
-            self.problems.push(Problem::at(
-                self.source,
-                None,
-                "`delivery.retry_initial` is longer than `delivery.retry_max`",
-            ));
-        }
-        let concurrency = self.at_least_one(d.concurrency, "delivery.concurrency");
-        let mut names = HashSet::new();
-        for name in raw.routes.iter().filter_map(|r| r.get_ref().name.as_ref()) {
-            if !names.insert(name.get_ref().clone()) {
-                self.problem(name, format!("duplicate route name {:?}", name.get_ref()));
-            }
-        }
-        if *d.max_connections_per_destination.get_ref() == 0 {
-            self.problem(&d.max_connections_per_destination, "must be at least 1");
-        }
-        let default_policy = Arc::new(self.policy(0, &raw.delivery, None));
-        let routes = raw
-            .routes
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| self.route(i + 1, &raw.delivery, r))
-            .collect();
-        let resolver = Resolver::new(self.dns(raw));
-        DeliverySettings {
-            hostname,
-            concurrency,
-            retry: RetrySchedule {
-                initial: d.retry_initial.0,
-                max: d.retry_max.0,
-                max_age: d.max_age.0,
-            },
-            timeouts: ClientTimeouts {
-                connect: d.connect_timeout.0,
-                command: d.command_timeout.0,
-                data_init: d.data_init_timeout.0,
-                data: d.data_timeout.0,
-                data_done: d.data_done_timeout.0,
-                idle: d.idle_timeout.0,
-            },
-            routes: RouteTable::new(routes, default_policy),
-            resolver,
-            remote_port: d.mx_port,
-            delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
-            quarantine_max_age: d.quarantine_max_age.0,
-        }
-    }
-
     fn dkim(&mut self, raw: &RawConfig, hostname: &str) -> DkimSettings {
         let authserv_id = match &raw.dkim.authserv_id {
             Some(id) => {
@@ -822,150 +629,6 @@ impl Checker<'_> {
             attempts: raw.dns.attempts.max(1),
         }
     }
-
-    /// The SMTP policy of route number `id` (0: the default), from the
-    /// `[delivery]` settings and the route's overrides.
-    fn policy(&mut self, id: usize, d: &raw::RawDelivery, route: Option<&RawRoute>) -> SmtpPolicy {
-        let tls = route.and_then(|r| r.tls).unwrap_or(d.tls);
-        let ca_file = route.and_then(|r| r.ca_file.as_ref()).or(d.ca_file.as_ref());
-        let danger = route
-            .and_then(|r| r.danger_accept_invalid_certs)
-            .unwrap_or(d.danger_accept_invalid_certs);
-        let key = (ca_file.map(|f| self.resolve(f.get_ref())), danger);
-        let built = match self.tls_configs.get(&key) {
-            Some(configs) => Ok(configs.clone()),
-            None => TlsConfigs::new(key.0.as_deref(), danger),
-        };
-        let tls_config = match built {
-            Ok(configs) => {
-                self.tls_configs.entry(key).or_insert_with(|| configs.clone());
-                Some(configs)
-            }
-            Err(e) => {
-                match ca_file {
-                    Some(file) => self.problem(file, e),
-                    None => self.problems.push(Problem::at(self.source, None, e)),
-                }
-                None
-            }
-        };
-        let max_connections = match route.and_then(|r| r.max_connections.as_ref()) {
-            Some(n) if *n.get_ref() == 0 => {
-                self.problem(n, "must be at least 1");
-                1
-            }
-            Some(n) => *n.get_ref(),
-            None => *d.max_connections_per_destination.get_ref(),
-        };
-        let auth = route.and_then(|r| self.credentials(r));
-        if auth.is_some() && tls == TlsMode::Disabled {
-            self.problems.push(Problem::at(
-                self.source,
-                None,
-                format!(
-                    "route[{}]: AUTH needs TLS; `tls = \"disabled\"` would never send the credentials",
-                    id - 1
-                ),
-            ));
-        }
-        SmtpPolicy {
-            id,
-            tls,
-            // With a problem recorded the configuration is refused anyway;
-            // the fallback only keeps the conversion going.
-            tls_config: tls_config.unwrap_or_else(TlsConfigs::encrypt_only),
-            auth,
-            max_connections,
-        }
-    }
-
-    fn credentials(&mut self, route: &RawRoute) -> Option<Credentials> {
-        let username = route.auth_username.as_ref();
-        let password = match (&route.auth_password, &route.auth_password_file) {
-            (Some(p), None) => Some(p.get_ref().clone()),
-            (None, Some(file)) => match std::fs::read_to_string(self.resolve(file.get_ref())) {
-                Ok(text) => Some(text.lines().next().unwrap_or("").to_owned()),
-                Err(e) => {
-                    self.problem(file, format!("cannot read the password file: {e}"));
-                    None
-                }
-            },
-            (Some(_), Some(file)) => {
-                self.problem(file, "a route has `auth_password` or `auth_password_file`, not both");
-                None
-            }
-            (None, None) => None,
-        };
-        match (username, password) {
-            (Some(user), Some(password)) => Some(Credentials {
-                username: user.get_ref().clone(),
-                password,
-            }),
-            (Some(user), None) => {
-                if route.auth_password_file.is_none() && route.auth_password.is_none() {
-                    self.problem(user, "`auth_username` needs `auth_password` or `auth_password_file`");
-                }
-                None
-            }
-            (None, Some(_)) => {
-                let at = route
-                    .auth_password
-                    .as_ref()
-                    .map(Spanned::span)
-                    .or(route.auth_password_file.as_ref().map(Spanned::span));
-                self.problems
-                    .push(Problem::at(self.source, at, "a password needs `auth_username`"));
-                None
-            }
-            (None, None) => None,
-        }
-    }
-
-    fn route(&mut self, id: usize, delivery: &raw::RawDelivery, spanned: &Spanned<RawRoute>) -> Option<Route> {
-        let raw = spanned.get_ref();
-        if raw.domains.is_empty() && raw.name.is_none() {
-            self.problem(spanned, "a route needs a `name` or at least one pattern in `domains`");
-        }
-        let mut patterns = Vec::new();
-        for pattern in &raw.domains {
-            match DomainPattern::parse(pattern.get_ref()) {
-                Ok(p) => patterns.push(p),
-                Err(e) => self.problem(pattern, e),
-            }
-        }
-        let mx = raw.mx.as_ref().filter(|mx| *mx.get_ref());
-        let target = match (&raw.smarthost, &raw.maildir, mx) {
-            (Some(host), None, None) => match Target::parse_smarthost(host.get_ref()) {
-                Ok(target) => target,
-                Err(e) => {
-                    self.problem(host, e);
-                    return None;
-                }
-            },
-            (None, Some(dir), None) => Target::Maildir(self.resolve(dir.get_ref())),
-            (None, None, Some(_)) => Target::Mx,
-            (None, None, None) => {
-                self.problem(spanned, "a route needs `smarthost`, `maildir` or `mx = true`");
-                return None;
-            }
-            (_, maildir, mx) => {
-                let reason = "a route has exactly one of `smarthost`, `maildir` and `mx = true`";
-                match (maildir, mx) {
-                    (_, Some(mx)) => self.problem(mx, reason),
-                    (Some(dir), None) => self.problem(dir, reason),
-                    (None, None) => self.problem(spanned, reason),
-                }
-                return None;
-            }
-        };
-        let policy = Arc::new(self.policy(id, delivery, Some(raw)));
-        Some(Route {
-            name: raw.name.as_ref().map(|n| n.get_ref().clone()),
-            patterns,
-            target,
-            policy,
-        })
-    }
 }
 
 /// The users file a configuration names (`[auth] users_file`), resolved
@@ -1018,16 +681,6 @@ fn parse_nameserver(text: &str) -> Result<std::net::SocketAddr, String> {
     }
     text.parse()
         .map_err(|_| format!("invalid name server {text:?}: expected \"ip\" or \"ip:port\""))
-}
-
-fn stage(raw: RawStage) -> Stage {
-    match raw {
-        RawStage::Connect => Stage::Connect,
-        RawStage::Helo => Stage::Helo,
-        RawStage::Mail => Stage::Mail,
-        RawStage::Rcpt => Stage::Rcpt,
-        RawStage::Data => Stage::Data,
-    }
 }
 
 /// The system host name, or `localhost` if it cannot be read.

@@ -63,26 +63,27 @@ impl Runner {
         self.tend_quarantine().await;
     }
 
-    /// Expires old quarantined messages and sets the gauges.
+    /// Expires old quarantined messages and sets the gauges, from one
+    /// reading of the quarantine.
     pub(super) async fn tend_quarantine(&mut self) {
-        match self.spool.expire_quarantine(self.settings.quarantine_max_age).await {
-            Ok(expired) => {
-                for id in expired {
-                    info!(queue_id = %id, action = "expire", "quarantined message expired");
-                }
-            }
-            Err(e) => error!(error = %e, "cannot expire the quarantine"),
-        }
-        let Ok(entries) = self.spool.quarantined().await else {
-            return;
+        let entries = match self.spool.quarantined().await {
+            Ok(entries) => entries,
+            Err(e) => return error!(error = %e, "cannot read the quarantine"),
         };
+        let now = SystemTime::now();
+        let age = |q: &Quarantined| now.duration_since(q.envelope.received_at).unwrap_or_default();
+        let max_age = self.settings.quarantine_max_age;
+        let (expired, kept): (Vec<_>, Vec<_>) = entries.into_iter().partition(|q| age(q) > max_age);
+        for q in expired {
+            match self.spool.delete_quarantined(&q.id).await {
+                Ok(()) => info!(queue_id = %q.id, action = "expire", "quarantined message expired"),
+                Err(e) => error!(queue_id = %q.id, error = %e, "cannot expire a quarantined message"),
+            }
+        }
         let [count, oldest] = &metrics().quarantine;
-        count.set(i64::try_from(entries.len()).unwrap_or(i64::MAX));
-        let age = entries.first().map_or(0, |q| {
-            SystemTime::now()
-                .duration_since(q.envelope.received_at)
-                .map_or(0, |d| d.as_secs())
-        });
-        oldest.set(i64::try_from(age).unwrap_or(i64::MAX));
+        count.set(i64::try_from(kept.len()).unwrap_or(i64::MAX));
+        // Oldest first.
+        let oldest_age = kept.first().map_or(0, |q| age(q).as_secs());
+        oldest.set(i64::try_from(oldest_age).unwrap_or(i64::MAX));
     }
 }

@@ -7,7 +7,6 @@
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use tokio::task::spawn_blocking;
@@ -97,19 +96,5 @@ impl Spool {
         let path = self.quarantine_path(id);
         let removed = spawn_blocking(move || fs::remove_file(&path).map_err(io_error(&path))).await;
         removed.map_err(|_| SpoolError::Cancelled)?
-    }
-
-    /// Deletes the quarantined messages older than `max_age`; their ids.
-    pub async fn expire_quarantine(&self, max_age: Duration) -> Result<Vec<QueueId>, SpoolError> {
-        let now = SystemTime::now();
-        let mut expired = Vec::new();
-        for entry in self.quarantined().await? {
-            let age = now.duration_since(entry.envelope.received_at).unwrap_or_default();
-            if age > max_age {
-                self.delete_quarantined(&entry.id).await?;
-                expired.push(entry.id);
-            }
-        }
-        Ok(expired)
     }
 }

@@ -1,0 +1,166 @@
+//! The `[[plugin]]` entries: wasm components and milters, their stages,
+//! listeners, settings, limits and pinned digests.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::Checker;
+use super::raw::{RawConfig, RawKind, RawPlugin, RawStage};
+use crate::milter::{MilterAddress, MilterSettings};
+use crate::plugin::{EntryKind, PluginConfig};
+use crate::smtp::session::Stage;
+
+impl Checker<'_> {
+    fn entry_kind(&mut self, at: &Spanned<RawPlugin>, p: &RawPlugin, hostname: &str) -> EntryKind {
+        let wasm_only = [
+            ("path", p.path.is_some()),
+            ("capabilities", !p.capabilities.is_empty()),
+            ("settings", !p.settings.get_ref().is_empty()),
+            ("sha256", p.sha256.is_some()),
+        ];
+        let milter_only = [
+            ("address", p.address.is_some()),
+            ("timeout", p.timeout.is_some()),
+            ("connect_timeout", p.connect_timeout.is_some()),
+        ];
+        match p.kind.get_ref() {
+            RawKind::Wasm => {
+                for (key, _) in milter_only.iter().filter(|(_, set)| *set) {
+                    self.problem(at, format!("`{key}` is for `kind = \"milter\"` entries"));
+                }
+                if p.path.is_none() {
+                    self.problem(at, "a wasm plugin needs `path`");
+                }
+                EntryKind::Wasm
+            }
+            RawKind::Milter => {
+                for (key, _) in wasm_only.iter().filter(|(_, set)| *set) {
+                    self.problem(at, format!("`{key}` is for wasm plugins, not milters"));
+                }
+                let address = match &p.address {
+                    Some(address) => match MilterAddress::parse(address.get_ref()) {
+                        Ok(parsed) => parsed,
+                        Err(e) => {
+                            self.problem(address, e);
+                            MilterAddress::Unix(PathBuf::new())
+                        }
+                    },
+                    None => {
+                        self.problem(
+                            &p.kind,
+                            "a milter needs `address` (\"inet:HOST:PORT\" or \"unix:/PATH\")",
+                        );
+                        MilterAddress::Unix(PathBuf::new())
+                    }
+                };
+                EntryKind::Milter(Arc::new(MilterSettings {
+                    address,
+                    connect_timeout: p
+                        .connect_timeout
+                        .map_or(Duration::from_secs(5), |d| d.0.max(Duration::from_millis(1))),
+                    timeout: p
+                        .timeout
+                        .map_or(Duration::from_secs(30), |d| d.0.max(Duration::from_millis(1))),
+                    hostname: hostname.to_owned(),
+                }))
+            }
+        }
+    }
+
+    pub(super) fn plugins(&mut self, raw: &RawConfig, hostname: &str) -> Vec<PluginConfig> {
+        let mut names = HashSet::new();
+        raw.plugin
+            .iter()
+            .map(|spanned| {
+                let p: &RawPlugin = spanned.get_ref();
+                if !names.insert(p.name.get_ref().clone()) {
+                    self.problem(&p.name, format!("duplicate plugin name {:?}", p.name.get_ref()));
+                }
+                if !valid_plugin_name(p.name.get_ref()) {
+                    self.problem(
+                        &p.name,
+                        "a plugin name is 1 to 64 letters, digits, `-`, `_` or `.` (it names the plugin's logs, metrics and key-value namespace)",
+                    );
+                }
+                let kind = self.entry_kind(spanned, p, hostname);
+                let stages = match (&kind, &p.stages) {
+                    (EntryKind::Wasm, Some(stages)) => {
+                        if stages.get_ref().is_empty() {
+                            self.problem(stages, "a plugin needs at least one stage");
+                        }
+                        stages.get_ref().iter().map(|&s| stage(s)).collect()
+                    }
+                    (EntryKind::Wasm, None) => {
+                        self.problem(spanned, "a wasm plugin needs `stages`");
+                        Vec::new()
+                    }
+                    (EntryKind::Milter(_), Some(stages)) => {
+                        self.problem(stages, "a milter sees every stage: remove `stages`");
+                        Vec::new()
+                    }
+                    (EntryKind::Milter(_), None) => {
+                        vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data]
+                    }
+                };
+                let memory = *p.memory_limit_bytes.get_ref();
+                if !(1 << 20..=4 << 30).contains(&memory) {
+                    self.problem(&p.memory_limit_bytes, "must be between 1 MiB and 4 GiB");
+                }
+                let settings = serde_json::to_string(p.settings.get_ref()).unwrap_or_else(|_| "{}".to_owned());
+                let mut listeners: Vec<Arc<str>> = Vec::new();
+                for name in &p.listeners {
+                    let name_text = name.get_ref().as_str();
+                    if raw.listeners.iter().any(|l| l.get_ref().name == name_text) {
+                        listeners.push(Arc::from(name_text));
+                    } else {
+                        self.problem(name, format!("no [[listener]] is named {name_text:?}"));
+                    }
+                }
+                let sha256 = p.sha256.as_ref().map(|digest| {
+                    let hex = digest.get_ref().to_ascii_lowercase();
+                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        self.problem(digest, "a SHA-256 is 64 hex digits (`mailgate plugin hash FILE` prints it)");
+                    }
+                    hex
+                });
+                PluginConfig {
+                    name: Arc::from(p.name.get_ref().as_str()),
+                    path: p.path.as_ref().map(|path| self.resolve(path.get_ref())).unwrap_or_default(),
+                    kind,
+                    mode: p.mode,
+                    stages,
+                    settings,
+                    memory_limit: memory,
+                    time_budget: p.time_budget.0.max(Duration::from_millis(1)),
+                    on_error: p.on_error,
+                    instances: p.instances,
+                    capabilities: p.capabilities.clone(),
+                    sha256,
+                    listeners,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A plugin's name: 1 to 64 ASCII letters, digits, `-`, `_` or `.`.
+fn valid_plugin_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn stage(raw: RawStage) -> Stage {
+    match raw {
+        RawStage::Connect => Stage::Connect,
+        RawStage::Helo => Stage::Helo,
+        RawStage::Mail => Stage::Mail,
+        RawStage::Rcpt => Stage::Rcpt,
+        RawStage::Data => Stage::Data,
+    }
+}
