@@ -130,3 +130,108 @@ fn control_endpoints_off_loopback_without_tokens_stop_start_up() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_endpoints_take_client_certificates_over_https() -> Result<()> {
+    let ca = mailgate_tests::TestCa::new()?;
+    let rogue = mailgate_tests::TestCa::new()?;
+    let ops = ca.issue_client("ops-laptop")?;
+    let intruder = rogue.issue_client("ops-laptop")?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = ca.issue(&["127.0.0.1"])?;
+    std::fs::write(dir.path().join("admin-cert.pem"), cert)?;
+    std::fs::write(dir.path().join("admin-key.pem"), key)?;
+    std::fs::write(dir.path().join("cli-cert.pem"), &ops.0)?;
+    std::fs::write(dir.path().join("cli-key.pem"), &ops.1)?;
+    ca.write(&dir.path().join("ca.pem"))?;
+    let down = mailgate_tests::unused_port()?;
+    let setup = Setup::new()
+        .admin()?
+        .admin_line("tls_cert_file = \"admin-cert.pem\"")
+        .admin_line("tls_key_file = \"admin-key.pem\"")
+        .admin_line("client_ca_file = \"ca.pem\"")
+        .admin_line("client_cert_file = \"cli-cert.pem\"")
+        .admin_line("client_key_file = \"cli-key.pem\"")
+        .admin_line("server_ca_file = \"ca.pem\"")
+        .hourly_retries()
+        .route_all_to(down);
+    let config = setup.write(dir.path())?;
+    let admin = setup.admin_address().context("no admin address")?;
+    let gw = mailgate_tests::GatewayProcess::start(&crate::binary(), &config).await?;
+    SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: held back\r\n\r\nhi\r\n").await?;
+    wait_until(WAIT, || mailgate_tests::count_queued(&dir.path().join("spool")) == 1).await?;
+
+    // Metrics need no certificate; plain HTTP is not spoken at all.
+    let anonymous = ca.client_config_with(None)?;
+    assert_eq!(
+        mailgate_tests::https(admin, anonymous.clone(), "GET", "/metrics", None)
+            .await?
+            .0,
+        200
+    );
+    assert!(
+        !matches!(http(admin, "GET", "/metrics").await, Ok((200, _))),
+        "plain HTTP is refused"
+    );
+    // Without a certificate: 401. With one from another CA: no TLS session.
+    for (method, path) in [("GET", "/queue"), ("POST", "/queue/hold"), ("POST", "/reload")] {
+        let (status, body) = mailgate_tests::https(admin, anonymous.clone(), method, path, None).await?;
+        assert_eq!(status, 401, "{method} {path}: {body}");
+        assert!(body.contains("client certificate"), "{body}");
+        let refused = mailgate_tests::https(admin, ca.client_config_with(Some(&intruder))?, method, path, None).await;
+        assert!(
+            refused.is_err(),
+            "{method} {path} with a rogue certificate: {refused:?}"
+        );
+    }
+    let trusted = ca.client_config_with(Some(&ops))?;
+    let (status, listed) = mailgate_tests::https(admin, trusted, "GET", "/queue", None).await?;
+    assert_eq!(status, 200, "{listed}");
+    assert!(
+        listed.contains("\"waiting\"") && !listed.contains("\"held\""),
+        "nothing was held by the refused requests: {listed}"
+    );
+
+    // The CLI presents its certificate from the configuration.
+    let (ok, output) = mailgate_cli("queue", &config, &["hold", "--all"]).await?;
+    assert!(ok, "{output}");
+    assert!(output.contains("1 message(s) held"), "{output}");
+    wait_until(WAIT, || {
+        gw.log()
+            .iter()
+            .any(|l| l.contains("admin request") && l.contains("certificate ops-laptop") && l.contains("/queue/hold"))
+    })
+    .await
+    .context("no log line names the certificate")?;
+    Ok(())
+}
+
+#[test]
+fn client_certificates_alone_allow_control_off_loopback() -> Result<()> {
+    let ca = mailgate_tests::TestCa::new()?;
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = ca.issue(&["192.0.2.1"])?;
+    std::fs::write(dir.path().join("admin-cert.pem"), cert)?;
+    std::fs::write(dir.path().join("admin-key.pem"), key)?;
+    ca.write(&dir.path().join("ca.pem"))?;
+    let config = dir.path().join("mailgate.toml");
+    let base = "[server]\nspool_dir = \"spool\"\n[[listener]]\nname = \"mx\"\naddress = \"127.0.0.1:2525\"\n[admin]\naddress = \"0.0.0.0:8025\"\n";
+    std::fs::write(
+        &config,
+        format!(
+            "{base}tls_cert_file = \"admin-cert.pem\"\ntls_key_file = \"admin-key.pem\"\nclient_ca_file = \"ca.pem\"\n"
+        ),
+    )?;
+    let output = crate::mailgate_check(&config, None)?;
+    assert!(output.status.success(), "{output:?}");
+    // A client CA without HTTPS is refused, naming the key.
+    std::fs::write(&config, format!("{base}client_ca_file = \"ca.pem\"\n"))?;
+    let output = crate::mailgate_check(&config, None)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("`admin.client_ca_file`: client certificates need HTTPS on the admin listeners"),
+        "{stderr}"
+    );
+    Ok(())
+}

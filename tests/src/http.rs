@@ -14,7 +14,35 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, St
 
 /// `http` with `Authorization: Bearer TOKEN` when a token is given.
 pub async fn http_with(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
+    exchange(stream, addr, method, path, token).await
+}
+
+/// `http_with` over TLS with the client configuration `tls` (which may
+/// present a client certificate); the server must name `addr`'s IP.
+pub async fn https(
+    addr: SocketAddr,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
+    let stream = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let stream = tokio_rustls::TlsConnector::from(tls).connect(name, stream).await?;
+    exchange(stream, addr, method, path, token).await
+}
+
+async fn exchange<S>(
+    mut stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let authorization = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();

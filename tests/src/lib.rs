@@ -17,7 +17,7 @@ use std::time::Duration;
 pub use client::{SmtpClient, TestReply, stuff};
 pub use dns::DnsServer;
 pub use gateway::{Gateway, GatewayProcess, Setup, count_queued};
-pub use http::{http, http_with};
+pub use http::{http, http_with, https};
 pub use milter::{OpenDkim, Rspamd, Script, Seen, TestMilter};
 pub use postfix::Postfix;
 pub use redis::RedisServer;

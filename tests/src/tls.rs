@@ -45,6 +45,37 @@ impl TestCa {
         Ok((cert.pem(), key.serialize_pem()))
     }
 
+    /// A client certificate whose subject's common name is `name`, and
+    /// its key, both PEM.
+    pub fn issue_client(&self, name: &str) -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A client configuration trusting only this CA, presenting the
+    /// client certificate `identity` (PEM certificate and key) if given.
+    pub fn client_config_with(&self, identity: Option<&(String, String)>) -> Result<Arc<ClientConfig>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.issuer.der().clone())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+        let config = match identity {
+            Some((cert, key)) => {
+                use rustls_pki_types::pem::PemObject as _;
+                let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(cert.as_bytes())?];
+                builder.with_client_auth_cert(chain, PrivateKeyDer::from_pem_slice(key.as_bytes())?)?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(Arc::new(config))
+    }
+
     /// A client configuration trusting only this CA.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
         let mut roots = RootCertStore::empty();

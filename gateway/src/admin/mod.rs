@@ -3,8 +3,9 @@
 //! against a running gateway). The read-only endpoints (metrics, health)
 //! and the control endpoints (everything else) may listen apart; the
 //! control endpoints need a bearer token when `[admin] tokens_file` is set,
-//! which is required off loopback. Every control request is logged with
-//! the token's name.
+//! or a TLS client certificate when `client_ca_file` is (either one will
+//! do when both are), which is required off loopback. Every control
+//! request is logged with the token's or the certificate's name.
 //!
 //! | request | answer |
 //! |---|---|
@@ -40,6 +41,7 @@ use crate::queue::QueueId;
 use crate::reload::Reloader;
 
 mod auth;
+pub mod tls;
 
 pub use auth::Tokens;
 
@@ -54,9 +56,30 @@ pub struct AdminAuth {
     pub protect_metrics: bool,
     /// Where the CLI reads the token it sends.
     pub client_token_file: Option<std::path::PathBuf>,
+    /// HTTPS on the admin listeners, with client certificates verified
+    /// when `client_certificates`.
+    pub tls: Option<Arc<crate::server::tls::ServerTls>>,
+    /// A verified client certificate authenticates a control request.
+    pub client_certificates: bool,
+    /// How the CLI speaks TLS to the admin API (when `tls` is set).
+    pub client_tls: tls::ClientTls,
 }
 
 impl AdminAuth {
+    /// Whether control requests need a credential at all.
+    fn required(&self) -> bool {
+        self.tokens_file.is_some() || self.client_certificates
+    }
+
+    /// What a refused request is told it lacks.
+    fn wanted(&self) -> &'static str {
+        match (self.tokens_file.is_some(), self.client_certificates) {
+            (true, true) => "a valid bearer token or client certificate is required",
+            (false, true) => "a valid client certificate is required",
+            _ => "a valid bearer token is required",
+        }
+    }
+
     /// The token the CLI sends: `MAILGATE_ADMIN_TOKEN`, else the first
     /// line of `client_token_file`.
     pub fn client_token(&self) -> Option<String> {
@@ -98,10 +121,10 @@ pub struct AdminState {
 /// Serves the admin API's `role` on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, role: Role, stop: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, client) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     warn!(error = %e, "admin listener accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -112,18 +135,48 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, role: Role, st
         let state = Arc::clone(&state);
         let stop = stop.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(guarded(request, &state, role).await) }
-            });
-            let connection = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => if let Err(e) = result {
-                    debug!(error = %e, "admin connection ended with an error");
-                },
-                () = stop.cancelled() => {}
+            let Some(server_tls) = state.auth.tls.clone() else {
+                return connection(TokioIo::new(stream), state, role, None, stop).await;
+            };
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, server_tls.acceptor().accept(stream));
+            match handshake.await {
+                Ok(Ok(tls)) => {
+                    let peer = tls::peer_name(tls.get_ref().1);
+                    connection(TokioIo::new(tls), state, role, peer, stop).await;
+                }
+                Ok(Err(e)) => warn!(%client, error = %e, "admin TLS handshake failed"),
+                Err(_) => warn!(%client, "admin TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on one connection; `peer` is who its verified client
+/// certificate names.
+async fn connection<S>(
+    io: TokioIo<S>,
+    state: Arc<AdminState>,
+    role: Role,
+    peer: Option<String>,
+    stop: CancellationToken,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer: Option<Arc<str>> = peer.map(Into::into);
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(guarded(request, &state, role, peer.as_deref()).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    tokio::select! {
+        result = connection => if let Err(e) = result {
+            debug!(error = %e, "admin connection ended with an error");
+        },
+        () = stop.cancelled() => {}
     }
 }
 
@@ -216,7 +269,12 @@ impl QueueRequest {
 
 /// Checks the listener's role and the credentials, then handles the
 /// request; control requests are logged with who made them.
-async fn guarded(request: Request<Incoming>, state: &AdminState, role: Role) -> Response<Full<Bytes>> {
+async fn guarded(
+    request: Request<Incoming>,
+    state: &AdminState,
+    role: Role,
+    peer: Option<&str>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     let read_only = matches!(path, "/metrics" | "/healthz" | "/readyz");
     let allowed = match role {
@@ -230,25 +288,27 @@ async fn guarded(request: Request<Incoming>, state: &AdminState, role: Role) -> 
             json!({ "error": "no such endpoint on this listener" }),
         );
     }
-    let needs_token = !read_only || (path == "/metrics" && state.auth.protect_metrics);
-    let who = match (&state.auth.tokens_file, needs_token) {
-        (Some(file), true) => {
+    let needs_credential = !read_only || (path == "/metrics" && state.auth.protect_metrics);
+    let who = match (state.auth.required() && needs_credential, peer) {
+        (false, _) => "unauthenticated (loopback)".to_owned(),
+        (true, Some(peer)) if state.auth.client_certificates => peer.to_owned(),
+        (true, _) => {
             let header = request
                 .headers()
                 .get(hyper::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            let tokens = Tokens::load(file).unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot read the admin tokens; refusing control requests");
-                Tokens::default()
-            });
+            let tokens = match &state.auth.tokens_file {
+                Some(file) => Tokens::load(file).unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot read the admin tokens; refusing control requests");
+                    Tokens::default()
+                }),
+                None => Tokens::default(),
+            };
             match tokens.check(header) {
-                Some(name) => name.to_owned(),
+                Some(name) => format!("token {name}"),
                 None => {
-                    warn!(method = %request.method(), path, "admin request refused: no valid token");
-                    let mut response = reply(
-                        StatusCode::UNAUTHORIZED,
-                        json!({ "error": "a valid bearer token is required" }),
-                    );
+                    warn!(method = %request.method(), path, "admin request refused: no valid credentials");
+                    let mut response = reply(StatusCode::UNAUTHORIZED, json!({ "error": state.auth.wanted() }));
                     response.headers_mut().insert(
                         hyper::header::WWW_AUTHENTICATE,
                         hyper::header::HeaderValue::from_static("Bearer"),
@@ -257,7 +317,6 @@ async fn guarded(request: Request<Incoming>, state: &AdminState, role: Role) -> 
                 }
             }
         }
-        _ => "unauthenticated (loopback)".to_owned(),
     };
     let (method, path) = (request.method().clone(), path.to_owned());
     let response = handle(request, state).await;

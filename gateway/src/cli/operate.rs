@@ -222,7 +222,8 @@ async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<
 }
 
 /// One request to the gateway's control endpoints at `address`, with the
-/// CLI's token (`MAILGATE_ADMIN_TOKEN` or `[admin] client_token_file`).
+/// CLI's token (`MAILGATE_ADMIN_TOKEN` or `[admin] client_token_file`),
+/// over HTTPS with its client certificate when the admin API has TLS.
 async fn admin_request(
     config: &Config,
     address: std::net::SocketAddr,
@@ -230,7 +231,10 @@ async fn admin_request(
     path: &str,
 ) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     use http_body_util::BodyExt as _;
-    let stream = tokio::net::TcpStream::connect(address).await?;
+    let stream: Box<dyn crate::admin::tls::Stream> = match config.admin_auth.tls {
+        Some(_) => config.admin_auth.client_tls.connect(address).await?,
+        None => Box::new(tokio::net::TcpStream::connect(address).await?),
+    };
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let mut request = hyper::Request::builder()

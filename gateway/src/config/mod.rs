@@ -3,6 +3,7 @@
 //! names the file, line, column and key; semantic errors are all reported in
 //! one pass. Relative paths are taken relative to the configuration file.
 
+mod admin;
 mod delivery;
 mod error;
 mod plugins;
@@ -472,35 +473,6 @@ impl Checker<'_> {
             auth: self.authenticator(raw),
             user_message_limit: raw.auth.user_message_limit,
             user_message_window: raw.auth.user_message_window.0,
-        }
-    }
-
-    /// `[admin]`'s tokens, and the rule that control endpoints outside
-    /// loopback need them.
-    fn admin_auth(&mut self, raw: &RawConfig) -> crate::admin::AdminAuth {
-        let admin = &raw.admin;
-        let tokens_file = admin.tokens_file.as_ref().map(|file| {
-            let path = self.resolve(file.get_ref());
-            if let Err(e) = crate::admin::Tokens::load(&path) {
-                self.problem(file, e);
-            }
-            path
-        });
-        // The control endpoints are on `control_address`, else on `address`.
-        let control = admin.control_address.as_ref().or(admin.address.as_ref());
-        if let (Some(at), None) = (control, &admin.tokens_file)
-            && !at.get_ref().0.ip().is_loopback()
-        {
-            self.problem(
-                at,
-                "the control endpoints (queue, quarantine, reload) would be reachable from the network \
-                 without authentication: set `admin.tokens_file` (`mailgate admin token add`), or bind to loopback",
-            );
-        }
-        crate::admin::AdminAuth {
-            tokens_file,
-            protect_metrics: admin.protect_metrics,
-            client_token_file: admin.client_token_file.as_ref().map(|f| self.resolve(f)),
         }
     }
 

@@ -333,6 +333,22 @@ pub struct RawAdmin {
     /// `client_token_file`: where the CLI (`mailgate queue`, `reload`,
     /// `quarantine`) reads its token; `MAILGATE_ADMIN_TOKEN` wins.
     pub client_token_file: Option<PathBuf>,
+    /// `tls_cert_file`: the admin listeners' certificate chain (PEM): they
+    /// speak HTTPS; none by default (plain HTTP).
+    pub tls_cert_file: Option<Spanned<PathBuf>>,
+    /// `tls_key_file`: its private key (PEM).
+    pub tls_key_file: Option<Spanned<PathBuf>>,
+    /// `client_ca_file`: CA certificates (PEM); a client certificate they
+    /// sign authenticates a control request, like a token. Needs
+    /// `tls_cert_file`.
+    pub client_ca_file: Option<Spanned<PathBuf>>,
+    /// `client_cert_file`: the certificate the CLI presents (PEM).
+    pub client_cert_file: Option<PathBuf>,
+    /// `client_key_file`: its private key (PEM).
+    pub client_key_file: Option<PathBuf>,
+    /// `server_ca_file`: the CA the CLI verifies the admin listener's
+    /// certificate against (PEM); default the system's roots.
+    pub server_ca_file: Option<PathBuf>,
 }
 
 /// `[dns]`: the resolver used for MX and host lookups.

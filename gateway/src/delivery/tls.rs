@@ -61,6 +61,37 @@ pub struct SmtpPolicy {
     pub max_connections: usize,
 }
 
+/// The certificates `ca_file` (PEM) holds, or the system's roots when
+/// `None`.
+pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+                .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("no certificates in {}", path.display()));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system CA certificates found; `tls = \"require\"` routes will defer unless they set `ca_file`"
+                );
+            }
+        }
+    }
+    Ok(roots)
+}
+
 #[cfg(test)]
 impl Default for SmtpPolicy {
     fn default() -> Self {
@@ -110,31 +141,7 @@ impl TlsConfigs {
                 authenticates: false,
             });
         }
-        let mut roots = RootCertStore::empty();
-        match ca_file {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(Iterator::collect::<Result<Vec<_>, _>>)
-                    .map_err(|e| format!("cannot read CA certificates from {}: {e}", path.display()))?;
-                if certs.is_empty() {
-                    return Err(format!("no certificates in {}", path.display()));
-                }
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("bad CA certificate in {}: {e}", path.display()))?;
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-                if added == 0 {
-                    tracing::warn!(
-                        "no system CA certificates found; `tls = \"require\"` routes will defer unless they set `ca_file`"
-                    );
-                }
-            }
-        }
+        let roots = roots(ca_file)?;
         let verified = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
