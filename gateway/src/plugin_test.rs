@@ -248,7 +248,9 @@ pub async fn run(test: TestRun) -> ExitCode {
             for m in &line.modifications {
                 println!("  {:<40}   + {m}", "");
             }
-            println!("  {:<40}   (recorded: {})", "", line.recorded);
+            if !line.recorded.is_empty() {
+                println!("  {:<40}   (recorded: {})", "", line.recorded);
+            }
         }
         let verdict = overall(&report);
         let failed = failed_expectations(&test.expect, &test.expect_header, &report);

@@ -24,6 +24,7 @@ mod plugins;
 mod quarantine;
 mod queue;
 mod relay;
+mod scaffold;
 mod smuggling;
 mod standards;
 mod tls;

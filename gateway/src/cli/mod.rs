@@ -16,6 +16,7 @@ use crate::config::{Config, LogFormat};
 use operate::{quarantine, queue, reload};
 
 mod operate;
+mod scaffold;
 
 /// A programmable SMTP relay gateway.
 #[derive(Debug, Parser)]
@@ -173,6 +174,34 @@ enum PluginAction {
         /// tempfail, disconnect, discard, quarantine, fault.
         #[arg(long)]
         expect: Vec<String>,
+    },
+    /// Write a new plugin project into DIR (default ./NAME): the hooks for
+    /// the stages asked for, its own copy of the WIT contract (and of the
+    /// SDK, for Rust), build.sh, test.sh with a `mailgate plugin test` line
+    /// that passes on the sample transcripts, plugin.toml and a README.
+    New {
+        /// The plugin's name: lower-case words joined by '-' (my-filter).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum)]
+        lang: scaffold::Lang,
+        /// The stages it runs at, comma-separated: connect, helo, mail,
+        /// rcpt, data.
+        #[arg(long, value_delimiter = ',', default_value = "rcpt,data")]
+        stages: Vec<String>,
+        /// The capabilities it is granted, comma-separated: log, clock,
+        /// dns, kv, metrics, dkim (or "" for none).
+        #[arg(long, value_delimiter = ',', default_value = "log")]
+        capabilities: Vec<String>,
+        /// Where to write it (default ./NAME); must be empty or absent.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Write the WIT contract (`mailgate:plugin@0.2.0`) into a directory.
+    Wit {
+        /// The directory (created if absent).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Print a component's SHA-256 as the `sha256 = "..."` line that pins
     /// it in its `[[plugin]]`.
@@ -403,6 +432,49 @@ pub fn main() -> ExitCode {
             expect,
             expect_header,
         })),
+        Command::Plugin {
+            action:
+                PluginAction::New {
+                    name,
+                    lang,
+                    stages,
+                    capabilities,
+                    dir,
+                },
+        } => {
+            let request = scaffold::NewPlugin {
+                name,
+                lang,
+                stages,
+                capabilities: capabilities.into_iter().filter(|c| !c.is_empty()).collect(),
+                dir,
+            };
+            match scaffold::new_plugin(&request) {
+                Ok(dir) => {
+                    println!(
+                        "created {}: build with ./build.sh, test with ./test.sh; plugin.toml is its [[plugin]] entry",
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mailgate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Plugin {
+            action: PluginAction::Wit { out },
+        } => match scaffold::write_wit(&out) {
+            Ok(()) => {
+                println!("wrote mailgate:plugin@0.2.0 into {}", out.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("mailgate: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Plugin {
             action: PluginAction::Hash { file },
         } => match std::fs::read(&file) {
