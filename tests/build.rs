@@ -1,7 +1,8 @@
 //! Builds every plugin from source before the tests compile: the Rust ones
 //! (plugins/ and tests/plugins/, one workspace) for wasm32-wasip2 into the
-//! shared `target/wasm-plugins`, the Python one with componentize-py and
-//! the JavaScript one with componentize-js (installed by `tests/setup`).
+//! shared `target/wasm-plugins`, the Python one with componentize-py, the
+//! JavaScript one with componentize-js and the C one with `wit-bindgen c`,
+//! clang and wasm-tools (all installed by `tests/setup`).
 //! The tests get one constant per plugin with the path of its `.wasm`.
 //! Nothing built here is checked in.
 
@@ -41,6 +42,8 @@ fn main() -> Result<(), String> {
         root.join("plugins/attachment-filter/app.js"),
         root.join("plugins/attachment-filter/wit/world.wit"),
         root.join("plugins/attachment-filter/package-lock.json"),
+        root.join("plugins/rfc5322-check/app.c"),
+        root.join("plugins/rfc5322-check/wit/world.wit"),
         root.join("plugin-sdk/src"),
         root.join("plugin-sdk/Cargo.toml"),
         root.join("wit"),
@@ -65,6 +68,7 @@ fn main() -> Result<(), String> {
     build_rust_plugins(&root, &target_dir)?;
     let python = build_python_plugin(&root, &target_dir)?;
     let javascript = build_javascript_plugin(&root, &target_dir)?;
+    let c = build_c_plugin(&root, &target_dir)?;
 
     let release = target_dir.join("wasm32-wasip2").join("release");
     let mut constants = String::new();
@@ -87,6 +91,12 @@ fn main() -> Result<(), String> {
         constants,
         "/// The JavaScript plugin.\npub const ATTACHMENT_FILTER: &str = {:?};",
         javascript.display().to_string()
+    )
+    .map_err(|e| e.to_string())?;
+    writeln!(
+        constants,
+        "/// The C plugin.\npub const RFC5322_CHECK: &str = {:?};",
+        c.display().to_string()
     )
     .map_err(|e| e.to_string())?;
     std::fs::write(out.join("plugins.rs"), constants).map_err(|e| e.to_string())
@@ -181,4 +191,68 @@ fn build_javascript_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, St
     } else {
         Err("componentize-js failed to build plugins/attachment-filter".into())
     }
+}
+
+/// `wit-bindgen c` for the plugin's own world, clang (Debian's, with
+/// wasi-libc) for a wasm32-wasi reactor module, `wasm-tools component new`
+/// for the component. The plugin uses no libc I/O, so the module imports
+/// nothing from WASI and needs no preview1 adapter.
+fn build_c_plugin(root: &Path, target_dir: &Path) -> Result<PathBuf, String> {
+    let dir = root.join("plugins").join("rfc5322-check");
+    let bindings = target_dir.join("c-bindings").join("rfc5322-check");
+    let core = target_dir.join("rfc5322_check.core.wasm");
+    let output = target_dir.join("rfc5322_check.wasm");
+    let steps: [(&str, Vec<std::ffi::OsString>); 3] = [
+        (
+            "wit-bindgen",
+            vec![
+                "c".into(),
+                "wit".into(),
+                "--world".into(),
+                "rfc5322-check".into(),
+                "--out-dir".into(),
+                bindings.clone().into(),
+            ],
+        ),
+        (
+            "clang",
+            vec![
+                "--target=wasm32-wasi".into(),
+                "--sysroot=/usr".into(),
+                "-O2".into(),
+                "-mexec-model=reactor".into(),
+                "-Wall".into(),
+                "-Wextra".into(),
+                "-Werror".into(),
+                "-I".into(),
+                bindings.clone().into(),
+                "app.c".into(),
+                bindings.join("rfc5322_check.c").into(),
+                bindings.join("rfc5322_check_component_type.o").into(),
+                "-o".into(),
+                core.clone().into(),
+            ],
+        ),
+        (
+            "wasm-tools",
+            vec![
+                "component".into(),
+                "new".into(),
+                core.into(),
+                "-o".into(),
+                output.clone().into(),
+            ],
+        ),
+    ];
+    for (program, args) in steps {
+        let status = Command::new(program)
+            .current_dir(&dir)
+            .args(&args)
+            .status()
+            .map_err(|e| format!("cannot run {program} ({e}); tests/setup installs it"))?;
+        if !status.success() {
+            return Err(format!("{program} failed building plugins/rfc5322-check"));
+        }
+    }
+    Ok(output)
 }

@@ -3,7 +3,9 @@
 //! JavaScript attachment filter.
 
 use anyhow::Result;
-use mailgate_tests::plugins::{ATTACHMENT_FILTER, EXTERNAL_TAGGER, HEADER_REWRITE, SMARTHOST_ROUTER, SPAM_SCORE};
+use mailgate_tests::plugins::{
+    ATTACHMENT_FILTER, EXTERNAL_TAGGER, HEADER_REWRITE, RFC5322_CHECK, SMARTHOST_ROUTER, SPAM_SCORE,
+};
 use mailgate_tests::{Setup, SinkServer, SmtpClient, header, wait_until};
 
 use crate::WAIT;
@@ -290,6 +292,67 @@ async fn javascript_plugin_refuses_blocked_attachments() -> Result<()> {
     let held = std::fs::read_dir(quarantining.spool().join("quarantine"))?.count();
     assert_eq!(held, 1, "the message is quarantined");
     assert_eq!(sink.count(), 2, "and not delivered");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_plugin_refuses_messages_without_exactly_one_from_and_date() -> Result<()> {
+    let plugin = |settings: &str| {
+        format!(
+            "name = \"rfc5322\"\npath = \"{RFC5322_CHECK}\"\nstages = [\"data\"]\ncapabilities = [\"log\"]\n{settings}"
+        )
+    };
+    let bad = Setup::new()
+        .plugin(&plugin("[plugin.settings]\nstrict = true\n"))
+        .start()
+        .await;
+    let error = bad.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(error.contains("rfc5322-check takes no settings"), "{error}");
+
+    let sink = SinkServer::start().await?;
+    let gw = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&plugin(""))
+        .start()
+        .await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    let date = "Date: Fri, 4 Dec 2026 20:00:00 +0000\r\n";
+    for (headers, refusal) in [
+        (format!("From: a@x.test\r\n{date}Subject: fine\r\n"), None),
+        (
+            "From: a@x.test\r\nSubject: no date\r\n".to_owned(),
+            Some("5.6.0 message has 0 Date header fields; RFC 5322 requires exactly one"),
+        ),
+        (
+            format!("From: a@x.test\r\nFrom: b@x.test\r\n{date}"),
+            Some("5.6.0 message has 2 From header fields; RFC 5322 requires exactly one"),
+        ),
+        (
+            format!("From: a@x.test\r\n{date}Subject: one\r\nSubject: two\r\n"),
+            Some("5.6.0 message has 2 Subject header fields; RFC 5322 allows one"),
+        ),
+    ] {
+        let message = format!("{headers}\r\nbody\r\n");
+        let reply = client
+            .send_message("a@x.test", &["b@y.test"], message.as_bytes())
+            .await?;
+        match refusal {
+            Some(text) => {
+                assert_eq!(reply.code, 550, "{headers}: {reply:?}");
+                assert_eq!(reply.text(), text);
+            }
+            None => assert_eq!(reply.code, 250, "{headers}: {reply:?}"),
+        }
+    }
+    // Fifty more transactions, each on a fresh instance: none traps.
+    for n in 0..50 {
+        let message = format!("From: a@x.test\r\n{date}Subject: {n}\r\n\r\nbody\r\n");
+        let reply = client
+            .send_message("a@x.test", &["b@y.test"], message.as_bytes())
+            .await?;
+        assert_eq!(reply.code, 250, "{n}: {reply:?}");
+    }
+    wait_until(WAIT, || sink.count() == 51 && gw.queued() == 0).await?;
     Ok(())
 }
 

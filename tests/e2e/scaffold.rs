@@ -1,4 +1,5 @@
-//! `mailgate plugin new` and `mailgate plugin wit`: each template is
+//! `mailgate plugin new` and `mailgate plugin wit`: each template (Rust,
+//! Python, JavaScript, C) is
 //! generated outside the checkout, built with its own `build.sh` and
 //! replay-tested with its own `test.sh`; the Rust one is then hot-swapped
 //! into a running gateway through its `plugin.toml`.
@@ -68,7 +69,7 @@ fn generate_build_and_test(dir: &Path, name: &str, lang: &str, args: &[&str]) ->
 }
 
 #[test]
-fn the_python_and_javascript_templates_build_and_pass_their_tests() -> Result<()> {
+fn the_python_javascript_and_c_templates_build_and_pass_their_tests() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (project, output) = generate_build_and_test(
         dir.path(),
@@ -104,6 +105,14 @@ fn the_python_and_javascript_templates_build_and_pass_their_tests() -> Result<()
         !output.contains("result: reject"),
         "no rcpt sample without the rcpt stage: {output}"
     );
+
+    let (project, output) = generate_build_and_test(dir.path(), "c-filter", "c", &[])?;
+    assert!(
+        output.contains("result: continue") && output.contains("X-c-filter") && output.contains("result: reject"),
+        "{output}"
+    );
+    let world = std::fs::read_to_string(project.join("wit/world.wit"))?;
+    assert!(world.contains("import mailgate:plugin/log@0.2.0;"), "{world}");
     Ok(())
 }
 

@@ -1,10 +1,11 @@
 //! `mailgate plugin new` and `mailgate plugin wit`: a ready plugin
 //! project outside any mailgate checkout, in Rust (with the SDK), Python
-//! (componentize-py) or JavaScript (componentize-js). The WIT package, and
+//! (componentize-py), JavaScript (componentize-js) or C (`wit-bindgen c`,
+//! clang with wasi-libc, wasm-tools; in `c.rs`). The WIT package, and
 //! for Rust the SDK's source, are embedded in this binary, so the project
 //! needs nothing from a checkout. Each project has a hook skeleton for the
 //! stages asked for, its own world importing only the capabilities asked
-//! for (Python, JavaScript; a Rust component imports only what it calls),
+//! for (Python, JavaScript, C; a Rust component imports only what it calls),
 //! `build.sh`, `test.sh` with a `mailgate plugin test` line that passes on
 //! the sample transcripts in `tests/`, `plugin.toml` (the `[[plugin]]`
 //! entry to add to a configuration) and a README.
@@ -14,32 +15,37 @@ use std::path::{Path, PathBuf};
 
 use crate::plugin::transcript;
 
+mod c;
+
 /// The WIT package `mailgate:plugin@0.2.0`, file by file.
 pub const WIT: &[(&str, &str)] = &[
-    ("world.wit", include_str!("../../../wit/world.wit")),
-    ("types.wit", include_str!("../../../wit/types.wit")),
-    ("hooks.wit", include_str!("../../../wit/hooks.wit")),
-    ("log.wit", include_str!("../../../wit/log.wit")),
-    ("clock.wit", include_str!("../../../wit/clock.wit")),
-    ("dns.wit", include_str!("../../../wit/dns.wit")),
-    ("kv.wit", include_str!("../../../wit/kv.wit")),
-    ("metrics.wit", include_str!("../../../wit/metrics.wit")),
-    ("dkim.wit", include_str!("../../../wit/dkim.wit")),
+    ("world.wit", include_str!("../../../../wit/world.wit")),
+    ("types.wit", include_str!("../../../../wit/types.wit")),
+    ("hooks.wit", include_str!("../../../../wit/hooks.wit")),
+    ("log.wit", include_str!("../../../../wit/log.wit")),
+    ("clock.wit", include_str!("../../../../wit/clock.wit")),
+    ("dns.wit", include_str!("../../../../wit/dns.wit")),
+    ("kv.wit", include_str!("../../../../wit/kv.wit")),
+    ("metrics.wit", include_str!("../../../../wit/metrics.wit")),
+    ("dkim.wit", include_str!("../../../../wit/dkim.wit")),
 ];
 
 /// The Rust SDK's sources, for a Rust project's `mailgate-plugin-sdk/`.
 const SDK: &[(&str, &str)] = &[
-    ("lib.rs", include_str!("../../../plugin-sdk/src/lib.rs")),
-    ("clock.rs", include_str!("../../../plugin-sdk/src/clock.rs")),
-    ("dkim.rs", include_str!("../../../plugin-sdk/src/dkim.rs")),
-    ("dns.rs", include_str!("../../../plugin-sdk/src/dns.rs")),
-    ("kv.rs", include_str!("../../../plugin-sdk/src/kv.rs")),
-    ("log.rs", include_str!("../../../plugin-sdk/src/log.rs")),
-    ("message.rs", include_str!("../../../plugin-sdk/src/message.rs")),
-    ("metrics.rs", include_str!("../../../plugin-sdk/src/metrics.rs")),
-    ("settings.rs", include_str!("../../../plugin-sdk/src/settings.rs")),
-    ("transaction.rs", include_str!("../../../plugin-sdk/src/transaction.rs")),
-    ("types.rs", include_str!("../../../plugin-sdk/src/types.rs")),
+    ("lib.rs", include_str!("../../../../plugin-sdk/src/lib.rs")),
+    ("clock.rs", include_str!("../../../../plugin-sdk/src/clock.rs")),
+    ("dkim.rs", include_str!("../../../../plugin-sdk/src/dkim.rs")),
+    ("dns.rs", include_str!("../../../../plugin-sdk/src/dns.rs")),
+    ("kv.rs", include_str!("../../../../plugin-sdk/src/kv.rs")),
+    ("log.rs", include_str!("../../../../plugin-sdk/src/log.rs")),
+    ("message.rs", include_str!("../../../../plugin-sdk/src/message.rs")),
+    ("metrics.rs", include_str!("../../../../plugin-sdk/src/metrics.rs")),
+    ("settings.rs", include_str!("../../../../plugin-sdk/src/settings.rs")),
+    (
+        "transaction.rs",
+        include_str!("../../../../plugin-sdk/src/transaction.rs"),
+    ),
+    ("types.rs", include_str!("../../../../plugin-sdk/src/types.rs")),
 ];
 
 const SDK_MANIFEST: &str = r#"[package]
@@ -71,6 +77,8 @@ pub enum Lang {
     Python,
     /// JavaScript with componentize-js.
     Js,
+    /// C with `wit-bindgen c`, clang and wasi-libc, and wasm-tools.
+    C,
 }
 
 /// What `mailgate plugin new` was asked for.
@@ -146,6 +154,7 @@ pub fn new_plugin(request: &NewPlugin) -> Result<PathBuf, String> {
         Lang::Rust => project.rust()?,
         Lang::Python => project.python()?,
         Lang::Js => project.javascript()?,
+        Lang::C => project.c()?,
     }
     project.common(request.lang)?;
     Ok(dir)
@@ -463,7 +472,7 @@ impl Project<'_> {
             quote(&self.stages),
             quote(&self.capabilities)
         );
-        if lang != Lang::Rust {
+        if matches!(lang, Lang::Python | Lang::Js) {
             // The component carries an interpreter: more memory, warm instances.
             entry.push_str("memory_limit_bytes = 268435456\ninstances = \"reused\"\n");
         }
@@ -476,6 +485,11 @@ impl Project<'_> {
                 "JavaScript",
                 "app.js",
                 "Node.js; `build.sh` runs `npm install` for componentize-js 0.23.0",
+            ),
+            Lang::C => (
+                "C",
+                "app.c",
+                "clang with wasi-libc, `wit-bindgen` 0.63 (C generator) and `wasm-tools`",
             ),
         };
         let readme = format!(
