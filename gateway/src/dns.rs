@@ -156,6 +156,32 @@ impl Resolver {
         Ok(records)
     }
 
+    /// The TXT records of `name`, each one's strings joined.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let result = async {
+            let lookup = self
+                .resolver()?
+                .lookup(fqdn(name), RecordType::TXT)
+                .await
+                .map_err(classify)?;
+            let records: Vec<String> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match record(&r.data) {
+                    Some(DnsRecord::Txt(text)) => Some(text),
+                    _ => None,
+                })
+                .collect();
+            if records.is_empty() {
+                return Err(DnsError::NoRecords);
+            }
+            Ok(records)
+        }
+        .await;
+        count(DnsKind::Txt, &result);
+        result
+    }
+
     /// The addresses of `host` (A and AAAA, IPv4 first); an IP literal is
     /// its own answer.
     pub async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {

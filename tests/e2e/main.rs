@@ -18,6 +18,7 @@ mod inbound;
 mod limits;
 mod logs;
 mod milters;
+mod mta_sts;
 mod mx;
 mod operations;
 mod plugins;

@@ -18,6 +18,8 @@ struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
     servfail: HashSet<String>,
     queries: Vec<(String, RecordType)>,
+    /// The answers' TTL; 60 s when not set.
+    ttl: Option<u32>,
 }
 
 /// The DNS server.
@@ -68,6 +70,18 @@ impl DnsServer {
         let exchange = Name::from_ascii(key(exchange))?;
         self.add(domain, RecordType::MX, RData::MX(MX::new(preference, exchange)));
         Ok(())
+    }
+
+    /// Removes the records of `record_type` at `name`.
+    pub fn remove(&self, name: &str, record_type: RecordType) {
+        let mut zone = self.zone.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        zone.records.remove(&(key(name), record_type));
+    }
+
+    /// The TTL of every answer from now on (60 s by default; 0 keeps
+    /// resolvers from caching, for a test that changes records).
+    pub fn ttl(&self, seconds: u32) {
+        self.zone.lock().unwrap_or_else(std::sync::PoisonError::into_inner).ttl = Some(seconds);
     }
 
     /// A null MX (RFC 7505): `0 .`.
@@ -146,7 +160,11 @@ fn answer(zone: &Mutex<Zone>, packet: &[u8]) -> Option<Vec<u8>> {
         response.metadata.response_code = ResponseCode::ServFail;
     } else if let Some(records) = zone.records.get(&(name.clone(), query.query_type)) {
         for data in records {
-            response.add_answer(Record::from_rdata(query.name.clone(), 60, data.clone()));
+            response.add_answer(Record::from_rdata(
+                query.name.clone(),
+                zone.ttl.unwrap_or(60),
+                data.clone(),
+            ));
         }
     } else if !zone.records.keys().any(|(n, _)| *n == name) {
         response.metadata.response_code = ResponseCode::NXDomain;

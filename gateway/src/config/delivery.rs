@@ -8,6 +8,7 @@ use toml::Spanned;
 
 use super::raw::{self, RawConfig, RawRoute};
 use super::{Checker, Problem};
+use crate::delivery::mta_sts::{Fetcher, MtaSts};
 use crate::delivery::route::{Route, RouteTable, Target};
 use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
 use crate::delivery::{ClientTimeouts, DeliverySettings};
@@ -64,6 +65,26 @@ impl Checker<'_> {
             remote_port: d.mx_port,
             delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
             quarantine_max_age: d.quarantine_max_age.0,
+            mta_sts: self.mta_sts(raw),
+        }
+    }
+
+    /// MTA-STS policies, cached in `<spool_dir>/mta-sts`.
+    fn mta_sts(&mut self, raw: &RawConfig) -> Option<Arc<MtaSts>> {
+        let d = &raw.delivery;
+        let ca_file = d.mta_sts_ca_file.as_ref().map(|f| self.resolve(f.get_ref()));
+        match Fetcher::new(ca_file.as_deref(), d.mta_sts_port, d.mta_sts_timeout.0) {
+            Ok(fetcher) => {
+                let dir = self.resolve(raw.server.spool_dir.get_ref()).join("mta-sts");
+                Some(Arc::new(MtaSts::new(dir, fetcher)))
+            }
+            Err(e) => {
+                match &d.mta_sts_ca_file {
+                    Some(file) => self.problem(file, e),
+                    None => self.problems.push(Problem::at(self.source, None, e)),
+                }
+                None
+            }
         }
     }
 

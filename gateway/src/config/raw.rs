@@ -279,7 +279,9 @@ pub struct RawDelivery {
     /// `mx_port`: the port MX hosts are contacted on; default 25 (change
     /// it only to test against servers on loopback).
     pub mx_port: u16,
-    /// `tls`: `"opportunistic"` (default), `"require"` or `"disabled"`.
+    /// `tls`: `"auto"` (default: MTA-STS for MX delivery where published,
+    /// else opportunistic), `"mta-sts"`, `"opportunistic"`, `"require"` or
+    /// `"disabled"`.
     pub tls: TlsMode,
     /// `ca_file`: PEM certificates to verify servers against instead of
     /// the system's roots.
@@ -287,6 +289,15 @@ pub struct RawDelivery {
     /// `danger_accept_invalid_certs`: with `tls = "require"`, encrypt but
     /// accept any certificate; default false.
     pub danger_accept_invalid_certs: bool,
+    /// `mta_sts_ca_file`: PEM certificates trusted for MTA-STS policy
+    /// fetches besides the system's roots.
+    pub mta_sts_ca_file: Option<Spanned<PathBuf>>,
+    /// `mta_sts_timeout`: the longest a policy fetch may take; default
+    /// `"60s"`.
+    pub mta_sts_timeout: HumanDuration,
+    /// `mta_sts_port`: the HTTPS port policies are fetched from; default
+    /// 443 (change it only to test against servers on loopback).
+    pub mta_sts_port: u16,
 }
 
 impl Default for RawDelivery {
@@ -306,9 +317,12 @@ impl Default for RawDelivery {
             quarantine_max_age: minutes(30 * 24 * 60),
             max_connections_per_destination: Spanned::new(0..0, 20),
             mx_port: 25,
-            tls: TlsMode::Opportunistic,
+            tls: TlsMode::Auto,
             ca_file: None,
             danger_accept_invalid_certs: false,
+            mta_sts_ca_file: None,
+            mta_sts_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+            mta_sts_port: 443,
         }
     }
 }

@@ -209,20 +209,32 @@ async fn deliver_smtp(
     let requiretls = message.envelope.requiretls;
     if let (true, Destination::Mx(domain)) = (requiretls, destination) {
         // RFC 8689 section 4.2.1: the MX lookup must be DNSSEC-validated or
-        // covered by MTA-STS, and mailgate validates neither yet.
-        let refusal = DeliveryError::Unsupported {
-            status: EnhancedCode::new(5, 7, 30),
-            reason: format!(
-                "REQUIRETLS support required: the MX hosts of {domain} cannot be authenticated \
-                 (no DNSSEC or MTA-STS validation here); use a route to a smarthost"
-            ),
+        // covered by MTA-STS; mailgate validates MTA-STS (not DNSSEC yet).
+        let enforced = match &settings.mta_sts {
+            Some(mta_sts) => mta_sts
+                .policy(&settings.resolver, domain)
+                .await
+                .is_some_and(|p| p.mode == super::mta_sts::Mode::Enforce),
+            None => false,
         };
-        return vec![refusal.outcome(None); recipients.len()];
+        if !enforced {
+            let refusal = DeliveryError::Unsupported {
+                status: EnhancedCode::new(5, 7, 30),
+                reason: format!(
+                    "REQUIRETLS support required: the MX hosts of {domain} cannot be authenticated \
+                     ({domain} publishes no MTA-STS policy in enforce mode, and DNSSEC is not validated here)"
+                ),
+            };
+            return vec![refusal.outcome(None); recipients.len()];
+        }
     }
-    // Connections opened for REQUIRETLS (verified TLS) are pooled apart.
-    let key = match requiretls {
-        true => format!("{}+requiretls", destination.pool_key(policy)),
-        false => destination.pool_key(policy),
+    // Connections opened for REQUIRETLS (verified TLS), and for messages
+    // that lift recipient TLS policies (`TLS-Required: No`), are pooled
+    // apart.
+    let key = match (requiretls, message.envelope.tls_optional) {
+        (true, _) => format!("{}+requiretls", destination.pool_key(policy)),
+        (false, true) => format!("{}+tls-optional", destination.pool_key(policy)),
+        (false, false) => destination.pool_key(policy),
     };
     let key = key.as_str();
     // Held until the transaction ends: the per-destination limit.
@@ -257,7 +269,7 @@ async fn send_on(
 ) -> Result<(SmtpClient, Vec<Outcome>), (DeliveryError, Option<String>)> {
     let mut client = match client {
         Some(client) => client,
-        None => connect::open(settings, destination, policy, message.envelope.requiretls)
+        None => connect::open(settings, destination, policy, &message.envelope)
             .await
             .map_err(|e| (e, None))?,
     };

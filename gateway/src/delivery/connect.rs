@@ -5,29 +5,44 @@
 
 use std::net::SocketAddr;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::DeliverySettings;
 use super::client::SmtpClient;
 use super::error::DeliveryError;
+use super::mta_sts::{Mode, Policy};
 use super::route::Destination;
 use super::tls::{SmtpPolicy, TlsMode};
 use crate::dns::{DnsError, order_mx};
+use crate::queue::Envelope;
 use crate::smtp::EnhancedCode;
 
 /// A session to `destination`, greeted, secured and authenticated as
-/// `policy` says, ready for MAIL. With `requiretls` (RFC 8689) TLS with a
+/// `policy` says, ready for MAIL. With REQUIRETLS (RFC 8689) TLS with a
 /// verified certificate is required whatever the route says, and a next
-/// hop without STARTTLS fails the message for good.
+/// hop without STARTTLS fails the message for good; with `TLS-Required:
+/// No` the recipient domain's MTA-STS policy is not applied (section 5).
 pub async fn open(
     settings: &DeliverySettings,
     destination: &Destination,
     policy: &SmtpPolicy,
-    requiretls: bool,
+    envelope: &Envelope,
 ) -> Result<SmtpClient, DeliveryError> {
-    let hosts = hosts(settings, destination).await?;
+    let requiretls = envelope.requiretls;
+    let mut hosts = hosts(settings, destination).await?;
+    let sts = match envelope.tls_optional && !requiretls {
+        true => None,
+        false => mta_sts_policy(settings, destination, policy, requiretls).await,
+    };
+    if let Some((domain, sts)) = &sts {
+        hosts = sts_hosts(domain, sts, hosts)?;
+    }
     let mut last_error = None;
     for (host, port) in hosts {
+        let mode = match &sts {
+            Some((domain, sts)) if sts.mode == Mode::Enforce => Required::MtaSts(domain),
+            _ => Required::Route(policy.tls),
+        };
         let addresses = match settings.resolver.addresses(&host).await {
             Ok(addresses) => addresses,
             Err(error) => {
@@ -38,7 +53,7 @@ pub async fn open(
         };
         for ip in addresses {
             let address = SocketAddr::new(ip, port);
-            match session(settings, policy, requiretls, address, &host).await {
+            match session(settings, policy, requiretls, mode, address, &host).await {
                 Ok(client) => return Ok(client),
                 // The same credentials fail everywhere; do not hammer.
                 Err(e @ DeliveryError::Auth { .. }) => return Err(e),
@@ -53,6 +68,75 @@ pub async fn open(
         name: destination.to_string(),
         error: DnsError::NoRecords,
     }))
+}
+
+/// The MTA-STS policy of the recipient domain, for delivery over MX on a
+/// route whose TLS setting looks for one (`auto`, `mta-sts`), and for
+/// every REQUIRETLS message.
+async fn mta_sts_policy<'a>(
+    settings: &DeliverySettings,
+    destination: &'a Destination,
+    policy: &SmtpPolicy,
+    requiretls: bool,
+) -> Option<(&'a str, Policy)> {
+    let looks = requiretls || matches!(policy.tls, TlsMode::Auto | TlsMode::MtaSts);
+    let (Destination::Mx(domain), true, Some(mta_sts)) = (destination, looks, &settings.mta_sts) else {
+        return None;
+    };
+    let found = mta_sts.policy(&settings.resolver, domain).await?;
+    Some((domain.as_str(), found))
+}
+
+/// The MX hosts an MTA-STS policy lets mail go to: those matching its `mx`
+/// patterns when enforced (none: the attempt fails, temporarily); all of
+/// them when testing, with a log line for each that would be refused.
+fn sts_hosts(domain: &str, sts: &Policy, hosts: Vec<(String, u16)>) -> Result<Vec<(String, u16)>, DeliveryError> {
+    let (matching, other): (Vec<_>, Vec<_>) = hosts.into_iter().partition(|(host, _)| sts.matches(host));
+    match sts.mode {
+        Mode::Enforce if matching.is_empty() => {
+            let names: Vec<&str> = other.iter().map(|(h, _)| h.as_str()).collect();
+            warn!(
+                domain,
+                mx = names.join(" "),
+                patterns = sts.mx.join(" "),
+                "MTA-STS (enforce): no MX host matches the policy"
+            );
+            Err(DeliveryError::Security {
+                status: EnhancedCode::new(4, 7, 5),
+                reason: format!(
+                    "the MTA-STS policy of {domain} (mode enforce) matches none of its MX hosts ({}); it allows {}",
+                    names.join(", "),
+                    sts.mx.join(", ")
+                ),
+            })
+        }
+        Mode::Enforce => {
+            for (host, _) in &other {
+                info!(
+                    domain,
+                    host, "MTA-STS (enforce): skipping an MX host the policy does not name"
+                );
+            }
+            Ok(matching)
+        }
+        _ => {
+            for (host, _) in &other {
+                info!(
+                    domain,
+                    host, "MTA-STS (testing): the policy does not name this MX host; delivering anyway"
+                );
+            }
+            Ok(matching.into_iter().chain(other).collect())
+        }
+    }
+}
+
+/// What decides a session's TLS: the route's setting, or an enforced
+/// MTA-STS policy of the named domain (verified TLS, as `require`).
+#[derive(Clone, Copy, Debug)]
+enum Required<'a> {
+    Route(TlsMode),
+    MtaSts(&'a str),
 }
 
 /// The hosts to try, in order, with the port for each.
@@ -83,12 +167,17 @@ async fn session(
     settings: &DeliverySettings,
     policy: &SmtpPolicy,
     requiretls: bool,
+    required: Required<'_>,
     address: SocketAddr,
     host: &str,
 ) -> Result<SmtpClient, DeliveryError> {
     let connect = || SmtpClient::connect(address, host, &settings.hostname, settings.timeouts);
     let client = connect().await?;
-    let mode = if requiretls { TlsMode::Require } else { policy.tls };
+    let (mode, requirer) = match required {
+        _ if requiretls => (TlsMode::Require, "REQUIRETLS".to_owned()),
+        Required::MtaSts(domain) => (TlsMode::Require, format!("the MTA-STS policy of {domain}")),
+        Required::Route(mode) => (mode, "the route".to_owned()),
+    };
     let mut client = match mode {
         _ if requiretls && !client.offers_starttls() => {
             return Err(DeliveryError::Unsupported {
@@ -100,14 +189,20 @@ async fn session(
         TlsMode::Require if !client.offers_starttls() => {
             return Err(DeliveryError::Security {
                 status: EnhancedCode::new(4, 7, 4),
-                reason: format!("{host} does not offer STARTTLS, which the route requires"),
+                reason: format!("{host} does not offer STARTTLS, which {requirer} requires"),
             });
         }
         TlsMode::Require => {
             let config = policy.tls_config.verified.clone();
-            client.starttls(config, policy.tls_config.authenticates).await?
+            match client.starttls(config, policy.tls_config.authenticates).await {
+                Ok(client) => client,
+                Err(e) => {
+                    warn!(host, %address, error = %e, requirer, "verified TLS failed; not delivering in clear");
+                    return Err(e);
+                }
+            }
         }
-        TlsMode::Opportunistic if client.offers_starttls() => {
+        TlsMode::Auto | TlsMode::MtaSts | TlsMode::Opportunistic if client.offers_starttls() => {
             match client.starttls(policy.tls_config.unverified.clone(), false).await {
                 Ok(client) => client,
                 Err(e) => {
@@ -117,7 +212,7 @@ async fn session(
                 }
             }
         }
-        TlsMode::Opportunistic => client,
+        TlsMode::Auto | TlsMode::MtaSts | TlsMode::Opportunistic => client,
     };
     if let Some(credentials) = &policy.auth {
         if !client.is_tls() {

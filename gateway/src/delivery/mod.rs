@@ -10,6 +10,7 @@ mod dsn;
 mod error;
 mod extensions;
 mod maildir;
+pub mod mta_sts;
 mod notify;
 mod pool;
 pub mod route;
@@ -49,6 +50,8 @@ pub struct DeliverySettings {
     pub delay_warning: Option<Duration>,
     /// Quarantined messages older than this are deleted.
     pub quarantine_max_age: Duration,
+    /// MTA-STS policies for MX delivery (none: not looked up).
+    pub mta_sts: Option<std::sync::Arc<mta_sts::MtaSts>>,
 }
 
 /// Outbound SMTP timeouts (RFC 5321 section 4.5.3.2).

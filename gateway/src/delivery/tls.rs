@@ -16,10 +16,18 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
+    /// For delivery over MX: MTA-STS where the recipient domain publishes
+    /// a policy (RFC 8461), else opportunistic. For a smarthost:
+    /// opportunistic. (DANE is not built yet.)
+    #[default]
+    Auto,
+    /// MTA-STS where published, else opportunistic (the same as `auto`
+    /// until DANE is built; then: MTA-STS even where DANE is published).
+    #[serde(rename = "mta-sts")]
+    MtaSts,
     /// Use STARTTLS when the server offers it, without authenticating its
     /// certificate (RFC 7435); send in clear otherwise, or when the
     /// handshake fails.
-    #[default]
     Opportunistic,
     /// Never send in clear: STARTTLS must be offered and the certificate
     /// must verify for the host name, else the message is deferred.
@@ -97,7 +105,7 @@ impl Default for SmtpPolicy {
     fn default() -> Self {
         Self {
             id: 0,
-            tls: TlsMode::Opportunistic,
+            tls: TlsMode::Auto,
             tls_config: TlsConfigs::encrypt_only(),
             auth: None,
             max_connections: 20,
