@@ -128,6 +128,12 @@ async fn enforce_delivers_only_over_verified_tls_and_bounces_saying_why() -> Res
     );
     assert_eq!(world.mx.count(), 1, "nothing was sent in clear");
     assert_eq!(world.policy.hits(), 1, "the cached policy served every attempt");
+
+    // `TLS-Required: No` (RFC 8689 section 5) lifts the recipient's policy.
+    let content = b"From: sender@back.test\r\nTLS-Required: No\r\nSubject: anyway\r\n\r\nhello\r\n";
+    SmtpClient::deliver(gw.addr, "sender@back.test", &["rcpt@sts.test"], content).await?;
+    wait_until(WAIT, || world.mx.count() == 2).await?;
+    assert!(!world.mx.messages()[1].tls, "sent in clear, as its sender allowed");
     Ok(())
 }
 
