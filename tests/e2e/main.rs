@@ -29,6 +29,7 @@ mod scaffold;
 mod smuggling;
 mod standards;
 mod tls;
+mod tls_rpt;
 mod versions;
 
 /// How long a test waits for something to arrive.

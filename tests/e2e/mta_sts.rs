@@ -14,12 +14,12 @@ use crate::WAIT;
 
 /// A recipient domain with its MX host on loopback, its `_mta-sts` record
 /// and its policy host, and a gateway delivering to it.
-struct World {
-    dns: DnsServer,
-    policy: HttpsServer,
-    mx: SinkServer,
-    bounces: SinkServer,
-    dir: tempfile::TempDir,
+pub(crate) struct World {
+    pub(crate) dns: DnsServer,
+    pub(crate) policy: HttpsServer,
+    pub(crate) mx: SinkServer,
+    pub(crate) bounces: SinkServer,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 const DOMAIN: &str = "sts.test";
@@ -29,7 +29,7 @@ fn policy_text(mode: &str, mx: &str) -> String {
 }
 
 impl World {
-    async fn new() -> Result<Self> {
+    pub(crate) async fn new() -> Result<Self> {
         let ca = TestCa::new()?;
         let dns = DnsServer::start().await?;
         // No caching in the gateway's resolver: the tests change records.
@@ -53,7 +53,7 @@ impl World {
         })
     }
 
-    fn setup(&self) -> Setup {
+    pub(crate) fn setup(&self) -> Setup {
         Setup::new()
             .dns(self.dns.addr())
             .delivery(&format!("mx_port = {}", self.mx.addr().port()))
@@ -67,7 +67,7 @@ impl World {
             .route_to("\"back.test\"", self.bounces.addr())
     }
 
-    async fn start(&mut self) -> Result<Gateway> {
+    pub(crate) async fn start(&mut self) -> Result<Gateway> {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
         Gateway::start_in(self.setup(), dir).await
     }
@@ -79,12 +79,12 @@ impl World {
     }
 
     /// The MX host stops offering STARTTLS.
-    fn plain_mx(&self) {
+    pub(crate) fn plain_mx(&self) {
         self.mx.behave(|b| b.tls = None);
     }
 }
 
-async fn send(gw: &Gateway, subject: &str) -> Result<()> {
+pub(crate) async fn send(gw: &Gateway, subject: &str) -> Result<()> {
     let content = format!("From: sender@back.test\r\nTo: rcpt@{DOMAIN}\r\nSubject: {subject}\r\n\r\nhello\r\n");
     SmtpClient::deliver(
         gw.addr,

@@ -9,6 +9,22 @@ use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// A request as received.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The request line and the header fields.
+    pub head: String,
+    /// The body (as long as `Content-Length` said).
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// The request line (`GET /path HTTP/1.1`).
+    pub fn line(&self) -> &str {
+        self.head.lines().next().unwrap_or("")
+    }
+}
+
 /// The answer: status, media type, body.
 type Answer = (u16, String, String);
 
@@ -17,7 +33,7 @@ type Answer = (u16, String, String);
 pub struct HttpsServer {
     addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
-    requests: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<Request>>>,
     hits: Arc<AtomicUsize>,
 }
 
@@ -53,9 +69,32 @@ impl HttpsServer {
                                 Ok(n) => head.extend_from_slice(&buf[..n]),
                             }
                         }
+                        let end = head
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map_or(head.len(), |p| p + 4);
+                        let text = String::from_utf8_lossy(&head[..end]).into_owned();
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse().ok())?
+                            })
+                            .unwrap_or(0)
+                            .min(1 << 20);
+                        let mut body = head[end..].to_vec();
+                        while body.len() < length {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => body.extend_from_slice(&buf[..n]),
+                            }
+                        }
                         hits.fetch_add(1, Ordering::SeqCst);
-                        let first = String::from_utf8_lossy(&head).lines().next().unwrap_or("").to_owned();
-                        requests.lock().unwrap_or_else(PoisonError::into_inner).push(first);
+                        requests
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(Request { head: text, body });
                         let (status, content_type, body) =
                             answer.lock().unwrap_or_else(PoisonError::into_inner).clone();
                         let location = if (300..400).contains(&status) {
@@ -99,6 +138,11 @@ impl HttpsServer {
 
     /// The request lines it got (`GET /path HTTP/1.1`).
     pub fn requests(&self) -> Vec<String> {
+        self.received().iter().map(|r| r.line().to_owned()).collect()
+    }
+
+    /// The requests it got.
+    pub fn received(&self) -> Vec<Request> {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }

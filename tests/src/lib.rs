@@ -19,7 +19,7 @@ pub use client::{SmtpClient, TestReply, stuff};
 pub use dns::DnsServer;
 pub use gateway::{Gateway, GatewayProcess, Setup, count_queued};
 pub use http::{http, http_with, https};
-pub use https::HttpsServer;
+pub use https::{HttpsServer, Request as HttpsRequest};
 pub use milter::{OpenDkim, Rspamd, Script, Seen, TestMilter};
 pub use postfix::Postfix;
 pub use redis::RedisServer;

@@ -61,6 +61,18 @@ enum Command {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// Show the TLS reporting figures (RFC 8460) of the current period:
+    /// per recipient domain, sessions that set up TLS and those that
+    /// failed, by kind (as the running gateway last wrote them, at most 5
+    /// seconds ago).
+    TlsReport {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the admin API's bearer tokens (`[admin] tokens_file`).
     Admin {
         /// The configuration file naming the tokens file.
@@ -390,6 +402,16 @@ pub fn main() -> ExitCode {
         Command::Run { config } => run(&runtime, &config),
         Command::Reload { config } => runtime.block_on(reload(&config)),
         Command::Queue { config, action } => runtime.block_on(queue(&config, action)),
+        Command::TlsReport { config, json } => match crate::config::spool_dir(&config) {
+            Ok(spool) => {
+                print!("{}", crate::delivery::tls_rpt::show(&spool.join("tls-rpt"), json));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
         Command::Quarantine { config, action } => runtime.block_on(quarantine(&config, action)),
         Command::Admin {
             config,

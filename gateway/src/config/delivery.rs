@@ -11,6 +11,7 @@ use super::{Checker, Problem};
 use crate::delivery::mta_sts::{Fetcher, MtaSts};
 use crate::delivery::route::{Route, RouteTable, Target};
 use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
+use crate::delivery::tls_rpt::{Reporter, TlsReports};
 use crate::delivery::{ClientTimeouts, DeliverySettings};
 use crate::dns::Resolver;
 use crate::queue::RetrySchedule;
@@ -44,6 +45,10 @@ impl Checker<'_> {
             .filter_map(|(i, r)| self.route(i + 1, &raw.delivery, r))
             .collect();
         let resolver = Resolver::new(self.dns(raw));
+        let mta_sts = self.mta_sts(raw);
+        let tls_reports = mta_sts
+            .as_ref()
+            .map(|(_, fetcher)| self.tls_reports(raw, fetcher, &hostname));
         DeliverySettings {
             hostname,
             concurrency,
@@ -65,18 +70,20 @@ impl Checker<'_> {
             remote_port: d.mx_port,
             delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
             quarantine_max_age: d.quarantine_max_age.0,
-            mta_sts: self.mta_sts(raw),
+            mta_sts: mta_sts.map(|(mta_sts, _)| mta_sts),
+            tls_reports,
         }
     }
 
-    /// MTA-STS policies, cached in `<spool_dir>/mta-sts`.
-    fn mta_sts(&mut self, raw: &RawConfig) -> Option<Arc<MtaSts>> {
+    /// MTA-STS policies, cached in `<spool_dir>/mta-sts`, and the HTTPS
+    /// client that fetches them.
+    fn mta_sts(&mut self, raw: &RawConfig) -> Option<(Arc<MtaSts>, Fetcher)> {
         let d = &raw.delivery;
         let ca_file = d.mta_sts_ca_file.as_ref().map(|f| self.resolve(f.get_ref()));
         match Fetcher::new(ca_file.as_deref(), d.mta_sts_port, d.mta_sts_timeout.0) {
             Ok(fetcher) => {
                 let dir = self.resolve(raw.server.spool_dir.get_ref()).join("mta-sts");
-                Some(Arc::new(MtaSts::new(dir, fetcher)))
+                Some((Arc::new(MtaSts::new(dir, fetcher.clone())), fetcher))
             }
             Err(e) => {
                 match &d.mta_sts_ca_file {
@@ -86,6 +93,20 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// TLS reporting: tallies in `<spool_dir>/tls-rpt`, reports posted
+    /// with the MTA-STS client's certificates.
+    fn tls_reports(&mut self, raw: &RawConfig, fetcher: &Fetcher, hostname: &str) -> Arc<TlsReports> {
+        let d = &raw.delivery;
+        let dir = self.resolve(raw.server.spool_dir.get_ref()).join("tls-rpt");
+        let reporter = d.tls_reports.then(|| Reporter {
+            hostname: hostname.to_owned(),
+            contact: self.postmaster(raw, hostname).to_string(),
+            tls: fetcher.tls(),
+            timeout: d.mta_sts_timeout.0,
+        });
+        Arc::new(TlsReports::new(dir, d.tls_report_period.0.as_secs(), reporter))
     }
 
     /// The SMTP policy of route number `id` (0: the default), from the

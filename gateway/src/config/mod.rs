@@ -616,6 +616,12 @@ pub fn tokens_file(path: &Path) -> Result<PathBuf, ConfigError> {
     named_file(path, "admin.tokens_file", |raw| raw.admin.tokens_file)
 }
 
+/// The spool directory a configuration names (`[server] spool_dir`),
+/// without loading the rest of it.
+pub fn spool_dir(path: &Path) -> Result<PathBuf, ConfigError> {
+    named_file(path, "server.spool_dir", |raw| Some(raw.server.spool_dir))
+}
+
 fn named_file(
     path: &Path,
     key: &str,

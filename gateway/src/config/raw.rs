@@ -298,6 +298,12 @@ pub struct RawDelivery {
     /// `mta_sts_port`: the HTTPS port policies are fetched from; default
     /// 443 (change it only to test against servers on loopback).
     pub mta_sts_port: u16,
+    /// `tls_reports`: send TLS reports (RFC 8460) to the domains that ask
+    /// for them; default true.
+    pub tls_reports: bool,
+    /// `tls_report_period`: the period a report covers; default `"1d"`
+    /// (UTC days; shorter only to test).
+    pub tls_report_period: HumanDuration,
 }
 
 impl Default for RawDelivery {
@@ -323,6 +329,8 @@ impl Default for RawDelivery {
             mta_sts_ca_file: None,
             mta_sts_timeout: HumanDuration(std::time::Duration::from_secs(60)),
             mta_sts_port: 443,
+            tls_reports: true,
+            tls_report_period: minutes(24 * 60),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::error::DeliveryError;
 use super::mta_sts::{Mode, Policy};
 use super::route::Destination;
 use super::tls::{SmtpPolicy, TlsMode};
+use super::tls_rpt::{Failure, ResultType};
 use crate::dns::{DnsError, order_mx};
 use crate::queue::Envelope;
 use crate::smtp::EnhancedCode;
@@ -30,17 +31,44 @@ pub async fn open(
 ) -> Result<SmtpClient, DeliveryError> {
     let requiretls = envelope.requiretls;
     let mut hosts = hosts(settings, destination).await?;
-    let sts = match envelope.tls_optional && !requiretls {
+    let scope = match envelope.tls_optional && !requiretls {
         true => None,
-        false => mta_sts_policy(settings, destination, policy, requiretls).await,
+        false => recipient_policy(settings, destination, policy, requiretls).await,
     };
-    if let Some((domain, sts)) = &sts {
-        hosts = sts_hosts(domain, sts, hosts)?;
+    let reports = settings.tls_reports.as_deref().zip(scope.as_ref());
+    if let Some((reports, scope)) = reports
+        && let Some(reason) = &scope.fetch_error
+    {
+        let failure = Failure {
+            result: ResultType::StsPolicyFetchError,
+            host: None,
+            ip: None,
+            reason: Some(reason.clone()),
+        };
+        reports.failure(scope.domain, scope.sts.as_ref(), failure);
+    }
+    if let Some(RecipientPolicy {
+        domain, sts: Some(sts), ..
+    }) = &scope
+    {
+        hosts = sts_hosts(domain, sts, hosts).inspect_err(|_| {
+            if let Some(reports) = &settings.tls_reports {
+                let failure = Failure {
+                    result: ResultType::ValidationFailure,
+                    host: None,
+                    ip: None,
+                    reason: Some("no MX host matches the policy's mx patterns".into()),
+                };
+                reports.failure(domain, Some(sts), failure);
+            }
+        })?;
     }
     let mut last_error = None;
     for (host, port) in hosts {
-        let mode = match &sts {
-            Some((domain, sts)) if sts.mode == Mode::Enforce => Required::MtaSts(domain),
+        let mode = match &scope {
+            Some(RecipientPolicy {
+                domain, sts: Some(sts), ..
+            }) if sts.mode == Mode::Enforce => Required::MtaSts(domain),
             _ => Required::Route(policy.tls),
         };
         let addresses = match settings.resolver.addresses(&host).await {
@@ -53,7 +81,11 @@ pub async fn open(
         };
         for ip in addresses {
             let address = SocketAddr::new(ip, port);
-            match session(settings, policy, requiretls, mode, address, &host).await {
+            let result = session(settings, policy, requiretls, mode, address, &host).await;
+            if let Some((reports, scope)) = reports {
+                reports.session(scope.domain, scope.sts.as_ref(), &host, ip, &result);
+            }
+            match result {
                 Ok(client) => return Ok(client),
                 // The same credentials fail everywhere; do not hammer.
                 Err(e @ DeliveryError::Auth { .. }) => return Err(e),
@@ -70,21 +102,32 @@ pub async fn open(
     }))
 }
 
-/// The MTA-STS policy of the recipient domain, for delivery over MX on a
-/// route whose TLS setting looks for one (`auto`, `mta-sts`), and for
-/// every REQUIRETLS message.
-async fn mta_sts_policy<'a>(
+/// The recipient domain of delivery over MX on a route whose TLS setting
+/// looks for its policies (`auto`, `mta-sts`, and every REQUIRETLS
+/// message), with its MTA-STS policy if any.
+struct RecipientPolicy<'a> {
+    domain: &'a str,
+    sts: Option<Policy>,
+    /// Why the policy could not be fetched, when that failed now.
+    fetch_error: Option<String>,
+}
+
+async fn recipient_policy<'a>(
     settings: &DeliverySettings,
     destination: &'a Destination,
     policy: &SmtpPolicy,
     requiretls: bool,
-) -> Option<(&'a str, Policy)> {
+) -> Option<RecipientPolicy<'a>> {
     let looks = requiretls || matches!(policy.tls, TlsMode::Auto | TlsMode::MtaSts);
     let (Destination::Mx(domain), true, Some(mta_sts)) = (destination, looks, &settings.mta_sts) else {
         return None;
     };
-    let found = mta_sts.policy(&settings.resolver, domain).await?;
-    Some((domain.as_str(), found))
+    let (sts, fetch_error) = mta_sts.lookup(&settings.resolver, domain).await;
+    Some(RecipientPolicy {
+        domain: domain.as_str(),
+        sts,
+        fetch_error,
+    })
 }
 
 /// The MX hosts an MTA-STS policy lets mail go to: those matching its `mx`

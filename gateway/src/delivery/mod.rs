@@ -16,6 +16,7 @@ mod pool;
 pub mod route;
 mod runner;
 pub mod tls;
+pub mod tls_rpt;
 
 use std::num::NonZeroUsize;
 use std::time::Duration;
@@ -52,6 +53,8 @@ pub struct DeliverySettings {
     pub quarantine_max_age: Duration,
     /// MTA-STS policies for MX delivery (none: not looked up).
     pub mta_sts: Option<std::sync::Arc<mta_sts::MtaSts>>,
+    /// TLS reporting (RFC 8460) of delivery over MX.
+    pub tls_reports: Option<std::sync::Arc<tls_rpt::TlsReports>>,
 }
 
 /// Outbound SMTP timeouts (RFC 5321 section 4.5.3.2).

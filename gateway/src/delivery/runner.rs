@@ -21,6 +21,7 @@ use crate::queue::{DeliveryState, Envelope, QueueId, QueueReceiver, Spool, Store
 
 mod holds;
 mod quarantine;
+mod tls_reports;
 
 pub use holds::HoldTarget;
 pub use quarantine::QuarantineCommand;
@@ -136,6 +137,7 @@ pub async fn run(
     let mut commands_open = true;
     let mut reap = tokio::time::interval(REAP_INTERVAL);
     let mut tend = tokio::time::interval(quarantine::TEND_INTERVAL);
+    let mut flush = tokio::time::interval(tls_reports::FLUSH_INTERVAL);
     loop {
         runner.dispatch();
         runner.gauge();
@@ -164,8 +166,10 @@ pub async fn run(
             () = sleep_until(next_due), if next_due.is_some() => runner.promote_due(),
             _ = reap.tick() => runner.pool.reap(),
             _ = tend.tick() => runner.tend_quarantine().await,
+            _ = flush.tick() => runner.send_tls_reports().await,
         }
     }
+    runner.flush_tls_reports().await;
     let in_flight = runner.in_flight.len();
     if in_flight > 0 {
         info!(in_flight, "waiting for deliveries in flight");

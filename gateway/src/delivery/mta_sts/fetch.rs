@@ -49,6 +49,11 @@ impl Fetcher {
         })
     }
 
+    /// The client configuration (also used to post TLS reports).
+    pub fn tls(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.tls)
+    }
+
     /// The policy text of `domain`, or why it could not be had.
     pub async fn fetch(&self, resolver: &Resolver, domain: &str) -> Result<String, String> {
         let host = format!("mta-sts.{domain}");

@@ -66,6 +66,11 @@ impl MtaSts {
     /// The policy that applies to mail for `domain` now, if any (a policy
     /// in mode `none` is none).
     pub async fn policy(&self, resolver: &Resolver, domain: &str) -> Option<Policy> {
+        self.lookup(resolver, domain).await.0
+    }
+
+    /// `policy`, and why a fetch failed if one did (for TLS reports).
+    pub async fn lookup(&self, resolver: &Resolver, domain: &str) -> (Option<Policy>, Option<String>) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let now = unix_now();
         let cached = self.cached(&domain).filter(|c| c.fresh(now));
@@ -78,19 +83,21 @@ impl MtaSts {
                 None
             }
         };
-        let found = match (id, cached) {
-            (None, cached) => cached.map(|c| c.policy),
-            (Some(id), Some(cached)) if cached.id == id => Some(cached.policy),
-            (Some(id), cached) => self
-                .refresh(resolver, &domain, id, now)
-                .await
-                .or(cached.map(|c| c.policy)),
+        let (found, failed) = match (id, cached) {
+            (None, cached) => (cached.map(|c| c.policy), None),
+            (Some(id), Some(cached)) if cached.id == id => (Some(cached.policy), None),
+            (Some(id), cached) => match self.refresh(resolver, &domain, id, now).await {
+                Ok(Some(policy)) => (Some(policy), None),
+                Ok(None) => (cached.map(|c| c.policy), None),
+                Err(reason) => (cached.map(|c| c.policy), Some(reason)),
+            },
         };
-        found.filter(|p| p.mode != Mode::None)
+        (found.filter(|p| p.mode != Mode::None), failed)
     }
 
-    /// Fetches the policy announced by record `id`; caches it.
-    async fn refresh(&self, resolver: &Resolver, domain: &str, id: String, now: u64) -> Option<Policy> {
+    /// Fetches the policy announced by record `id` and caches it; `None`
+    /// when a fetch failed lately and is not tried again yet.
+    async fn refresh(&self, resolver: &Resolver, domain: &str, id: String, now: u64) -> Result<Option<Policy>, String> {
         let recently_failed = self
             .failed
             .lock()
@@ -98,7 +105,7 @@ impl MtaSts {
             .get(domain)
             .is_some_and(|at| at.elapsed() < RETRY_FETCH_AFTER);
         if recently_failed {
-            return None;
+            return Ok(None);
         }
         let parsed = match self.fetcher.fetch(resolver, domain).await {
             Ok(text) => Policy::parse(&text).map_err(|e| format!("unusable policy: {e}")),
@@ -126,7 +133,7 @@ impl MtaSts {
                         policy: policy.clone(),
                     },
                 );
-                Some(policy)
+                Ok(Some(policy))
             }
             Err(reason) => {
                 warn!(domain, %reason, "MTA-STS: cannot fetch the policy; keeping the cached one, if any");
@@ -134,7 +141,7 @@ impl MtaSts {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .insert(domain.to_owned(), Instant::now());
-                None
+                Err(reason)
             }
         }
     }
