@@ -131,6 +131,24 @@ pub const TLS_HANDSHAKES: Metric = Metric {
     help: "TLS handshakes by direction (inbound, outbound) and result (ok, failed).",
     labels: &["direction", "result"],
 };
+/// `mailgate_delivery_tls_total{policy,result}`.
+pub const DELIVERY_TLS: Metric = Metric {
+    name: "mailgate_delivery_tls_total",
+    help: "Outbound SMTP sessions by TLS policy (dane, mta-sts, require, opportunistic, none) and result (success, or the RFC 8460 failure type).",
+    labels: &["policy", "result"],
+};
+/// The policies of `mailgate_delivery_tls_total`.
+pub const TLS_POLICIES: [&str; 5] = ["dane", "mta-sts", "require", "opportunistic", "none"];
+/// Its results: success, then the failure types of RFC 8460.
+pub const TLS_RESULTS: [&str; 7] = [
+    "success",
+    "starttls-not-supported",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "certificate-not-trusted",
+    "validation-failure",
+    "sts-policy-fetch-error",
+];
 /// `mailgate_config_reloads_total{result}`.
 pub const CONFIG_RELOADS: Metric = Metric {
     name: "mailgate_config_reloads_total",
@@ -163,6 +181,7 @@ pub const ALL: &[Metric] = &[
     DELIVERY_DURATION,
     DNS_LOOKUPS,
     TLS_HANDSHAKES,
+    DELIVERY_TLS,
     CONFIG_RELOADS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
 ];
@@ -233,6 +252,7 @@ pub struct Metrics {
     delivery_duration: [Histogram; 3],
     dns: [[IntCounter; 4]; 6],
     tls: [[IntCounter; 2]; 2],
+    delivery_tls: [[IntCounter; 7]; 5],
     reloads: [IntCounter; 2],
     /// `mailgate_config_last_reload_successful`.
     pub last_reload_successful: IntGauge,
@@ -288,6 +308,7 @@ impl Metrics {
         let results = ["delivered", "deferred", "failed"];
         let dns = counter(DNS_LOOKUPS);
         let tls = counter(TLS_HANDSHAKES);
+        let delivery_tls = counter(DELIVERY_TLS);
         let reloads = counter(CONFIG_RELOADS);
         let last = IntGauge::with_opts(opts(CONFIG_LAST_RELOAD_SUCCESSFUL)).expect("valid metric");
         register(Box::new(last.clone()));
@@ -316,6 +337,7 @@ impl Metrics {
             }),
             tls: ["inbound", "outbound"]
                 .map(|direction| ["ok", "failed"].map(|r| tls.with_label_values(&[direction, r]))),
+            delivery_tls: TLS_POLICIES.map(|p| TLS_RESULTS.map(|r| delivery_tls.with_label_values(&[p, r]))),
             reloads: ["success", "failure"].map(|r| reloads.with_label_values(&[r])),
             last_reload_successful: last,
             plugin_defined: Mutex::default(),
@@ -386,6 +408,16 @@ impl Metrics {
     /// Counts a TLS handshake.
     pub fn tls(&self, direction: Direction, ok: bool) {
         self.tls[direction as usize][usize::from(!ok)].inc();
+    }
+
+    /// Counts an outbound session under TLS `policy` with `result` (both
+    /// from `TLS_POLICIES` and `TLS_RESULTS`; others are not counted).
+    pub fn delivery_tls(&self, policy: &str, result: &str) {
+        let p = TLS_POLICIES.iter().position(|x| *x == policy);
+        let r = TLS_RESULTS.iter().position(|x| *x == result);
+        if let (Some(p), Some(r)) = (p, r) {
+            self.delivery_tls[p][r].inc();
+        }
     }
 
     /// Counts a reload.
@@ -761,6 +793,7 @@ mod tests {
                 DELIVERY_ATTEMPTS.name,
                 DNS_LOOKUPS.name,
                 TLS_HANDSHAKES.name,
+                DELIVERY_TLS.name,
                 CONFIG_RELOADS.name,
             ];
             assert_eq!(counter, counters.contains(&metric.name), "{}", metric.name);

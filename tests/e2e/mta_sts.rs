@@ -6,11 +6,12 @@
 //! again; the cached policy outlives a failed fetch and a restart; a
 //! redirected policy is not used.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use hickory_proto::rr::RecordType;
 use mailgate_tests::{DnsServer, Gateway, HttpsServer, Setup, SinkServer, SmtpClient, TestCa, dsn_parts, wait_until};
 
 use crate::WAIT;
+use crate::operations::Scrape;
 
 /// A recipient domain with its MX host on loopback, its `_mta-sts` record
 /// and its policy host, and a gateway delivering to it.
@@ -106,7 +107,8 @@ async fn bounce(bounces: &SinkServer, n: usize) -> Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enforce_delivers_only_over_verified_tls_and_bounces_saying_why() -> Result<()> {
     let mut world = World::new().await?;
-    let gw = world.start().await?;
+    let dir = std::mem::replace(&mut world.dir, tempfile::tempdir()?);
+    let gw = Gateway::start_in(world.setup().admin()?, dir).await?;
     send(&gw, "over tls").await?;
     wait_until(WAIT, || world.mx.count() == 1).await?;
     assert!(world.mx.messages()[0].tls, "delivered inside verified TLS");
@@ -134,6 +136,14 @@ async fn enforce_delivers_only_over_verified_tls_and_bounces_saying_why() -> Res
     SmtpClient::deliver(gw.addr, "sender@back.test", &["rcpt@sts.test"], content).await?;
     wait_until(WAIT, || world.mx.count() == 2).await?;
     assert!(!world.mx.messages()[1].tls, "sent in clear, as its sender allowed");
+
+    // mailgate_delivery_tls_total counts each session by policy and result
+    // (the registry is the process's, so other tests add to it too).
+    let scrape = Scrape::take(gw.admin.context("no admin address")?).await?;
+    let count = |policy, result| scrape.value("mailgate_delivery_tls_total", &[("policy", policy), ("result", result)]);
+    assert!(count("mta-sts", "success") >= 1.0);
+    assert!(count("mta-sts", "starttls-not-supported") >= 1.0);
+    assert!(count("opportunistic", "starttls-not-supported") >= 1.0);
     Ok(())
 }
 

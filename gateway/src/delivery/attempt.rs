@@ -300,6 +300,12 @@ fn record(
         return;
     };
     let status = match outcome {
+        Outcome::Delivered(Handoff::Relayed {
+            tls: (tls_policy, tls), ..
+        }) => {
+            info!(queue_id = %id, to = %rcpt, relay, attempt, tls_policy, tls, status = "sent", "delivered");
+            RecipientStatus::Delivered
+        }
         Outcome::Delivered(_) => {
             info!(queue_id = %id, to = %rcpt, relay, attempt, status = "sent", "delivered");
             RecipientStatus::Delivered

@@ -48,6 +48,8 @@ pub struct SmtpClient {
     helo: String,
     /// The TLS session authenticated the server's certificate.
     verified: bool,
+    /// The TLS policy the session was opened under, for logs.
+    tls_policy: &'static str,
 }
 
 impl SmtpClient {
@@ -84,6 +86,7 @@ impl SmtpClient {
             host: host.to_owned(),
             helo: helo.to_owned(),
             verified: false,
+            tls_policy: "opportunistic",
         };
         client.expect_positive("greeting", timeouts.command).await?;
         client.hello().await?;
@@ -103,6 +106,20 @@ impl SmtpClient {
     /// True once the connection is inside TLS.
     pub fn is_tls(&self) -> bool {
         self.stream.is_tls()
+    }
+
+    /// Names the TLS policy the session was opened under (for logs).
+    pub fn set_tls_policy(&mut self, policy: &'static str) {
+        self.tls_policy = policy;
+    }
+
+    /// What the session got: `verified TLS`, `TLS` or `clear text`.
+    pub fn tls_use(&self) -> &'static str {
+        match (self.is_tls(), self.verified) {
+            (true, true) => "verified TLS",
+            (true, false) => "TLS",
+            (false, _) => "clear text",
+        }
     }
 
     /// Upgrades with STARTTLS and says EHLO again (RFC 3207 section 4.2:
@@ -240,6 +257,7 @@ impl SmtpClient {
         let accepted = match final_reply.class() {
             ReplyClass::Positive => Outcome::Delivered(Handoff::Relayed {
                 dsn: self.extensions.dsn,
+                tls: (self.tls_policy, self.tls_use()),
             }),
             _ => DeliveryError::Rejected {
                 stage: "end of DATA",

@@ -13,8 +13,9 @@ use super::error::DeliveryError;
 use super::mta_sts::{Mode, Policy};
 use super::route::Destination;
 use super::tls::{SmtpPolicy, TlsMode};
-use super::tls_rpt::{Failure, ResultType};
+use super::tls_rpt::{Failure, ResultType, tls_outcome};
 use crate::dns::{DnsError, order_mx};
+use crate::metrics::metrics;
 use crate::queue::Envelope;
 use crate::smtp::EnhancedCode;
 
@@ -81,9 +82,22 @@ pub async fn open(
         };
         for ip in addresses {
             let address = SocketAddr::new(ip, port);
-            let result = session(settings, policy, requiretls, mode, address, &host).await;
+            let mut result = session(settings, policy, requiretls, mode, address, &host).await;
             if let Some((reports, scope)) = reports {
                 reports.session(scope.domain, scope.sts.as_ref(), &host, ip, &result);
+            }
+            let label = policy_label(requiretls, mode, scope.as_ref().is_some_and(|s| s.sts.is_some()));
+            let counted = match (label, tls_outcome(&result)) {
+                ("none", Some(_)) => Some("success"),
+                (_, Some(Ok(()))) => Some("success"),
+                (_, Some(Err((kind, _)))) => Some(kind.name()),
+                (_, None) => None,
+            };
+            if let Some(counted) = counted {
+                metrics().delivery_tls(label, counted);
+            }
+            if let Ok(client) = &mut result {
+                client.set_tls_policy(label);
             }
             match result {
                 Ok(client) => return Ok(client),
@@ -100,6 +114,18 @@ pub async fn open(
         name: destination.to_string(),
         error: DnsError::NoRecords,
     }))
+}
+
+/// The policy a session is counted and logged under.
+fn policy_label(requiretls: bool, required: Required<'_>, has_sts: bool) -> &'static str {
+    match required {
+        Required::MtaSts(_) => "mta-sts",
+        _ if requiretls => "require",
+        Required::Route(TlsMode::Require) => "require",
+        Required::Route(TlsMode::Disabled) => "none",
+        _ if has_sts => "mta-sts",
+        Required::Route(_) => "opportunistic",
+    }
 }
 
 /// The recipient domain of delivery over MX on a route whose TLS setting
@@ -239,6 +265,11 @@ async fn session(
             let config = policy.tls_config.verified.clone();
             match client.starttls(config, policy.tls_config.authenticates).await {
                 Ok(client) => client,
+                Err(DeliveryError::Tls { host, reason }) => {
+                    warn!(host, %address, error = reason, requirer, "verified TLS failed; not delivering in clear");
+                    let reason = format!("{reason} ({requirer} requires a verified certificate)");
+                    return Err(DeliveryError::Tls { host, reason });
+                }
                 Err(e) => {
                     warn!(host, %address, error = %e, requirer, "verified TLS failed; not delivering in clear");
                     return Err(e);

@@ -180,6 +180,9 @@ pub enum Handoff {
     Relayed {
         /// The next hop offered DSN.
         dsn: bool,
+        /// The session's TLS policy (`mta-sts`, `require`, `opportunistic`,
+        /// `none`) and what it got (`verified TLS`, `TLS`, `clear text`).
+        tls: (&'static str, &'static str),
     },
 }
 

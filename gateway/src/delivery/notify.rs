@@ -59,9 +59,9 @@ pub async fn successes(
             let recipient = message.envelope.recipients.get(*i)?;
             let action = match handoff {
                 Handoff::Delivered => Action::Delivered,
-                Handoff::Relayed { dsn: false } => Action::Relayed,
+                Handoff::Relayed { dsn: false, .. } => Action::Relayed,
                 // The next hop got NOTIFY and reports from here on.
-                Handoff::Relayed { dsn: true } => return None,
+                Handoff::Relayed { dsn: true, .. } => return None,
             };
             recipient.dsn.wants_success().then_some(Entry {
                 recipient,

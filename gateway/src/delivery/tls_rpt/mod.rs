@@ -194,16 +194,10 @@ impl TlsReports {
         ip: IpAddr,
         outcome: &Result<SmtpClient, DeliveryError>,
     ) {
-        let (result, reason) = match outcome {
-            Ok(client) if client.is_tls() => return self.success(domain, policy),
-            Ok(_) => (ResultType::StarttlsNotSupported, None),
-            Err(DeliveryError::Security { reason, .. } | DeliveryError::Unsupported { reason, .. })
-                if reason.contains("STARTTLS") =>
-            {
-                (ResultType::StarttlsNotSupported, None)
-            }
-            Err(DeliveryError::Tls { reason, .. }) => (ResultType::of_handshake(reason), Some(reason.clone())),
-            Err(_) => return,
+        let (result, reason) = match tls_outcome(outcome) {
+            Some(Ok(())) => return self.success(domain, policy),
+            Some(Err(failure)) => failure,
+            None => return,
         };
         let failure = Failure {
             result,
@@ -306,6 +300,23 @@ pub fn latest(dir: &Path) -> Option<(u64, BTreeMap<String, Tally>)> {
         .filter_map(|(domain, path)| Some((domain, read_tally(&path)?)))
         .collect();
     Some((start, tallies))
+}
+
+/// What a session's outcome says about TLS: `Ok` when it set up TLS, the
+/// failure type (and detail) when TLS failed, `None` when the outcome is
+/// not about TLS (a refused connection, a timeout).
+pub fn tls_outcome(outcome: &Result<SmtpClient, DeliveryError>) -> Option<Result<(), (ResultType, Option<String>)>> {
+    match outcome {
+        Ok(client) if client.is_tls() => Some(Ok(())),
+        Ok(_) => Some(Err((ResultType::StarttlsNotSupported, None))),
+        Err(DeliveryError::Security { reason, .. } | DeliveryError::Unsupported { reason, .. })
+            if reason.contains("STARTTLS") =>
+        {
+            Some(Err((ResultType::StarttlsNotSupported, None)))
+        }
+        Err(DeliveryError::Tls { reason, .. }) => Some(Err((ResultType::of_handshake(reason), Some(reason.clone())))),
+        Err(_) => None,
+    }
 }
 
 /// What `mailgate tls-report` prints: the newest period's tallies, as
