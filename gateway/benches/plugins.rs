@@ -54,6 +54,7 @@ fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, pyth
         },
         sha256: None,
         listeners: Vec::new(),
+        http: mailgate::plugin::HttpPolicy::default(),
     }
 }
 

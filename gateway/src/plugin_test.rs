@@ -136,6 +136,8 @@ async fn replay_one(
         kv: host.clone(),
         clock: host.clone(),
         dkim: host,
+        http: Arc::new(crate::plugin::ReplayHttp::new(&transcript.host_calls)),
+        http_policy: Arc::default(),
     };
     let chain = Chain::load(Arc::clone(runtime), services, vec![config.clone()], HashSet::new())
         .await
@@ -226,9 +228,15 @@ pub async fn run(test: TestRun) -> ExitCode {
             Capability::Kv,
             Capability::Metrics,
             Capability::Dkim,
+            Capability::Http,
         ],
         sha256: None,
         listeners: Vec::new(),
+        // Replay answers what was recorded, wherever it went.
+        http: crate::plugin::HttpPolicy {
+            allow: vec!["*".to_owned()],
+            ..crate::plugin::HttpPolicy::default()
+        },
     };
     let mut failures = 0;
     for (name, transcript) in &transcripts {

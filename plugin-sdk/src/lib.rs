@@ -55,6 +55,7 @@ pub mod bindings {
 pub mod clock;
 pub mod dkim;
 pub mod dns;
+pub mod http;
 pub mod kv;
 pub mod log;
 mod message;

@@ -41,7 +41,11 @@ fn plugin(name: &str, path: &str, stage: &str, capabilities: &str, settings: &st
 
 /// The probe plugin, with every capability granted.
 fn probe(name: &str, settings: &str) -> String {
-    plugin(name, PROBE, "data", r#""dns", "kv", "metrics""#, settings)
+    plugin(name, PROBE, "data", r#""dns", "kv", "metrics", "http""#, settings).replacen(
+        "[plugin.settings]",
+        "http_allow = [\"127.0.0.1\"]\n[plugin.settings]",
+        1,
+    )
 }
 
 /// Every lookup type answers from the loopback DNS server, repeated

@@ -14,6 +14,7 @@ mod durability;
 mod example_plugins;
 mod extensions;
 mod hostile;
+mod http_capability;
 mod inbound;
 mod limits;
 mod logs;

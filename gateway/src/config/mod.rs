@@ -28,7 +28,9 @@ use crate::delivery::tls::TlsConfigs;
 use crate::dkim::{DkimKey, DkimSettings, MailAuth};
 use crate::dns::DnsSettings;
 use crate::kv::{Kv, KvSettings};
-use crate::plugin::{Chain, Fault, HostServices, PluginConfig, PluginError, Runtime, RuntimeSettings, SystemClock};
+use crate::plugin::{
+    Chain, Fault, HostServices, HttpClient, PluginConfig, PluginError, Runtime, RuntimeSettings, SystemClock,
+};
 use crate::server::auth::{AuthSettings, Authenticator};
 use crate::server::policy::RelayPolicy;
 use crate::server::tls::ServerTls;
@@ -80,6 +82,8 @@ pub struct Config {
     pub kv: Arc<Kv>,
     /// DKIM keys and the authserv-id, for the `dkim` capability.
     pub dkim: Arc<DkimSettings>,
+    /// The roots plugins' HTTPS requests trust (`[plugins] http_ca_file`).
+    pub plugin_http_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Config {
@@ -140,6 +144,11 @@ impl Config {
                 kv: config.kv.clone(),
                 clock: Arc::new(SystemClock),
                 dkim: Arc::new(MailAuth::new(config.delivery.resolver.clone(), config.dkim.clone())),
+                http: Arc::new(HttpClient::new(
+                    config.delivery.resolver.clone(),
+                    Arc::clone(&config.plugin_http_tls),
+                )),
+                http_policy: Arc::default(),
             };
             let chain = Chain::load(runtime, host, config.plugins.clone(), routes)
                 .await
@@ -290,6 +299,34 @@ impl Checker<'_> {
             admin_auth: self.admin_auth(&raw),
             kv,
             dkim,
+            plugin_http_tls: self.plugin_http_tls(&raw),
+        }
+    }
+
+    /// The system's roots plus `[plugins] http_ca_file`.
+    fn plugin_http_tls(&mut self, raw: &RawConfig) -> Arc<rustls::ClientConfig> {
+        let ca_file = raw.plugins.http_ca_file.as_ref();
+        let path = ca_file.map(|f| self.resolve(f.get_ref()));
+        match crate::delivery::tls::web_client(path.as_deref()) {
+            Ok(config) => config,
+            Err(e) => {
+                match ca_file {
+                    Some(at) => self.problem(at, e),
+                    None => self.problems.push(Problem::at(self.source, None, e)),
+                }
+                // Refused anyway; a placeholder that trusts nothing.
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map(|b| {
+                        b.with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth()
+                    });
+                match config {
+                    Ok(config) => Arc::new(config),
+                    Err(_) => TlsConfigs::encrypt_only().unverified,
+                }
+            }
         }
     }
 

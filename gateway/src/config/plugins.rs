@@ -11,7 +11,7 @@ use toml::Spanned;
 use super::Checker;
 use super::raw::{RawConfig, RawKind, RawPlugin, RawStage};
 use crate::milter::{MilterAddress, MilterSettings};
-use crate::plugin::{EntryKind, PluginConfig};
+use crate::plugin::{Capability, EntryKind, HttpPolicy, PluginConfig};
 use crate::smtp::session::Stage;
 
 impl Checker<'_> {
@@ -127,6 +127,7 @@ impl Checker<'_> {
                     }
                     hex
                 });
+                let http = self.http_policy(spanned, p);
                 PluginConfig {
                     name: Arc::from(p.name.get_ref().as_str()),
                     path: p.path.as_ref().map(|path| self.resolve(path.get_ref())).unwrap_or_default(),
@@ -141,9 +142,53 @@ impl Checker<'_> {
                     capabilities: p.capabilities.clone(),
                     sha256,
                     listeners,
+                    http,
                 }
             })
             .collect()
+    }
+}
+
+impl Checker<'_> {
+    /// What a plugin's `http` requests may reach: `http_allow` entries are
+    /// host names (`*.` for subdomains) or `http(s)://` URL prefixes, and
+    /// the list is needed exactly when `http` is granted.
+    fn http_policy(&mut self, at: &Spanned<RawPlugin>, p: &RawPlugin) -> HttpPolicy {
+        let granted = p.capabilities.contains(&Capability::Http);
+        for entry in &p.http_allow {
+            let text = entry.get_ref();
+            let valid = if text.contains("://") {
+                text.starts_with("http://") || text.starts_with("https://")
+            } else {
+                let host = text.strip_prefix("*.").unwrap_or(text);
+                !host.is_empty()
+                    && host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'[' | b']'))
+            };
+            if !valid {
+                self.problem(
+                    entry,
+                    "an http_allow entry is a host name (`api.example.com`, `*.example.com`) or an http:// or https:// URL prefix",
+                );
+            }
+        }
+        match (granted, p.http_allow.is_empty()) {
+            (true, true) => self.problem(
+                at,
+                "the `http` capability needs `http_allow`: the hosts or URL prefixes its requests may reach",
+            ),
+            (false, false) => self.problem(&p.http_allow[0], "`http_allow` without the `http` capability"),
+            _ => {}
+        }
+        let defaults = HttpPolicy::default();
+        HttpPolicy {
+            allow: p.http_allow.iter().map(|e| e.get_ref().clone()).collect(),
+            timeout: p
+                .http_timeout
+                .map_or(defaults.timeout, |d| d.0.max(Duration::from_millis(1))),
+            max_response_bytes: p.http_max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        }
     }
 }
 

@@ -512,6 +512,9 @@ pub struct RawPlugins {
     /// `max_instances`: plugin instances alive at once, over all plugins
     /// and connections (the pooling allocator's size); default 1000.
     pub max_instances: u32,
+    /// `http_ca_file`: PEM CA certificates plugins' HTTPS requests trust
+    /// besides the system's roots.
+    pub http_ca_file: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawPlugins {
@@ -519,6 +522,7 @@ impl Default for RawPlugins {
         Self {
             cache_dir: None,
             max_instances: 1000,
+            http_ca_file: None,
         }
     }
 }
@@ -574,6 +578,17 @@ pub struct RawPlugin {
     /// `capabilities`: host imports it may use: `"log"`, `"clock"`; default none.
     #[serde(default)]
     pub capabilities: Vec<Capability>,
+    /// `http_allow`: with the `http` capability, the host names
+    /// (`api.example.com`, `*.example.com`) and URL prefixes
+    /// (`https://hooks.example.com/v1/`) its requests may reach.
+    #[serde(default)]
+    pub http_allow: Vec<Spanned<String>>,
+    /// `http_timeout`: the longest one request may take (never longer than
+    /// what is left of `time_budget`); default `"10s"`.
+    pub http_timeout: Option<HumanDuration>,
+    /// `http_max_response_bytes`: the largest response body; default
+    /// 1048576.
+    pub http_max_response_bytes: Option<usize>,
 }
 
 /// `kind`.

@@ -69,6 +69,23 @@ pub struct SmtpPolicy {
     pub max_connections: usize,
 }
 
+/// A client configuration for HTTPS to the web (MTA-STS policies, TLS
+/// reports, plugins' requests): the system's roots plus those in
+/// `extra_ca_file`.
+pub fn web_client(extra_ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    if let Some(file) = extra_ca_file {
+        roots.roots.extend(self::roots(Some(file))?.roots);
+    }
+    let config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The certificates `ca_file` (PEM) holds, or the system's roots when
 /// `None`.
 pub fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {

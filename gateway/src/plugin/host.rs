@@ -317,6 +317,11 @@ pub struct HostServices {
     pub clock: Arc<dyn ClockService>,
     /// For `dkim`.
     pub dkim: Arc<dyn DkimService>,
+    /// For `http`.
+    pub http: Arc<dyn super::http::HttpService>,
+    /// What the plugin's `http` requests may reach (set per plugin when
+    /// it is loaded).
+    pub http_policy: Arc<super::http::HttpPolicy>,
 }
 
 impl HostServices {
@@ -327,6 +332,8 @@ impl HostServices {
             kv: Arc::new(NoKv),
             clock: Arc::new(SystemClock),
             dkim: Arc::new(NoDkim),
+            http: Arc::new(super::http::NoHttp),
+            http_policy: Arc::default(),
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum Capability {
     Metrics,
     /// `mailgate:plugin/dkim`.
     Dkim,
+    /// `mailgate:plugin/http`.
+    Http,
 }
 
 impl Capability {
@@ -76,6 +78,7 @@ impl Capability {
             Self::Kv => "kv",
             Self::Metrics => "metrics",
             Self::Dkim => "dkim",
+            Self::Http => "http",
         }
     }
 
@@ -87,6 +90,7 @@ impl Capability {
             Self::Kv => "mailgate:plugin/kv@",
             Self::Metrics => "mailgate:plugin/metrics@",
             Self::Dkim => "mailgate:plugin/dkim@",
+            Self::Http => "mailgate:plugin/http@",
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct PluginConfig {
     pub sha256: Option<String>,
     /// The listeners it runs for; empty for all of them.
     pub listeners: Vec<Arc<str>>,
+    /// What its `http` requests may reach.
+    pub http: super::http::HttpPolicy,
 }
 
 impl PluginConfig {
@@ -184,6 +190,8 @@ impl LoadedPlugin {
     /// `init` with its settings, so a broken plugin or bad settings stop
     /// start-up rather than the first message.
     pub async fn load(runtime: &Arc<Runtime>, config: PluginConfig, host: HostServices) -> Result<Self, PluginError> {
+        let mut host = host;
+        host.http_policy = Arc::new(config.http.clone());
         let plugin = config.name.to_string();
         let bytes = tokio::fs::read(&config.path)
             .await

@@ -13,6 +13,7 @@ mod engine;
 mod error;
 mod hooks;
 mod host;
+mod http;
 mod imports;
 mod load;
 mod message;
@@ -33,6 +34,7 @@ pub use host::{
     DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SignatureCheck, SystemClock,
     Verification,
 };
+pub use http::{HttpClient, HttpPolicy, HttpService, NoHttp, ReplayHttp};
 pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig, sha256_hex};
 pub use message::ParsedMessage;
 pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

@@ -107,6 +107,15 @@ pub enum HostCall {
         /// What verification found.
         verification: Verification,
     },
+    /// `http.fetch`.
+    Http {
+        /// The method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// The response, or why there was none.
+        answer: super::http::HttpAnswer,
+    },
 }
 
 /// Host answers being collected, shared by a connection's instances.
@@ -388,6 +397,8 @@ impl ReplayHost {
                     dkim_signatures.entry(domain.clone()).or_insert_with(|| fields.clone());
                 }
                 HostCall::DkimVerify { verification } => verifications.push(verification.clone()),
+                // Replayed by `ReplayHttp`.
+                HostCall::Http { .. } => {}
             }
         }
         if now.is_empty() {

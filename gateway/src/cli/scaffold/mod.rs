@@ -28,6 +28,7 @@ pub const WIT: &[(&str, &str)] = &[
     ("kv.wit", include_str!("../../../../wit/kv.wit")),
     ("metrics.wit", include_str!("../../../../wit/metrics.wit")),
     ("dkim.wit", include_str!("../../../../wit/dkim.wit")),
+    ("http.wit", include_str!("../../../../wit/http.wit")),
 ];
 
 /// The Rust SDK's sources, for a Rust project's `mailgate-plugin-sdk/`.
@@ -36,6 +37,7 @@ const SDK: &[(&str, &str)] = &[
     ("clock.rs", include_str!("../../../../plugin-sdk/src/clock.rs")),
     ("dkim.rs", include_str!("../../../../plugin-sdk/src/dkim.rs")),
     ("dns.rs", include_str!("../../../../plugin-sdk/src/dns.rs")),
+    ("http.rs", include_str!("../../../../plugin-sdk/src/http.rs")),
     ("kv.rs", include_str!("../../../../plugin-sdk/src/kv.rs")),
     ("log.rs", include_str!("../../../../plugin-sdk/src/log.rs")),
     ("message.rs", include_str!("../../../../plugin-sdk/src/message.rs")),
@@ -64,7 +66,7 @@ wit-bindgen = { version = "0.63", default-features = false, features = ["macros"
 "#;
 
 /// The capabilities a plugin may be granted.
-pub const CAPABILITIES: [&str; 6] = ["log", "clock", "dns", "kv", "metrics", "dkim"];
+pub const CAPABILITIES: [&str; 7] = ["log", "clock", "dns", "kv", "metrics", "dkim", "http"];
 /// The stages, in order.
 pub const STAGES: [&str; 5] = ["connect", "helo", "mail", "rcpt", "data"];
 

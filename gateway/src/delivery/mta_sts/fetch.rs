@@ -29,21 +29,8 @@ pub struct Fetcher {
 impl Fetcher {
     /// A fetcher trusting the system's roots and those in `extra_ca_file`.
     pub fn new(extra_ca_file: Option<&std::path::Path>, port: u16, timeout: Duration) -> Result<Self, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-        if let Some(file) = extra_ca_file {
-            for cert in crate::delivery::tls::roots(Some(file))?.roots {
-                roots.roots.push(cert);
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         Ok(Self {
-            tls: Arc::new(tls),
+            tls: crate::delivery::tls::web_client(extra_ca_file)?,
             port,
             timeout,
         })

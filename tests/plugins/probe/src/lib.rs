@@ -8,13 +8,14 @@
 //! counter = "messages"                                   # X-Kv: messages = N (kv increment)
 //! metrics = true                                         # count and observe
 //! sandbox = true                                         # X-Sandbox: what WASI lets it reach
+//! fetch = ["http://127.0.0.1:8080/x"]                    # X-Http: GET url = STATUS BODY, or the error
 //! ```
 
 use std::net::IpAddr;
 
 use mailgate_plugin_sdk::dns::{self, Resolver};
 use mailgate_plugin_sdk::kv::{self, Store};
-use mailgate_plugin_sdk::{Message, Plugin, Settings, Transaction, Verdict, export_plugin, metrics};
+use mailgate_plugin_sdk::{Message, Plugin, Settings, Transaction, Verdict, export_plugin, http, metrics};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +26,7 @@ struct Probe {
     counter: Option<String>,
     metrics: bool,
     sandbox: bool,
+    fetch: Vec<String>,
 }
 
 /// What the plugin can reach through WASI without any capability: files,
@@ -114,6 +116,13 @@ impl Plugin for Probe {
         }
         if self.sandbox {
             txn.add_header("X-Sandbox", &sandbox());
+        }
+        for url in &self.fetch {
+            let shown = match http::get(url) {
+                Ok(response) => format!("{} {}", response.status, response.text().trim()),
+                Err(e) => format!("error {e}"),
+            };
+            txn.add_header("X-Http", &format!("GET {url} = {shown}"));
         }
         if self.metrics {
             metrics::count("probe_messages", &[("listener", &txn.client().listener)]);
