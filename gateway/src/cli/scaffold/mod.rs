@@ -478,6 +478,11 @@ impl Project<'_> {
             // The component carries an interpreter: more memory, warm instances.
             entry.push_str("memory_limit_bytes = 268435456\ninstances = \"reused\"\n");
         }
+        if self.capabilities.contains(&"http") {
+            entry.push_str(
+                "# The hosts and URL prefixes its requests may reach:\nhttp_allow = [\"https://example.com/\"]\n",
+            );
+        }
         entry.push_str("# [plugin.settings]\n# key = \"value\"\n");
         self.file("plugin.toml", &entry)?;
         let (language, source, needs) = match lang {
