@@ -11,7 +11,6 @@ use super::error::Failure;
 use crate::queue::{Envelope, QueueId, Recipient};
 use crate::smtp::EnhancedCode;
 use crate::smtp::ReversePath;
-use crate::smtp::command::BodyType;
 use crate::smtp::trace::rfc5322_date;
 
 /// What a DSN reports.
@@ -168,27 +167,7 @@ impl Report<'_> {
         }
         content.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
-        let eight_bit = content.iter().any(|&b| b >= 0x80);
-        let envelope = Envelope {
-            reverse_path: ReversePath::Null,
-            recipients: vec![Recipient::new(sender.clone())],
-            received_at: now,
-            size: content.len() as u64,
-            body: if eight_bit {
-                BodyType::EightBitMime
-            } else {
-                BodyType::SevenBit
-            },
-            smtputf8: !sender.is_ascii(),
-            eight_bit,
-            client: None,
-            quarantine: None,
-            quarantined_by: None,
-            hold: None,
-            dsn: crate::smtp::dsn::MailDsn::default(),
-            requiretls: false,
-            tls_optional: false,
-        };
+        let envelope = Envelope::generated(ReversePath::Null, sender.clone(), &content, now);
         Some((envelope, content))
     }
 
@@ -290,6 +269,7 @@ mod tests {
 
     use super::*;
     use crate::smtp::Mailbox;
+    use crate::smtp::command::BodyType;
     use crate::smtp::dsn::{MailDsn, OriginalRecipient, RcptDsn, Ret};
 
     fn original(reverse_path: ReversePath) -> Envelope {

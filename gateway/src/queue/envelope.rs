@@ -53,6 +53,34 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The envelope of a message the gateway writes itself (a DSN, a TLS
+    /// report) from `reverse_path` to `recipient`, accepted `at`: its body
+    /// type and SMTPUTF8 as `content` and the address need.
+    pub fn generated(reverse_path: ReversePath, recipient: Mailbox, content: &[u8], at: SystemTime) -> Self {
+        let eight_bit = content.iter().any(|&b| b >= 0x80);
+        let smtputf8 = !recipient.is_ascii() || reverse_path.mailbox().is_some_and(|m| !m.is_ascii());
+        Self {
+            reverse_path,
+            recipients: vec![Recipient::new(recipient)],
+            received_at: at,
+            size: content.len() as u64,
+            body: if eight_bit {
+                BodyType::EightBitMime
+            } else {
+                BodyType::SevenBit
+            },
+            smtputf8,
+            eight_bit,
+            client: None,
+            quarantine: None,
+            quarantined_by: None,
+            hold: None,
+            dsn: MailDsn::default(),
+            requiretls: false,
+            tls_optional: false,
+        }
+    }
+
     /// The recipients' addresses, in order.
     pub fn addresses(&self) -> impl Iterator<Item = &Mailbox> {
         self.recipients.iter().map(|r| &r.address)

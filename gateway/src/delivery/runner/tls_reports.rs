@@ -10,8 +10,7 @@ use tracing::{debug, info, warn};
 use super::Runner;
 use crate::delivery::tls_rpt::{ReportDestination, Reporter, gzip, report_destinations};
 use crate::dns::{DnsError, Resolver};
-use crate::queue::{Envelope, Recipient};
-use crate::smtp::command::BodyType;
+use crate::queue::Envelope;
 use crate::smtp::{Mailbox, ReversePath};
 
 /// How often the tallies are written and finished periods reported.
@@ -79,22 +78,7 @@ impl Runner {
             return;
         };
         let content = reporter.message(to, domain, start, end, packed);
-        let envelope = Envelope {
-            reverse_path: ReversePath::Mailbox(sender),
-            recipients: vec![Recipient::new(recipient)],
-            received_at: SystemTime::now(),
-            size: content.len() as u64,
-            body: BodyType::SevenBit,
-            smtputf8: false,
-            eight_bit: false,
-            client: None,
-            quarantine: None,
-            quarantined_by: None,
-            hold: None,
-            dsn: crate::smtp::dsn::MailDsn::default(),
-            requiretls: false,
-            tls_optional: false,
-        };
+        let envelope = Envelope::generated(ReversePath::Mailbox(sender), recipient, &content, SystemTime::now());
         let mut writer = self.spool.create();
         writer.write(&content).await;
         match self.spool.commit(writer, envelope).await {
