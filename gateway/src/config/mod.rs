@@ -303,33 +303,6 @@ impl Checker<'_> {
         }
     }
 
-    /// The system's roots plus `[plugins] http_ca_file`.
-    fn plugin_http_tls(&mut self, raw: &RawConfig) -> Arc<rustls::ClientConfig> {
-        let ca_file = raw.plugins.http_ca_file.as_ref();
-        let path = ca_file.map(|f| self.resolve(f.get_ref()));
-        match crate::delivery::tls::web_client(path.as_deref()) {
-            Ok(config) => config,
-            Err(e) => {
-                match ca_file {
-                    Some(at) => self.problem(at, e),
-                    None => self.problems.push(Problem::at(self.source, None, e)),
-                }
-                // Refused anyway; a placeholder that trusts nothing.
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map(|b| {
-                        b.with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth()
-                    });
-                match config {
-                    Ok(config) => Arc::new(config),
-                    Err(_) => TlsConfigs::encrypt_only().unverified,
-                }
-            }
-        }
-    }
-
     fn listeners(&mut self, raw: &RawConfig) -> Vec<ListenerConfig> {
         if raw.listeners.is_empty() {
             self.problems
