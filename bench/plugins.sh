@@ -9,7 +9,7 @@ rustup target add wasm32-wasip2
 python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore componentize-py==0.25.1
 cargo build --release --locked --target wasm32-wasip2 --target-dir target/wasm-plugins \
     --manifest-path plugins/Cargo.toml -p spam-score -p header-rewrite -p smarthost-router
-PYTHONDONTWRITEBYTECODE=1 componentize-py -d wit -w plugin componentize -p plugins/external-tagger app \
+PYTHONDONTWRITEBYTECODE=1 componentize-py -d plugins/external-tagger/wit -w tagger componentize -p plugins/external-tagger app \
     -o target/wasm-plugins/external_tagger.wasm
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 cargo bench --locked -p mailgate --bench plugins -- \

@@ -265,3 +265,28 @@ async fn requiretls_goes_over_mx_where_an_enforced_policy_authenticates_it() -> 
     assert_eq!(world.mx.count(), 1, "nothing for the unauthenticated domain");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fetch_without_a_cached_policy_delivers_as_before_and_is_reported() -> Result<()> {
+    let mut world = World::new().await?;
+    world.policy.respond(500, "text/plain", "broken\n");
+    world.plain_mx();
+    let gw = world.start().await?;
+    send(&gw, "no policy to be had").await?;
+    wait_until(WAIT, || world.mx.count() == 1).await?;
+    assert!(!world.mx.messages()[0].tls, "opportunistic, and the host has no TLS");
+    assert_eq!(world.policy.hits(), 1);
+    // TLS reporting counts the fetch error (written within 5 seconds).
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = crate::mailgate_cli("tls-report", &gw.config(), &[]).await?.1;
+        if shown.contains("sts-policy-fetch-error") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(shown.contains("sts.test  policy no-policy-found"), "{shown}");
+    assert!(shown.contains("sts-policy-fetch-error"), "{shown}");
+    assert!(shown.contains("starttls-not-supported  mx.sts.test"), "{shown}");
+    Ok(())
+}
