@@ -16,6 +16,7 @@ use crate::operations::Scrape;
 /// A recipient domain with its MX host on loopback, its `_mta-sts` record
 /// and its policy host, and a gateway delivering to it.
 pub(crate) struct World {
+    pub(crate) ca: TestCa,
     pub(crate) dns: DnsServer,
     pub(crate) policy: HttpsServer,
     pub(crate) mx: SinkServer,
@@ -46,6 +47,7 @@ impl World {
         let dir = tempfile::tempdir()?;
         ca.write(&dir.path().join("ca.pem"))?;
         Ok(Self {
+            ca,
             dns,
             policy,
             mx,
@@ -288,5 +290,44 @@ async fn a_failed_fetch_without_a_cached_policy_delivers_as_before_and_is_report
     assert!(shown.contains("sts.test  policy no-policy-found"), "{shown}");
     assert!(shown.contains("sts-policy-fetch-error"), "{shown}");
     assert!(shown.contains("starttls-not-supported  mx.sts.test"), "{shown}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_for_another_name_or_from_an_unknown_ca_are_refused_under_enforce() -> Result<()> {
+    let mut world = World::new().await?;
+    let other = TestCa::new()?;
+    let gw = world.start().await?;
+    send(&gw, "first, fine").await?;
+    wait_until(WAIT, || world.mx.count() == 1).await?;
+    // A certificate for another name, then one from a CA nobody trusts.
+    let wrong_name = world.ca.server_config(&["wrong.test"])?;
+    world.mx.behave(|b| b.tls = Some(wrong_name));
+    send(&gw, "certificate for another name").await?;
+    let report = bounce(&world.bounces, 0).await?;
+    assert!(
+        report.contains("the MTA-STS policy of sts.test requires a verified certificate"),
+        "{report}"
+    );
+    world.mx.behave(|b| b.tls = other.server_config(&["mx.sts.test"]).ok());
+    send(&gw, "untrusted certificate").await?;
+    bounce(&world.bounces, 1).await?;
+    assert_eq!(world.mx.count(), 1, "nothing was sent");
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = crate::mailgate_cli("tls-report", &gw.config(), &[]).await?.1;
+        if shown.contains("certificate-not-trusted") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(
+        shown.contains("certificate-not-trusted  mx.sts.test (127.0.0.1)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("certificate-host-mismatch  mx.sts.test (127.0.0.1)"),
+        "{shown}"
+    );
     Ok(())
 }

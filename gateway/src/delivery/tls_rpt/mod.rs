@@ -57,11 +57,14 @@ impl ResultType {
 
     /// The type of a failed TLS handshake, from rustls's reason.
     pub fn of_handshake(reason: &str) -> Self {
-        if reason.contains("NotValidForName") {
+        // rustls writes these as variant names or as sentences.
+        let reason = reason.to_ascii_lowercase().replace(' ', "");
+        let has = |words: &[&str]| words.iter().any(|w| reason.contains(w));
+        if has(&["notvalidforname"]) {
             Self::CertificateHostMismatch
-        } else if reason.contains("Expired") {
+        } else if has(&["expired"]) {
             Self::CertificateExpired
-        } else if reason.contains("UnknownIssuer") || reason.contains("BadSignature") {
+        } else if has(&["unknownissuer", "badsignature", "notvalidyet"]) {
             Self::CertificateNotTrusted
         } else {
             Self::ValidationFailure
@@ -399,4 +402,38 @@ async fn write_tally(path: &Path, tally: &Tally) -> std::io::Result<()> {
     let temporary = path.with_extension("json.new");
     tokio::fs::write(&temporary, json).await?;
     tokio::fs::rename(&temporary, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_failures_get_the_rfc_result_types() {
+        for (reason, expected) in [
+            (
+                "invalid peer certificate: UnknownIssuer",
+                ResultType::CertificateNotTrusted,
+            ),
+            (
+                "invalid peer certificate: BadSignature",
+                ResultType::CertificateNotTrusted,
+            ),
+            (
+                "invalid peer certificate: certificate not valid for name \"mx.test\"; certificate is only valid for DnsName(\"x.test\")",
+                ResultType::CertificateHostMismatch,
+            ),
+            (
+                "invalid peer certificate: NotValidForName",
+                ResultType::CertificateHostMismatch,
+            ),
+            (
+                "invalid peer certificate: certificate expired: verification time 2, but certificate is not valid after 1",
+                ResultType::CertificateExpired,
+            ),
+            ("received fatal alert: HandshakeFailure", ResultType::ValidationFailure),
+        ] {
+            assert_eq!(ResultType::of_handshake(reason), expected, "{reason}");
+        }
+    }
 }
