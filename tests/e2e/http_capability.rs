@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mailgate_tests::plugins::PROBE;
-use mailgate_tests::{HttpsServer, Setup, SinkServer, SmtpClient, TestCa, wait_until};
+use mailgate_tests::{HttpsServer, Setup, SinkServer, SmtpClient, TestCa, header_values, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::WAIT;
@@ -61,25 +61,6 @@ async fn web() -> Result<(SocketAddr, Arc<Mutex<HashMap<String, usize>>>)> {
         }
     });
     Ok((addr, seen))
-}
-
-/// Every value of header `name`, unfolded.
-fn header_values(text: &str, name: &str) -> Vec<String> {
-    let mut fields: Vec<String> = Vec::new();
-    for line in text.lines().take_while(|l| !l.is_empty()) {
-        match (line.starts_with([' ', '\t']), fields.last_mut()) {
-            (true, Some(last)) => {
-                last.push(' ');
-                last.push_str(line.trim_start());
-            }
-            _ => fields.push(line.to_owned()),
-        }
-    }
-    let prefix = format!("{name}: ");
-    fields
-        .iter()
-        .filter_map(|f| f.strip_prefix(&prefix).map(str::to_owned))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

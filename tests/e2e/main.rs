@@ -16,6 +16,7 @@ mod extensions;
 mod hostile;
 mod http_capability;
 mod inbound;
+mod isolation;
 mod limits;
 mod logs;
 mod milters;

@@ -9,6 +9,7 @@
 //! metrics = true                                         # count and observe
 //! sandbox = true                                         # X-Sandbox: what WASI lets it reach
 //! fetch = ["http://127.0.0.1:8080/x"]                    # X-Http: GET url = STATUS BODY, or the error
+//! carry = true                                           # X-Carried: transactions this instance has seen
 //! ```
 
 use std::net::IpAddr;
@@ -27,7 +28,14 @@ struct Probe {
     metrics: bool,
     sandbox: bool,
     fetch: Vec<String>,
+    carry: bool,
 }
+
+/// Transactions seen by this instance, in linear memory: 1 on a fresh
+/// instance every time; counting up on a reused one.
+static SEEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// The same, on the heap: a buffer that grows by one octet per transaction.
+static TRAIL: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
 
 /// What the plugin can reach through WASI without any capability: files,
 /// sockets, name resolution, the environment, the clocks and randomness.
@@ -116,6 +124,14 @@ impl Plugin for Probe {
         }
         if self.sandbox {
             txn.add_header("X-Sandbox", &sandbox());
+        }
+        if self.carry {
+            let seen = SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let trail = TRAIL.lock().map_or(0, |mut trail| {
+                trail.push(b'x');
+                trail.len()
+            });
+            txn.add_header("X-Carried", &format!("static {seen} heap {trail}"));
         }
         for url in &self.fetch {
             let shown = match http::get(url) {
