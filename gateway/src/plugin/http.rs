@@ -169,7 +169,9 @@ where
         .method(method)
         .uri(&url.path)
         .header(hyper::header::HOST, &url.authority);
-    for header in &request.headers {
+    // `Host` and `Content-Length` are the gateway's to set.
+    let own = |name: &str| name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case("content-length");
+    for header in request.headers.iter().filter(|h| !own(&h.name)) {
         builder = builder.header(header.name.as_str(), header.value.as_str());
     }
     let outgoing = builder
