@@ -279,14 +279,7 @@ async fn a_failed_fetch_without_a_cached_policy_delivers_as_before_and_is_report
     assert!(!world.mx.messages()[0].tls, "opportunistic, and the host has no TLS");
     assert_eq!(world.policy.hits(), 1);
     // TLS reporting counts the fetch error (written within 5 seconds).
-    let mut shown = String::new();
-    for _ in 0..100 {
-        shown = crate::mailgate_cli("tls-report", &gw.config(), &[]).await?.1;
-        if shown.contains("sts-policy-fetch-error") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let shown = crate::tls_rpt::tls_report_showing(&gw.config(), "sts-policy-fetch-error").await?;
     assert!(shown.contains("sts.test  policy no-policy-found"), "{shown}");
     assert!(shown.contains("sts-policy-fetch-error"), "{shown}");
     assert!(shown.contains("starttls-not-supported  mx.sts.test"), "{shown}");
@@ -313,14 +306,7 @@ async fn certificates_for_another_name_or_from_an_unknown_ca_are_refused_under_e
     send(&gw, "untrusted certificate").await?;
     bounce(&world.bounces, 1).await?;
     assert_eq!(world.mx.count(), 1, "nothing was sent");
-    let mut shown = String::new();
-    for _ in 0..100 {
-        shown = crate::mailgate_cli("tls-report", &gw.config(), &[]).await?.1;
-        if shown.contains("certificate-not-trusted") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let shown = crate::tls_rpt::tls_report_showing(&gw.config(), "certificate-not-trusted").await?;
     assert!(
         shown.contains("certificate-not-trusted  mx.sts.test (127.0.0.1)"),
         "{shown}"

@@ -36,6 +36,21 @@ fn totals(reports: &[serde_json::Value]) -> (u64, u64, Vec<String>) {
     (ok, failed, kinds)
 }
 
+/// What `mailgate tls-report --config CONFIG` prints, once it mentions
+/// `needle` (the gateway writes its figures every 5 seconds), or after
+/// 20 seconds.
+pub(crate) async fn tls_report_showing(config: &std::path::Path, needle: &str) -> Result<String> {
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = mailgate_cli("tls-report", config, &[]).await?.1;
+        if shown.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    Ok(shown)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_counted_shown_and_kept_across_a_restart() -> Result<()> {
     let mut world = World::new().await?;
@@ -45,15 +60,7 @@ async fn sessions_are_counted_shown_and_kept_across_a_restart() -> Result<()> {
     world.plain_mx();
     send(&gw, "refused").await?;
     // The figures are written within 5 seconds.
-    let config = gw.config();
-    let mut shown = String::new();
-    for _ in 0..100 {
-        shown = mailgate_cli("tls-report", &config, &[]).await?.1;
-        if shown.contains("starttls-not-supported") {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    let shown = tls_report_showing(&gw.config(), "starttls-not-supported").await?;
     assert!(
         shown.contains("sts.test  policy sts (enforce)  successful 1  failed"),
         "{shown}"
