@@ -1,8 +1,10 @@
 //! The `dkim` capability: DKIM signing with keys the gateway holds
-//! (`[[dkim.key]]`), and DKIM verification with SPF and DMARC evaluation,
-//! done by the gateway (with the mail-auth crate) on the message it
-//! received. The plugin decides when to sign, and what the results mean
-//! for the message. It must be granted `dkim` in the configuration.
+//! (`[[dkim.key]]`), DKIM verification with SPF, ARC and DMARC
+//! evaluation, done by the gateway (with the mail-auth crate) on the
+//! message it received, and ARC sealing of the message as it leaves
+//! ([`seal`]). The plugin decides when to sign or seal, and what the
+//! results mean for the message. It must be granted `dkim` in the
+//! configuration.
 //!
 //! ```no_run
 //! use mailgate_plugin_sdk::{Message, Transaction, dkim};
@@ -124,6 +126,17 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    fn wit(&self) -> wit::Envelope {
+        wit::Envelope {
+            client_ip: self.client_ip.clone(),
+            helo: self.helo.clone(),
+            mail_from: self.mail_from.clone(),
+            spf: self.spf.map(wit_status),
+        }
+    }
+}
+
 /// One DKIM-Signature's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signature {
@@ -150,6 +163,11 @@ pub struct Verification {
     pub dmarc_domain: String,
     /// That domain's policy.
     pub dmarc_policy: Policy,
+    /// The incoming ARC chain's validation: none (no chain), pass, fail
+    /// or temperror.
+    pub arc: Status,
+    /// The latest ARC set's instance number (0: no chain).
+    pub arc_instance: u32,
     /// The gateway's name in Authentication-Results.
     pub authserv_id: String,
     /// The Authentication-Results value.
@@ -197,15 +215,7 @@ pub fn sign(message: &Message<'_>, domain: &str) -> Result<Vec<Header>, String> 
 
 /// Verifies `message`'s DKIM signatures and evaluates DMARC.
 pub fn verify(message: &Message<'_>, envelope: &Envelope) -> Verification {
-    let found = wit::verify(
-        message.inner(),
-        &wit::Envelope {
-            client_ip: envelope.client_ip.clone(),
-            helo: envelope.helo.clone(),
-            mail_from: envelope.mail_from.clone(),
-            spf: envelope.spf.map(wit_status),
-        },
-    );
+    let found = wit::verify(message.inner(), &envelope.wit());
     Verification {
         signatures: found
             .signatures
@@ -226,7 +236,19 @@ pub fn verify(message: &Message<'_>, envelope: &Envelope) -> Verification {
             wit::Policy::Quarantine => Policy::Quarantine,
             wit::Policy::Reject => Policy::Reject,
         },
+        arc: status(found.arc),
+        arc_instance: found.arc_instance,
         authserv_id: found.authserv_id,
         authentication_results: found.authentication_results,
     }
+}
+
+/// Asks the gateway to ARC-seal the message for `domain` (RFC 8617) after
+/// the whole chain has run and its modifications are applied, so that the
+/// seal covers the message as it leaves. The ARC-Authentication-Results
+/// carry the results of verifying the message as received with
+/// `envelope`. An error when the gateway holds no RSA key for `domain`.
+/// Call it from `on_data`.
+pub fn seal(domain: &str, envelope: &Envelope) -> Result<(), String> {
+    wit::seal(domain, &envelope.wit())
 }

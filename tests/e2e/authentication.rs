@@ -19,18 +19,23 @@ fn spf_plugin(settings: &str) -> String {
     )
 }
 
-fn dkim_plugin(settings: &str) -> String {
+pub(crate) fn dkim_plugin(settings: &str) -> String {
     format!(
         "name = \"dkim\"\npath = \"{DKIM}\"\nstages = [\"data\"]\ncapabilities = [\"dkim\", \"log\", \"metrics\"]\n[plugin.settings]\n{settings}\n"
     )
 }
 
-/// `mailgate dkim keygen`: writes the key into `dir` and returns its path
-/// and the TXT record's text (the quoted strings joined).
+/// `mailgate dkim keygen` for example.com: writes the key into `dir` and
+/// returns its path and the TXT record's text (the quoted strings joined).
 fn keygen(dir: &Path, selector: &str, algorithm: &str) -> Result<(String, String)> {
+    keygen_for(dir, "example.com", selector, algorithm)
+}
+
+/// `mailgate dkim keygen` for `domain`.
+pub(crate) fn keygen_for(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> Result<(String, String)> {
     let key = dir.join(format!("{selector}.pem"));
     let output = std::process::Command::new(binary())
-        .args(["dkim", "keygen", "--domain", "example.com", "--selector", selector])
+        .args(["dkim", "keygen", "--domain", domain, "--selector", selector])
         .args(["--algorithm", algorithm, "--out"])
         .arg(&key)
         .output()?;
@@ -38,7 +43,7 @@ fn keygen(dir: &Path, selector: &str, algorithm: &str) -> Result<(String, String
     ensure!(output.status.success(), "keygen failed: {stdout}");
     let line = stdout
         .lines()
-        .find(|l| l.starts_with(&format!("{selector}._domainkey.example.com. IN TXT")))
+        .find(|l| l.starts_with(&format!("{selector}._domainkey.{domain}. IN TXT")))
         .context("no TXT line")?;
     let record: String = line.split('"').skip(1).step_by(2).collect();
     ensure!(record.starts_with("v=DKIM1; k="), "{record}");

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 mod admin;
+mod arc;
 mod authentication;
 mod capabilities;
 mod config;

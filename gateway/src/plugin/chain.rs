@@ -14,7 +14,7 @@ use super::bindings::mailgate::plugin::types::{Context, MetadataEntry, Outcome};
 use super::convert::{self, Verdict};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
-use super::host::HostServices;
+use super::host::{HostServices, SealRequest};
 use super::load::{EntryKind, EntryMode, Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
 use super::message::ParsedMessage;
 use super::outcome::{Decision, HookContext, Modification, StageResult};
@@ -292,11 +292,19 @@ impl ChainSession {
         let span = debug_span!("hook", plugin = %config.name, name = stage.name());
         let started = Instant::now();
         let checked = match entry {
-            Entry::Wasm(plugin) => self
-                .call(index, plugin, call, wit_ctx)
-                .instrument(span)
-                .await
-                .and_then(|outcome| convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal)),
+            Entry::Wasm(plugin) => {
+                self.call(index, plugin, call, wit_ctx)
+                    .instrument(span)
+                    .await
+                    .and_then(|(outcome, seal)| {
+                        let (verdict, mut mods) =
+                            convert::outcome(outcome, stage, &chain.routes).map_err(Fault::Illegal)?;
+                        // A seal asked for through `dkim.seal` is applied with
+                        // the data stage's other changes.
+                        mods.extend(seal.filter(|_| stage == Stage::Data).map(Modification::ArcSeal));
+                        Ok((verdict, mods))
+                    })
+            }
             Entry::Milter(milter) => {
                 self.milters[index]
                     .get_or_insert_with(|| MilterSession::new(Arc::clone(&milter.settings)))
@@ -357,7 +365,7 @@ impl ChainSession {
         plugin: &LoadedPlugin,
         call: StageCall<'_>,
         wit_ctx: &Context,
-    ) -> Result<Outcome, Fault> {
+    ) -> Result<(Outcome, Option<SealRequest>), Fault> {
         let mut live = match self.live.get_mut(index).and_then(Option::take) {
             Some(live) => live,
             None => plugin.instance().await?,
@@ -370,10 +378,11 @@ impl ChainSession {
         let result = live.plugin.call(&mut live.store, call, wit_ctx).await;
         match result {
             Ok(outcome) => {
+                let seal = live.store.data_mut().seal.take();
                 if let Some(slot) = self.live.get_mut(index) {
                     *slot = Some(live);
                 }
-                Ok(outcome)
+                Ok((outcome, seal))
             }
             Err(e) => Err(classify(&e, live.store.data(), budget)),
         }

@@ -188,11 +188,12 @@ impl DnsService for NoDns {
     }
 }
 
-/// A DKIM, SPF or DMARC result, as Authentication-Results writes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A DKIM, SPF, ARC or DMARC result, as Authentication-Results writes it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthStatus {
     /// Nothing to evaluate.
+    #[default]
     None,
     /// Verified.
     Pass,
@@ -248,6 +249,13 @@ pub struct Verification {
     pub dmarc_domain: String,
     /// Its policy.
     pub dmarc_policy: DmarcPolicy,
+    /// The incoming ARC chain's validation (transcripts recorded before
+    /// ARC read as none).
+    #[serde(default)]
+    pub arc: AuthStatus,
+    /// The latest ARC set's instance (0: none).
+    #[serde(default)]
+    pub arc_instance: u32,
     /// The authserv-id.
     pub authserv_id: String,
     /// The Authentication-Results value.
@@ -267,13 +275,49 @@ pub struct AuthEnvelope {
     pub spf: Option<AuthStatus>,
 }
 
+/// A plugin's request to ARC-seal the message after the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealRequest {
+    /// The sealing domain (d=), lower case.
+    pub domain: String,
+    /// The SMTP facts for the ARC-Authentication-Results.
+    pub envelope: AuthEnvelope,
+}
+
+/// An ARC set made for a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArcSet {
+    /// The three header fields, each ending in CRLF, to put on top.
+    pub fields: String,
+    /// Its instance number (i=).
+    pub instance: u32,
+    /// Its chain validation (cv=): none, pass or fail.
+    pub cv: &'static str,
+}
+
 /// Signs and verifies for the `dkim` capability.
 pub trait DkimService: Send + Sync {
     /// DKIM-Signature field values over `message`, one per key configured
     /// for `domain` (none when there is no key).
     fn sign(&self, message: &[u8], domain: &str) -> Result<Vec<String>, String>;
-    /// Verifies `message`'s signatures and evaluates DMARC.
+    /// Verifies `message`'s signatures and ARC chain and evaluates DMARC.
     fn verify<'a>(&'a self, message: &'a [u8], envelope: &'a AuthEnvelope) -> BoxFuture<'a, Verification>;
+    /// Whether an ARC seal for `domain` can be made (an RSA key is
+    /// configured for it); why not, when not.
+    fn can_seal(&self, domain: &str) -> Result<(), String> {
+        Err(format!("no ARC sealing key for {domain}"))
+    }
+    /// The ARC set for `message` (the content as it leaves), with the
+    /// results of verifying `received` (the content as it came in).
+    fn seal<'a>(
+        &'a self,
+        received: &'a [u8],
+        message: &'a [u8],
+        request: &'a SealRequest,
+    ) -> BoxFuture<'a, Result<ArcSet, String>> {
+        let _ = (received, message);
+        Box::pin(async move { Err(format!("no ARC sealing key for {}", request.domain)) })
+    }
 }
 
 /// DKIM for tools without a configuration: no keys; verification answers
@@ -300,6 +344,8 @@ impl Verification {
             dmarc: AuthStatus::Temperror,
             dmarc_domain: String::new(),
             dmarc_policy: DmarcPolicy::Unspecified,
+            arc: AuthStatus::Temperror,
+            arc_instance: 0,
             authserv_id: authserv_id.to_owned(),
             authentication_results: format!("{authserv_id}; dkim=temperror reason=\"{why}\""),
         }

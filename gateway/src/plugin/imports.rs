@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Resource;
 
 use super::bindings::mailgate::plugin::{clock, dkim, dns, kv, log, metrics, types};
-use super::host::{AuthEnvelope, AuthStatus, DmarcPolicy, DnsAnswer, DnsFailure, DnsKind, DnsRecord};
+use super::host::{AuthEnvelope, AuthStatus, DmarcPolicy, DnsAnswer, DnsFailure, DnsKind, DnsRecord, SealRequest};
 use super::message::MessageHandle;
 use super::state::State;
 use super::transcript::{Bytes, HostCall};
@@ -358,15 +358,7 @@ impl dkim::Host for State {
         envelope: dkim::Envelope,
     ) -> wasmtime::Result<dkim::Verification> {
         let message = std::sync::Arc::clone(&self.table.get(&message)?.0);
-        let client_ip = envelope.client_ip.parse().map_err(|_| {
-            wasmtime::format_err!("dkim.verify: client-ip {:?} is not an IP address", envelope.client_ip)
-        })?;
-        let envelope = AuthEnvelope {
-            client_ip,
-            helo: envelope.helo,
-            mail_from: envelope.mail_from,
-            spf: envelope.spf.map(AuthStatus::from),
-        };
+        let envelope = auth_envelope(envelope)?;
         let started = Instant::now();
         let found = self.host.dkim.verify(message.raw(), &envelope).await;
         self.excuse(started);
@@ -393,10 +385,40 @@ impl dkim::Host for State {
                 DmarcPolicy::Quarantine => dkim::Policy::Quarantine,
                 DmarcPolicy::Reject => dkim::Policy::Reject,
             },
+            arc: found.arc.into(),
+            arc_instance: found.arc_instance,
             authserv_id: found.authserv_id,
             authentication_results: found.authentication_results,
         })
     }
+
+    async fn seal(&mut self, domain: String, envelope: dkim::Envelope) -> wasmtime::Result<Result<(), String>> {
+        let envelope = auth_envelope(envelope)?;
+        let domain = domain.to_ascii_lowercase();
+        let answer = self.host.dkim.can_seal(&domain);
+        self.note(|| HostCall::DkimSeal {
+            domain: domain.clone(),
+            answer: answer.clone(),
+        });
+        if answer.is_ok() {
+            self.seal = Some(SealRequest { domain, envelope });
+        }
+        Ok(answer)
+    }
+}
+
+/// The gateway's form of a plugin's `dkim.envelope`.
+fn auth_envelope(envelope: dkim::Envelope) -> wasmtime::Result<AuthEnvelope> {
+    let client_ip = envelope
+        .client_ip
+        .parse()
+        .map_err(|_| wasmtime::format_err!("dkim: client-ip {:?} is not an IP address", envelope.client_ip))?;
+    Ok(AuthEnvelope {
+        client_ip,
+        helo: envelope.helo,
+        mail_from: envelope.mail_from,
+        spf: envelope.spf.map(AuthStatus::from),
+    })
 }
 
 #[cfg(test)]

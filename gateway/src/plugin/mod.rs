@@ -30,9 +30,9 @@ pub use edit::rewrite;
 pub use engine::{Runtime, RuntimeSettings};
 pub use error::{Fault, PluginError};
 pub use host::{
-    AuthEnvelope, AuthStatus, BoxFuture, ClockService, DkimService, DmarcPolicy, DnsAnswer, DnsFailure, DnsKind,
-    DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SignatureCheck, SystemClock,
-    Verification,
+    ArcSet, AuthEnvelope, AuthStatus, BoxFuture, ClockService, DkimService, DmarcPolicy, DnsAnswer, DnsFailure,
+    DnsKind, DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SealRequest, SignatureCheck,
+    SystemClock, Verification,
 };
 pub use http::{HttpClient, HttpPolicy, HttpService, NoHttp, ReplayHttp};
 pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig, sha256_hex};

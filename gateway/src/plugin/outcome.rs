@@ -90,6 +90,9 @@ pub enum Modification {
     ReplaceBody(Vec<u8>),
     /// Set a metadata value (any stage).
     SetMetadata(String, String),
+    /// ARC-seal the message once the chain's modifications are applied
+    /// (data; asked for through `dkim.seal`).
+    ArcSeal(super::host::SealRequest),
 }
 
 /// The chain's result for one stage.

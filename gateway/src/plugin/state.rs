@@ -13,7 +13,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::host::{DnsAnswer, DnsKind, HostServices};
+use super::host::{DnsAnswer, DnsKind, HostServices, SealRequest};
 use super::output::Output;
 use super::transcript::{HostCall, Journal};
 
@@ -38,6 +38,8 @@ pub struct State {
     pub journal: Option<Journal>,
     /// What the plugin wrote to stdout and stderr during the current call.
     pub output: Output,
+    /// An ARC seal asked for during the current call (`dkim.seal`).
+    pub seal: Option<SealRequest>,
 }
 
 impl State {
@@ -65,6 +67,7 @@ impl State {
             dns_lookups: 0,
             journal: None,
             output,
+            seal: None,
         }
     }
 

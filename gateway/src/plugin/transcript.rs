@@ -107,6 +107,13 @@ pub enum HostCall {
         /// What verification found.
         verification: Verification,
     },
+    /// `dkim.seal`.
+    DkimSeal {
+        /// The sealing domain asked for.
+        domain: String,
+        /// Whether it could be sealed for.
+        answer: Result<(), String>,
+    },
     /// `http.fetch`.
     Http {
         /// The method.
@@ -363,6 +370,7 @@ pub struct ReplayHost {
     kv_counters: HashMap<String, i64>,
     kv: Mutex<HashMap<String, Vec<u8>>>,
     dkim_signatures: HashMap<String, Result<Vec<String>, String>>,
+    seals: HashMap<String, Result<(), String>>,
     verifications: Mutex<(Vec<Verification>, usize)>,
 }
 
@@ -375,6 +383,7 @@ impl ReplayHost {
         let mut kv_seen = HashMap::new();
         let mut kv_counters = HashMap::new();
         let mut dkim_signatures = HashMap::new();
+        let mut seals = HashMap::new();
         let mut verifications = Vec::new();
         for call in &transcript.host_calls {
             match call {
@@ -397,6 +406,9 @@ impl ReplayHost {
                     dkim_signatures.entry(domain.clone()).or_insert_with(|| fields.clone());
                 }
                 HostCall::DkimVerify { verification } => verifications.push(verification.clone()),
+                HostCall::DkimSeal { domain, answer } => {
+                    seals.entry(domain.clone()).or_insert_with(|| answer.clone());
+                }
                 // Replayed by `ReplayHttp`.
                 HostCall::Http { .. } => {}
             }
@@ -415,6 +427,7 @@ impl ReplayHost {
             kv_counters,
             kv: Mutex::new(HashMap::new()),
             dkim_signatures,
+            seals,
             verifications: Mutex::new((verifications, 0)),
         }
     }
@@ -469,6 +482,13 @@ impl DkimService for ReplayHost {
         let found =
             found.unwrap_or_else(|| Verification::unavailable("replay", "verification is not in the transcript"));
         Box::pin(async move { found })
+    }
+
+    fn can_seal(&self, domain: &str) -> Result<(), String> {
+        self.seals
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("sealing for {domain} is not in the transcript")))
     }
 }
 

@@ -22,7 +22,7 @@ use super::filters::{Disposition, Filters, TransactionEdits};
 use super::{Accepted, ConnectionError, Generation, Inbound, PREAMBLE_TIMEOUT, handshake};
 use crate::metrics::{ListenerMetrics, metrics};
 use crate::net::{Stream, TlsInfo};
-use crate::plugin::{self, ParsedMessage};
+use crate::plugin::ParsedMessage;
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
@@ -519,11 +519,7 @@ impl Connection {
             tls_optional: info.tls_optional,
         };
         edits.apply_to(&mut envelope);
-        if let Some(content) = edits
-            .message
-            .as_ref()
-            .and_then(|m| plugin::rewrite(m.raw(), &edits.data))
-        {
+        if let Some(content) = edits.content().await {
             envelope.eight_bit = content.iter().any(|&b| b >= 0x80);
             writer.rewrite(&content).await;
             envelope.size = writer.len();

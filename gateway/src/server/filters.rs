@@ -5,8 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tracing::{info, warn};
+
 use crate::plugin::transcript::Recorder;
-use crate::plugin::{Chain, ChainSession, Decision, HookContext, Modification, ParsedMessage, StageCall, StageResult};
+use crate::plugin::{
+    Chain, ChainSession, Decision, HookContext, HostServices, Modification, ParsedMessage, StageCall, StageResult,
+};
 use crate::queue::{Envelope, Recipient, RouteOverride};
 use crate::smtp::Mailbox;
 use crate::smtp::session::{Decision as SessionDecision, Session, Stage};
@@ -38,9 +42,41 @@ pub struct TransactionEdits {
     pub disposition: Disposition,
     /// The parse plugins saw at the data stage.
     pub message: Option<Arc<ParsedMessage>>,
+    /// The chain's services (the ARC sealer), once the transaction is taken.
+    host: Option<HostServices>,
 }
 
 impl TransactionEdits {
+    /// The content as it leaves, or `None` when the plugins left it as
+    /// received: the data stage's header and body changes applied, then
+    /// the ARC set a plugin asked for (`dkim.seal`) on top, so that the
+    /// seal covers every change. A seal that cannot be made leaves the
+    /// message unsealed, with a log line.
+    pub async fn content(&self) -> Option<Vec<u8>> {
+        let message = self.message.as_ref()?;
+        let edited = crate::plugin::rewrite(message.raw(), &self.data);
+        let request = self.data.iter().rev().find_map(|m| match m {
+            Modification::ArcSeal(request) => Some(request),
+            _ => None,
+        });
+        let (Some(request), Some(host)) = (request, &self.host) else {
+            return edited;
+        };
+        let content = edited.as_deref().unwrap_or(message.raw());
+        match host.dkim.seal(message.raw(), content, request).await {
+            Ok(set) => {
+                info!(domain = %request.domain, instance = set.instance, cv = set.cv, "ARC sealed");
+                let mut sealed = set.fields.into_bytes();
+                sealed.extend_from_slice(content);
+                Some(sealed)
+            }
+            Err(e) => {
+                warn!(domain = %request.domain, error = %e, "ARC seal not made; the message goes unsealed");
+                edited
+            }
+        }
+    }
+
     /// Applies routes and the data stage's envelope modifications.
     pub fn apply_to(&self, envelope: &mut Envelope) {
         for recipient in &mut envelope.recipients {
@@ -153,7 +189,10 @@ impl Filters {
 
     /// The edits of the transaction being committed.
     pub fn take_transaction(&mut self) -> TransactionEdits {
-        std::mem::take(&mut self.txn)
+        TransactionEdits {
+            host: Some(self.chain.host().clone()),
+            ..std::mem::take(&mut self.txn)
+        }
     }
 
     /// Runs `stage` through the chain and applies what it decided to the

@@ -43,6 +43,12 @@ pub struct Dkim {
     /// gateway's (RFC 8601 section 5).
     #[serde(default = "yes")]
     remove_forged_results: bool,
+    /// ARC-seal the mail this plugin verifies, for this domain (RFC 8617),
+    /// after the chain's modifications: for a gateway that passes mail on
+    /// after changing it. Needs an RSA key for the domain in
+    /// `[[dkim.key]]`.
+    #[serde(default)]
+    arc_seal: Option<String>,
 }
 
 fn yes() -> bool {
@@ -79,8 +85,14 @@ impl Dkim {
         let mut dkim: Self = settings.parse()?;
         for domain in &mut dkim.sign_domains {
             *domain = domain.to_ascii_lowercase();
-            if domain.is_empty() || domain.contains(['@', ' ']) {
+            if !is_domain(domain) {
                 return Err(format!("sign_domains: {domain:?} is not a domain"));
+            }
+        }
+        if let Some(domain) = &mut dkim.arc_seal {
+            *domain = domain.to_ascii_lowercase();
+            if !is_domain(domain) {
+                return Err(format!("arc_seal: {domain:?} is not a domain"));
             }
         }
         Ok(dkim)
@@ -123,6 +135,10 @@ impl Dkim {
             Policy::None | Policy::Unspecified => Verdict::Continue,
         }
     }
+}
+
+fn is_domain(domain: &str) -> bool {
+    !domain.is_empty() && !domain.contains(['@', ' '])
 }
 
 /// The domain of a From field's (first) address, lower case.
@@ -185,7 +201,8 @@ impl Dkim {
     fn verify(&self, message: &Message, txn: &Transaction) -> Verdict {
         // The `spf` plugin, when it runs before this one, leaves its result.
         let spf = txn.metadata("spf").and_then(|s| s.parse::<Status>().ok());
-        let found = dkim::verify(message, &dkim::Envelope::of(txn, spf));
+        let envelope = dkim::Envelope::of(txn, spf);
+        let found = dkim::verify(message, &envelope);
         if self.remove_forged_results {
             let values = message.header("Authentication-Results");
             // From the last, so that earlier indexes stay valid.
@@ -195,8 +212,16 @@ impl Dkim {
         }
         txn.add_header("Authentication-Results", &found.authentication_results);
         txn.set_metadata("dmarc", found.dmarc.name());
+        txn.set_metadata("arc", found.arc.name());
         metrics::count("dmarc_results", &[("result", found.dmarc.name())]);
+        metrics::count("arc_results", &[("result", found.arc.name())]);
         let verdict = self.judge(&found);
+        if verdict == Verdict::Continue
+            && let Some(domain) = &self.arc_seal
+            && let Err(e) = dkim::seal(domain, &envelope)
+        {
+            log::warn(&format!("cannot ARC-seal for {domain}: {e}"));
+        }
         if verdict != Verdict::Continue {
             log::info(&format!(
                 "DMARC {} for {} (policy {:?}): {}",
@@ -241,6 +266,8 @@ mod tests {
             dmarc,
             dmarc_domain: "bank.example".into(),
             dmarc_policy: policy,
+            arc: Status::None,
+            arc_instance: 0,
             authserv_id: "mx.example.com".into(),
             authentication_results: "mx.example.com; dmarc=fail".into(),
         }
@@ -330,5 +357,7 @@ mod tests {
         assert!(error.contains("unknown variant `drop`"), "{error}");
         let error = Dkim::from_settings(&Settings::from_json(r#"{"sign_domains": ["a@b"]}"#)).unwrap_err();
         assert!(error.contains("is not a domain"), "{error}");
+        let error = Dkim::from_settings(&Settings::from_json(r#"{"arc_seal": ""}"#)).unwrap_err();
+        assert!(error.contains("arc_seal: \"\" is not a domain"), "{error}");
     }
 }

@@ -1,9 +1,12 @@
 //! The `dkim` capability's gateway side, with the mail-auth crate: signing
-//! with the keys of `[[dkim.key]]` (RSA-SHA256 and Ed25519-SHA256), and
-//! verification of DKIM, SPF and DMARC through the gateway's resolver.
+//! with the keys of `[[dkim.key]]` (RSA-SHA256 and Ed25519-SHA256),
+//! verification of DKIM, SPF, ARC and DMARC through the gateway's
+//! resolver, and ARC sealing (`arc`).
 //! mail-auth does not build for wasm32-wasip2 (it needs hickory's network
 //! stack), so the cryptography runs here and plugins decide what to do
 //! with it; private keys never enter a plugin. Also `mailgate dkim keygen`.
+
+mod arc;
 
 use std::fmt;
 use std::path::Path;
@@ -20,13 +23,16 @@ use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator, SpfOutput, SpfResult,
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
+    MessageAuthenticator, SpfOutput, SpfResult,
 };
 use rustls_pki_types::PrivateKeyDer;
 use rustls_pki_types::pem::PemObject as _;
 
 use crate::dns::Resolver;
-use crate::plugin::{AuthEnvelope, AuthStatus, BoxFuture, DkimService, DmarcPolicy, SignatureCheck, Verification};
+use crate::plugin::{
+    ArcSet, AuthEnvelope, AuthStatus, BoxFuture, DkimService, DmarcPolicy, SealRequest, SignatureCheck, Verification,
+};
 
 /// The header fields signed, when present (From twice: a second From
 /// cannot be added without breaking the signature).
@@ -76,6 +82,8 @@ pub struct DkimKey {
     /// The key's algorithm.
     pub algorithm: Algorithm,
     signer: Signer,
+    /// RSA keys also seal ARC sets.
+    sealer: Option<arc::Sealer>,
 }
 
 impl fmt::Debug for DkimKey {
@@ -106,7 +114,7 @@ impl DkimKey {
                 Signer::Ed25519(configure(DkimSigner::from_key(key), &domain, selector)),
             ),
             None => {
-                let key = RsaKey::<Sha256>::from_key_der(der)
+                let key = RsaKey::<Sha256>::from_key_der(der.clone_key())
                     .map_err(|e| format!("{}: neither an Ed25519 nor an RSA key ({e})", path.display()))?;
                 (
                     Algorithm::Rsa,
@@ -114,11 +122,18 @@ impl DkimKey {
                 )
             }
         };
+        let sealer = match algorithm {
+            Algorithm::Rsa => {
+                Some(arc::Sealer::new(der, &domain, selector).map_err(|e| format!("{}: {e}", path.display()))?)
+            }
+            Algorithm::Ed25519 => None,
+        };
         Ok(Self {
             domain,
             selector: selector.to_owned(),
             algorithm,
             signer,
+            sealer,
         })
     }
 
@@ -196,44 +211,18 @@ impl MailAuth {
 
     async fn check(&self, message: &[u8], envelope: &AuthEnvelope) -> Verification {
         let authserv_id = self.settings.authserv_id.as_str();
-        let resolver = match self.resolver.hickory() {
-            Ok(resolver) => resolver,
+        let authenticator = match self.resolver.hickory() {
+            Ok(resolver) => MessageAuthenticator(resolver),
             Err(e) => return Verification::unavailable(authserv_id, &e.to_string()),
         };
-        let authenticator = MessageAuthenticator(resolver);
-        let Some(mut parsed) = AuthenticatedMessage::parse(message) else {
+        let Some(parsed) = parse(message) else {
             return Verification::unavailable(authserv_id, "the message has no header section");
         };
-        parsed.dkim_headers.truncate(MAX_SIGNATURES);
-        let dkim = authenticator.verify_dkim(&parsed).await;
-        let mail_from_domain = envelope
-            .mail_from
-            .rsplit_once('@')
-            .map_or(envelope.helo.as_str(), |(_, domain)| domain)
-            .to_ascii_lowercase();
-        let spf = match envelope.spf {
-            Some(status) => SpfOutput::new(mail_from_domain.clone()).with_result(spf_result(status)),
-            None => {
-                authenticator
-                    .verify_spf(SpfParameters::verify_mail_from(
-                        envelope.client_ip,
-                        &envelope.helo,
-                        authserv_id,
-                        &envelope.mail_from,
-                    ))
-                    .await
-            }
-        };
-        let dmarc = authenticator
-            .verify_dmarc(DmarcParameters::new(&parsed, &dkim, &mail_from_domain, &spf))
-            .await;
-        let header_from = parsed.from.first().map_or("", String::as_str);
-        let results = AuthenticationResults::new(authserv_id)
-            .with_dkim_results(&dkim, header_from)
-            .with_spf_mailfrom_result(&spf, envelope.client_ip, &envelope.mail_from, &envelope.helo)
-            .with_dmarc_result(&dmarc);
+        let found = assess(&authenticator, &parsed, envelope, authserv_id).await;
+        let (arc, arc_instance) = arc::status(&found.arc);
         Verification {
-            signatures: dkim
+            signatures: found
+                .dkim
                 .iter()
                 .map(|output| {
                     let (status, reason) = dkim_status(output.result());
@@ -249,18 +238,102 @@ impl MailAuth {
                     }
                 })
                 .collect(),
-            spf: spf_status(spf.result()),
-            dmarc: dmarc_status(&dmarc.result()),
-            dmarc_domain: dmarc.domain().to_owned(),
-            dmarc_policy: match dmarc.policy() {
+            spf: spf_status(found.spf.result()),
+            dmarc: dmarc_status(&found.dmarc.result()),
+            dmarc_domain: found.dmarc.domain().to_owned(),
+            dmarc_policy: match found.dmarc.policy() {
                 Policy::Reject => DmarcPolicy::Reject,
                 Policy::Quarantine => DmarcPolicy::Quarantine,
                 Policy::None => DmarcPolicy::None,
                 Policy::Unspecified => DmarcPolicy::Unspecified,
             },
+            arc,
+            arc_instance,
             authserv_id: authserv_id.to_owned(),
-            authentication_results: unfold(&results.to_string()),
+            authentication_results: unfold(&found.results.to_string()),
         }
+    }
+
+    async fn seal_message(&self, received: &[u8], message: &[u8], request: &SealRequest) -> Result<ArcSet, String> {
+        let sealer = self.sealer(&request.domain)?;
+        let authserv_id = self.settings.authserv_id.as_str();
+        let authenticator = MessageAuthenticator(self.resolver.hickory().map_err(|e| e.to_string())?);
+        let parsed = parse(received).ok_or("the message has no header section")?;
+        let found = assess(&authenticator, &parsed, &request.envelope, authserv_id).await;
+        sealer.seal(message, &found.results, &found.arc)
+    }
+
+    fn sealer(&self, domain: &str) -> Result<&arc::Sealer, String> {
+        self.settings
+            .keys
+            .iter()
+            .filter(|key| key.domain.eq_ignore_ascii_case(domain))
+            .find_map(|key| key.sealer.as_ref())
+            .ok_or_else(|| format!("no RSA key in [[dkim.key]] for {domain} to seal with"))
+    }
+}
+
+/// The message as mail-auth reads it, with at most `MAX_SIGNATURES`
+/// DKIM signatures to check.
+fn parse(message: &[u8]) -> Option<AuthenticatedMessage<'_>> {
+    let mut parsed = AuthenticatedMessage::parse(message)?;
+    parsed.dkim_headers.truncate(MAX_SIGNATURES);
+    Some(parsed)
+}
+
+/// What verifying a message found, for Authentication-Results and for an
+/// ARC seal's ARC-Authentication-Results.
+struct Assessment<'x> {
+    dkim: Vec<DkimOutput<'x>>,
+    spf: SpfOutput,
+    dmarc: DmarcOutput,
+    arc: ArcOutput<'x>,
+    results: AuthenticationResults<'x>,
+}
+
+/// Verifies DKIM, SPF (unless the envelope carries a result), the ARC
+/// chain and DMARC.
+async fn assess<'x>(
+    authenticator: &MessageAuthenticator,
+    parsed: &'x AuthenticatedMessage<'x>,
+    envelope: &'x AuthEnvelope,
+    authserv_id: &'x str,
+) -> Assessment<'x> {
+    let dkim = authenticator.verify_dkim(parsed).await;
+    let arc = authenticator.verify_arc(parsed).await;
+    let mail_from_domain = envelope
+        .mail_from
+        .rsplit_once('@')
+        .map_or(envelope.helo.as_str(), |(_, domain)| domain)
+        .to_ascii_lowercase();
+    let spf = match envelope.spf {
+        Some(status) => SpfOutput::new(mail_from_domain.clone()).with_result(spf_result(status)),
+        None => {
+            authenticator
+                .verify_spf(SpfParameters::verify_mail_from(
+                    envelope.client_ip,
+                    &envelope.helo,
+                    authserv_id,
+                    &envelope.mail_from,
+                ))
+                .await
+        }
+    };
+    let dmarc = authenticator
+        .verify_dmarc(DmarcParameters::new(parsed, &dkim, &mail_from_domain, &spf))
+        .await;
+    let header_from = parsed.from.first().map_or("", String::as_str);
+    let results = AuthenticationResults::new(authserv_id)
+        .with_dkim_results(&dkim, header_from)
+        .with_spf_mailfrom_result(&spf, envelope.client_ip, &envelope.mail_from, &envelope.helo)
+        .with_arc_result(&arc, envelope.client_ip)
+        .with_dmarc_result(&dmarc);
+    Assessment {
+        dkim,
+        spf,
+        dmarc,
+        arc,
+        results,
     }
 }
 
@@ -276,6 +349,19 @@ impl DkimService for MailAuth {
 
     fn verify<'a>(&'a self, message: &'a [u8], envelope: &'a AuthEnvelope) -> BoxFuture<'a, Verification> {
         Box::pin(self.check(message, envelope))
+    }
+
+    fn can_seal(&self, domain: &str) -> Result<(), String> {
+        self.sealer(domain).map(|_| ())
+    }
+
+    fn seal<'a>(
+        &'a self,
+        received: &'a [u8],
+        message: &'a [u8],
+        request: &'a SealRequest,
+    ) -> BoxFuture<'a, Result<ArcSet, String>> {
+        Box::pin(self.seal_message(received, message, request))
     }
 }
 
