@@ -11,6 +11,7 @@ use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use rand::seq::SliceRandom;
 use tracing::warn;
@@ -58,6 +59,8 @@ pub struct Mx {
 #[derive(Clone)]
 pub struct Resolver {
     settings: DnsSettings,
+    /// Validates DNSSEC from these anchors (the DANE resolver only).
+    anchors: Option<Arc<TrustAnchors>>,
     inner: Arc<OnceLock<Option<TokioResolver>>>,
 }
 
@@ -72,13 +75,24 @@ impl Resolver {
     pub fn new(settings: DnsSettings) -> Self {
         Self {
             settings,
+            anchors: None,
             inner: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// A resolver for `settings` that validates DNSSEC from `anchors`:
+    /// each record carries its proof (secure, insecure), and a bogus
+    /// answer is an error.
+    pub fn validating(settings: DnsSettings, anchors: Arc<TrustAnchors>) -> Self {
+        Self {
+            anchors: Some(anchors),
+            ..Self::new(settings)
         }
     }
 
     /// When the system configuration cannot be read, lookups fail as
     /// temporary errors (mail stays queued) and a warning says why.
-    fn build(settings: &DnsSettings) -> Option<TokioResolver> {
+    fn build(settings: &DnsSettings, anchors: Option<&Arc<TrustAnchors>>) -> Option<TokioResolver> {
         let builder = match &settings.nameservers {
             Some(servers) => {
                 let servers = servers
@@ -104,7 +118,10 @@ impl Resolver {
                 }
             },
         };
-        let mut builder = builder;
+        let mut builder = match anchors {
+            Some(anchors) => builder.with_trust_anchor(Arc::clone(anchors)),
+            None => builder,
+        };
         let options = builder.options_mut();
         options.timeout = settings.timeout;
         options.attempts = settings.attempts;
@@ -120,7 +137,7 @@ impl Resolver {
 
     fn resolver(&self) -> Result<&TokioResolver, DnsError> {
         self.inner
-            .get_or_init(|| Self::build(&self.settings))
+            .get_or_init(|| Self::build(&self.settings, self.anchors.as_ref()))
             .as_ref()
             .ok_or_else(|| DnsError::Temporary("no DNS resolver configured".into()))
     }
@@ -312,7 +329,7 @@ fn count<T>(kind: DnsKind, result: &Result<T, DnsError>) {
 }
 
 /// A fully qualified name, so search domains never apply.
-fn fqdn(name: &str) -> String {
+pub(crate) fn fqdn(name: &str) -> String {
     if name.ends_with('.') {
         name.to_owned()
     } else {
@@ -320,7 +337,7 @@ fn fqdn(name: &str) -> String {
     }
 }
 
-fn classify(error: NetError) -> DnsError {
+pub(crate) fn classify(error: NetError) -> DnsError {
     if error.is_nx_domain() {
         DnsError::NoSuchName
     } else if error.is_no_records_found() {

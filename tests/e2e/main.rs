@@ -9,6 +9,7 @@ mod arc;
 mod authentication;
 mod capabilities;
 mod config;
+mod dane;
 mod delivery;
 mod deploy;
 mod durability;

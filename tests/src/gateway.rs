@@ -120,6 +120,12 @@ impl Setup {
         self
     }
 
+    /// Adds a `key = value` line to `[dns]`.
+    pub fn dns_line(mut self, line: &str) -> Self {
+        self.dns.push(line.to_owned());
+        self
+    }
+
     /// Adds a `key = value` line to `[kv]` (by default the embedded store
     /// in the spool directory).
     pub fn kv(mut self, line: &str) -> Self {

@@ -2,6 +2,7 @@
 //! binary), a real downstream SMTP server that records what it receives,
 //! and a raw SMTP client. Everything talks over real sockets on loopback.
 
+mod bind;
 mod client;
 mod dns;
 mod gateway;
@@ -15,6 +16,7 @@ mod tls;
 
 use std::time::Duration;
 
+pub use bind::{SignedDns, Signing, Zone};
 pub use client::{SmtpClient, TestReply, stuff};
 pub use dns::DnsServer;
 pub use gateway::{Gateway, GatewayProcess, Setup, count_queued};

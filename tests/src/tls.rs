@@ -88,6 +88,32 @@ impl TestCa {
         Ok(Arc::new(config))
     }
 
+    /// The CA certificate, DER (for DANE-TA records).
+    pub fn der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
+    /// A server configuration for `names` whose chain carries this CA's
+    /// certificate after the server's own (as DANE-TA needs: RFC 7672
+    /// section 3.1.2), with the server certificate (DER) and its
+    /// SubjectPublicKeyInfo (DER), for TLSA records.
+    pub fn server_config_chained(&self, names: &[&str]) -> Result<(Arc<ServerConfig>, Vec<u8>, Vec<u8>)> {
+        use rustls_pki_types::pem::PemObject as _;
+        let key = KeyPair::generate()?;
+        let params = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(key.public_key_pem().as_bytes())?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), self.issuer.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )?;
+        Ok((Arc::new(config), cert.der().to_vec(), spki.to_vec()))
+    }
+
     /// A TLS 1.2/1.3 server configuration with a certificate for `names`.
     pub fn server_config(&self, names: &[&str]) -> Result<Arc<ServerConfig>> {
         let key = KeyPair::generate()?;

@@ -8,6 +8,7 @@ use toml::Spanned;
 
 use super::raw::{self, RawConfig, RawRoute};
 use super::{Checker, Problem};
+use crate::delivery::dane::Dane;
 use crate::delivery::mta_sts::{Fetcher, MtaSts};
 use crate::delivery::route::{Route, RouteTable, Target};
 use crate::delivery::tls::{Credentials, SmtpPolicy, TlsConfigs, TlsMode};
@@ -44,7 +45,9 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(i, r)| self.route(i + 1, &raw.delivery, r))
             .collect();
-        let resolver = Resolver::new(self.dns(raw));
+        let dns = self.dns(raw);
+        let dane = self.dane(raw, &dns);
+        let resolver = Resolver::new(dns);
         let mta_sts = self.mta_sts(raw);
         let tls_reports = mta_sts
             .as_ref()
@@ -71,7 +74,39 @@ impl Checker<'_> {
             delay_warning: Some(d.delay_warning.0).filter(|d| !d.is_zero()),
             quarantine_max_age: d.quarantine_max_age.0,
             mta_sts: mta_sts.map(|(mta_sts, _)| mta_sts),
+            dane,
             tls_reports,
+        }
+    }
+
+    /// DANE's validating resolver, when `[dns] dnssec` asks for it; a
+    /// route with `tls = "dane"` needs it.
+    fn dane(&mut self, raw: &RawConfig, dns: &crate::dns::DnsSettings) -> Option<Arc<Dane>> {
+        if !raw.dns.dnssec {
+            if let Some(anchor) = &raw.dns.trust_anchor {
+                self.problem(anchor, "`dns.trust_anchor` needs `dns.dnssec = true`");
+            }
+            let dane_routes =
+                raw.delivery.tls == TlsMode::Dane || raw.routes.iter().any(|r| r.get_ref().tls == Some(TlsMode::Dane));
+            if dane_routes {
+                self.problems.push(Problem::at(
+                    self.source,
+                    None,
+                    "`tls = \"dane\"` needs DNSSEC validation: set `dns.dnssec = true`",
+                ));
+            }
+            return None;
+        }
+        let anchor = raw.dns.trust_anchor.as_ref().map(|f| (f, self.resolve(f.get_ref())));
+        match Dane::new(dns.clone(), anchor.as_ref().map(|(_, path)| path.as_path())) {
+            Ok(dane) => Some(Arc::new(dane)),
+            Err(e) => {
+                match anchor {
+                    Some((file, _)) => self.problem(file, e),
+                    None => self.problems.push(Problem::at(self.source, None, e)),
+                }
+                None
+            }
         }
     }
 

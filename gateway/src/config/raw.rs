@@ -384,6 +384,12 @@ pub struct RawDns {
     pub timeout: HumanDuration,
     /// `attempts`: tries per query; default 2.
     pub attempts: usize,
+    /// `dnssec`: validate DNSSEC for DANE (MX, address and TLSA lookups
+    /// of delivery over MX); default false.
+    pub dnssec: bool,
+    /// `trust_anchor`: DNSKEY records (zone-file form) to validate from;
+    /// default the root zone's anchors.
+    pub trust_anchor: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawDns {
@@ -392,6 +398,8 @@ impl Default for RawDns {
             nameservers: None,
             timeout: HumanDuration(std::time::Duration::from_secs(5)),
             attempts: 2,
+            dnssec: false,
+            trust_anchor: None,
         }
     }
 }

@@ -209,20 +209,26 @@ async fn deliver_smtp(
     let requiretls = message.envelope.requiretls;
     if let (true, Destination::Mx(domain)) = (requiretls, destination) {
         // RFC 8689 section 4.2.1: the MX lookup must be DNSSEC-validated or
-        // covered by MTA-STS; mailgate validates MTA-STS (not DNSSEC yet).
-        let enforced = match &settings.mta_sts {
-            Some(mta_sts) => mta_sts
-                .policy(&settings.resolver, domain)
-                .await
-                .is_some_and(|p| p.mode == super::mta_sts::Mode::Enforce),
+        // covered by an enforced MTA-STS policy.
+        let validated = match &settings.dane {
+            Some(dane) => matches!(dane.mx(domain).await, Ok((_, true))),
             None => false,
         };
+        let enforced = validated
+            || match &settings.mta_sts {
+                Some(mta_sts) => mta_sts
+                    .policy(&settings.resolver, domain)
+                    .await
+                    .is_some_and(|p| p.mode == super::mta_sts::Mode::Enforce),
+                None => false,
+            };
         if !enforced {
             let refusal = DeliveryError::Unsupported {
                 status: EnhancedCode::new(5, 7, 30),
                 reason: format!(
                     "REQUIRETLS support required: the MX hosts of {domain} cannot be authenticated \
-                     ({domain} publishes no MTA-STS policy in enforce mode, and DNSSEC is not validated here)"
+                     ({domain} publishes no MTA-STS policy in enforce mode, and its MX records are not \
+                     DNSSEC-validated here)"
                 ),
             };
             return vec![refusal.outcome(None); recipients.len()];

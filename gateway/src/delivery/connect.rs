@@ -4,11 +4,13 @@
 //! MX host; the last error is what the recipients see if all fail.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tracing::{debug, info, warn};
 
 use super::DeliverySettings;
 use super::client::SmtpClient;
+use super::dane::{Dane, DaneVerifier, HostTlsa, Tlsa};
 use super::error::DeliveryError;
 use super::mta_sts::{Mode, Policy};
 use super::route::Destination;
@@ -31,7 +33,14 @@ pub async fn open(
     envelope: &Envelope,
 ) -> Result<SmtpClient, DeliveryError> {
     let requiretls = envelope.requiretls;
-    let mut hosts = hosts(settings, destination).await?;
+    // DANE where the route looks for recipient policies, unless the sender
+    // lifted them (`TLS-Required: No`).
+    let looks = requiretls || matches!(policy.tls, TlsMode::Auto | TlsMode::Dane);
+    let dane = settings
+        .dane
+        .as_deref()
+        .filter(|_| looks && (requiretls || !envelope.tls_optional) && matches!(destination, Destination::Mx(_)));
+    let mut hosts = hosts(settings, destination, dane).await?;
     let scope = match envelope.tls_optional && !requiretls {
         true => None,
         false => recipient_policy(settings, destination, policy, requiretls).await,
@@ -66,10 +75,32 @@ pub async fn open(
     }
     let mut last_error = None;
     for (host, port) in hosts {
-        let mode = match &scope {
-            Some(RecipientPolicy {
-                domain, sts: Some(sts), ..
-            }) if sts.mode == Mode::Enforce => Required::MtaSts(domain),
+        let tlsa = match dane {
+            Some(dane) => dane.host(&host, port).await,
+            None => HostTlsa::None,
+        };
+        // DANE, where the host has it, comes before MTA-STS (RFC 8461
+        // section 2).
+        let mode = match (&tlsa, &scope) {
+            (HostTlsa::Failed(reason), _) => {
+                warn!(
+                    host,
+                    reason, "DANE: the host's DNSSEC answers failed; not trying it now"
+                );
+                metrics().delivery_tls("dane", "dnssec-invalid");
+                last_error = Some(DeliveryError::Security {
+                    status: EnhancedCode::new(4, 7, 5),
+                    reason: format!("DANE: {reason}"),
+                });
+                continue;
+            }
+            (HostTlsa::Secure { owner, usable }, _) => Required::Dane(owner, usable),
+            (
+                _,
+                Some(RecipientPolicy {
+                    domain, sts: Some(sts), ..
+                }),
+            ) if sts.mode == Mode::Enforce => Required::MtaSts(domain),
             _ => Required::Route(policy.tls),
         };
         let addresses = match settings.resolver.addresses(&host).await {
@@ -119,6 +150,7 @@ pub async fn open(
 /// The policy a session is counted and logged under.
 fn policy_label(requiretls: bool, required: Required<'_>, has_sts: bool) -> &'static str {
     match required {
+        Required::Dane(..) => "dane",
         Required::MtaSts(_) => "mta-sts",
         _ if requiretls => "require",
         Required::Route(TlsMode::Require) => "require",
@@ -200,21 +232,32 @@ fn sts_hosts(domain: &str, sts: &Policy, hosts: Vec<(String, u16)>) -> Result<Ve
     }
 }
 
-/// What decides a session's TLS: the route's setting, or an enforced
-/// MTA-STS policy of the named domain (verified TLS, as `require`).
+/// What decides a session's TLS: the route's setting, an enforced
+/// MTA-STS policy of the named domain (verified TLS, as `require`), or the
+/// host's secure TLSA records (at the owner name).
 #[derive(Clone, Copy, Debug)]
 enum Required<'a> {
     Route(TlsMode),
     MtaSts(&'a str),
+    Dane(&'a str, &'a Arc<Vec<Tlsa>>),
 }
 
 /// The hosts to try, in order, with the port for each.
-async fn hosts(settings: &DeliverySettings, destination: &Destination) -> Result<Vec<(String, u16)>, DeliveryError> {
+async fn hosts(
+    settings: &DeliverySettings,
+    destination: &Destination,
+    dane: Option<&Dane>,
+) -> Result<Vec<(String, u16)>, DeliveryError> {
     match destination {
         Destination::Host { host, port } => Ok(vec![(host.clone(), *port)]),
         Destination::Mx(domain) => {
             let port = settings.remote_port;
-            match settings.resolver.mx(domain).await {
+            // Under DANE the MX answer is validated: a bogus one defers.
+            let records = match dane {
+                Some(dane) => dane.mx(domain).await.map(|(records, _)| records),
+                None => settings.resolver.mx(domain).await,
+            };
+            match records {
                 Ok(records) => match order_mx(records) {
                     Some(hosts) => Ok(hosts.into_iter().map(|h| (h, port)).collect()),
                     None => Err(DeliveryError::NullMx(domain.clone())),
@@ -242,12 +285,87 @@ async fn session(
 ) -> Result<SmtpClient, DeliveryError> {
     let connect = || SmtpClient::connect(address, host, &settings.hostname, settings.timeouts);
     let client = connect().await?;
+    let mut client = match required {
+        Required::Dane(owner, usable) if !(requiretls && usable.is_empty()) => {
+            dane_starttls(client, owner, usable, address).await?
+        }
+        _ => route_starttls(client, connect, policy, requiretls, required, address).await?,
+    };
+    if let Some(credentials) = &policy.auth {
+        if !client.is_tls() {
+            return Err(DeliveryError::Security {
+                status: EnhancedCode::new(4, 7, 10),
+                reason: format!("refusing to send credentials to {host} without TLS"),
+            });
+        }
+        client.authenticate(credentials).await?;
+    }
+    Ok(client)
+}
+
+/// STARTTLS under the host's TLSA records: mandatory, with a certificate
+/// that matches a usable record (any certificate when none is usable).
+async fn dane_starttls(
+    client: SmtpClient,
+    owner: &str,
+    usable: &Arc<Vec<Tlsa>>,
+    address: SocketAddr,
+) -> Result<SmtpClient, DeliveryError> {
+    let host = client.host().to_owned();
+    if !client.offers_starttls() {
+        warn!(host, %address, owner, "DANE: no STARTTLS offered; not delivering in clear");
+        return Err(DeliveryError::Security {
+            status: EnhancedCode::new(4, 7, 5),
+            reason: format!("{host} does not offer STARTTLS, which its DANE TLSA records ({owner}) require"),
+        });
+    }
+    let authenticates = !usable.is_empty();
+    let config = match authenticates {
+        true => DaneVerifier::config(Arc::clone(usable), owner, super::tls::crypto_provider()).map_err(|reason| {
+            DeliveryError::Tls {
+                host: host.clone(),
+                reason,
+            }
+        })?,
+        false => super::tls::TlsConfigs::encrypt_only().unverified,
+    };
+    client.starttls(config, authenticates).await.map_err(|e| {
+        warn!(host, %address, owner, error = %e, "DANE: TLS failed; not delivering in clear");
+        match e {
+            DeliveryError::Tls { host, reason } => DeliveryError::Tls {
+                host,
+                reason: format!("{reason} (the DANE TLSA records of {owner} require a matching certificate)"),
+            },
+            other => other,
+        }
+    })
+}
+
+/// STARTTLS as the route, an enforced MTA-STS policy or REQUIRETLS say.
+async fn route_starttls<F, Fut>(
+    client: SmtpClient,
+    connect: F,
+    policy: &SmtpPolicy,
+    requiretls: bool,
+    required: Required<'_>,
+    address: SocketAddr,
+) -> Result<SmtpClient, DeliveryError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<SmtpClient, DeliveryError>>,
+{
+    let host = client.host().to_owned();
+    let host = host.as_str();
     let (mode, requirer) = match required {
         _ if requiretls => (TlsMode::Require, "REQUIRETLS".to_owned()),
         Required::MtaSts(domain) => (TlsMode::Require, format!("the MTA-STS policy of {domain}")),
+        Required::Dane(owner, _) => (
+            TlsMode::Require,
+            format!("the DANE TLSA records of {owner} (none usable)"),
+        ),
         Required::Route(mode) => (mode, "the route".to_owned()),
     };
-    let mut client = match mode {
+    let client = match mode {
         _ if requiretls && !client.offers_starttls() => {
             return Err(DeliveryError::Unsupported {
                 status: EnhancedCode::new(5, 7, 30),
@@ -276,7 +394,7 @@ async fn session(
                 }
             }
         }
-        TlsMode::Auto | TlsMode::MtaSts | TlsMode::Opportunistic if client.offers_starttls() => {
+        TlsMode::Auto | TlsMode::MtaSts | TlsMode::Dane | TlsMode::Opportunistic if client.offers_starttls() => {
             match client.starttls(policy.tls_config.unverified.clone(), false).await {
                 Ok(client) => client,
                 Err(e) => {
@@ -286,16 +404,7 @@ async fn session(
                 }
             }
         }
-        TlsMode::Auto | TlsMode::MtaSts | TlsMode::Opportunistic => client,
+        TlsMode::Auto | TlsMode::MtaSts | TlsMode::Dane | TlsMode::Opportunistic => client,
     };
-    if let Some(credentials) = &policy.auth {
-        if !client.is_tls() {
-            return Err(DeliveryError::Security {
-                status: EnhancedCode::new(4, 7, 10),
-                reason: format!("refusing to send credentials to {host} without TLS"),
-            });
-        }
-        client.authenticate(credentials).await?;
-    }
     Ok(client)
 }

@@ -6,6 +6,7 @@
 mod attempt;
 mod client;
 mod connect;
+pub mod dane;
 mod dsn;
 mod error;
 mod extensions;
@@ -53,6 +54,8 @@ pub struct DeliverySettings {
     pub quarantine_max_age: Duration,
     /// MTA-STS policies for MX delivery (none: not looked up).
     pub mta_sts: Option<std::sync::Arc<mta_sts::MtaSts>>,
+    /// DANE's validating resolver (`[dns] dnssec = true`).
+    pub dane: Option<std::sync::Arc<dane::Dane>>,
     /// TLS reporting (RFC 8460) of delivery over MX.
     pub tls_reports: Option<std::sync::Arc<tls_rpt::TlsReports>>,
 }

@@ -16,15 +16,19 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsMode {
-    /// For delivery over MX: MTA-STS where the recipient domain publishes
-    /// a policy (RFC 8461), else opportunistic. For a smarthost:
-    /// opportunistic. (DANE is not built yet.)
+    /// For delivery over MX: DANE where the MX host publishes secure TLSA
+    /// records (RFC 7672; with `[dns] dnssec = true`), else MTA-STS where
+    /// the recipient domain publishes a policy (RFC 8461), else
+    /// opportunistic. For a smarthost: opportunistic.
     #[default]
     Auto,
-    /// MTA-STS where published, else opportunistic (the same as `auto`
-    /// until DANE is built; then: MTA-STS even where DANE is published).
+    /// MTA-STS where published, else opportunistic, even where DANE is
+    /// published.
     #[serde(rename = "mta-sts")]
     MtaSts,
+    /// DANE where published, else opportunistic, even where MTA-STS is
+    /// published (needs `[dns] dnssec = true`).
+    Dane,
     /// Use STARTTLS when the server offers it, without authenticating its
     /// certificate (RFC 7435); send in clear otherwise, or when the
     /// handshake fails.
@@ -198,6 +202,11 @@ fn encrypt_only() -> Arc<ClientConfig> {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The crypto provider of every outbound TLS configuration.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    provider()
 }
 
 /// Accepts any certificate, still checking that the handshake is signed by

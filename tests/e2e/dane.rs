@@ -1,0 +1,208 @@
+//! DANE for SMTP (RFC 7672) against a real DNSSEC-signed DNS on loopback
+//! (BIND, with keys made at test time; the test's own root key is the
+//! trust anchor) and a real TLS downstream whose certificate comes from a
+//! test CA: DANE-EE and DANE-TA records that match deliver over TLS; a
+//! record that matches nothing, a DANE-TA chain for another name, a bogus
+//! zone and a host without STARTTLS are deferred and then bounced with a
+//! DSN that names the cause, and nothing is sent in clear; an unsigned
+//! (insecure) zone is delivered to as before.
+
+use anyhow::{Context, Result};
+use mailgate_tests::{Gateway, Setup, SignedDns, Signing, SinkServer, SmtpClient, TestCa, Zone, dsn_parts, wait_until};
+use sha2::{Digest as _, Sha256};
+
+use crate::WAIT;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A signed zone `name` whose MX host `mx.<name>` is 127.0.0.1 with the
+/// TLSA record `tlsa` (none when empty) for `port`.
+fn mx_zone(name: &str, signing: Signing, port: u16, tlsa: &str) -> Zone {
+    let zone = Zone::new(name, signing)
+        .record(&format!("@ MX 10 mx.{name}."))
+        .record("mx A 127.0.0.1");
+    match tlsa {
+        "" => zone,
+        tlsa => zone.record(&format!("_{port}._tcp.mx TLSA {tlsa}")),
+    }
+}
+
+struct World {
+    mx: SinkServer,
+    bounces: SinkServer,
+    _dns: SignedDns,
+    gw: Gateway,
+}
+
+impl World {
+    async fn new() -> Result<Self> {
+        let ca = TestCa::new()?;
+        let (tls, cert, spki) = ca.server_config_chained(&[
+            "mx.ee.test",
+            "mx.ta.test",
+            "mx.wrong.test",
+            "mx.plain.test",
+            "mx.bogus.test",
+        ])?;
+        let mx = SinkServer::start().await?;
+        mx.behave(|b| b.tls = Some(tls));
+        let port = mx.addr().port();
+        let spki_sha256 = hex(&Sha256::digest(&spki));
+        let dns = SignedDns::start(&[
+            mx_zone("ee.test", Signing::Secure, port, &format!("3 1 1 {spki_sha256}")),
+            // The full certificate, SHA-512, and a PKIX-EE record, which
+            // SMTP does not use.
+            mx_zone(
+                "ee512.test",
+                Signing::Secure,
+                port,
+                &format!("3 0 2 {}", hex(&sha2::Sha512::digest(&cert))),
+            )
+            .record(&format!("_{port}._tcp.mx TLSA 1 1 1 {spki_sha256}")),
+            mx_zone(
+                "ta.test",
+                Signing::Secure,
+                port,
+                &format!("2 0 1 {}", hex(&Sha256::digest(ca.der()))),
+            ),
+            // The CA anchors the chain, but the certificate does not name
+            // mx.other.test.
+            mx_zone(
+                "other.test",
+                Signing::Secure,
+                port,
+                &format!("2 0 1 {}", hex(&Sha256::digest(ca.der()))),
+            ),
+            mx_zone(
+                "wrong.test",
+                Signing::Secure,
+                port,
+                &format!("3 1 1 {}", "00".repeat(32)),
+            ),
+            mx_zone("plain.test", Signing::Insecure, port, ""),
+            mx_zone("bogus.test", Signing::Bogus, port, &format!("3 1 1 {spki_sha256}")),
+        ])
+        .await?;
+        let bounces = SinkServer::start().await?;
+        let setup = Setup::new()
+            .dns(dns.addr())
+            .dns_line("dnssec = true")
+            .dns_line(&format!("trust_anchor = \"{}\"", dns.anchor_file().display()))
+            .delivery(&format!("mx_port = {port}"))
+            .delivery("max_age = \"2s\"")
+            .delivery("retry_initial = \"300ms\"")
+            .delivery("idle_timeout = \"0s\"")
+            .route_to("\"back.test\"", bounces.addr());
+        let gw = setup.start().await?;
+        Ok(Self {
+            mx,
+            bounces,
+            _dns: dns,
+            gw,
+        })
+    }
+
+    async fn send(&self, domain: &str) -> Result<()> {
+        let rcpt = format!("rcpt@{domain}");
+        let content = format!("From: sender@back.test\r\nTo: {rcpt}\r\nSubject: to {domain}\r\n\r\nhello\r\n");
+        SmtpClient::deliver(self.gw.addr, "sender@back.test", &[&rcpt], content.as_bytes()).await
+    }
+
+    fn delivered(&self, domain: &str) -> Option<bool> {
+        let rcpt = format!("rcpt@{domain}");
+        self.mx
+            .messages()
+            .iter()
+            .find(|m| m.rcpt_to.contains(&rcpt))
+            .map(|m| m.tls)
+    }
+
+    /// The bounce for `domain`: its delivery-status and human parts.
+    async fn bounce(&self, domain: &str) -> Result<String> {
+        let rcpt = format!("rcpt@{domain}");
+        let find = || {
+            self.bounces
+                .messages()
+                .iter()
+                .map(|m| m.content.clone())
+                .find(|content| String::from_utf8_lossy(content).contains(&rcpt))
+        };
+        wait_until(WAIT, || find().is_some()).await?;
+        let content = find().context("no bounce")?;
+        let (status, _) = dsn_parts(&content)?;
+        Ok(format!("{status}\n{}", String::from_utf8_lossy(&content)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bounces_naming_it() -> Result<()> {
+    let world = World::new().await?;
+    for domain in ["ee.test", "ee512.test", "ta.test", "plain.test"] {
+        world.send(domain).await?;
+    }
+    wait_until(WAIT, || world.mx.count() == 4).await?;
+    for domain in ["ee.test", "ee512.test", "ta.test"] {
+        assert_eq!(world.delivered(domain), Some(true), "{domain}: delivered inside TLS");
+    }
+    // Insecure: opportunistic TLS as before (the downstream offers it).
+    assert!(world.delivered("plain.test").is_some(), "plain.test delivered");
+
+    for domain in ["wrong.test", "other.test", "bogus.test"] {
+        world.send(domain).await?;
+    }
+    let wrong = world.bounce("wrong.test").await?;
+    assert!(
+        wrong.contains("matches none of the 1 usable TLSA records of _"),
+        "{wrong}"
+    );
+    let other = world.bounce("other.test").await?;
+    assert!(
+        other.contains("mx.other.test") && other.contains("DANE TLSA records of"),
+        "{other}"
+    );
+    let bogus = world.bounce("bogus.test").await?;
+    assert!(bogus.contains("DNSSEC validation failed (bogus)"), "{bogus}");
+    for domain in ["wrong.test", "other.test", "bogus.test"] {
+        assert_eq!(world.delivered(domain), None, "{domain}: nothing delivered");
+    }
+
+    // A host with secure TLSA records that stops offering STARTTLS gets
+    // nothing in clear.
+    world.mx.behave(|b| b.tls = None);
+    world.send("ee.test").await?;
+    let clear = {
+        let find = || {
+            world
+                .bounces
+                .messages()
+                .iter()
+                .map(|m| m.text())
+                .find(|text| text.contains("does not offer STARTTLS"))
+        };
+        wait_until(WAIT, || find().is_some()).await?;
+        find().context("no bounce")?
+    };
+    assert!(clear.contains("which its DANE TLSA records (_"), "{clear}");
+    assert_eq!(world.mx.count(), 4, "nothing was sent in clear");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_dane_needs_dnssec_validation_in_the_configuration() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new().delivery("tls = \"dane\"").write(dir.path())?;
+    let output = crate::mailgate_check(&config, None)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("`tls = \"dane\"` needs DNSSEC validation: set `dns.dnssec = true`"),
+        "{text}"
+    );
+    Ok(())
+}
