@@ -8,7 +8,9 @@
 //! (insecure) zone is delivered to as before.
 
 use anyhow::{Context, Result};
-use mailgate_tests::{Gateway, Setup, SignedDns, Signing, SinkServer, SmtpClient, TestCa, Zone, dsn_parts, wait_until};
+use mailgate_tests::{
+    Gateway, HttpsServer, Setup, SignedDns, Signing, SinkServer, SmtpClient, TestCa, Zone, dsn_parts, wait_until,
+};
 use sha2::{Digest as _, Sha256};
 
 use crate::WAIT;
@@ -32,7 +34,10 @@ fn mx_zone(name: &str, signing: Signing, port: u16, tlsa: &str) -> Zone {
 struct World {
     mx: SinkServer,
     bounces: SinkServer,
+    /// The MTA-STS policy host of both.test.
+    policy: HttpsServer,
     _dns: SignedDns,
+    _files: tempfile::TempDir,
     gw: Gateway,
 }
 
@@ -83,14 +88,31 @@ impl World {
             ),
             mx_zone("plain.test", Signing::Insecure, port, ""),
             mx_zone("bogus.test", Signing::Bogus, port, &format!("3 1 1 {spki_sha256}")),
+            // DANE and an enforced MTA-STS policy: the MX certificate's CA
+            // is not one delivery trusts, so MTA-STS alone would refuse it.
+            mx_zone("both.test", Signing::Secure, port, &format!("3 1 1 {spki_sha256}"))
+                .record("_mta-sts TXT \"v=STSv1; id=1;\"")
+                .record("mta-sts A 127.0.0.1"),
         ])
         .await?;
+        let web_ca = TestCa::new()?;
+        let files = tempfile::tempdir()?;
+        let web_ca_file = files.path().join("web-ca.pem");
+        web_ca.write(&web_ca_file)?;
+        let policy = HttpsServer::start(web_ca.server_config(&["mta-sts.both.test"])?).await?;
+        policy.respond(
+            200,
+            "text/plain",
+            "version: STSv1\r\nmode: enforce\r\nmx: mx.both.test\r\nmax_age: 86400\r\n",
+        );
         let bounces = SinkServer::start().await?;
         let setup = Setup::new()
             .dns(dns.addr())
             .dns_line("dnssec = true")
             .dns_line(&format!("trust_anchor = \"{}\"", dns.anchor_file().display()))
             .delivery(&format!("mx_port = {port}"))
+            .delivery(&format!("mta_sts_ca_file = \"{}\"", web_ca_file.display()))
+            .delivery(&format!("mta_sts_port = {}", policy.addr().port()))
             .delivery("max_age = \"2s\"")
             .delivery("retry_initial = \"300ms\"")
             .delivery("idle_timeout = \"0s\"")
@@ -99,7 +121,9 @@ impl World {
         Ok(Self {
             mx,
             bounces,
+            policy,
             _dns: dns,
+            _files: files,
             gw,
         })
     }
@@ -139,13 +163,16 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bounces_naming_it() -> Result<()> {
     let world = World::new().await?;
-    for domain in ["ee.test", "ee512.test", "ta.test", "plain.test"] {
+    for domain in ["ee.test", "ee512.test", "ta.test", "plain.test", "both.test"] {
         world.send(domain).await?;
     }
-    wait_until(WAIT, || world.mx.count() == 4).await?;
-    for domain in ["ee.test", "ee512.test", "ta.test"] {
+    wait_until(WAIT, || world.mx.count() == 5).await?;
+    for domain in ["ee.test", "ee512.test", "ta.test", "both.test"] {
         assert_eq!(world.delivered(domain), Some(true), "{domain}: delivered inside TLS");
     }
+    // both.test's MTA-STS policy was fetched, and DANE went first (RFC
+    // 8461 section 2): under the policy alone the certificate would fail.
+    assert_eq!(world.policy.hits(), 1);
     // Insecure: opportunistic TLS as before (the downstream offers it).
     assert!(world.delivered("plain.test").is_some(), "plain.test delivered");
 
@@ -185,7 +212,25 @@ async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bo
         find().context("no bounce")?
     };
     assert!(clear.contains("which its DANE TLSA records (_"), "{clear}");
-    assert_eq!(world.mx.count(), 4, "nothing was sent in clear");
+    assert_eq!(world.mx.count(), 5, "nothing was sent in clear");
+
+    // TLS reporting counts these sessions under each domain's `tlsa`
+    // policy, with the RFC 8460 failure types.
+    let shown = crate::tls_rpt::tls_report_showing(&world.gw.config(), "starttls-not-supported").await?;
+    for expected in [
+        "ee.test  policy tlsa (mx.ee.test)  successful 1  failed",
+        "starttls-not-supported  mx.ee.test (127.0.0.1)",
+        "ta.test  policy tlsa (mx.ta.test)  successful 1  failed 0",
+        "wrong.test  policy tlsa (mx.wrong.test)  successful 0",
+        "tlsa-invalid  mx.wrong.test (127.0.0.1)",
+        "tlsa-invalid  mx.other.test (127.0.0.1)",
+        "bogus.test  policy tlsa (bogus.test)  successful 0",
+        "dnssec-invalid  - (-)",
+        "plain.test  policy no-policy-found  successful 1  failed 0",
+        "both.test  policy tlsa (mx.both.test)  successful 1  failed 0",
+    ] {
+        assert!(shown.contains(expected), "{expected} in {shown}");
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use super::error::DeliveryError;
 use super::mta_sts::{Mode, Policy};
 use super::route::Destination;
 use super::tls::{SmtpPolicy, TlsMode};
-use super::tls_rpt::{Failure, ResultType, tls_outcome};
+use super::tls_rpt::{Counted, Failure, ResultType, tls_outcome};
 use crate::dns::{DnsError, order_mx};
 use crate::metrics::metrics;
 use crate::queue::Envelope;
@@ -40,7 +40,21 @@ pub async fn open(
         .dane
         .as_deref()
         .filter(|_| looks && (requiretls || !envelope.tls_optional) && matches!(destination, Destination::Mx(_)));
-    let mut hosts = hosts(settings, destination, dane).await?;
+    let mut hosts = hosts(settings, destination, dane).await.inspect_err(|e| {
+        if let (Some(reports), Destination::Mx(domain), DeliveryError::Dns { error, .. }) =
+            (settings.tls_reports.as_deref(), destination, e)
+            && dane.is_some()
+            && super::dane::is_bogus(error)
+        {
+            let failure = Failure {
+                result: ResultType::DnssecInvalid,
+                host: None,
+                ip: None,
+                reason: Some(error.to_string()),
+            };
+            reports.count_failure(domain, Counted::Tlsa(domain, &[]), failure);
+        }
+    })?;
     let scope = match envelope.tls_optional && !requiretls {
         true => None,
         false => recipient_policy(settings, destination, policy, requiretls).await,
@@ -73,6 +87,11 @@ pub async fn open(
             }
         })?;
     }
+    // DANE sessions are reported under the recipient domain's `tlsa` policy.
+    let dane_reports = match (settings.tls_reports.as_deref(), destination, dane) {
+        (Some(reports), Destination::Mx(domain), Some(_)) => Some((reports, domain.as_str())),
+        _ => None,
+    };
     let mut last_error = None;
     for (host, port) in hosts {
         let tlsa = match dane {
@@ -88,6 +107,15 @@ pub async fn open(
                     reason, "DANE: the host's DNSSEC answers failed; not trying it now"
                 );
                 metrics().delivery_tls("dane", "dnssec-invalid");
+                if let Some((reports, domain)) = dane_reports {
+                    let failure = Failure {
+                        result: ResultType::DnssecInvalid,
+                        host: Some(&host),
+                        ip: None,
+                        reason: Some(reason.clone()),
+                    };
+                    reports.count_failure(domain, Counted::Tlsa(&host, &[]), failure);
+                }
                 last_error = Some(DeliveryError::Security {
                     status: EnhancedCode::new(4, 7, 5),
                     reason: format!("DANE: {reason}"),
@@ -114,8 +142,15 @@ pub async fn open(
         for ip in addresses {
             let address = SocketAddr::new(ip, port);
             let mut result = session(settings, policy, requiretls, mode, address, &host).await;
-            if let Some((reports, scope)) = reports {
-                reports.session(scope.domain, scope.sts.as_ref(), &host, ip, &result);
+            match (mode, dane_reports, reports) {
+                (Required::Dane(_, usable), Some((reports, domain)), _) => {
+                    let records: Vec<String> = usable.iter().map(ToString::to_string).collect();
+                    reports.session(domain, Counted::Tlsa(&host, &records), &host, ip, &result);
+                }
+                (_, _, Some((reports, scope))) => {
+                    reports.session(scope.domain, Counted::Sts(scope.sts.as_ref()), &host, ip, &result);
+                }
+                _ => {}
             }
             let label = policy_label(requiretls, mode, scope.as_ref().is_some_and(|s| s.sts.is_some()));
             let counted = match (label, tls_outcome(&result)) {

@@ -23,6 +23,14 @@ pub use verify::{DaneVerifier, Matching, Selector, Tlsa, Usage};
 
 use crate::dns::{DnsError, DnsSettings, Mx, Resolver, classify, fqdn};
 
+/// How a bogus answer is described.
+const BOGUS: &str = "DNSSEC validation failed (bogus)";
+
+/// Whether `error` is a bogus answer of the validating resolver.
+pub fn is_bogus(error: &DnsError) -> bool {
+    matches!(error, DnsError::Temporary(reason) if reason.starts_with(BOGUS))
+}
+
 /// What DANE says about one MX host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostTlsa {
@@ -142,9 +150,9 @@ impl Dane {
                 .filter(|r| r.record_type() == kind)
                 .map(|r| (r.data.clone(), r.proof))
                 .collect()),
-            Err(NetError::Dns(NetDnsError::DnssecBogus)) => Err(DnsError::Temporary(format!(
-                "DNSSEC validation failed (bogus) for the {kind} records of {name}"
-            ))),
+            Err(NetError::Dns(NetDnsError::DnssecBogus)) => {
+                Err(DnsError::Temporary(format!("{BOGUS} for the {kind} records of {name}")))
+            }
             Err(e) => Err(classify(e)),
         }
     }

@@ -57,6 +57,27 @@ pub struct Tlsa {
     pub data: Vec<u8>,
 }
 
+impl std::fmt::Display for Tlsa {
+    /// As in a zone file: `3 1 1 <hex>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let usage = match self.usage {
+            Usage::DaneTa => 2,
+            Usage::DaneEe => 3,
+        };
+        let selector = match self.selector {
+            Selector::Cert => 0,
+            Selector::Spki => 1,
+        };
+        let matching = match self.matching {
+            Matching::Full => 0,
+            Matching::Sha256 => 1,
+            Matching::Sha512 => 2,
+        };
+        write!(f, "{usage} {selector} {matching} ")?;
+        self.data.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
 impl Tlsa {
     /// Whether `cert` (DER) is what this record describes.
     pub fn matches(&self, cert: &[u8]) -> bool {

@@ -40,6 +40,10 @@ pub enum ResultType {
     ValidationFailure,
     /// The MTA-STS policy could not be fetched.
     StsPolicyFetchError,
+    /// DANE: the certificate matched none of the host's TLSA records.
+    TlsaInvalid,
+    /// DANE: the host's DNSSEC answers were bogus or could not be had.
+    DnssecInvalid,
 }
 
 impl ResultType {
@@ -52,6 +56,8 @@ impl ResultType {
             Self::CertificateNotTrusted => "certificate-not-trusted",
             Self::ValidationFailure => "validation-failure",
             Self::StsPolicyFetchError => "sts-policy-fetch-error",
+            Self::TlsaInvalid => "tlsa-invalid",
+            Self::DnssecInvalid => "dnssec-invalid",
         }
     }
 
@@ -90,7 +96,7 @@ pub struct FailureCount {
 /// A domain's sessions in one period.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tally {
-    /// `sts` or `no-policy-found`.
+    /// `sts` or `no-policy-found` (empty when every session was DANE's).
     pub policy_type: String,
     /// The policy's lines (MTA-STS).
     pub policy_string: Vec<String>,
@@ -100,6 +106,20 @@ pub struct Tally {
     pub successful: u64,
     /// Failed sessions, by kind.
     pub failures: Vec<FailureCount>,
+    /// The sessions to MX hosts with DANE TLSA records: a `tlsa` policy
+    /// of its own, whose lines are the records and whose `mx_host` are
+    /// the hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlsa: Option<Box<Tally>>,
+}
+
+/// Which of a domain's policies a session counts under.
+#[derive(Clone, Copy, Debug)]
+pub enum Counted<'a> {
+    /// The domain's MTA-STS policy (none: no policy found).
+    Sts(Option<&'a Policy>),
+    /// An MX host's DANE TLSA records, as text.
+    Tlsa(&'a str, &'a [String]),
 }
 
 impl Tally {
@@ -160,12 +180,17 @@ impl TlsReports {
 
     /// A session to `domain` that set up TLS as `policy` (if any) asked.
     pub fn success(&self, domain: &str, policy: Option<&Policy>) {
-        self.update(domain, policy, |tally| tally.successful += 1);
+        self.update(domain, Counted::Sts(policy), |tally| tally.successful += 1);
     }
 
     /// A session to `domain` that failed.
     pub fn failure(&self, domain: &str, policy: Option<&Policy>, failure: Failure<'_>) {
-        self.update(domain, policy, |tally| {
+        self.count_failure(domain, Counted::Sts(policy), failure);
+    }
+
+    /// A session to `domain`, under `counted`, that failed.
+    pub fn count_failure(&self, domain: &str, counted: Counted<'_>, failure: Failure<'_>) {
+        self.update(domain, counted, |tally| {
             let (host, ip) = (failure.host.map(str::to_owned), failure.ip.map(|ip| ip.to_string()));
             let name = failure.result.name();
             let found = tally
@@ -192,15 +217,19 @@ impl TlsReports {
     pub fn session(
         &self,
         domain: &str,
-        policy: Option<&Policy>,
+        counted: Counted<'_>,
         host: &str,
         ip: IpAddr,
         outcome: &Result<SmtpClient, DeliveryError>,
     ) {
-        let (result, reason) = match tls_outcome(outcome) {
-            Some(Ok(())) => return self.success(domain, policy),
-            Some(Err(failure)) => failure,
-            None => return,
+        let (result, reason) = match (tls_outcome(outcome), counted) {
+            (Some(Ok(())), _) => return self.update(domain, counted, |tally| tally.successful += 1),
+            // Under DANE a failed handshake is a certificate that matches
+            // no TLSA record.
+            (Some(Err((ResultType::StarttlsNotSupported, reason))), _) => (ResultType::StarttlsNotSupported, reason),
+            (Some(Err((_, reason))), Counted::Tlsa(..)) => (ResultType::TlsaInvalid, reason),
+            (Some(Err(failure)), Counted::Sts(_)) => failure,
+            (None, _) => return,
         };
         let failure = Failure {
             result,
@@ -208,10 +237,10 @@ impl TlsReports {
             ip: Some(ip),
             reason,
         };
-        self.failure(domain, policy, failure);
+        self.count_failure(domain, counted, failure);
     }
 
-    fn update(&self, domain: &str, policy: Option<&Policy>, change: impl FnOnce(&mut Tally)) {
+    fn update(&self, domain: &str, counted: Counted<'_>, change: impl FnOnce(&mut Tally)) {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let plain = !domain.is_empty()
             && !domain.starts_with('.')
@@ -227,16 +256,37 @@ impl TlsReports {
             // A restart within the period goes on from what was kept.
             read_tally(&self.file(&key)).unwrap_or_default()
         });
-        match policy {
-            Some(policy) => {
+        match counted {
+            Counted::Sts(Some(policy)) => {
                 tally.policy_type = "sts".to_owned();
                 tally.policy_string = policy_lines(policy);
                 tally.mx_host = policy.mx.clone();
+                change(tally);
             }
-            None if tally.policy_type.is_empty() => tally.policy_type = "no-policy-found".to_owned(),
-            None => {}
+            Counted::Sts(None) => {
+                if tally.policy_type.is_empty() {
+                    tally.policy_type = "no-policy-found".to_owned();
+                }
+                change(tally);
+            }
+            Counted::Tlsa(host, records) => {
+                let tlsa = tally.tlsa.get_or_insert_with(|| {
+                    Box::new(Tally {
+                        policy_type: "tlsa".to_owned(),
+                        ..Tally::default()
+                    })
+                });
+                for record in records {
+                    if !tlsa.policy_string.contains(record) {
+                        tlsa.policy_string.push(record.clone());
+                    }
+                }
+                if !tlsa.mx_host.iter().any(|h| h == host) {
+                    tlsa.mx_host.push(host.to_owned());
+                }
+                change(tlsa);
+            }
         }
-        change(tally);
         self.dirty.lock().unwrap_or_else(PoisonError::into_inner).insert(key);
     }
 
@@ -337,9 +387,14 @@ pub fn show(dir: &Path, json: bool) -> String {
         return format!("{body}\n");
     }
     let mut out = format!("TLS sessions of delivery over MX since {since}\n");
-    for (domain, tally) in &tallies {
+    let each = tallies.iter().flat_map(|(domain, tally)| {
+        let main = (!tally.policy_type.is_empty()).then_some((domain, tally));
+        main.into_iter().chain(tally.tlsa.as_deref().map(|tlsa| (domain, tlsa)))
+    });
+    for (domain, tally) in each {
         let policy = match tally.policy_string.iter().find_map(|l| l.strip_prefix("mode: ")) {
             Some(mode) => format!("{} ({mode})", tally.policy_type),
+            None if tally.policy_type == "tlsa" => format!("tlsa ({})", tally.mx_host.join(" ")),
             None => tally.policy_type.clone(),
         };
         out.push_str(&format!(
@@ -435,5 +490,65 @@ mod tests {
         ] {
             assert_eq!(ResultType::of_handshake(reason), expected, "{reason}");
         }
+    }
+
+    #[test]
+    fn dane_sessions_are_a_tlsa_policy_of_their_own_in_the_report() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| unreachable!("{e}"));
+        let reports = TlsReports::new(dir.path().to_path_buf(), 86_400, None);
+        let records = ["3 1 1 abcd".to_owned()];
+        reports.update("example.com", Counted::Tlsa("mx.example.com", &records), |t| {
+            t.successful += 1
+        });
+        let failure = Failure {
+            result: ResultType::TlsaInvalid,
+            host: Some("mx2.example.com"),
+            ip: None,
+            reason: None,
+        };
+        reports.count_failure("example.com", Counted::Tlsa("mx2.example.com", &[]), failure);
+        let key = (reports.current_period(), "example.com".to_owned());
+        let tally = reports
+            .tallies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let reporter = Reporter {
+            hostname: "mx.sender.example".into(),
+            contact: "postmaster@sender.example".into(),
+            tls: crate::delivery::tls::TlsConfigs::encrypt_only().unverified,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let json = reporter.json("example.com", 0, 86_400, &tally);
+        let policies = json["policies"].as_array().cloned().unwrap_or_default();
+        assert_eq!(policies.len(), 1, "only the tlsa policy: {json}");
+        let policy = &policies[0];
+        assert_eq!(policy["policy"]["policy-type"], "tlsa");
+        assert_eq!(policy["policy"]["policy-string"], serde_json::json!(["3 1 1 abcd"]));
+        assert_eq!(
+            policy["policy"]["mx-host"],
+            serde_json::json!(["mx.example.com", "mx2.example.com"])
+        );
+        assert_eq!(policy["summary"]["total-successful-session-count"], 1);
+        assert_eq!(policy["summary"]["total-failure-session-count"], 1);
+        assert_eq!(policy["failure-details"][0]["result-type"], "tlsa-invalid");
+
+        // An MTA-STS (here: no policy) session adds the domain's own policy.
+        reports.success("example.com", None);
+        let tally = reports
+            .tallies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        let json = reporter.json("example.com", 0, 86_400, &tally);
+        let types: Vec<&str> = json["policies"]
+            .as_array()
+            .map(|p| p.iter().filter_map(|p| p["policy"]["policy-type"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(types, ["no-policy-found", "tlsa"]);
     }
 }

@@ -79,44 +79,18 @@ impl Reporter {
     pub fn json(&self, domain: &str, start: u64, end: u64, tally: &Tally) -> serde_json::Value {
         let time =
             |secs: u64| mail_parser::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX)).to_rfc3339();
-        let failures: Vec<serde_json::Value> = tally
-            .failures
-            .iter()
-            .map(|f| {
-                let mut detail = json!({ "result-type": f.result_type, "failed-session-count": f.count });
-                for (key, value) in [
-                    ("receiving-mx-hostname", &f.receiving_mx_hostname),
-                    ("receiving-ip", &f.receiving_ip),
-                    ("failure-reason-code", &f.failure_reason_code),
-                ] {
-                    if let Some(value) = value {
-                        detail[key] = json!(value);
-                    }
-                }
-                detail
-            })
+        let main = (!tally.policy_type.is_empty()).then_some(tally);
+        let policies: Vec<serde_json::Value> = main
+            .into_iter()
+            .chain(tally.tlsa.as_deref())
+            .map(|tally| policy_entry(domain, tally))
             .collect();
-        let mut policy = json!({
-            "policy-type": tally.policy_type,
-            "policy-domain": domain,
-        });
-        if tally.policy_type == "sts" {
-            policy["policy-string"] = json!(tally.policy_string);
-            policy["mx-host"] = json!(tally.mx_host);
-        }
         json!({
             "organization-name": self.hostname,
             "date-range": { "start-datetime": time(start), "end-datetime": time(end.saturating_sub(1)) },
             "contact-info": self.contact,
             "report-id": self.report_id(start, domain),
-            "policies": [{
-                "policy": policy,
-                "summary": {
-                    "total-successful-session-count": tally.successful,
-                    "total-failure-session-count": tally.failed(),
-                },
-                "failure-details": failures,
-            }],
+            "policies": policies,
         })
     }
 
@@ -218,6 +192,44 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(bytes);
     encoder.finish().unwrap_or_default()
+}
+
+/// One policy of a report (section 4.4): the policy, its summary and its
+/// failure details.
+fn policy_entry(domain: &str, tally: &Tally) -> serde_json::Value {
+    let failures: Vec<serde_json::Value> = tally
+        .failures
+        .iter()
+        .map(|f| {
+            let mut detail = json!({ "result-type": f.result_type, "failed-session-count": f.count });
+            for (key, value) in [
+                ("receiving-mx-hostname", &f.receiving_mx_hostname),
+                ("receiving-ip", &f.receiving_ip),
+                ("failure-reason-code", &f.failure_reason_code),
+            ] {
+                if let Some(value) = value {
+                    detail[key] = json!(value);
+                }
+            }
+            detail
+        })
+        .collect();
+    let mut policy = json!({
+        "policy-type": tally.policy_type,
+        "policy-domain": domain,
+    });
+    if tally.policy_type == "sts" || tally.policy_type == "tlsa" {
+        policy["policy-string"] = json!(tally.policy_string);
+        policy["mx-host"] = json!(tally.mx_host);
+    }
+    json!({
+        "policy": policy,
+        "summary": {
+            "total-successful-session-count": tally.successful,
+            "total-failure-session-count": tally.failed(),
+        },
+        "failure-details": failures,
+    })
 }
 
 #[cfg(test)]
