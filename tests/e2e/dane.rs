@@ -5,7 +5,10 @@
 //! record that matches nothing, a DANE-TA chain for another name, a bogus
 //! zone and a host without STARTTLS are deferred and then bounced with a
 //! DSN that names the cause, and nothing is sent in clear; an unsigned
-//! (insecure) zone is delivered to as before.
+//! (insecure) zone is delivered to as before; DANE goes before an enforced
+//! MTA-STS policy; REQUIRETLS counts DNSSEC-validated MX records with a
+//! DANE-verified certificate as authenticated; TLS reporting counts the
+//! sessions under each domain's `tlsa` policy.
 
 use anyhow::{Context, Result};
 use mailgate_tests::{
@@ -32,6 +35,7 @@ fn mx_zone(name: &str, signing: Signing, port: u16, tlsa: &str) -> Zone {
 }
 
 struct World {
+    ca: TestCa,
     mx: SinkServer,
     bounces: SinkServer,
     /// The MTA-STS policy host of both.test.
@@ -52,7 +56,10 @@ impl World {
             "mx.bogus.test",
         ])?;
         let mx = SinkServer::start().await?;
-        mx.behave(|b| b.tls = Some(tls));
+        mx.behave(|b| {
+            b.tls = Some(tls);
+            b.requiretls = true;
+        });
         let port = mx.addr().port();
         let spki_sha256 = hex(&Sha256::digest(&spki));
         let dns = SignedDns::start(&[
@@ -107,6 +114,7 @@ impl World {
         );
         let bounces = SinkServer::start().await?;
         let setup = Setup::new()
+            .certificate(ca.issue(&["gw.test"])?)
             .dns(dns.addr())
             .dns_line("dnssec = true")
             .dns_line(&format!("trust_anchor = \"{}\"", dns.anchor_file().display()))
@@ -119,6 +127,7 @@ impl World {
             .route_to("\"back.test\"", bounces.addr());
         let gw = setup.start().await?;
         Ok(Self {
+            ca,
             mx,
             bounces,
             policy,
@@ -143,9 +152,13 @@ impl World {
             .map(|m| m.tls)
     }
 
-    /// The bounce for `domain`: its delivery-status and human parts.
+    /// The bounce for `domain` (or for one address): its delivery-status
+    /// and human parts.
     async fn bounce(&self, domain: &str) -> Result<String> {
-        let rcpt = format!("rcpt@{domain}");
+        let rcpt = match domain.contains('@') {
+            true => domain.to_owned(),
+            false => format!("rcpt@{domain}"),
+        };
         let find = || {
             self.bounces
                 .messages()
@@ -195,6 +208,43 @@ async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bo
         assert_eq!(world.delivered(domain), None, "{domain}: nothing delivered");
     }
 
+    // REQUIRETLS (RFC 8689 section 4.2.1): DNSSEC-validated MX records and
+    // a DANE-verified certificate authenticate the next hop; an insecure
+    // zone without MTA-STS does not.
+    let mut client = SmtpClient::greeted(world.gw.addr).await?;
+    client.expect("EHLO client.test", 250).await?;
+    client.expect("STARTTLS", 220).await?;
+    let mut client = client.tls_handshake(world.ca.client_config()?, "gw.test").await?;
+    client.expect("EHLO client.test", 250).await?;
+    for domain in ["ee.test", "plain.test"] {
+        client.expect("MAIL FROM:<sender@back.test> REQUIRETLS", 250).await?;
+        client.expect(&format!("RCPT TO:<secret@{domain}>"), 250).await?;
+        client.expect("DATA", 354).await?;
+        client
+            .expect(
+                &format!("From: sender@back.test\r\nTo: secret@{domain}\r\nSubject: secret\r\n\r\nhello\r\n."),
+                250,
+            )
+            .await?;
+    }
+    wait_until(WAIT, || world.mx.count() == 6).await?;
+    let relayed = world
+        .mx
+        .messages()
+        .into_iter()
+        .find(|m| m.rcpt_to.contains(&"secret@ee.test".to_owned()));
+    let relayed = relayed.context("the REQUIRETLS message to ee.test")?;
+    assert!(
+        relayed.tls && relayed.mail_params.contains("REQUIRETLS"),
+        "{}",
+        relayed.mail_params
+    );
+    let refused = world.bounce("secret@plain.test").await?;
+    assert!(
+        refused.contains("5.7.30") && refused.contains("not DNSSEC-validated"),
+        "{refused}"
+    );
+
     // A host with secure TLSA records that stops offering STARTTLS gets
     // nothing in clear.
     world.mx.behave(|b| b.tls = None);
@@ -212,13 +262,13 @@ async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bo
         find().context("no bounce")?
     };
     assert!(clear.contains("which its DANE TLSA records (_"), "{clear}");
-    assert_eq!(world.mx.count(), 5, "nothing was sent in clear");
+    assert_eq!(world.mx.count(), 6, "nothing was sent in clear");
 
     // TLS reporting counts these sessions under each domain's `tlsa`
     // policy, with the RFC 8460 failure types.
     let shown = crate::tls_rpt::tls_report_showing(&world.gw.config(), "starttls-not-supported").await?;
     for expected in [
-        "ee.test  policy tlsa (mx.ee.test)  successful 1  failed",
+        "ee.test  policy tlsa (mx.ee.test)  successful 2  failed",
         "starttls-not-supported  mx.ee.test (127.0.0.1)",
         "ta.test  policy tlsa (mx.ta.test)  successful 1  failed 0",
         "wrong.test  policy tlsa (mx.wrong.test)  successful 0",
