@@ -94,6 +94,9 @@ impl World {
                 &format!("3 1 1 {}", "00".repeat(32)),
             ),
             mx_zone("plain.test", Signing::Insecure, port, ""),
+            // Only a PKIX-EE record: secure but unusable, so TLS is
+            // mandatory and unauthenticated (RFC 7672 section 2.2).
+            mx_zone("pkix.test", Signing::Secure, port, &format!("1 1 1 {spki_sha256}")),
             mx_zone("bogus.test", Signing::Bogus, port, &format!("3 1 1 {spki_sha256}")),
             // DANE and an enforced MTA-STS policy: the MX certificate's CA
             // is not one delivery trusts, so MTA-STS alone would refuse it.
@@ -176,11 +179,18 @@ impl World {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bounces_naming_it() -> Result<()> {
     let world = World::new().await?;
-    for domain in ["ee.test", "ee512.test", "ta.test", "plain.test", "both.test"] {
+    for domain in [
+        "ee.test",
+        "ee512.test",
+        "ta.test",
+        "plain.test",
+        "both.test",
+        "pkix.test",
+    ] {
         world.send(domain).await?;
     }
-    wait_until(WAIT, || world.mx.count() == 5).await?;
-    for domain in ["ee.test", "ee512.test", "ta.test", "both.test"] {
+    wait_until(WAIT, || world.mx.count() == 6).await?;
+    for domain in ["ee.test", "ee512.test", "ta.test", "both.test", "pkix.test"] {
         assert_eq!(world.delivered(domain), Some(true), "{domain}: delivered inside TLS");
     }
     // both.test's MTA-STS policy was fetched, and DANE went first (RFC
@@ -227,7 +237,7 @@ async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bo
             )
             .await?;
     }
-    wait_until(WAIT, || world.mx.count() == 6).await?;
+    wait_until(WAIT, || world.mx.count() == 7).await?;
     let relayed = world
         .mx
         .messages()
@@ -248,21 +258,21 @@ async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bo
     // A host with secure TLSA records that stops offering STARTTLS gets
     // nothing in clear.
     world.mx.behave(|b| b.tls = None);
-    world.send("ee.test").await?;
-    let clear = {
+    let port = world.mx.addr().port();
+    for domain in ["ee.test", "pkix.test"] {
+        world.send(domain).await?;
+        let wanted = format!("does not offer STARTTLS, which its DANE TLSA records (_{port}._tcp.mx.{domain}) require");
         let find = || {
             world
                 .bounces
                 .messages()
                 .iter()
                 .map(|m| m.text())
-                .find(|text| text.contains("does not offer STARTTLS"))
+                .find(|text| text.contains(&wanted))
         };
         wait_until(WAIT, || find().is_some()).await?;
-        find().context("no bounce")?
-    };
-    assert!(clear.contains("which its DANE TLSA records (_"), "{clear}");
-    assert_eq!(world.mx.count(), 6, "nothing was sent in clear");
+    }
+    assert_eq!(world.mx.count(), 7, "nothing was sent in clear");
 
     // TLS reporting counts these sessions under each domain's `tlsa`
     // policy, with the RFC 8460 failure types.
@@ -271,6 +281,7 @@ async fn matching_tlsa_records_deliver_over_tls_and_every_failure_defers_then_bo
         "ee.test  policy tlsa (mx.ee.test)  successful 2  failed",
         "starttls-not-supported  mx.ee.test (127.0.0.1)",
         "ta.test  policy tlsa (mx.ta.test)  successful 1  failed 0",
+        "pkix.test  policy tlsa (mx.pkix.test)  successful 1  failed",
         "wrong.test  policy tlsa (mx.wrong.test)  successful 0",
         "tlsa-invalid  mx.wrong.test (127.0.0.1)",
         "tlsa-invalid  mx.other.test (127.0.0.1)",
