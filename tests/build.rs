@@ -26,6 +26,7 @@ const RUST_PLUGINS: &[(&str, &str)] = &[
     ("WRONG_WORLD", "test_wrong_world"),
     ("PROBE", "test_probe"),
     ("LEGACY", "test_legacy"),
+    ("OUTBOUND", "test_outbound"),
 ];
 
 fn main() -> Result<(), String> {

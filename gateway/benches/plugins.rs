@@ -42,6 +42,7 @@ fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, pyth
         mode: mailgate::plugin::EntryMode::Live,
         path: path.to_owned(),
         stages: ALL_STAGES.to_vec(),
+        outbound: Vec::new(),
         settings: settings.to_owned(),
         memory_limit: if python { 256 << 20 } else { 64 << 20 },
         time_budget: Duration::from_secs(5),

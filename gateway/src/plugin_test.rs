@@ -216,6 +216,7 @@ pub async fn run(test: TestRun) -> ExitCode {
         mode: crate::plugin::EntryMode::Live,
         path: test.plugin.clone(),
         stages: vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data],
+        outbound: Vec::new(),
         settings,
         memory_limit: memory,
         time_budget: Duration::from_secs(5),

@@ -46,7 +46,7 @@
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin",
+        world: "outbound-plugin",
         pub_export_macro: true,
         default_bindings_module: "mailgate_plugin_sdk::bindings",
     });
@@ -60,6 +60,7 @@ pub mod kv;
 pub mod log;
 mod message;
 pub mod metrics;
+pub mod outbound;
 mod settings;
 mod transaction;
 mod types;
@@ -184,6 +185,32 @@ pub trait Plugin: Sized + 'static {
         let _ = (message, txn);
         Verdict::Continue
     }
+
+    /// Outbound (stage `deliver`): before an attempt to deliver to
+    /// `delivery`'s destination.
+    fn on_deliver(&self, delivery: &outbound::Delivery) -> outbound::DeliverVerdict {
+        let _ = delivery;
+        outbound::DeliverVerdict::Continue
+    }
+
+    /// Outbound (stage `defer`): the attempt failed for now.
+    fn on_defer(&self, delivery: &outbound::Delivery, failure: &outbound::Failure) -> outbound::DeferVerdict {
+        let _ = (delivery, failure);
+        outbound::DeferVerdict::Default
+    }
+
+    /// Outbound (stage `bounce`): a bounce is about to be written for the
+    /// recipients.
+    fn on_bounce(&self, delivery: &outbound::Delivery, failure: &outbound::Failure) -> outbound::BounceVerdict {
+        let _ = (delivery, failure);
+        outbound::BounceVerdict::Send
+    }
+
+    /// Outbound (stage `delivered`): the next hop accepted the recipients
+    /// with `reply`.
+    fn on_delivered(&self, delivery: &outbound::Delivery, reply: &str) {
+        let _ = (delivery, reply);
+    }
 }
 
 /// Exports a [`Plugin`] implementation as the component's hooks.
@@ -229,6 +256,30 @@ macro_rules! export_plugin {
         }
 
         #[cfg(target_arch = "wasm32")]
+        impl $crate::bindings::exports::mailgate::plugin::outbound::Guest for __MailgatePluginExport {
+            fn on_deliver(
+                delivery: $crate::__private::OutboundDelivery,
+            ) -> $crate::__private::DeliverVerdict {
+                $crate::__private::on_deliver::<$plugin>(delivery)
+            }
+            fn on_defer(
+                delivery: $crate::__private::OutboundDelivery,
+                failure: $crate::__private::OutboundFailure,
+            ) -> $crate::__private::DeferVerdict {
+                $crate::__private::on_defer::<$plugin>(delivery, failure)
+            }
+            fn on_bounce(
+                delivery: $crate::__private::OutboundDelivery,
+                failure: $crate::__private::OutboundFailure,
+            ) -> $crate::__private::BounceVerdict {
+                $crate::__private::on_bounce::<$plugin>(delivery, failure)
+            }
+            fn on_delivered(delivery: $crate::__private::OutboundDelivery, reply: ::std::string::String) {
+                $crate::__private::on_delivered::<$plugin>(delivery, reply)
+            }
+        }
+
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::export!(__MailgatePluginExport with_types_in $crate::bindings);
 
         // Off WebAssembly nothing is exported; referencing the hooks keeps
@@ -241,6 +292,10 @@ macro_rules! export_plugin {
             let _ = <$plugin as $crate::Plugin>::on_mail_from;
             let _ = <$plugin as $crate::Plugin>::on_rcpt_to;
             let _ = <$plugin as $crate::Plugin>::on_data;
+            let _ = <$plugin as $crate::Plugin>::on_deliver;
+            let _ = <$plugin as $crate::Plugin>::on_defer;
+            let _ = <$plugin as $crate::Plugin>::on_bounce;
+            let _ = <$plugin as $crate::Plugin>::on_delivered;
         };
     };
 }
@@ -251,6 +306,9 @@ pub mod __private {
     use std::any::Any;
     use std::cell::RefCell;
 
+    pub use crate::bindings::exports::mailgate::plugin::outbound::{
+        BounceVerdict, DeferVerdict, DeliverVerdict, Delivery as OutboundDelivery, Failure as OutboundFailure,
+    };
     pub use crate::bindings::mailgate::plugin::types::{Context, MailParameters, Message, Outcome, RcptParameters};
     use crate::{Plugin, Settings, Transaction, Verdict};
 
@@ -304,5 +362,36 @@ pub mod __private {
     pub fn on_data<P: Plugin>(ctx: Context, message: &Message) -> Outcome {
         let message = crate::Message::new(message);
         run::<P>(ctx, |p, txn| p.on_data(&message, txn))
+    }
+
+    /// The plugin value, or `None` before `init`.
+    fn with<P: Plugin, T>(f: impl FnOnce(&P) -> T) -> Option<T> {
+        INSTANCE.with(|cell| cell.borrow().as_ref().and_then(|any| any.downcast_ref::<P>()).map(f))
+    }
+
+    pub fn on_deliver<P: Plugin>(delivery: OutboundDelivery) -> DeliverVerdict {
+        let delivery = delivery.into();
+        with::<P, _>(|p| p.on_deliver(&delivery))
+            .unwrap_or(crate::outbound::DeliverVerdict::Continue)
+            .into()
+    }
+
+    pub fn on_defer<P: Plugin>(delivery: OutboundDelivery, failure: OutboundFailure) -> DeferVerdict {
+        let (delivery, failure) = (delivery.into(), failure.into());
+        with::<P, _>(|p| p.on_defer(&delivery, &failure))
+            .unwrap_or(crate::outbound::DeferVerdict::Default)
+            .into()
+    }
+
+    pub fn on_bounce<P: Plugin>(delivery: OutboundDelivery, failure: OutboundFailure) -> BounceVerdict {
+        let (delivery, failure) = (delivery.into(), failure.into());
+        with::<P, _>(|p| p.on_bounce(&delivery, &failure))
+            .unwrap_or(crate::outbound::BounceVerdict::Send)
+            .into()
+    }
+
+    pub fn on_delivered<P: Plugin>(delivery: OutboundDelivery, reply: String) {
+        let delivery = delivery.into();
+        with::<P, _>(|p| p.on_delivered(&delivery, &reply));
     }
 }

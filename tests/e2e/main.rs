@@ -25,6 +25,7 @@ mod milters;
 mod mta_sts;
 mod mx;
 mod operations;
+mod outbound;
 mod plugins;
 mod quarantine;
 mod queue;

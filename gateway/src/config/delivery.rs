@@ -75,6 +75,7 @@ impl Checker<'_> {
             quarantine_max_age: d.quarantine_max_age.0,
             mta_sts: mta_sts.map(|(mta_sts, _)| mta_sts),
             dane,
+            chain: None,
             tls_reports,
         }
     }

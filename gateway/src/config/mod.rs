@@ -156,6 +156,9 @@ impl Config {
                     path: path.to_owned(),
                     problems: errors.into_iter().map(|(i, e)| located(i, e)).collect(),
                 })?;
+            if config.plugins.iter().any(|p| !p.outbound.is_empty()) {
+                config.delivery.chain = Some(Arc::clone(&chain));
+            }
             config.server.chain = Some(chain);
         }
         Ok(config)

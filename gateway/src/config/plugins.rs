@@ -12,7 +12,7 @@ use super::raw::{RawConfig, RawKind, RawPlugin, RawStage};
 use super::{Checker, Problem};
 use crate::delivery::tls::TlsConfigs;
 use crate::milter::{MilterAddress, MilterSettings};
-use crate::plugin::{Capability, EntryKind, HttpPolicy, PluginConfig};
+use crate::plugin::{Capability, EntryKind, HttpPolicy, OutboundStage, PluginConfig};
 use crate::smtp::session::Stage;
 
 impl Checker<'_> {
@@ -93,7 +93,7 @@ impl Checker<'_> {
                         if stages.get_ref().is_empty() {
                             self.problem(stages, "a plugin needs at least one stage");
                         }
-                        stages.get_ref().iter().map(|&s| stage(s)).collect()
+                        stages.get_ref().iter().filter_map(|&s| stage(s).ok()).collect()
                     }
                     (EntryKind::Wasm, None) => {
                         self.problem(spanned, "a wasm plugin needs `stages`");
@@ -106,6 +106,10 @@ impl Checker<'_> {
                     (EntryKind::Milter(_), None) => {
                         vec![Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data]
                     }
+                };
+                let outbound: Vec<OutboundStage> = match (&kind, &p.stages) {
+                    (EntryKind::Wasm, Some(stages)) => stages.get_ref().iter().filter_map(|&s| stage(s).err()).collect(),
+                    _ => Vec::new(),
                 };
                 let memory = *p.memory_limit_bytes.get_ref();
                 if !(1 << 20..=4 << 30).contains(&memory) {
@@ -135,6 +139,7 @@ impl Checker<'_> {
                     kind,
                     mode: p.mode,
                     stages,
+                    outbound,
                     settings,
                     memory_limit: memory,
                     time_budget: p.time_budget.0.max(Duration::from_millis(1)),
@@ -228,12 +233,17 @@ fn valid_plugin_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn stage(raw: RawStage) -> Stage {
+/// An SMTP stage, or an outbound one.
+fn stage(raw: RawStage) -> Result<Stage, OutboundStage> {
     match raw {
-        RawStage::Connect => Stage::Connect,
-        RawStage::Helo => Stage::Helo,
-        RawStage::Mail => Stage::Mail,
-        RawStage::Rcpt => Stage::Rcpt,
-        RawStage::Data => Stage::Data,
+        RawStage::Connect => Ok(Stage::Connect),
+        RawStage::Helo => Ok(Stage::Helo),
+        RawStage::Mail => Ok(Stage::Mail),
+        RawStage::Rcpt => Ok(Stage::Rcpt),
+        RawStage::Data => Ok(Stage::Data),
+        RawStage::Deliver => Err(OutboundStage::Deliver),
+        RawStage::Defer => Err(OutboundStage::Defer),
+        RawStage::Bounce => Err(OutboundStage::Bounce),
+        RawStage::Delivered => Err(OutboundStage::Delivered),
     }
 }

@@ -624,6 +624,14 @@ pub enum RawStage {
     Rcpt,
     /// `"data"`
     Data,
+    /// `"deliver"` (outbound)
+    Deliver,
+    /// `"defer"` (outbound)
+    Defer,
+    /// `"bounce"` (outbound)
+    Bounce,
+    /// `"delivered"` (outbound)
+    Delivered,
 }
 
 fn default_kind() -> Spanned<RawKind> {

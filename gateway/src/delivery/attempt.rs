@@ -13,6 +13,7 @@ use super::connect;
 use super::error::{DeliveryError, Failure, Handoff, Outcome};
 use super::maildir::MaildirDrop;
 use super::notify;
+use super::outbound;
 use super::pool::ConnectionPool;
 use super::route::{Destination, NextHop};
 use super::tls::SmtpPolicy;
@@ -54,8 +55,14 @@ pub async fn attempt(
     let mut failures: Vec<(usize, Failure)> = Vec::new();
     let mut delivered: Vec<(usize, Handoff)> = Vec::new();
     let group_count = groups.len();
+    // A retry time a plugin chose (the earliest, when several did).
+    let mut retry_at: Option<SystemTime> = None;
     for (n, (hop, indices)) in groups.into_iter().enumerate() {
-        let outcomes = deliver_group(spool, settings, pool, &message, hop.as_ref(), &indices).await;
+        let (hop, outcomes, retry) = with_plugins(spool, settings, pool, &mut message, hop, &indices).await;
+        retry_at = match (retry_at, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let relay = hop.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
         for (index, outcome) in indices.into_iter().zip(outcomes) {
             if let Outcome::Delivered(handoff) = outcome {
@@ -74,6 +81,7 @@ pub async fn attempt(
         }
     }
     expire_if_too_old(settings, &mut message, &mut failures);
+    outbound::before_bounce(settings, &mut message, &mut failures).await;
     let mut notices = Vec::new();
     match notify::failures(spool, settings, &message, &failures).await {
         Ok(bounce) => notices.extend(bounce),
@@ -93,7 +101,10 @@ pub async fn attempt(
         }
         Next::Done
     } else {
-        let wait = settings.retry.delay(message.state.attempts);
+        let wait = match retry_at {
+            Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+            None => settings.retry.delay(message.state.attempts),
+        };
         message.state.next_attempt = Some(SystemTime::now() + wait);
         if let Err(e) = spool.save_state(&message.id, &message.state).await {
             error!(queue_id = %message.id, error = %e, "cannot save delivery state");
@@ -153,6 +164,46 @@ fn group_by_hop(settings: &DeliverySettings, message: &StoredMessage) -> Vec<(Op
         }
     }
     groups
+}
+
+/// One destination's attempt with the outbound plugins: `on-deliver`
+/// first (which may reroute, hold, defer or bounce it), then the delivery,
+/// `on-defer` for its temporary failures (which may retry them elsewhere
+/// now), and `on-delivered`. The hop used, the outcomes, and a retry time a
+/// plugin chose.
+async fn with_plugins(
+    spool: &Spool,
+    settings: &DeliverySettings,
+    pool: &ConnectionPool,
+    message: &mut StoredMessage,
+    hop: Option<NextHop>,
+    indices: &[usize],
+) -> (Option<NextHop>, Vec<Outcome>, Option<SystemTime>) {
+    let planned = hop.clone();
+    let hop = match outbound::before(settings, message, hop, indices).await {
+        outbound::Before::Attempt(hop) => hop,
+        outbound::Before::Decided(outcome, retry) => return (planned, vec![outcome; indices.len()], retry),
+    };
+    let mut outcomes = deliver_group(spool, settings, pool, message, hop.as_ref(), indices).await;
+    let retry = match outbound::after_defer(settings, message, hop.as_ref(), indices, &mut outcomes).await {
+        outbound::AfterDefer::Retry(at) => at,
+        outbound::AfterDefer::Reroute(other) => {
+            let again: Vec<usize> = (0..outcomes.len())
+                .filter(|&n| matches!(outcomes[n], Outcome::Deferred(_)))
+                .collect();
+            let targets: Vec<usize> = again.iter().filter_map(|&n| indices.get(n).copied()).collect();
+            let second = deliver_group(spool, settings, pool, message, other.as_ref(), &targets).await;
+            outbound::delivered(settings, message, other.as_ref(), &targets, &second).await;
+            for (n, outcome) in again.into_iter().zip(second) {
+                if let Some(slot) = outcomes.get_mut(n) {
+                    *slot = outcome;
+                }
+            }
+            None
+        }
+    };
+    outbound::delivered(settings, message, hop.as_ref(), indices, &outcomes).await;
+    (hop, outcomes, retry)
 }
 
 async fn deliver_group(

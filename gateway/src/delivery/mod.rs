@@ -13,6 +13,7 @@ mod extensions;
 mod maildir;
 pub mod mta_sts;
 mod notify;
+mod outbound;
 mod pool;
 pub mod route;
 mod runner;
@@ -56,6 +57,8 @@ pub struct DeliverySettings {
     pub mta_sts: Option<std::sync::Arc<mta_sts::MtaSts>>,
     /// DANE's validating resolver (`[dns] dnssec = true`).
     pub dane: Option<std::sync::Arc<dane::Dane>>,
+    /// The plugin chain, when some plugin runs at an outbound stage.
+    pub chain: Option<std::sync::Arc<crate::plugin::Chain>>,
     /// TLS reporting (RFC 8460) of delivery over MX.
     pub tls_reports: Option<std::sync::Arc<tls_rpt::TlsReports>>,
 }

@@ -279,6 +279,11 @@ impl Runner {
         let pending = self.busy.remove(&result.message.id).flatten();
         if let Next::RetryAt(due) = result.next {
             match pending {
+                // A plugin held it at `on-deliver`.
+                None if result.message.state.held.is_some() => {
+                    info!(queue_id = %result.message.id, action = "hold", "message held by a plugin");
+                    self.held.push(result.message);
+                }
                 None => self.schedule(due, result.message),
                 Some(action) => self.apply(action, result.message).await,
             }

@@ -125,6 +125,22 @@ impl Chain {
         self.plugins.iter().any(|p| p.config().runs(stage, listener))
     }
 
+    /// The route names plugins may route to.
+    pub(super) fn route_names(&self) -> &HashSet<String> {
+        &self.routes
+    }
+
+    /// The wasm plugins that run at the outbound `stage`, in order.
+    pub(super) fn outbound_plugins(
+        &self,
+        stage: super::outbound::OutboundStage,
+    ) -> impl Iterator<Item = &LoadedPlugin> {
+        self.plugins.iter().filter_map(move |entry| match entry {
+            Entry::Wasm(plugin) if plugin.config.outbound.contains(&stage) => Some(&**plugin),
+            _ => None,
+        })
+    }
+
     /// The plugins' names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.plugins.iter().map(|p| &*p.config().name)

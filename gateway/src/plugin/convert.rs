@@ -275,7 +275,7 @@ fn reverse_path(text: &str) -> Result<ReversePath, String> {
     }
 }
 
-fn next_hop(hop: wit::NextHop, routes: &HashSet<String>) -> Result<RouteOverride, String> {
+pub(super) fn next_hop(hop: wit::NextHop, routes: &HashSet<String>) -> Result<RouteOverride, String> {
     match hop {
         wit::NextHop::Route(name) if routes.contains(&name) => Ok(RouteOverride::Named(name)),
         wit::NextHop::Route(name) => Err(format!("no route named {name:?} in the configuration")),

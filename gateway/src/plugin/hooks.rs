@@ -110,11 +110,19 @@ impl Pre {
     /// The export that names a plugin built against 0.1.0.
     pub const HOOKS_0_1: &'static str = "mailgate:plugin/hooks@0.1.0";
 
-    /// Instantiates into `store`.
-    pub async fn instantiate(&self, store: &mut Store<State>) -> Result<Instance, wasmtime::Error> {
+    /// Instantiates into `store`; with the component instance itself for
+    /// the current version (its `outbound` export is called dynamically,
+    /// since not every plugin has it).
+    pub async fn instantiate(
+        &self,
+        store: &mut Store<State>,
+    ) -> Result<(Instance, Option<wasmtime::component::Instance>), wasmtime::Error> {
         Ok(match self {
-            Self::Current(pre) => Instance::Current(pre.instantiate_async(store).await?),
-            Self::V0_1(pre) => Instance::V0_1(pre.instantiate_async(store).await?),
+            Self::Current(pre) => {
+                let raw = pre.instance_pre().instantiate_async(&mut *store).await?;
+                (Instance::Current(Plugin::new(&mut *store, &raw)?), Some(raw))
+            }
+            Self::V0_1(pre) => (Instance::V0_1(pre.instantiate_async(store).await?), None),
         })
     }
 }

@@ -130,6 +130,9 @@ pub struct PluginConfig {
     pub path: PathBuf,
     /// The stages it runs at.
     pub stages: Vec<Stage>,
+    /// The outbound stages it runs at (wasm plugins of the current
+    /// version that export `outbound`).
+    pub outbound: Vec<super::outbound::OutboundStage>,
     /// Its settings table as JSON, handed to `init`.
     pub settings: String,
     /// Linear memory cap, in bytes.
@@ -163,6 +166,9 @@ pub struct Live {
     pub store: Store<State>,
     /// The instance's exports.
     pub plugin: Instance,
+    /// The component instance (current version only), for the optional
+    /// `outbound` export.
+    pub raw: Option<wasmtime::component::Instance>,
 }
 
 /// A compiled, checked plugin ready to instantiate.
@@ -229,6 +235,20 @@ impl LoadedPlugin {
             .component_type()
             .exports(&runtime.engine)
             .any(|(name, _)| name == Pre::HOOKS_0_1);
+        if !config.outbound.is_empty() {
+            let exported = component
+                .component_type()
+                .exports(&runtime.engine)
+                .any(|(name, _)| name == super::outbound::INTERFACE);
+            if legacy || !exported {
+                let stages: Vec<&str> = config.outbound.iter().map(|s| s.name()).collect();
+                return Err(mismatch(wasmtime::format_err!(
+                    "it is configured for the outbound stages {} but does not export {} (build it for the world `outbound-plugin`)",
+                    stages.join(", "),
+                    super::outbound::INTERFACE
+                )));
+            }
+        }
         let pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = if legacy {
             Pre::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?)
@@ -277,8 +297,8 @@ impl LoadedPlugin {
         });
         let budget = self.config.time_budget;
         arm(&mut store, budget);
-        let plugin = match self.pre.instantiate(&mut store).await {
-            Ok(plugin) => plugin,
+        let (plugin, raw) = match self.pre.instantiate(&mut store).await {
+            Ok(instantiated) => instantiated,
             Err(e) => {
                 return Err(match classify(&e, store.data(), budget) {
                     Fault::Trap(_) if e.downcast_ref::<Trap>().is_none() => Fault::Instantiate(format!("{e:#}")),
@@ -288,7 +308,7 @@ impl LoadedPlugin {
         };
         arm(&mut store, budget);
         match plugin.init(&mut store, &self.config.settings).await {
-            Ok(Ok(())) => Ok(Live { store, plugin }),
+            Ok(Ok(())) => Ok(Live { store, plugin, raw }),
             Ok(Err(message)) => Err(Fault::Init(message)),
             Err(e) => Err(classify(&e, store.data(), budget)),
         }

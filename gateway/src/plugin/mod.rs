@@ -17,6 +17,7 @@ mod http;
 mod imports;
 mod load;
 mod message;
+mod outbound;
 mod outcome;
 mod output;
 mod state;
@@ -37,4 +38,7 @@ pub use host::{
 pub use http::{HttpClient, HttpPolicy, HttpService, NoHttp, ReplayHttp};
 pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig, sha256_hex};
 pub use message::ParsedMessage;
+pub use outbound::{
+    Answer, BounceDecision, DeferDecision, DeliverDecision, DeliveryFacts, FailureFacts, OutboundStage,
+};
 pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

@@ -29,6 +29,7 @@ pub const WIT: &[(&str, &str)] = &[
     ("metrics.wit", include_str!("../../../../wit/metrics.wit")),
     ("dkim.wit", include_str!("../../../../wit/dkim.wit")),
     ("http.wit", include_str!("../../../../wit/http.wit")),
+    ("outbound.wit", include_str!("../../../../wit/outbound.wit")),
 ];
 
 /// The Rust SDK's sources, for a Rust project's `mailgate-plugin-sdk/`.
@@ -42,6 +43,7 @@ const SDK: &[(&str, &str)] = &[
     ("log.rs", include_str!("../../../../plugin-sdk/src/log.rs")),
     ("message.rs", include_str!("../../../../plugin-sdk/src/message.rs")),
     ("metrics.rs", include_str!("../../../../plugin-sdk/src/metrics.rs")),
+    ("outbound.rs", include_str!("../../../../plugin-sdk/src/outbound.rs")),
     ("settings.rs", include_str!("../../../../plugin-sdk/src/settings.rs")),
     (
         "transaction.rs",

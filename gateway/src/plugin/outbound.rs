@@ -1,0 +1,375 @@
+//! The outbound stages (`wit/outbound.wit`): the delivery engine asks the
+//! plugins configured for `deliver`, `defer`, `bounce` and `delivered`,
+//! in chain order, with a fresh instance per call (an outbound call is not
+//! part of an SMTP transaction), under the plugin's time budget and memory
+//! limit. The `outbound` export is optional in the world, so it is called
+//! through wasmtime's dynamic component values rather than bindings.
+//!
+//! The first plugin that does not `continue` (or `default`, `send`)
+//! decides; `on-delivered` goes to every plugin. A fault (a trap, a
+//! timeout, an illegal value) is counted and logged, and with `on_error =
+//! "continue"` (or a shadow entry) delivery goes on as if the plugin were
+//! absent; with `tempfail` or `reject` the attempt is deferred, so a fault
+//! never loses or bounces a message.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, info, warn};
+use wasmtime::component::Val;
+
+use super::chain::Chain;
+use super::error::Fault;
+use super::load::{EntryMode, LoadedPlugin, OnError, arm, classify};
+use crate::delivery::tls::TlsMode;
+use crate::queue::RouteOverride;
+
+/// The exported interface.
+pub const INTERFACE: &str = "mailgate:plugin/outbound@0.2.0";
+
+/// An outbound stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutboundStage {
+    /// Before an attempt.
+    Deliver,
+    /// After a temporary failure.
+    Defer,
+    /// Before a bounce.
+    Bounce,
+    /// After a delivery.
+    Delivered,
+}
+
+impl OutboundStage {
+    /// The name in `stages` and in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Deliver => "deliver",
+            Self::Defer => "defer",
+            Self::Bounce => "bounce",
+            Self::Delivered => "delivered",
+        }
+    }
+
+    fn function(self) -> &'static str {
+        match self {
+            Self::Deliver => "on-deliver",
+            Self::Defer => "on-defer",
+            Self::Bounce => "on-bounce",
+            Self::Delivered => "on-delivered",
+        }
+    }
+}
+
+/// One message's delivery to one destination, as plugins see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryFacts {
+    /// The queue id.
+    pub queue_id: String,
+    /// The reverse-path ("" for the null path).
+    pub reverse_path: String,
+    /// The recipients going there.
+    pub recipients: Vec<String>,
+    /// "mx:DOMAIN", "smarthost:HOST:PORT", "maildir:PATH" or "none".
+    pub destination: String,
+    /// The named route, if any.
+    pub route: Option<String>,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// Seconds since it was received.
+    pub age_seconds: u64,
+    /// Its size.
+    pub size: u64,
+}
+
+/// Why an attempt failed, as plugins see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailureFacts {
+    /// The reply code.
+    pub code: Option<u16>,
+    /// The enhanced status code.
+    pub enhanced: Option<String>,
+    /// The reply text or the error.
+    pub text: String,
+    /// Permanent.
+    pub permanent: bool,
+}
+
+/// What `on-deliver` decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliverDecision {
+    /// As planned.
+    Continue,
+    /// Another next hop for this attempt.
+    Reroute(RouteOverride),
+    /// Another TLS policy for this attempt.
+    Tls(TlsMode),
+    /// On hold, with the reason.
+    Hold(String),
+    /// Not before this time.
+    DeferUntil(SystemTime),
+    /// Fail now, with the reason.
+    Bounce(String),
+}
+
+/// What `on-defer` decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeferDecision {
+    /// The engine's schedule.
+    Default,
+    /// Retry at this time.
+    RetryAt(SystemTime),
+    /// Retry now there, and later too.
+    Reroute(RouteOverride),
+    /// Fail now, with the reason.
+    Bounce(String),
+}
+
+/// What `on-bounce` decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BounceDecision {
+    /// Send the bounce.
+    Send,
+    /// Send none.
+    Suppress,
+    /// Send it with this explanation.
+    Explain(String),
+    /// Keep the recipients queued.
+    Retry,
+}
+
+/// The answer of a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer<D> {
+    /// No plugin decided anything: as the engine planned.
+    Neutral,
+    /// The plugin named decided.
+    Decided(D, String),
+    /// A plugin faulted and its `on_error` asks to try later.
+    Fault(String),
+}
+
+impl Chain {
+    /// `on-deliver` for `delivery`.
+    pub async fn on_deliver(&self, delivery: &DeliveryFacts) -> Answer<DeliverDecision> {
+        let args = vec![delivery_val(delivery)];
+        self.decide(OutboundStage::Deliver, args, |val| deliver_decision(val, self))
+            .await
+    }
+
+    /// `on-defer` for `delivery`, which failed with `failure`.
+    pub async fn on_defer(&self, delivery: &DeliveryFacts, failure: &FailureFacts) -> Answer<DeferDecision> {
+        let args = vec![delivery_val(delivery), failure_val(failure)];
+        self.decide(OutboundStage::Defer, args, |val| defer_decision(val, self))
+            .await
+    }
+
+    /// `on-bounce` for `delivery`, which failed with `failure`.
+    pub async fn on_bounce(&self, delivery: &DeliveryFacts, failure: &FailureFacts) -> Answer<BounceDecision> {
+        let args = vec![delivery_val(delivery), failure_val(failure)];
+        self.decide(OutboundStage::Bounce, args, bounce_decision).await
+    }
+
+    /// `on-delivered` for `delivery`, accepted with `reply`.
+    pub async fn on_delivered(&self, delivery: &DeliveryFacts, reply: &str) {
+        let args = vec![delivery_val(delivery), Val::String(reply.to_owned())];
+        for plugin in self.outbound_plugins(OutboundStage::Delivered) {
+            let _ = call(plugin, OutboundStage::Delivered, args.clone(), 0).await;
+        }
+    }
+
+    /// Whether some plugin runs at `stage`.
+    pub fn runs_outbound(&self, stage: OutboundStage) -> bool {
+        self.outbound_plugins(stage).next().is_some()
+    }
+
+    async fn decide<D: std::fmt::Debug>(
+        &self,
+        stage: OutboundStage,
+        args: Vec<Val>,
+        read: impl Fn(Val) -> Result<Option<D>, String>,
+    ) -> Answer<D> {
+        for plugin in self.outbound_plugins(stage) {
+            let name = plugin.config.name.to_string();
+            let shadow = plugin.config.mode == EntryMode::Shadow;
+            let decided = match call(plugin, stage, args.clone(), 1).await {
+                Ok(Some(val)) => read(val).map_err(Fault::Illegal),
+                Ok(None) => Err(Fault::Illegal(format!("{} returned nothing", stage.function()))),
+                Err(fault) => Err(fault),
+            };
+            let verdict = match &decided {
+                Ok(Some(_)) => "decided",
+                Ok(None) => "continue",
+                Err(_) => "fault",
+            };
+            plugin.metrics.call(stage.name(), verdict, 0.0);
+            match decided {
+                Ok(Some(decision)) if shadow => {
+                    info!(plugin = name, stage = stage.name(), decision = ?decision, "shadow outbound decision (not applied)");
+                }
+                Ok(Some(decision)) => {
+                    info!(plugin = name, stage = stage.name(), decision = ?decision, "outbound plugin decision");
+                    return Answer::Decided(decision, name);
+                }
+                Ok(None) => {}
+                Err(fault) => {
+                    plugin.metrics.fault(fault.kind());
+                    let defer = !shadow && plugin.config.on_error != OnError::Continue;
+                    warn!(
+                        plugin = name,
+                        stage = stage.name(),
+                        kind = fault.kind(),
+                        error = %fault,
+                        deferred = defer,
+                        "plugin fault at an outbound stage; going on as if the plugin were absent"
+                    );
+                    if defer {
+                        return Answer::Fault(format!("plugin {name} faulted at {}: {fault}", stage.name()));
+                    }
+                }
+            }
+        }
+        Answer::Neutral
+    }
+}
+
+/// Calls `stage`'s function on a fresh instance of `plugin`; `results`
+/// values are expected back.
+async fn call(
+    plugin: &LoadedPlugin,
+    stage: OutboundStage,
+    args: Vec<Val>,
+    results: usize,
+) -> Result<Option<Val>, Fault> {
+    let mut live = plugin.instance().await?;
+    let raw = live
+        .raw
+        .ok_or_else(|| Fault::Illegal(format!("no {INTERFACE} export")))?;
+    let interface = raw
+        .get_export_index(&mut live.store, None, INTERFACE)
+        .ok_or_else(|| Fault::Illegal(format!("no {INTERFACE} export")))?;
+    let index = raw
+        .get_export_index(&mut live.store, Some(&interface), stage.function())
+        .ok_or_else(|| Fault::Illegal(format!("no {} in {INTERFACE}", stage.function())))?;
+    let func = raw
+        .get_func(&mut live.store, index)
+        .ok_or_else(|| Fault::Illegal(format!("{} is not a function", stage.function())))?;
+    let budget = plugin.config.time_budget;
+    arm(&mut live.store, budget);
+    let mut out = vec![Val::Bool(false); results];
+    let started = std::time::Instant::now();
+    let result = func.call_async(&mut live.store, &args, &mut out).await;
+    debug!(plugin = %plugin.config.name, stage = stage.name(), elapsed = ?started.elapsed(), "outbound hook");
+    match result {
+        Ok(()) => Ok(out.into_iter().next()),
+        Err(e) => Err(classify(&e, live.store.data(), budget)),
+    }
+}
+
+fn delivery_val(d: &DeliveryFacts) -> Val {
+    Val::Record(vec![
+        ("queue-id".into(), Val::String(d.queue_id.clone())),
+        ("reverse-path".into(), Val::String(d.reverse_path.clone())),
+        (
+            "recipients".into(),
+            Val::List(d.recipients.iter().cloned().map(Val::String).collect()),
+        ),
+        ("destination".into(), Val::String(d.destination.clone())),
+        (
+            "route".into(),
+            Val::Option(d.route.clone().map(|r| Box::new(Val::String(r)))),
+        ),
+        ("attempt".into(), Val::U32(d.attempt)),
+        ("age-seconds".into(), Val::U64(d.age_seconds)),
+        ("size".into(), Val::U64(d.size)),
+    ])
+}
+
+fn failure_val(f: &FailureFacts) -> Val {
+    Val::Record(vec![
+        ("code".into(), Val::Option(f.code.map(|c| Box::new(Val::U16(c))))),
+        (
+            "enhanced".into(),
+            Val::Option(f.enhanced.clone().map(|e| Box::new(Val::String(e)))),
+        ),
+        ("text".into(), Val::String(f.text.clone())),
+        ("permanent".into(), Val::Bool(f.permanent)),
+    ])
+}
+
+fn case(val: Val) -> Result<(String, Option<Val>), String> {
+    match val {
+        Val::Variant(name, payload) => Ok((name, payload.map(|b| *b))),
+        other => Err(format!("expected a variant, got {other:?}")),
+    }
+}
+
+fn string(payload: Option<Val>) -> Result<String, String> {
+    match payload {
+        Some(Val::String(s)) => Ok(s),
+        other => Err(format!("expected a string, got {other:?}")),
+    }
+}
+
+fn time(payload: Option<Val>) -> Result<SystemTime, String> {
+    match payload {
+        Some(Val::U64(secs)) => Ok(UNIX_EPOCH + Duration::from_secs(secs)),
+        other => Err(format!("expected seconds, got {other:?}")),
+    }
+}
+
+fn next_hop(payload: Option<Val>, chain: &Chain) -> Result<RouteOverride, String> {
+    let (kind, value) = case(payload.ok_or("expected a next-hop")?)?;
+    let value = string(value)?;
+    let hop = match kind.as_str() {
+        "route" => super::bindings::mailgate::plugin::types::NextHop::Route(value),
+        "smarthost" => super::bindings::mailgate::plugin::types::NextHop::Smarthost(value),
+        other => return Err(format!("unknown next-hop {other:?}")),
+    };
+    super::convert::next_hop(hop, chain.route_names())
+}
+
+fn deliver_decision(val: Val, chain: &Chain) -> Result<Option<DeliverDecision>, String> {
+    let (name, payload) = case(val)?;
+    Ok(Some(match name.as_str() {
+        "continue" => return Ok(None),
+        "reroute" => DeliverDecision::Reroute(next_hop(payload, chain)?),
+        "tls" => DeliverDecision::Tls(match payload {
+            Some(Val::Enum(policy)) => match policy.as_str() {
+                "auto" => TlsMode::Auto,
+                "dane" => TlsMode::Dane,
+                "mta-sts" => TlsMode::MtaSts,
+                "opportunistic" => TlsMode::Opportunistic,
+                "require" => TlsMode::Require,
+                "disabled" => TlsMode::Disabled,
+                other => return Err(format!("unknown tls-policy {other:?}")),
+            },
+            other => return Err(format!("expected a tls-policy, got {other:?}")),
+        }),
+        "hold" => DeliverDecision::Hold(string(payload)?),
+        "defer-until" => DeliverDecision::DeferUntil(time(payload)?),
+        "bounce" => DeliverDecision::Bounce(string(payload)?),
+        other => return Err(format!("unknown deliver-verdict {other:?}")),
+    }))
+}
+
+fn defer_decision(val: Val, chain: &Chain) -> Result<Option<DeferDecision>, String> {
+    let (name, payload) = case(val)?;
+    Ok(Some(match name.as_str() {
+        "default" => return Ok(None),
+        "retry-at" => DeferDecision::RetryAt(time(payload)?),
+        "reroute" => DeferDecision::Reroute(next_hop(payload, chain)?),
+        "bounce" => DeferDecision::Bounce(string(payload)?),
+        other => return Err(format!("unknown defer-verdict {other:?}")),
+    }))
+}
+
+fn bounce_decision(val: Val) -> Result<Option<BounceDecision>, String> {
+    let (name, payload) = case(val)?;
+    Ok(Some(match name.as_str() {
+        "send" => return Ok(None),
+        "suppress" => BounceDecision::Suppress,
+        "explain" => BounceDecision::Explain(string(payload)?),
+        "retry" => BounceDecision::Retry,
+        other => return Err(format!("unknown bounce-verdict {other:?}")),
+    }))
+}

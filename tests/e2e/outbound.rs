@@ -1,0 +1,186 @@
+//! The outbound plugin stages end to end, with the real delivery engine
+//! and real downstream SMTP servers that defer, refuse and accept on cue:
+//! a plugin that reroutes on `defer` gets the mail to the other server;
+//! `deliver` holds and bounces; `bounce` suppresses one bounce and lets
+//! another go; `delivered` hears of each delivery; a plugin that crashes
+//! at an outbound stage loses nothing.
+
+use anyhow::{Context, Result};
+use mailgate_tests::plugins::OUTBOUND as SCRIPTED;
+use mailgate_tests::{GatewayProcess, Setup, SinkServer, SmtpClient, wait_until};
+
+use crate::{WAIT, binary, mailgate_cli};
+
+fn plugin(name: &str, stages: &str, settings: &str) -> String {
+    format!("name = \"{name}\"\npath = \"{SCRIPTED}\"\nstages = [{stages}]\ncapabilities = [\"log\"]\n{settings}")
+}
+
+async fn send(gw: &GatewayProcess, to: &str) -> Result<()> {
+    let content = format!("From: sender@back.test\r\nTo: {to}\r\nSubject: out\r\n\r\nhello\r\n");
+    SmtpClient::deliver(gw.addr, "sender@back.test", &[to], content.as_bytes()).await
+}
+
+async fn log_line(gw: &GatewayProcess, needle: &str) -> Result<String> {
+    let find = || gw.log().into_iter().find(|l| l.contains(needle));
+    wait_until(WAIT, || find().is_some())
+        .await
+        .with_context(|| format!("no log line with {needle:?}"))?;
+    find().context("gone")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_reroutes_on_defer_and_hears_of_the_delivery_at_the_other_server() -> Result<()> {
+    let busy = SinkServer::start().await?;
+    busy.behave(|b| b.mail_reply = Some("451 4.7.28 rate limited, try later".into()));
+    let backup = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new()
+        .hourly_retries()
+        .route_all_to(busy.addr())
+        .named_route("backup", backup.addr())
+        .plugin(&plugin(
+            "rerouter",
+            "\"defer\", \"delivered\"",
+            "[plugin.settings.defer]\nverdict = \"reroute\"\nroute = \"backup\"\n[plugin.settings.delivered]\n",
+        ))
+        .write(dir.path())?;
+    let gw = GatewayProcess::start(&binary(), &config).await?;
+    send(&gw, "rcpt@dest.test").await?;
+    wait_until(WAIT, || backup.count() == 1).await?;
+    assert_eq!(busy.count(), 0, "the busy server accepted nothing");
+    let defer = log_line(&gw, "defer of rcpt@dest.test after").await?;
+    assert!(defer.contains("4.7.28 rate limited"), "{defer}");
+    let delivered = log_line(&gw, "delivered ").await?;
+    assert!(
+        delivered.contains(&format!(
+            "to rcpt@dest.test via smarthost:127.0.0.1:{} (attempt 1)",
+            backup.addr().port()
+        )),
+        "{delivered}"
+    );
+    log_line(&gw, "rerouted after a deferral; trying again now").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliver_holds_and_bounces_and_bounce_suppresses_or_explains() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| {
+        b.rcpt_replies
+            .insert("gone@dest.test".into(), "550 5.1.1 no such user".into());
+        b.rcpt_replies
+            .insert("moved@dest.test".into(), "550 5.1.1 no such user".into());
+    });
+    let back = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let setup = Setup::new()
+        .admin()?
+        .hourly_retries()
+        .route_to("\"back.test\"", back.addr())
+        .route_all_to(dest.addr())
+        .plugin(&plugin(
+            "holder",
+            "\"deliver\"",
+            "[plugin.settings.deliver]\nwhen = \"review\"\nverdict = \"hold\"\ntext = \"needs a look\"\n",
+        ))
+        .plugin(&plugin(
+            "bouncer",
+            "\"deliver\"",
+            "[plugin.settings.deliver]\nwhen = \"blocked\"\nverdict = \"bounce\"\ntext = \"this address is blocked here\"\n",
+        ))
+        .plugin(&plugin(
+            "suppressor",
+            "\"bounce\"",
+            "[plugin.settings.bounce]\nwhen = \"gone\"\nverdict = \"suppress\"\n",
+        ))
+        .plugin(&plugin(
+            "explainer",
+            "\"bounce\"",
+            "[plugin.settings.bounce]\nwhen = \"moved\"\nverdict = \"explain\"\ntext = \"Moved to another company; write to info@elsewhere.test\"\n",
+        ));
+    let config = setup.write(dir.path())?;
+    let gw = GatewayProcess::start(&binary(), &config).await?;
+    for to in [
+        "review@dest.test",
+        "blocked@dest.test",
+        "gone@dest.test",
+        "moved@dest.test",
+    ] {
+        send(&gw, to).await?;
+    }
+    // blocked: bounced by the plugin; moved: bounced with its explanation;
+    // gone: refused, its bounce suppressed.
+    wait_until(WAIT, || back.count() == 2).await?;
+    let bounces: Vec<String> = back.messages().iter().map(|m| m.text()).collect();
+    let blocked = bounces
+        .iter()
+        .find(|b| b.contains("blocked@dest.test"))
+        .context("no bounce for blocked")?;
+    assert!(
+        blocked.contains("this address is blocked here (plugin bouncer)"),
+        "{blocked}"
+    );
+    let moved = bounces
+        .iter()
+        .find(|b| b.contains("moved@dest.test"))
+        .context("no bounce for moved")?;
+    assert!(moved.contains("Moved to another company"), "{moved}");
+    log_line(&gw, "bounce suppressed by a plugin").await?;
+    assert!(!bounces.iter().any(|b| b.contains("gone@dest.test")), "{bounces:?}");
+    assert_eq!(dest.count(), 0, "nothing was accepted");
+    // review: held for an operator, with the plugin's reason.
+    let (ok, listed) = mailgate_cli("queue", &config, &["list"]).await?;
+    assert!(ok, "{listed}");
+    assert!(
+        listed.contains("review@dest.test") && listed.contains("needs a look (plugin holder)"),
+        "{listed}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_crashes_at_an_outbound_stage_loses_nothing() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new()
+        .hourly_retries()
+        .route_all_to(dest.addr())
+        .plugin(&format!(
+            "name = \"crasher\"\npath = \"{SCRIPTED}\"\nstages = [\"deliver\"]\ncapabilities = [\"log\"]\non_error = \"continue\"\n\
+             [plugin.settings.deliver]\nverdict = \"trap\"\n"
+        ))
+        .write(dir.path())?;
+    let gw = GatewayProcess::start(&binary(), &config).await?;
+    send(&gw, "rcpt@dest.test").await?;
+    wait_until(WAIT, || dest.count() == 1).await?;
+    let fault = log_line(&gw, "plugin fault at an outbound stage").await?;
+    assert!(fault.contains("crasher") && fault.contains("deliver"), "{fault}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_without_the_outbound_export_cannot_take_outbound_stages() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    // Built against mailgate:plugin@0.1.0, which has no outbound stages.
+    let config = Setup::new()
+        .plugin(&format!(
+            "name = \"old\"\npath = \"{}\"\nstages = [\"data\", \"delivered\"]\ncapabilities = [\"log\", \"kv\"]\n",
+            mailgate_tests::plugins::LEGACY
+        ))
+        .write(dir.path())?;
+    let output = crate::mailgate_check(&config, None)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("old")
+            && text.contains(
+                "configured for the outbound stages delivered but does not export mailgate:plugin/outbound@0.2.0"
+            ),
+        "{text}"
+    );
+    Ok(())
+}
