@@ -94,7 +94,7 @@ pub enum DeferVerdict {
     Default,
     /// Retry at this time (seconds since the Unix epoch).
     RetryAt(u64),
-    /// Retry now at this next hop, and later ones too.
+    /// Retry now at this next hop, within this attempt.
     Reroute(NextHop),
     /// Fail the recipients for good, with this reason.
     Bounce(String),

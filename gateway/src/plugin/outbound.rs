@@ -118,7 +118,7 @@ pub enum DeferDecision {
     Default,
     /// Retry at this time.
     RetryAt(SystemTime),
-    /// Retry now there, and later too.
+    /// Retry now there, within this attempt.
     Reroute(RouteOverride),
     /// Fail now, with the reason.
     Bounce(String),
@@ -173,7 +173,17 @@ impl Chain {
     pub async fn on_delivered(&self, delivery: &DeliveryFacts, reply: &str) {
         let args = vec![delivery_val(delivery), Val::String(reply.to_owned())];
         for plugin in self.outbound_plugins(OutboundStage::Delivered) {
-            let _ = call(plugin, OutboundStage::Delivered, args.clone(), 0).await;
+            let started = std::time::Instant::now();
+            let result = call(plugin, OutboundStage::Delivered, args.clone(), 0).await;
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(_) => plugin.metrics.call("delivered", "continue", seconds),
+                Err(fault) => {
+                    plugin.metrics.call("delivered", "fault", seconds);
+                    plugin.metrics.fault(fault.kind());
+                    warn!(plugin = %plugin.config.name, stage = "delivered", kind = fault.kind(), error = %fault, "plugin fault at an outbound stage; going on as if the plugin were absent");
+                }
+            }
         }
     }
 
@@ -191,6 +201,7 @@ impl Chain {
         for plugin in self.outbound_plugins(stage) {
             let name = plugin.config.name.to_string();
             let shadow = plugin.config.mode == EntryMode::Shadow;
+            let started = std::time::Instant::now();
             let decided = match call(plugin, stage, args.clone(), 1).await {
                 Ok(Some(val)) => read(val).map_err(Fault::Illegal),
                 Ok(None) => Err(Fault::Illegal(format!("{} returned nothing", stage.function()))),
@@ -201,7 +212,9 @@ impl Chain {
                 Ok(None) => "continue",
                 Err(_) => "fault",
             };
-            plugin.metrics.call(stage.name(), verdict, 0.0);
+            plugin
+                .metrics
+                .call(stage.name(), verdict, started.elapsed().as_secs_f64());
             match decided {
                 Ok(Some(decision)) if shadow => {
                     info!(plugin = name, stage = stage.name(), decision = ?decision, "shadow outbound decision (not applied)");
