@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Prints median and p99 per scenario: the whole transaction, the cost it
-//! adds per plugin over an empty chain, and one warm hook call.
+//! adds per plugin over an empty chain, and one warm hook call; then the
+//! cost of one outbound hook per delivery (`on-deliver` on a fresh
+//! instance of a Rust plugin, which answers `continue`).
 
 #![allow(clippy::panic, clippy::expect_used, reason = "a benchmark stops on a setup failure")]
 
@@ -20,8 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailgate::plugin::{
-    Capability, Chain, HookContext, HostServices, InstanceMode, OnError, ParsedMessage, PluginConfig, Runtime,
-    RuntimeSettings, StageCall,
+    Answer, Capability, Chain, DeliveryFacts, HookContext, HostServices, InstanceMode, OnError, OutboundStage,
+    ParsedMessage, PluginConfig, Runtime, RuntimeSettings, StageCall,
 };
 use mailgate::smtp::command::MailParameters;
 use mailgate::smtp::session::Stage;
@@ -248,4 +250,67 @@ fn main() {
             micros(percentile(&m.warm_calls, 0.99)),
         );
     }
+    if filter.is_empty() || "outbound".contains(&filter) {
+        let config = PluginConfig {
+            stages: Vec::new(),
+            outbound: vec![OutboundStage::Deliver, OutboundStage::Delivered],
+            ..plugin("rewrite", &rust("header_rewrite"), rewrite, InstanceMode::Fresh, false)
+        };
+        let (deliver, delivered) = runtime.block_on(outbound(config, &cache, 20_000));
+        for (label, calls) in [
+            ("outbound on-deliver, fresh", deliver),
+            ("outbound on-delivered, fresh", delivered),
+        ] {
+            println!(
+                "{:<32} {:>8} {:>12} {:>12} {:>16} {:>12} {:>12}",
+                label,
+                calls.len(),
+                "",
+                "",
+                "",
+                micros(percentile(&calls, 0.5)),
+                micros(percentile(&calls, 0.99)),
+            );
+        }
+    }
+}
+
+/// `calls` timings of `on-deliver` and of `on-delivered` on `config`'s
+/// plugin, each on a fresh instance (as the delivery engine calls them).
+async fn outbound(config: PluginConfig, cache: &Path, calls: usize) -> (Vec<Duration>, Vec<Duration>) {
+    let settings = RuntimeSettings {
+        cache_dir: cache.to_owned(),
+        max_instances: 64,
+        max_memory_bytes: config.memory_limit,
+    };
+    let runtime = Runtime::new(&settings).expect("the engine starts");
+    let chain = Chain::load(runtime, HostServices::none(), vec![config], HashSet::new())
+        .await
+        .unwrap_or_else(|e| panic!("outbound: {e:?}"));
+    let facts = DeliveryFacts {
+        queue_id: "0123456789abcdef".into(),
+        reverse_path: "sender@example.org".into(),
+        recipients: vec!["rcpt@example.com".into()],
+        destination: "mx:example.com".into(),
+        route: None,
+        attempt: 1,
+        age_seconds: 2,
+        size: 1_200,
+    };
+    let (mut deliver, mut delivered) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    for i in 0..calls + calls / 10 {
+        let started = Instant::now();
+        let answer = chain.on_deliver(&facts).await;
+        let took = started.elapsed();
+        assert_eq!(answer, Answer::Neutral, "on-deliver");
+        let started = Instant::now();
+        chain.on_delivered(&facts, "250 2.0.0 ok").await;
+        if i >= calls / 10 {
+            deliver.push(took);
+            delivered.push(started.elapsed());
+        }
+    }
+    deliver.sort();
+    delivered.sort();
+    (deliver, delivered)
 }

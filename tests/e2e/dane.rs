@@ -312,3 +312,55 @@ async fn tls_dane_needs_dnssec_validation_in_the_configuration() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_message_shows_the_dane_failure_in_queue_list_and_show() -> Result<()> {
+    let ca = TestCa::new()?;
+    let (tls, _, _) = ca.server_config_chained(&["mx.wrong.test"])?;
+    let mx = SinkServer::start().await?;
+    mx.behave(|b| b.tls = Some(tls));
+    let port = mx.addr().port();
+    let dns = SignedDns::start(&[mx_zone(
+        "wrong.test",
+        Signing::Secure,
+        port,
+        &format!("3 1 1 {}", "00".repeat(32)),
+    )])
+    .await?;
+    let gw = Setup::new()
+        .admin()?
+        .hourly_retries()
+        .dns(dns.addr())
+        .dns_line("dnssec = true")
+        .dns_line(&format!("trust_anchor = \"{}\"", dns.anchor_file().display()))
+        .delivery(&format!("mx_port = {port}"))
+        .start()
+        .await?;
+    let content = b"From: sender@back.test\r\nTo: rcpt@wrong.test\r\nSubject: s\r\n\r\nhello\r\n";
+    SmtpClient::deliver(gw.addr, "sender@back.test", &["rcpt@wrong.test"], content).await?;
+    let config = gw.config();
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = crate::mailgate_cli("queue", &config, &["list"]).await?.1;
+        if shown.contains("usable TLSA") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        shown.contains("rcpt@wrong.test") && shown.contains("matches none of the 1 usable TLSA records of _"),
+        "{shown}"
+    );
+    let (ok, listed) = crate::mailgate_cli("queue", &config, &["list", "--json"]).await?;
+    assert!(ok, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    let id = listed[0]["id"].as_str().context("no queue id")?.to_owned();
+    let (ok, details) = crate::mailgate_cli("queue", &config, &["show", &id]).await?;
+    assert!(ok, "{details}");
+    assert!(
+        details.contains("the DANE TLSA records of _") && details.contains("require a matching certificate"),
+        "{details}"
+    );
+    assert_eq!(mx.count(), 0);
+    Ok(())
+}
