@@ -21,6 +21,7 @@ const RUST_PLUGINS: &[(&str, &str)] = &[
     ("RATE_LIMIT", "rate_limit"),
     ("SPF", "spf"),
     ("DKIM", "dkim"),
+    ("WEBHOOK", "webhook"),
     ("SCRIPTED", "test_scripted"),
     ("FAULTY", "test_faulty"),
     ("WRONG_WORLD", "test_wrong_world"),

@@ -184,3 +184,110 @@ async fn a_plugin_without_the_outbound_export_cannot_take_outbound_stages() -> R
     );
     Ok(())
 }
+
+/// A plain HTTP server on loopback that answers 200 to everything and
+/// keeps the bodies of the POSTs it gets.
+async fn webhook_receiver() -> Result<(std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let bodies: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+    let kept = std::sync::Arc::clone(&bodies);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let kept = std::sync::Arc::clone(&kept);
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let text = String::from_utf8_lossy(&data).into_owned();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if data.len() >= end + 4 + length {
+                            let body = String::from_utf8_lossy(&data[end + 4..end + 4 + length]).into_owned();
+                            kept.lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .push(body);
+                            break;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    Ok((addr, bodies))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_plugin_posts_deliveries_and_bounces_in_batches() -> Result<()> {
+    let (hook, bodies) = webhook_receiver().await?;
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| {
+        b.rcpt_replies
+            .insert("gone@dest.test".into(), "550 5.1.1 no such user".into());
+    });
+    let back = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new()
+        .hourly_retries()
+        .delivery("concurrency = 1")
+        .route_to("\"back.test\"", back.addr())
+        .route_all_to(dest.addr())
+        .plugin(&format!(
+            "name = \"webhook\"\npath = \"{}\"\nstages = [\"bounce\", \"delivered\"]\n\
+             capabilities = [\"http\", \"clock\", \"log\", \"metrics\"]\nhttp_allow = [\"http://{hook}/\"]\n\
+             instances = \"reused\"\n[plugin.settings]\nurl = \"http://{hook}/events\"\nbatch_size = 3\n",
+            mailgate_tests::plugins::WEBHOOK
+        ))
+        .write(dir.path())?;
+    let gw = GatewayProcess::start(&binary(), &config).await?;
+    let content = b"From: sender@back.test\r\nSubject: three\r\n\r\nhello\r\n";
+    SmtpClient::deliver(
+        gw.addr,
+        "sender@back.test",
+        &["ok1@dest.test", "ok2@dest.test", "gone@dest.test"],
+        content,
+    )
+    .await?;
+    // Two delivered (one event), one bounced, then the bounce delivered to
+    // the sender: the third event sends the batch.
+    let posted = || bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    wait_until(WAIT, || !posted().is_empty()).await?;
+    let batch: serde_json::Value = serde_json::from_str(&posted()[0])?;
+    let events = batch.as_array().context("a JSON array")?;
+    assert_eq!(events.len(), 3, "{batch}");
+    assert_eq!(events[0]["event"], "delivered");
+    assert_eq!(
+        events[0]["recipients"],
+        serde_json::json!(["ok1@dest.test", "ok2@dest.test"])
+    );
+    assert_eq!(
+        events[0]["destination"],
+        format!("smarthost:127.0.0.1:{}", dest.addr().port())
+    );
+    assert_eq!(events[1]["event"], "bounced");
+    assert_eq!(events[1]["recipients"], serde_json::json!(["gone@dest.test"]));
+    assert!(
+        events[1]["detail"].as_str().unwrap_or("").contains("550 5.1.1"),
+        "{batch}"
+    );
+    assert_eq!(events[2]["event"], "delivered");
+    assert_eq!(events[2]["recipients"], serde_json::json!(["sender@back.test"]));
+    assert_eq!(events[2]["sender"], "");
+    assert_eq!(back.count(), 1, "the bounce itself went out");
+    Ok(())
+}

@@ -1,8 +1,8 @@
 //! The outbound stages (`wit/outbound.wit`): the delivery engine asks the
 //! plugins configured for `deliver`, `defer`, `bounce` and `delivered`,
 //! in chain order, with a fresh instance per call (an outbound call is not
-//! part of an SMTP transaction), under the plugin's time budget and memory
-//! limit. The `outbound` export is optional in the world, so it is called
+//! part of an SMTP transaction; with `instances = "reused"` a warm one),
+//! under the plugin's time budget and memory limit. The `outbound` export is optional in the world, so it is called
 //! through wasmtime's dynamic component values rather than bindings.
 //!
 //! The first plugin that does not `continue` (or `default`, `send`)
@@ -273,7 +273,12 @@ async fn call(
     let result = func.call_async(&mut live.store, &args, &mut out).await;
     debug!(plugin = %plugin.config.name, stage = stage.name(), elapsed = ?started.elapsed(), "outbound hook");
     match result {
-        Ok(()) => Ok(out.into_iter().next()),
+        Ok(()) => {
+            // Kept warm for the next call in `reused` mode (a plugin that
+            // batches events), dropped otherwise; a faulted one never is.
+            plugin.release(live);
+            Ok(out.into_iter().next())
+        }
         Err(e) => Err(classify(&e, live.store.data(), budget)),
     }
 }
