@@ -22,6 +22,7 @@ const RUST_PLUGINS: &[(&str, &str)] = &[
     ("SPF", "spf"),
     ("DKIM", "dkim"),
     ("WEBHOOK", "webhook"),
+    ("SUPPRESSION", "suppression"),
     ("SCRIPTED", "test_scripted"),
     ("FAULTY", "test_faulty"),
     ("WRONG_WORLD", "test_wrong_world"),

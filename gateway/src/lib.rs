@@ -230,6 +230,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
             reloader: Arc::clone(&reloader),
             draining: shutdown.clone(),
             auth: admin_auth,
+            kv: Arc::clone(&kv),
         });
         // With a control listener of its own, the first one is read-only.
         let roles = match admin_control.is_some() {

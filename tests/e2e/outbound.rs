@@ -291,3 +291,81 @@ async fn the_webhook_plugin_posts_deliveries_and_bounces_in_batches() -> Result<
     assert_eq!(back.count(), 1, "the bounce itself went out");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suppression_plugin_refuses_an_address_that_hard_bounced_until_an_operator_lifts_it() -> Result<()> {
+    let dest = SinkServer::start().await?;
+    dest.behave(|b| {
+        b.rcpt_replies
+            .insert("gone@dest.test".into(), "550 5.1.1 no such user".into());
+    });
+    let back = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let setup = Setup::new()
+        .admin()?
+        .hourly_retries()
+        .route_to("\"back.test\"", back.addr())
+        .route_all_to(dest.addr())
+        .plugin(&format!(
+            "name = \"suppression\"\npath = \"{}\"\nstages = [\"rcpt\", \"bounce\"]\n\
+             capabilities = [\"kv\", \"log\", \"metrics\"]\n",
+            mailgate_tests::plugins::SUPPRESSION
+        ));
+    let admin = setup.admin_address().context("no admin address")?;
+    let config = setup.write(dir.path())?;
+    let gw = GatewayProcess::start(&binary(), &config).await?;
+    // The first message is accepted; the next hop refuses the mailbox for
+    // good, the sender gets the bounce, and the address is suppressed.
+    send(&gw, "gone@dest.test").await?;
+    wait_until(WAIT, || back.count() == 1).await?;
+    log_line(&gw, "suppressing gone@dest.test after a hard bounce").await?;
+    let mut client = SmtpClient::greeted(gw.addr).await?;
+    client.expect("MAIL FROM:<sender@back.test>", 250).await?;
+    let refused = client.command("RCPT TO:<Gone@dest.test>").await?;
+    assert_eq!(refused.code, 550, "{refused:?}");
+    assert!(
+        refused.text().starts_with("5.1.1 Gone@dest.test: suppressed"),
+        "{refused:?}"
+    );
+    drop(client);
+
+    // The operator sees the entry through the running gateway and lifts it.
+    let (ok, listed) = mailgate_cli("kv", &config, &["list", "suppression"]).await?;
+    assert!(
+        ok && listed.contains("gone@dest.test  550 5.1.1 no such user"),
+        "{listed}"
+    );
+    let (ok, deleted) = mailgate_cli("kv", &config, &["delete", "suppression", "gone@dest.test"]).await?;
+    assert!(ok && deleted.contains("deleted gone@dest.test"), "{deleted}");
+    let (ok, missing) = mailgate_cli("kv", &config, &["delete", "suppression", "gone@dest.test"]).await?;
+    assert!(!ok && missing.contains("no key"), "{missing}");
+    log_line(&gw, "key-value entry removed by the operator").await?;
+    // Accepted again; refused again by the next hop, so suppressed again.
+    send(&gw, "gone@dest.test").await?;
+    let suppressions = || {
+        gw.log()
+            .iter()
+            .filter(|l| l.contains("suppressing gone@dest.test"))
+            .count()
+    };
+    wait_until(WAIT, || suppressions() == 2).await?;
+
+    // With the gateway stopped (SIGTERM: it flushes the store), the CLI
+    // reads the store itself.
+    gw.signal("TERM")?;
+    log_line(&gw, "stopped").await?;
+    // Once the admin API is gone, an answer can only come from the store.
+    wait_until(WAIT, || std::net::TcpStream::connect(admin).is_err()).await?;
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let (ok, text) = mailgate_cli("kv", &config, &["list", "suppression", "--json"]).await?;
+        listed = text;
+        if ok && listed.contains("gone@dest.test") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let entries: serde_json::Value = serde_json::from_str(listed.trim())?;
+    assert_eq!(entries[0]["key"], "gone@dest.test", "{listed}");
+    Ok(())
+}

@@ -116,6 +116,8 @@ pub struct AdminState {
     pub draining: CancellationToken,
     /// Who may use the control endpoints.
     pub auth: AdminAuth,
+    /// The plugins' key-value store (`/kv/PLUGIN`).
+    pub kv: Arc<crate::kv::Kv>,
 }
 
 /// Serves the admin API's `role` on `listener` until `stop`.
@@ -351,6 +353,10 @@ async fn handle(request: Request<Incoming>, state: &AdminState) -> Response<Full
             };
         }
         _ => {}
+    }
+    if let Some(request) = crate::kv::control::KvRequest::parse(method, path) {
+        let (status, body) = crate::kv::control::answer(&state.kv, &request).await;
+        return reply(status, body);
     }
     let (status, body) = match QueueRequest::parse(method, path) {
         Ok(request) => execute(&state.queue, request).await,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
-use operate::{quarantine, queue, reload};
+use operate::{kv, quarantine, queue, reload};
 
 mod operate;
 mod scaffold;
@@ -81,6 +81,18 @@ enum Command {
         /// What to do.
         #[command(subcommand)]
         action: AdminAction,
+    },
+    /// See and remove a plugin's key-value entries (for example the
+    /// `suppression` plugin's suppressed addresses): through the admin API
+    /// of the gateway running on the configured spool, or directly in the
+    /// store when none is running.
+    Kv {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// What to do.
+        #[command(subcommand)]
+        action: KvAction,
     },
     /// Review the messages plugins quarantined: through the admin API of
     /// the gateway running on the configured spool, or directly when none
@@ -262,6 +274,25 @@ enum TokenAction {
 }
 
 #[derive(Debug, Subcommand)]
+enum KvAction {
+    /// List a plugin's live keys and values.
+    List {
+        /// The plugin's name (its namespace).
+        plugin: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one key of a plugin.
+    Delete {
+        /// The plugin's name.
+        plugin: String,
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum QuarantineAction {
     /// List quarantined messages: id, age, size, reason, who decided, envelope.
     List {
@@ -413,6 +444,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Quarantine { config, action } => runtime.block_on(quarantine(&config, action)),
+        Command::Kv { config, action } => runtime.block_on(kv(&config, action)),
         Command::Admin {
             config,
             action: AdminAction::Token {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use hyper::StatusCode;
 
-use super::{QuarantineAction, QueueAction, Selection, validated};
+use super::{KvAction, QuarantineAction, QueueAction, Selection, validated};
 use crate::admin::QueueRequest;
 use crate::config::Config;
 use crate::queue::QueueId;
@@ -162,6 +162,68 @@ fn print_quarantine(body: &serde_json::Value) {
             rcpts.join(", ")
         );
     }
+}
+
+/// `mailgate kv`: through the running gateway's admin API, or directly
+/// in the store when no gateway holds the spool.
+pub(super) async fn kv(path: &std::path::Path, action: KvAction) -> ExitCode {
+    use crate::kv::control::{KvRequest, answer};
+    let config = match validated(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let (request, json) = match action {
+        KvAction::List { plugin, json } => (KvRequest::List(plugin), json),
+        KvAction::Delete { plugin, key } => (KvRequest::Delete(plugin, key), false),
+    };
+    let answered = match crate::queue::Spool::open(&config.spool_dir) {
+        // Held while the store is used, so no gateway starts meanwhile.
+        Ok(_spool) => {
+            let answered = answer(&config.kv, &request).await;
+            if let Err(e) = config.kv.flush().await {
+                eprintln!("mailgate: {e}");
+                return ExitCode::FAILURE;
+            }
+            Ok(answered)
+        }
+        Err(crate::queue::SpoolError::Locked { .. }) => match config.admin_control.or(config.admin) {
+            Some(address) => {
+                let (method, path) = request.http();
+                admin_request(&config, address, method, &path).await
+            }
+            None => Err(anyhow::anyhow!(
+                "a gateway is running on this spool and the configuration has no `[admin] address` to reach it"
+            )),
+        },
+        Err(e) => Err(e.into()),
+    };
+    let (status, body) = match answered {
+        Ok(answered) => answered,
+        Err(e) => {
+            eprintln!("mailgate: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !status.is_success() {
+        eprintln!("mailgate: {}", body["error"].as_str().unwrap_or("request failed"));
+        return ExitCode::FAILURE;
+    }
+    match (&request, json) {
+        (KvRequest::List(_), true) => println!("{body}"),
+        (KvRequest::List(_), false) => {
+            let entries = body.as_array().map(Vec::as_slice).unwrap_or_default();
+            for entry in entries {
+                println!(
+                    "{}  {}",
+                    entry["key"].as_str().unwrap_or("?"),
+                    entry["value"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} key(s)", entries.len());
+        }
+        (KvRequest::Delete(_, key), _) => println!("deleted {key}"),
+    }
+    ExitCode::SUCCESS
 }
 
 /// Carries out a queue or quarantine request (see `queue_answer`); the

@@ -190,6 +190,29 @@ impl Embedded {
         .await
     }
 
+    /// The live keys starting with `prefix`, with their values.
+    pub async fn entries(&self, prefix: String) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        let db = Arc::clone(&self.db);
+        spawn_blocking(move || {
+            let txn = db.begin_read().map_err(failed)?;
+            let table = txn.open_table(TABLE).map_err(failed)?;
+            let now = now_millis();
+            let mut found = Vec::new();
+            for entry in table.range(prefix.as_str()..).map_err(failed)? {
+                let (key, value) = entry.map_err(failed)?;
+                if !key.value().starts_with(&prefix) {
+                    break;
+                }
+                if let Some((_, value)) = decode(value.value(), now) {
+                    found.push((key.value().to_owned(), value.to_vec()));
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(failed)?
+    }
+
     /// Removes `key`.
     pub async fn delete(&self, key: String) -> Result<(), KvError> {
         self.write(move |table, _| {

@@ -4,6 +4,7 @@
 //! store opens on first use, so checking a configuration never locks the
 //! file of a running gateway.
 
+pub mod control;
 mod embedded;
 mod redis;
 
@@ -107,6 +108,22 @@ impl Kv {
                 }
             })
             .await
+    }
+}
+
+impl Kv {
+    /// The live entries of `namespace` (a plugin's), keys without the
+    /// namespace, in key order: what `mailgate kv list` shows.
+    pub async fn entries(&self, namespace: &str) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        let prefix = stored_key(namespace, "");
+        let found = match self.backend().await? {
+            Backend::Embedded(store) => store.entries(prefix.clone()).await?,
+            Backend::Redis(store) => store.entries(prefix.clone()).await?,
+        };
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, value)| Some((key.strip_prefix(&prefix)?.to_owned(), value)))
+            .collect())
     }
 }
 

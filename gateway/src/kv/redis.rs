@@ -101,10 +101,58 @@ impl Redis {
         .await
     }
 
+    /// The keys starting with `prefix` (SCAN MATCH, then GET), with their
+    /// values, without the configured key prefix.
+    pub async fn entries(&self, prefix: String) -> Result<Vec<(String, Vec<u8>)>, KvError> {
+        let mut connection = self.connection.clone();
+        let pattern = format!("{}*", self.key(&escape_glob(&prefix)));
+        let mut cursor: u64 = 0;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .bounded(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys.sort();
+        let mut found = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value: Option<Vec<u8>> = self.bounded(connection.get(&key)).await?;
+            if let (Some(value), Some(bare)) = (value, key.strip_prefix(&self.key_prefix)) {
+                found.push((bare.to_owned(), value));
+            }
+        }
+        Ok(found)
+    }
+
     /// DEL.
     pub async fn delete(&self, key: String) -> Result<(), KvError> {
         let mut connection = self.connection.clone();
         let key = self.key(&key);
         self.bounded(connection.del::<_, ()>(key)).await
     }
+}
+
+/// `text` with Redis glob characters escaped, for a literal prefix.
+fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
