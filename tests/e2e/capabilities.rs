@@ -285,6 +285,7 @@ async fn rate_limit_defers_a_client_over_its_limit() -> Result<()> {
 struct Member {
     process: GatewayProcess,
     admin: std::net::SocketAddr,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -312,6 +313,7 @@ async fn fleet(redis: &RedisServer, sink: &SinkServer, plugin: &str, size: usize
         fleet.push(Member {
             process,
             admin,
+            config,
             _dir: dir,
         });
     }
@@ -359,6 +361,15 @@ async fn a_fleet_shares_one_rate_limit_through_redis() -> Result<()> {
         1,
         "one shared counter, for the client behind the balancer: {keys:?}"
     );
+    // `mailgate kv` shows the shared counter through any member (a Redis
+    // SCAN behind its admin API).
+    let (ok, listed) = crate::mailgate_cli("kv", &limited[1].config, &["list", "rate-limit"]).await?;
+    assert!(ok, "{listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("ip:3600:192.0.2.7:"))
+        .with_context(|| format!("no counter in {listed}"))?;
+    assert!(line.ends_with("  12"), "every attempt counted: {line}");
     let mut queued = 0.0;
     for gw in &limited {
         let scrape = Scrape::take(gw.admin).await?;
