@@ -54,6 +54,19 @@ pub struct Mx {
     pub exchange: String,
 }
 
+impl Mx {
+    /// The MX record in `data`, if it is one.
+    pub(crate) fn of(data: &RData) -> Option<Self> {
+        match data {
+            RData::MX(mx) => Some(Self {
+                preference: mx.preference,
+                exchange: mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The resolver, shared by all deliveries; built on first use, inside the
 /// runtime.
 #[derive(Clone)]
@@ -156,17 +169,7 @@ impl Resolver {
 
     async fn lookup_mx(&self, domain: &str) -> Result<Vec<Mx>, DnsError> {
         let lookup = self.resolver()?.mx_lookup(fqdn(domain)).await.map_err(classify)?;
-        let records: Vec<Mx> = lookup
-            .answers()
-            .iter()
-            .filter_map(|record| match &record.data {
-                RData::MX(mx) => Some(Mx {
-                    preference: mx.preference,
-                    exchange: mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
-                }),
-                _ => None,
-            })
-            .collect();
+        let records: Vec<Mx> = lookup.answers().iter().filter_map(|r| Mx::of(&r.data)).collect();
         if records.is_empty() {
             return Err(DnsError::NoRecords);
         }

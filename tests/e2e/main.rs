@@ -54,6 +54,18 @@ fn mailgate_check(
     command.output()
 }
 
+/// `mailgate check --config CONFIG`, which must fail: what it printed.
+fn mailgate_check_refuses(config: &std::path::Path) -> anyhow::Result<String> {
+    let output = mailgate_check(config, None)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    anyhow::ensure!(!output.status.success(), "check passed: {text}");
+    Ok(text)
+}
+
 /// Runs `mailgate COMMAND --config CONFIG ARGS...`: (success, stdout and
 /// stderr together).
 async fn mailgate_cli(command: &str, config: &std::path::Path, args: &[&str]) -> anyhow::Result<(bool, String)> {

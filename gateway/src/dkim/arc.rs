@@ -15,24 +15,10 @@ use rustls_pki_types::PrivateKeyDer;
 
 use crate::plugin::{ArcSet, AuthStatus};
 
-/// The header fields an ARC-Message-Signature covers, when present: the
-/// DKIM set and the signatures and results already on the message.
-const SEALED_HEADERS: &[&str] = &[
-    "From",
-    "Reply-To",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "To",
-    "Cc",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "DKIM-Signature",
-    "Authentication-Results",
-];
+/// The header fields an ARC-Message-Signature covers besides those a
+/// DKIM signature does (`super::SIGNED_HEADERS`, From once): the DKIM
+/// signatures and the results already on the message.
+const ALSO_SEALED: [&str; 2] = ["DKIM-Signature", "Authentication-Results"];
 
 /// An RSA key ready to seal for its domain and selector.
 pub struct Sealer(ArcSealer<RsaKey<Sha256>, Done>);
@@ -45,7 +31,7 @@ impl Sealer {
             ArcSealer::from_key(key)
                 .domain(domain)
                 .selector(selector)
-                .headers(SEALED_HEADERS.iter().copied())
+                .headers(super::SIGNED_HEADERS.iter().skip(1).chain(&ALSO_SEALED).copied())
                 .header_canonicalization(Canonicalization::Relaxed)
                 .body_canonicalization(Canonicalization::Relaxed),
         ))

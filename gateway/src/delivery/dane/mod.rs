@@ -76,16 +76,7 @@ impl Dane {
     pub async fn mx(&self, domain: &str) -> Result<(Vec<Mx>, bool), DnsError> {
         let lookup = self.lookup(domain, RecordType::MX).await?;
         let secure = lookup.iter().all(|(_, proof)| *proof == Proof::Secure);
-        let records: Vec<Mx> = lookup
-            .iter()
-            .filter_map(|(data, _)| match data {
-                RData::MX(mx) => Some(Mx {
-                    preference: mx.preference,
-                    exchange: mx.exchange.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
-                }),
-                _ => None,
-            })
-            .collect();
+        let records: Vec<Mx> = lookup.iter().filter_map(|(data, _)| Mx::of(data)).collect();
         if records.is_empty() {
             return Err(DnsError::NoRecords);
         }

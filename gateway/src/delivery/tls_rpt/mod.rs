@@ -508,20 +508,22 @@ mod tests {
         };
         reports.count_failure("example.com", Counted::Tlsa("mx2.example.com", &[]), failure);
         let key = (reports.current_period(), "example.com".to_owned());
-        let tally = reports
-            .tallies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
+        let tally = || {
+            reports
+                .tallies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)
+                .cloned()
+                .unwrap_or_default()
+        };
         let reporter = Reporter {
             hostname: "mx.sender.example".into(),
             contact: "postmaster@sender.example".into(),
             tls: crate::delivery::tls::TlsConfigs::encrypt_only().unverified,
             timeout: std::time::Duration::from_secs(1),
         };
-        let json = reporter.json("example.com", 0, 86_400, &tally);
+        let json = reporter.json("example.com", 0, 86_400, &tally());
         let policies = json["policies"].as_array().cloned().unwrap_or_default();
         assert_eq!(policies.len(), 1, "only the tlsa policy: {json}");
         let policy = &policies[0];
@@ -537,14 +539,7 @@ mod tests {
 
         // An MTA-STS (here: no policy) session adds the domain's own policy.
         reports.success("example.com", None);
-        let tally = reports
-            .tallies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
-            .cloned()
-            .unwrap_or_default();
-        let json = reporter.json("example.com", 0, 86_400, &tally);
+        let json = reporter.json("example.com", 0, 86_400, &tally());
         let types: Vec<&str> = json["policies"]
             .as_array()
             .map(|p| p.iter().filter_map(|p| p["policy"]["policy-type"].as_str()).collect())
