@@ -300,11 +300,12 @@ async fn outbound(config: PluginConfig, cache: &Path, calls: usize) -> (Vec<Dura
     let (mut deliver, mut delivered) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
     for i in 0..calls + calls / 10 {
         let started = Instant::now();
-        let answer = chain.on_deliver(&facts).await;
+        let answer = chain.on_deliver(&facts, None).await;
         let took = started.elapsed();
         assert_eq!(answer, Answer::Neutral, "on-deliver");
         let started = Instant::now();
-        chain.on_delivered(&facts, "250 2.0.0 ok").await;
+        let faults = chain.on_delivered(&facts, "250 2.0.0 ok", None).await;
+        assert!(faults.is_empty(), "on-delivered: {faults:?}");
         if i >= calls / 10 {
             deliver.push(took);
             delivered.push(started.elapsed());

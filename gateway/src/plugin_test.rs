@@ -3,14 +3,29 @@
 //! key-value reads from the transcript), prints the verdict and
 //! modifications per stage, and checks expectations.
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::plugin::transcript::{self, ReplayHost, Replayed, Transcript};
-use crate::plugin::{Capability, Chain, HostServices, InstanceMode, OnError, PluginConfig, Runtime, RuntimeSettings};
+use crate::plugin::{
+    Capability, Chain, HostServices, InstanceMode, OnError, OutboundStage, PluginConfig, Runtime, RuntimeSettings,
+};
+
+/// The outbound stages' verdicts, besides `continue`, `hold` and `fault`.
+const OUTBOUND_VERDICTS: [&str; 10] = [
+    "reroute",
+    "tls",
+    "defer-until",
+    "bounce",
+    "default",
+    "retry-at",
+    "send",
+    "suppress",
+    "explain",
+    "retry",
+];
 use crate::smtp::session::Stage;
 
 /// What `mailgate plugin test` was asked.
@@ -87,7 +102,7 @@ fn overall(report: &[Replayed]) -> &str {
     report
         .iter()
         .map(|r| r.verdict.as_str())
-        .find(|v| *v != "continue" && *v != "not reached")
+        .find(|v| !matches!(*v, "continue" | "not reached" | "default" | "send"))
         .unwrap_or("continue")
 }
 
@@ -139,7 +154,27 @@ async fn replay_one(
         http: Arc::new(crate::plugin::ReplayHttp::new(&transcript.host_calls)),
         http_policy: Arc::default(),
     };
-    let chain = Chain::load(Arc::clone(runtime), services, vec![config.clone()], HashSet::new())
+    let mut config = config.clone();
+    if !transcript.outbound.is_empty() {
+        // Recorded at the outbound stages: the plugin must export them.
+        config.outbound = vec![
+            OutboundStage::Deliver,
+            OutboundStage::Defer,
+            OutboundStage::Bounce,
+            OutboundStage::Delivered,
+        ];
+    }
+    // The routes the recording named: where mail came from, and where a
+    // plugin sent it (`reroute route NAME`).
+    let routes = transcript
+        .outbound
+        .iter()
+        .flat_map(|e| {
+            let rerouted = e.outcome.strip_prefix("reroute route ").map(str::to_owned);
+            e.delivery.route.clone().into_iter().chain(rerouted)
+        })
+        .collect();
+    let chain = Chain::load(Arc::clone(runtime), services, vec![config], routes)
         .await
         .map_err(|errors| {
             errors
@@ -148,7 +183,9 @@ async fn replay_one(
                 .collect::<Vec<_>>()
                 .join("\n")
         })?;
-    Ok(transcript::replay(&chain, transcript).await)
+    let mut report = transcript::replay(&chain, transcript).await;
+    report.extend(crate::plugin::replay_outbound(&chain, &transcript.outbound).await);
+    Ok(report)
 }
 
 /// A message file with every line ending in CRLF, as SMTP would carry it.
@@ -162,16 +199,18 @@ pub async fn run(test: TestRun) -> ExitCode {
         let verdict = expectation.split_once('=').map_or(expectation.as_str(), |(_, v)| v);
         let stage_ok = expectation
             .split_once('=')
-            .is_none_or(|(s, _)| crate::metrics::HOOKS.contains(&s));
+            .is_none_or(|(s, _)| crate::metrics::HOOKS.contains(&s) || OutboundStage::named(s).is_some());
         // Every verdict a plugin can give, but `accept`, which a replay
-        // shows as `continue` (the chain's decision is the same).
+        // shows as `continue` (the chain's decision is the same), and the
+        // outbound stages' verdicts.
         let known: Vec<&str> = crate::metrics::VERDICTS
             .into_iter()
             .filter(|v| *v != "accept")
+            .chain(OUTBOUND_VERDICTS)
             .collect();
         if !stage_ok || !known.contains(&verdict) {
             return usage(format!(
-                "--expect {expectation}: give VERDICT or STAGE=VERDICT, with a stage of connect, helo, mail, rcpt, data and a verdict of {}",
+                "--expect {expectation}: give VERDICT or STAGE=VERDICT, with a stage of connect, helo, mail, rcpt, data, deliver, defer, bounce, delivered and a verdict of {}",
                 known.join(", ")
             ));
         }

@@ -34,8 +34,10 @@ async fn a_plugin_reroutes_on_defer_and_hears_of_the_delivery_at_the_other_serve
     busy.behave(|b| b.mail_reply = Some("451 4.7.28 rate limited, try later".into()));
     let backup = SinkServer::start().await?;
     let dir = tempfile::tempdir()?;
+    let record = tempfile::tempdir()?;
     let config = Setup::new()
         .hourly_retries()
+        .delivery(&format!("record = \"{}\"", record.path().display()))
         .route_all_to(busy.addr())
         .named_route("backup", backup.addr())
         .plugin(&plugin(
@@ -59,6 +61,47 @@ async fn a_plugin_reroutes_on_defer_and_hears_of_the_delivery_at_the_other_serve
         "{delivered}"
     );
     log_line(&gw, "rerouted after a deferral; trying again now").await?;
+
+    // Each outbound call was recorded; `mailgate plugin test` replays them.
+    let files = crate::capabilities::transcripts(record.path(), 2).await?;
+    let defer = files
+        .iter()
+        .find(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("\"stage\": \"defer\"")))
+        .context("no transcript of the defer stage")?;
+    let delivered = files
+        .iter()
+        .find(|f| *f != defer)
+        .context("no transcript of the delivery")?;
+    let recorded = std::fs::read_to_string(defer)?;
+    assert!(
+        recorded.contains("\"outcome\": \"reroute route backup\"") && recorded.contains("4.7.28 rate limited"),
+        "{recorded}"
+    );
+    let settings = dir.path().join("rerouter.json");
+    std::fs::write(
+        &settings,
+        r#"{"defer": {"verdict": "reroute", "route": "backup"}, "delivered": {}}"#,
+    )?;
+    let (code, stdout, stderr) =
+        crate::capabilities::plugin_test(SCRIPTED, Some(&settings), defer, &["defer=reroute"])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("defer rcpt@dest.test to smarthost:127.0.0.1:")
+            && stdout.contains("reroute route backup")
+            && stdout.contains("(recorded: reroute route backup)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = crate::capabilities::plugin_test(SCRIPTED, Some(&settings), defer, &["defer=default"])?;
+    assert_eq!(code, Some(1), "a wrong expectation fails: {stdout}");
+    let (code, stdout, stderr) =
+        crate::capabilities::plugin_test(SCRIPTED, Some(&settings), delivered, &["delivered=continue"])?;
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("via smarthost") || stdout.contains("delivered rcpt@dest.test to smarthost:"),
+        "{stdout}"
+    );
+    // One delivery, heard once.
+    assert_eq!(std::fs::read_dir(record.path())?.count(), 2);
     Ok(())
 }
 

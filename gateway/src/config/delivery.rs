@@ -76,6 +76,10 @@ impl Checker<'_> {
             mta_sts: mta_sts.map(|(mta_sts, _)| mta_sts),
             dane,
             chain: None,
+            record: d
+                .record
+                .as_ref()
+                .map(|dir| std::sync::Arc::from(self.resolve(dir.get_ref()).as_path())),
             tls_reports,
         }
     }

@@ -304,6 +304,9 @@ pub struct RawDelivery {
     /// `tls_report_period`: the period a report covers; default `"1d"`
     /// (UTC days; shorter only to test).
     pub tls_report_period: HumanDuration,
+    /// `record`: a directory where each outbound plugin call is written
+    /// as a transcript, for `mailgate plugin test`.
+    pub record: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawDelivery {
@@ -331,6 +334,7 @@ impl Default for RawDelivery {
             mta_sts_port: 443,
             tls_reports: true,
             tls_report_period: minutes(24 * 60),
+            record: None,
         }
     }
 }

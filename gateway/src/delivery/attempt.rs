@@ -185,7 +185,10 @@ async fn with_plugins(
         outbound::Before::Decided(outcome, retry) => return (planned, vec![outcome; indices.len()], retry),
     };
     let mut outcomes = deliver_group(spool, settings, pool, message, hop.as_ref(), indices).await;
-    let retry = match outbound::after_defer(settings, message, hop.as_ref(), indices, &mut outcomes).await {
+    let after = outbound::after_defer(settings, message, hop.as_ref(), indices, &mut outcomes).await;
+    // The deliveries of the first try, before any reroute's are merged in.
+    outbound::delivered(settings, message, hop.as_ref(), indices, &outcomes).await;
+    let retry = match after {
         outbound::AfterDefer::Retry(at) => at,
         outbound::AfterDefer::Reroute(other) => {
             let again: Vec<usize> = (0..outcomes.len())
@@ -202,7 +205,6 @@ async fn with_plugins(
             None
         }
     };
-    outbound::delivered(settings, message, hop.as_ref(), indices, &outcomes).await;
     (hop, outcomes, retry)
 }
 

@@ -59,6 +59,8 @@ pub struct DeliverySettings {
     pub dane: Option<std::sync::Arc<dane::Dane>>,
     /// The plugin chain, when some plugin runs at an outbound stage.
     pub chain: Option<std::sync::Arc<crate::plugin::Chain>>,
+    /// Where outbound plugin calls are recorded (`[delivery] record`).
+    pub record: Option<std::sync::Arc<std::path::Path>>,
     /// TLS reporting (RFC 8460) of delivery over MX.
     pub tls_reports: Option<std::sync::Arc<tls_rpt::TlsReports>>,
 }

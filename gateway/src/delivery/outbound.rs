@@ -14,6 +14,7 @@ use super::DeliverySettings;
 use super::error::{Failure, Outcome};
 use super::route::{Destination, NextHop};
 use super::tls::SmtpPolicy;
+use crate::plugin::transcript::{Journal, RecordedOutbound, record_outbound};
 use crate::plugin::{
     Answer, BounceDecision, Chain, DeferDecision, DeliverDecision, DeliveryFacts, FailureFacts, OutboundStage,
 };
@@ -23,6 +24,37 @@ use crate::smtp::EnhancedCode;
 /// The chain, when some plugin runs at `stage`.
 fn chain(settings: &DeliverySettings, stage: OutboundStage) -> Option<&Arc<Chain>> {
     settings.chain.as_ref().filter(|chain| chain.runs_outbound(stage))
+}
+
+/// A journal for the host's answers, when outbound calls are recorded.
+fn journal(settings: &DeliverySettings) -> Option<Journal> {
+    settings.record.as_ref().map(|_| Journal::default())
+}
+
+/// Writes the transcript of one outbound call, when recording.
+fn record(
+    settings: &DeliverySettings,
+    journal: Option<&Journal>,
+    stage: OutboundStage,
+    facts: &DeliveryFacts,
+    failure: Option<&FailureFacts>,
+    reply: Option<&str>,
+    outcome: String,
+) {
+    let (Some(dir), Some(journal)) = (&settings.record, journal) else {
+        return;
+    };
+    let now_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let entry = RecordedOutbound {
+        stage: stage.name().to_owned(),
+        delivery: facts.clone(),
+        failure: failure.cloned(),
+        reply: reply.map(str::to_owned),
+        outcome,
+    };
+    record_outbound(dir, entry, journal, now_ms);
 }
 
 /// What plugins see of one destination's delivery.
@@ -106,7 +138,19 @@ pub async fn before(
     let Some(chain) = chain(settings, OutboundStage::Deliver) else {
         return Before::Attempt(hop);
     };
-    let answer = chain.on_deliver(&facts(message, hop.as_ref(), indices)).await;
+    let told = facts(message, hop.as_ref(), indices);
+    let journal = journal(settings);
+    let answer = chain.on_deliver(&told, journal.as_ref()).await;
+    let outcome = answer.describe(OutboundStage::Deliver);
+    record(
+        settings,
+        journal.as_ref(),
+        OutboundStage::Deliver,
+        &told,
+        None,
+        None,
+        outcome,
+    );
     let (decision, by) = match answer {
         Answer::Neutral => return Before::Attempt(hop),
         Answer::Fault(reason) => {
@@ -186,9 +230,19 @@ pub async fn after_defer(
         return AfterDefer::Retry(None);
     };
     let which: Vec<usize> = deferred.iter().filter_map(|&n| indices.get(n).copied()).collect();
-    let answer = chain
-        .on_defer(&facts(message, hop, &which), &failure_facts(first, false))
-        .await;
+    let (told, failure) = (facts(message, hop, &which), failure_facts(first, false));
+    let journal = journal(settings);
+    let answer = chain.on_defer(&told, &failure, journal.as_ref()).await;
+    let outcome = answer.describe(OutboundStage::Defer);
+    record(
+        settings,
+        journal.as_ref(),
+        OutboundStage::Defer,
+        &told,
+        Some(&failure),
+        None,
+        outcome,
+    );
     match answer {
         Answer::Neutral | Answer::Fault(_) => AfterDefer::Retry(None),
         Answer::Decided(DeferDecision::Default, _) => AfterDefer::Retry(None),
@@ -239,7 +293,20 @@ pub async fn before_bounce(
             .get(index)
             .and_then(|r| settings.routes.next_hop(&r.address.domain_key(), r.route.as_ref()));
         let facts = facts(message, hop.as_ref(), &[index]);
-        match chain.on_bounce(&facts, &failure_facts(&failure, true)).await {
+        let told = failure_facts(&failure, true);
+        let journal = journal(settings);
+        let answer = chain.on_bounce(&facts, &told, journal.as_ref()).await;
+        let outcome = answer.describe(OutboundStage::Bounce);
+        record(
+            settings,
+            journal.as_ref(),
+            OutboundStage::Bounce,
+            &facts,
+            Some(&told),
+            None,
+            outcome,
+        );
+        match answer {
             Answer::Neutral | Answer::Fault(_) | Answer::Decided(BounceDecision::Send, _) => {
                 kept.push((index, failure))
             }
@@ -289,5 +356,20 @@ pub async fn delivered(
         Some(NextHop::Maildir(_)) => "delivered to the maildir",
         None => "",
     };
-    chain.on_delivered(&facts(message, hop, &done), reply).await;
+    let told = facts(message, hop, &done);
+    let journal = journal(settings);
+    let faults = chain.on_delivered(&told, reply, journal.as_ref()).await;
+    let outcome = match faults.is_empty() {
+        true => "continue".to_owned(),
+        false => format!("fault {}", faults.join("; ")),
+    };
+    record(
+        settings,
+        journal.as_ref(),
+        OutboundStage::Delivered,
+        &told,
+        None,
+        Some(reply),
+        outcome,
+    );
 }

@@ -23,6 +23,8 @@ mod output;
 mod state;
 pub mod transcript;
 
+pub use outbound::replay as replay_outbound;
+
 pub use chain::{Chain, ChainSession, StageCall};
 pub use convert::Verdict;
 pub(crate) use convert::{canonical_line_endings, header_name, mailbox};
@@ -39,6 +41,6 @@ pub use http::{HttpClient, HttpPolicy, HttpService, NoHttp, ReplayHttp};
 pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig, sha256_hex};
 pub use message::ParsedMessage;
 pub use outbound::{
-    Answer, BounceDecision, DeferDecision, DeliverDecision, DeliveryFacts, FailureFacts, OutboundStage,
+    Answer, BounceDecision, DeferDecision, DeliverDecision, DeliveryFacts, Described, FailureFacts, OutboundStage,
 };
 pub use outcome::{Decision, HeaderField, HookContext, Modification, StageResult};

@@ -14,12 +14,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use wasmtime::component::Val;
 
 use super::chain::Chain;
 use super::error::Fault;
 use super::load::{EntryMode, LoadedPlugin, OnError, arm, classify};
+use super::transcript::Journal;
 use crate::delivery::tls::TlsMode;
 use crate::queue::RouteOverride;
 
@@ -50,6 +52,22 @@ impl OutboundStage {
         }
     }
 
+    /// The verdict that decides nothing at this stage.
+    pub fn neutral(self) -> &'static str {
+        match self {
+            Self::Deliver | Self::Delivered => "continue",
+            Self::Defer => "default",
+            Self::Bounce => "send",
+        }
+    }
+
+    /// The stage called `name` in `stages`.
+    pub fn named(name: &str) -> Option<Self> {
+        [Self::Deliver, Self::Defer, Self::Bounce, Self::Delivered]
+            .into_iter()
+            .find(|s| s.name() == name)
+    }
+
     fn function(self) -> &'static str {
         match self {
             Self::Deliver => "on-deliver",
@@ -61,7 +79,7 @@ impl OutboundStage {
 }
 
 /// One message's delivery to one destination, as plugins see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryFacts {
     /// The queue id.
     pub queue_id: String,
@@ -82,7 +100,7 @@ pub struct DeliveryFacts {
 }
 
 /// Why an attempt failed, as plugins see it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureFacts {
     /// The reply code.
     pub code: Option<u16>,
@@ -137,6 +155,70 @@ pub enum BounceDecision {
     Retry,
 }
 
+fn route_text(route: &RouteOverride) -> String {
+    match route {
+        RouteOverride::Named(name) => format!("route {name}"),
+        RouteOverride::Smarthost { host, port } => format!("smarthost {host}:{port}"),
+    }
+}
+
+fn epoch_seconds(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// How a decision reads in a transcript and in `mailgate plugin test`:
+/// the verdict's name, then its detail.
+pub trait Described {
+    /// The verdict and detail.
+    fn describe(&self) -> String;
+}
+
+impl Described for DeliverDecision {
+    fn describe(&self) -> String {
+        match self {
+            Self::Continue => "continue".into(),
+            Self::Reroute(route) => format!("reroute {}", route_text(route)),
+            Self::Tls(mode) => format!("tls {mode:?}").to_ascii_lowercase(),
+            Self::Hold(reason) => format!("hold {reason}"),
+            Self::DeferUntil(at) => format!("defer-until {}", epoch_seconds(*at)),
+            Self::Bounce(reason) => format!("bounce {reason}"),
+        }
+    }
+}
+
+impl Described for DeferDecision {
+    fn describe(&self) -> String {
+        match self {
+            Self::Default => "default".into(),
+            Self::RetryAt(at) => format!("retry-at {}", epoch_seconds(*at)),
+            Self::Reroute(route) => format!("reroute {}", route_text(route)),
+            Self::Bounce(reason) => format!("bounce {reason}"),
+        }
+    }
+}
+
+impl Described for BounceDecision {
+    fn describe(&self) -> String {
+        match self {
+            Self::Send => "send".into(),
+            Self::Suppress => "suppress".into(),
+            Self::Explain(text) => format!("explain {text}"),
+            Self::Retry => "retry".into(),
+        }
+    }
+}
+
+impl<D: Described> Answer<D> {
+    /// The answer as `stage` reads in a transcript.
+    pub fn describe(&self, stage: OutboundStage) -> String {
+        match self {
+            Self::Neutral => stage.neutral().to_owned(),
+            Self::Decided(decision, _) => decision.describe(),
+            Self::Fault(reason) => format!("fault {reason}"),
+        }
+    }
+}
+
 /// The answer of a stage.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer<D> {
@@ -149,32 +231,45 @@ pub enum Answer<D> {
 }
 
 impl Chain {
-    /// `on-deliver` for `delivery`.
-    pub async fn on_deliver(&self, delivery: &DeliveryFacts) -> Answer<DeliverDecision> {
+    /// `on-deliver` for `delivery`; the host's answers go to `journal`
+    /// when recording.
+    pub async fn on_deliver(&self, delivery: &DeliveryFacts, journal: Option<&Journal>) -> Answer<DeliverDecision> {
         let args = vec![delivery_val(delivery)];
-        self.decide(OutboundStage::Deliver, args, |val| deliver_decision(val, self))
+        self.decide(OutboundStage::Deliver, args, journal, |val| deliver_decision(val, self))
             .await
     }
 
     /// `on-defer` for `delivery`, which failed with `failure`.
-    pub async fn on_defer(&self, delivery: &DeliveryFacts, failure: &FailureFacts) -> Answer<DeferDecision> {
+    pub async fn on_defer(
+        &self,
+        delivery: &DeliveryFacts,
+        failure: &FailureFacts,
+        journal: Option<&Journal>,
+    ) -> Answer<DeferDecision> {
         let args = vec![delivery_val(delivery), failure_val(failure)];
-        self.decide(OutboundStage::Defer, args, |val| defer_decision(val, self))
+        self.decide(OutboundStage::Defer, args, journal, |val| defer_decision(val, self))
             .await
     }
 
     /// `on-bounce` for `delivery`, which failed with `failure`.
-    pub async fn on_bounce(&self, delivery: &DeliveryFacts, failure: &FailureFacts) -> Answer<BounceDecision> {
+    pub async fn on_bounce(
+        &self,
+        delivery: &DeliveryFacts,
+        failure: &FailureFacts,
+        journal: Option<&Journal>,
+    ) -> Answer<BounceDecision> {
         let args = vec![delivery_val(delivery), failure_val(failure)];
-        self.decide(OutboundStage::Bounce, args, bounce_decision).await
+        self.decide(OutboundStage::Bounce, args, journal, bounce_decision).await
     }
 
-    /// `on-delivered` for `delivery`, accepted with `reply`.
-    pub async fn on_delivered(&self, delivery: &DeliveryFacts, reply: &str) {
+    /// `on-delivered` for `delivery`, accepted with `reply`; the faults,
+    /// described.
+    pub async fn on_delivered(&self, delivery: &DeliveryFacts, reply: &str, journal: Option<&Journal>) -> Vec<String> {
         let args = vec![delivery_val(delivery), Val::String(reply.to_owned())];
+        let mut faults = Vec::new();
         for plugin in self.outbound_plugins(OutboundStage::Delivered) {
             let started = std::time::Instant::now();
-            let result = call(plugin, OutboundStage::Delivered, args.clone(), 0).await;
+            let result = call(plugin, OutboundStage::Delivered, args.clone(), 0, journal).await;
             let seconds = started.elapsed().as_secs_f64();
             match result {
                 Ok(_) => plugin.metrics.call("delivered", "continue", seconds),
@@ -182,9 +277,11 @@ impl Chain {
                     plugin.metrics.call("delivered", "fault", seconds);
                     plugin.metrics.fault(fault.kind());
                     warn!(plugin = %plugin.config.name, stage = "delivered", kind = fault.kind(), error = %fault, "plugin fault at an outbound stage; going on as if the plugin were absent");
+                    faults.push(format!("{}: {fault}", plugin.config.name));
                 }
             }
         }
+        faults
     }
 
     /// Whether some plugin runs at `stage`.
@@ -196,13 +293,14 @@ impl Chain {
         &self,
         stage: OutboundStage,
         args: Vec<Val>,
+        journal: Option<&Journal>,
         read: impl Fn(Val) -> Result<Option<D>, String>,
     ) -> Answer<D> {
         for plugin in self.outbound_plugins(stage) {
             let name = plugin.config.name.to_string();
             let shadow = plugin.config.mode == EntryMode::Shadow;
             let started = std::time::Instant::now();
-            let decided = match call(plugin, stage, args.clone(), 1).await {
+            let decided = match call(plugin, stage, args.clone(), 1, journal).await {
                 Ok(Some(val)) => read(val).map_err(Fault::Illegal),
                 Ok(None) => Err(Fault::Illegal(format!("{} returned nothing", stage.function()))),
                 Err(fault) => Err(fault),
@@ -245,6 +343,57 @@ impl Chain {
     }
 }
 
+/// Replays recorded outbound calls against `chain` (whose host answers
+/// from the transcript), for `mailgate plugin test`.
+pub async fn replay(
+    chain: &Chain,
+    entries: &[super::transcript::RecordedOutbound],
+) -> Vec<super::transcript::Replayed> {
+    let mut report = Vec::new();
+    for entry in entries {
+        let Some(stage) = OutboundStage::named(&entry.stage) else {
+            continue;
+        };
+        let failure = entry.failure.clone().unwrap_or(FailureFacts {
+            code: None,
+            enhanced: None,
+            text: String::new(),
+            permanent: stage == OutboundStage::Bounce,
+        });
+        let facts = &entry.delivery;
+        let described = match stage {
+            OutboundStage::Deliver => chain.on_deliver(facts, None).await.describe(stage),
+            OutboundStage::Defer => chain.on_defer(facts, &failure, None).await.describe(stage),
+            OutboundStage::Bounce => chain.on_bounce(facts, &failure, None).await.describe(stage),
+            OutboundStage::Delivered => {
+                let faults = chain
+                    .on_delivered(facts, entry.reply.as_deref().unwrap_or(""), None)
+                    .await;
+                match faults.is_empty() {
+                    true => "continue".to_owned(),
+                    false => format!("fault {}", faults.join("; ")),
+                }
+            }
+        };
+        let (verdict, detail) = described.split_once(' ').unwrap_or((described.as_str(), ""));
+        report.push(super::transcript::Replayed {
+            stage: stage.name(),
+            label: format!(
+                "{} {} to {}",
+                stage.name(),
+                facts.recipients.join(","),
+                facts.destination
+            ),
+            verdict: verdict.to_owned(),
+            detail: detail.to_owned(),
+            modifications: Vec::new(),
+            headers: Vec::new(),
+            recorded: entry.outcome.clone(),
+        });
+    }
+    report
+}
+
 /// Calls `stage`'s function on a fresh instance of `plugin`; `results`
 /// values are expected back.
 async fn call(
@@ -252,8 +401,10 @@ async fn call(
     stage: OutboundStage,
     args: Vec<Val>,
     results: usize,
+    journal: Option<&Journal>,
 ) -> Result<Option<Val>, Fault> {
     let mut live = plugin.instance().await?;
+    live.store.data_mut().journal = journal.cloned();
     let raw = live
         .raw
         .ok_or_else(|| Fault::Illegal(format!("no {INTERFACE} export")))?;
@@ -276,6 +427,7 @@ async fn call(
         Ok(()) => {
             // Kept warm for the next call in `reused` mode (a plugin that
             // batches events), dropped otherwise; a faulted one never is.
+            live.store.data_mut().journal = None;
             plugin.release(live);
             Ok(out.into_iter().next())
         }

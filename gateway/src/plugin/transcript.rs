@@ -214,6 +214,69 @@ pub struct Transcript {
     pub stages: Vec<RecordedStage>,
     /// The host's answers, in order.
     pub host_calls: Vec<HostCall>,
+    /// Outbound plugin calls (`[delivery] record`): then `client` is the
+    /// delivery engine's placeholder and `stages` is empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<RecordedOutbound>,
+}
+
+/// One outbound stage call as it happened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedOutbound {
+    /// `deliver`, `defer`, `bounce` or `delivered`.
+    pub stage: String,
+    /// What the plugins were told.
+    pub delivery: super::outbound::DeliveryFacts,
+    /// The failure (`defer`, `bounce`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<super::outbound::FailureFacts>,
+    /// The next hop's reply (`delivered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+    /// What the chain decided: the verdict, then its detail.
+    pub outcome: String,
+}
+
+/// Writes one outbound call's transcript into `dir`, with the host's
+/// answers collected in `journal`.
+pub fn record_outbound(dir: &Arc<Path>, entry: RecordedOutbound, journal: &Journal, now_ms: u64) {
+    let calls = std::mem::take(&mut *journal.lock().unwrap_or_else(PoisonError::into_inner));
+    let transcript = Transcript {
+        version: VERSION,
+        recorded_at_ms: now_ms,
+        client: RecordedClient {
+            ip: IpAddr::from([0, 0, 0, 0]),
+            port: 0,
+            listener: "delivery".to_owned(),
+            tls: false,
+            authenticated: None,
+        },
+        stages: Vec::new(),
+        host_calls: calls,
+        outbound: vec![entry],
+    };
+    write_transcript(dir, &transcript, now_ms);
+}
+
+/// Writes `transcript` as a new file in `dir`, off the async runtime.
+fn write_transcript(dir: &Arc<Path>, transcript: &Transcript, stamp_ms: u64) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("{stamp_ms}-{}-{n}.json", std::process::id()));
+    let text = match serde_json::to_vec_pretty(transcript) {
+        Ok(text) => text,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a transcript");
+            return;
+        }
+    };
+    let dir = Arc::clone(dir);
+    tokio::task::spawn_blocking(move || {
+        let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, path = %path.display(), "cannot write a transcript");
+        }
+    });
 }
 
 /// How a decision reads in a transcript and in `mailgate plugin test`.
@@ -335,26 +398,9 @@ impl Recorder {
             client,
             stages: self.connection.0.iter().cloned().chain(stages).collect(),
             host_calls: self.connection.1.iter().cloned().chain(calls).collect(),
+            outbound: Vec::new(),
         };
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = self
-            .dir
-            .join(format!("{}-{}-{n}.json", self.started_ms, std::process::id()));
-        let text = match serde_json::to_vec_pretty(&transcript) {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode a transcript");
-                return;
-            }
-        };
-        let dir = Arc::clone(&self.dir);
-        tokio::task::spawn_blocking(move || {
-            let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, text));
-            if let Err(e) = written {
-                tracing::warn!(error = %e, path = %path.display(), "cannot write a transcript");
-            }
-        });
+        write_transcript(&self.dir, &transcript, self.started_ms);
     }
 }
 
@@ -597,6 +643,7 @@ pub fn from_message(message: &[u8], from: &str, to: &[String]) -> Transcript {
         },
         stages,
         host_calls: Vec::new(),
+        outbound: Vec::new(),
     }
 }
 
