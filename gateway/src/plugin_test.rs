@@ -162,6 +162,7 @@ async fn replay_one(
             OutboundStage::Defer,
             OutboundStage::Bounce,
             OutboundStage::Delivered,
+            OutboundStage::Quarantined,
         ];
     }
     // The routes the recording named: where mail came from, and where a

@@ -211,6 +211,12 @@ pub trait Plugin: Sized + 'static {
     fn on_delivered(&self, delivery: &outbound::Delivery, reply: &str) {
         let _ = (delivery, reply);
     }
+
+    /// Outbound (stage `quarantined`): a plugin put the message in the
+    /// quarantine with `reason` instead of queueing it.
+    fn on_quarantined(&self, delivery: &outbound::Delivery, reason: &str) {
+        let _ = (delivery, reason);
+    }
 }
 
 /// Exports a [`Plugin`] implementation as the component's hooks.
@@ -277,6 +283,9 @@ macro_rules! export_plugin {
             fn on_delivered(delivery: $crate::__private::OutboundDelivery, reply: ::std::string::String) {
                 $crate::__private::on_delivered::<$plugin>(delivery, reply)
             }
+            fn on_quarantined(delivery: $crate::__private::OutboundDelivery, reason: ::std::string::String) {
+                $crate::__private::on_quarantined::<$plugin>(delivery, reason)
+            }
         }
 
         #[cfg(target_arch = "wasm32")]
@@ -296,6 +305,7 @@ macro_rules! export_plugin {
             let _ = <$plugin as $crate::Plugin>::on_defer;
             let _ = <$plugin as $crate::Plugin>::on_bounce;
             let _ = <$plugin as $crate::Plugin>::on_delivered;
+            let _ = <$plugin as $crate::Plugin>::on_quarantined;
         };
     };
 }
@@ -393,5 +403,10 @@ pub mod __private {
     pub fn on_delivered<P: Plugin>(delivery: OutboundDelivery, reply: String) {
         let delivery = delivery.into();
         with::<P, _>(|p| p.on_delivered(&delivery, &reply));
+    }
+
+    pub fn on_quarantined<P: Plugin>(delivery: OutboundDelivery, reason: String) {
+        let delivery = delivery.into();
+        with::<P, _>(|p| p.on_quarantined(&delivery, &reason));
     }
 }

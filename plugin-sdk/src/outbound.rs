@@ -1,6 +1,6 @@
 //! The outbound stages: what the delivery engine asks a plugin configured
-//! for `stages = ["deliver", "defer", "bounce", "delivered"]` (any of
-//! them) once a message is queued. See [`crate::Plugin::on_deliver`] and
+//! for `stages = ["deliver", "defer", "bounce", "delivered",
+//! "quarantined"]` (any of them) once a message is queued (or quarantined). See [`crate::Plugin::on_deliver`] and
 //! the hooks after it.
 //!
 //! ```no_run

@@ -406,3 +406,37 @@ async fn the_suppression_plugin_refuses_an_address_that_hard_bounced_until_an_op
     assert_eq!(entries[0]["key"], "gone@dest.test", "{listed}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_plugin_hears_of_quarantined_messages() -> Result<()> {
+    let (hook, bodies) = webhook_receiver().await?;
+    let dest = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new()
+        .route_all_to(dest.addr())
+        .plugin(&format!(
+            "name = \"spamcheck\"\npath = \"{}\"\nstages = [\"data\"]\n\
+             [plugin.settings.data]\nwhen = \"cheap\"\nverdict = \"quarantine\"\ntext = \"looks like spam\"\n",
+            mailgate_tests::plugins::SCRIPTED
+        ))
+        .plugin(&format!(
+            "name = \"webhook\"\npath = \"{}\"\nstages = [\"quarantined\"]\n\
+             capabilities = [\"http\", \"clock\", \"log\", \"metrics\"]\nhttp_allow = [\"http://{hook}/\"]\n\
+             [plugin.settings]\nurl = \"http://{hook}/events\"\nbatch_size = 1\n",
+            mailgate_tests::plugins::WEBHOOK
+        ))
+        .write(dir.path())?;
+    let gw = GatewayProcess::start(&binary(), &config).await?;
+    let content = b"From: sender@back.test\r\nSubject: cheap watches\r\n\r\nbuy\r\n";
+    SmtpClient::deliver(gw.addr, "sender@back.test", &["rcpt@dest.test"], content).await?;
+    let posted = || bodies.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    wait_until(WAIT, || !posted().is_empty()).await?;
+    let batch: serde_json::Value = serde_json::from_str(&posted()[0])?;
+    let event = &batch[0];
+    assert_eq!(event["event"], "quarantined", "{batch}");
+    assert_eq!(event["destination"], "quarantine");
+    assert_eq!(event["recipients"], serde_json::json!(["rcpt@dest.test"]));
+    assert_eq!(event["detail"], "looks like spam (plugin spamcheck)", "{batch}");
+    assert_eq!(dest.count(), 0, "nothing delivered");
+    Ok(())
+}

@@ -245,5 +245,6 @@ fn stage(raw: RawStage) -> Result<Stage, OutboundStage> {
         RawStage::Defer => Err(OutboundStage::Defer),
         RawStage::Bounce => Err(OutboundStage::Bounce),
         RawStage::Delivered => Err(OutboundStage::Delivered),
+        RawStage::Quarantined => Err(OutboundStage::Quarantined),
     }
 }

@@ -636,6 +636,8 @@ pub enum RawStage {
     Bounce,
     /// `"delivered"` (outbound)
     Delivered,
+    /// `"quarantined"` (outbound)
+    Quarantined,
 }
 
 fn default_kind() -> Spanned<RawKind> {

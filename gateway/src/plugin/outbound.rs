@@ -39,6 +39,8 @@ pub enum OutboundStage {
     Bounce,
     /// After a delivery.
     Delivered,
+    /// A message was quarantined at `data`.
+    Quarantined,
 }
 
 impl OutboundStage {
@@ -49,13 +51,14 @@ impl OutboundStage {
             Self::Defer => "defer",
             Self::Bounce => "bounce",
             Self::Delivered => "delivered",
+            Self::Quarantined => "quarantined",
         }
     }
 
     /// The verdict that decides nothing at this stage.
     pub fn neutral(self) -> &'static str {
         match self {
-            Self::Deliver | Self::Delivered => "continue",
+            Self::Deliver | Self::Delivered | Self::Quarantined => "continue",
             Self::Defer => "default",
             Self::Bounce => "send",
         }
@@ -63,9 +66,15 @@ impl OutboundStage {
 
     /// The stage called `name` in `stages`.
     pub fn named(name: &str) -> Option<Self> {
-        [Self::Deliver, Self::Defer, Self::Bounce, Self::Delivered]
-            .into_iter()
-            .find(|s| s.name() == name)
+        [
+            Self::Deliver,
+            Self::Defer,
+            Self::Bounce,
+            Self::Delivered,
+            Self::Quarantined,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
     }
 
     fn function(self) -> &'static str {
@@ -74,6 +83,7 @@ impl OutboundStage {
             Self::Defer => "on-defer",
             Self::Bounce => "on-bounce",
             Self::Delivered => "on-delivered",
+            Self::Quarantined => "on-quarantined",
         }
     }
 }
@@ -265,18 +275,40 @@ impl Chain {
     /// `on-delivered` for `delivery`, accepted with `reply`; the faults,
     /// described.
     pub async fn on_delivered(&self, delivery: &DeliveryFacts, reply: &str, journal: Option<&Journal>) -> Vec<String> {
-        let args = vec![delivery_val(delivery), Val::String(reply.to_owned())];
+        self.notify(OutboundStage::Delivered, delivery, reply, journal).await
+    }
+
+    /// `on-quarantined` for `delivery`, quarantined for `reason`; the
+    /// faults, described.
+    pub async fn on_quarantined(
+        &self,
+        delivery: &DeliveryFacts,
+        reason: &str,
+        journal: Option<&Journal>,
+    ) -> Vec<String> {
+        self.notify(OutboundStage::Quarantined, delivery, reason, journal).await
+    }
+
+    /// Tells every plugin of `stage` (a notification, no verdict).
+    async fn notify(
+        &self,
+        stage: OutboundStage,
+        delivery: &DeliveryFacts,
+        text: &str,
+        journal: Option<&Journal>,
+    ) -> Vec<String> {
+        let args = vec![delivery_val(delivery), Val::String(text.to_owned())];
         let mut faults = Vec::new();
-        for plugin in self.outbound_plugins(OutboundStage::Delivered) {
+        for plugin in self.outbound_plugins(stage) {
             let started = std::time::Instant::now();
-            let result = call(plugin, OutboundStage::Delivered, args.clone(), 0, journal).await;
+            let result = call(plugin, stage, args.clone(), 0, journal).await;
             let seconds = started.elapsed().as_secs_f64();
             match result {
-                Ok(_) => plugin.metrics.call("delivered", "continue", seconds),
+                Ok(_) => plugin.metrics.call(stage.name(), "continue", seconds),
                 Err(fault) => {
-                    plugin.metrics.call("delivered", "fault", seconds);
+                    plugin.metrics.call(stage.name(), "fault", seconds);
                     plugin.metrics.fault(fault.kind());
-                    warn!(plugin = %plugin.config.name, stage = "delivered", kind = fault.kind(), error = %fault, "plugin fault at an outbound stage; going on as if the plugin were absent");
+                    warn!(plugin = %plugin.config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault at an outbound stage; going on as if the plugin were absent");
                     faults.push(format!("{}: {fault}", plugin.config.name));
                 }
             }
@@ -365,9 +397,9 @@ pub async fn replay(
             OutboundStage::Deliver => chain.on_deliver(facts, None).await.describe(stage),
             OutboundStage::Defer => chain.on_defer(facts, &failure, None).await.describe(stage),
             OutboundStage::Bounce => chain.on_bounce(facts, &failure, None).await.describe(stage),
-            OutboundStage::Delivered => {
+            OutboundStage::Delivered | OutboundStage::Quarantined => {
                 let faults = chain
-                    .on_delivered(facts, entry.reply.as_deref().unwrap_or(""), None)
+                    .notify(stage, facts, entry.reply.as_deref().unwrap_or(""), None)
                     .await;
                 match faults.is_empty() {
                     true => "continue".to_owned(),

@@ -547,8 +547,12 @@ impl Connection {
                 };
                 envelope.quarantine = Some(reason);
                 envelope.quarantined_by = by;
+                let told = envelope.clone();
                 match self.inbound.spool.quarantine(writer, envelope).await {
-                    Ok(_) => (QueueOutcome::Queued(id), Some(log)),
+                    Ok(_) => {
+                        super::filters::notify_quarantined(edits.chain.as_ref(), &id, &told);
+                        (QueueOutcome::Queued(id), Some(log))
+                    }
                     Err(e) => {
                         error!(error = %e, "cannot quarantine message; answering 451");
                         (

@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use crate::plugin::transcript::Recorder;
 use crate::plugin::{
-    Chain, ChainSession, Decision, HookContext, HostServices, Modification, ParsedMessage, StageCall, StageResult,
+    Chain, ChainSession, Decision, DeliveryFacts, HookContext, Modification, OutboundStage, ParsedMessage, StageCall,
+    StageResult,
 };
 use crate::queue::{Envelope, Recipient, RouteOverride};
 use crate::smtp::Mailbox;
@@ -42,8 +43,9 @@ pub struct TransactionEdits {
     pub disposition: Disposition,
     /// The parse plugins saw at the data stage.
     pub message: Option<Arc<ParsedMessage>>,
-    /// The chain's services (the ARC sealer), once the transaction is taken.
-    host: Option<HostServices>,
+    /// The chain (its services: the ARC sealer; its outbound stages: the
+    /// quarantine notice), once the transaction is taken.
+    pub chain: Option<Arc<Chain>>,
 }
 
 impl TransactionEdits {
@@ -59,9 +61,10 @@ impl TransactionEdits {
             Modification::ArcSeal(request) => Some(request),
             _ => None,
         });
-        let (Some(request), Some(host)) = (request, &self.host) else {
+        let (Some(request), Some(chain)) = (request, &self.chain) else {
             return edited;
         };
+        let host = chain.host();
         let content = edited.as_deref().unwrap_or(message.raw());
         match host.dkim.seal(message.raw(), content, request).await {
             Ok(set) => {
@@ -121,6 +124,33 @@ impl TransactionEdits {
             fresh
         });
     }
+}
+
+/// Tells the plugins of the outbound stage `quarantined` that `envelope`
+/// (queue id `id`) went to the quarantine, without holding up the reply.
+pub fn notify_quarantined(chain: Option<&Arc<Chain>>, id: &str, envelope: &Envelope) {
+    let Some(chain) = chain.filter(|c| c.runs_outbound(OutboundStage::Quarantined)) else {
+        return;
+    };
+    let facts = DeliveryFacts {
+        queue_id: id.to_owned(),
+        reverse_path: envelope.reverse_path.to_string(),
+        recipients: envelope.recipients.iter().map(|r| r.address.to_string()).collect(),
+        destination: "quarantine".to_owned(),
+        route: None,
+        attempt: 0,
+        age_seconds: 0,
+        size: envelope.size,
+    };
+    let reason = match (&envelope.quarantine, &envelope.quarantined_by) {
+        (Some(reason), Some(by)) => format!("{reason} ({by})"),
+        (Some(reason), None) => reason.clone(),
+        (None, _) => String::new(),
+    };
+    let chain = Arc::clone(chain);
+    tokio::spawn(async move {
+        chain.on_quarantined(&facts, &reason, None).await;
+    });
 }
 
 /// A connection's plugin state.
@@ -190,7 +220,7 @@ impl Filters {
     /// The edits of the transaction being committed.
     pub fn take_transaction(&mut self) -> TransactionEdits {
         TransactionEdits {
-            host: Some(self.chain.host().clone()),
+            chain: Some(Arc::clone(&self.chain)),
             ..std::mem::take(&mut self.txn)
         }
     }

@@ -1,5 +1,6 @@
-//! webhook: tells an HTTP endpoint about deliveries and bounces. At the
-//! outbound stages `delivered` and `bounce` it queues an event (JSON) and
+//! webhook: tells an HTTP endpoint about deliveries, bounces and
+//! quarantined messages. At the outbound stages `delivered`, `bounce` and
+//! `quarantined` it queues an event (JSON) and
 //! posts the queued events as one JSON array to `url` through the `http`
 //! capability once `batch_size` of them are queued or the oldest has
 //! waited `max_delay`. See README.md for the failure policy.
@@ -44,7 +45,7 @@ fn default_max_queued() -> usize {
 /// One event as posted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Event {
-    /// "delivered" or "bounced".
+    /// "delivered", "bounced" or "quarantined".
     pub event: &'static str,
     /// Milliseconds since the Unix epoch.
     pub time_ms: u64,
@@ -160,6 +161,10 @@ impl Plugin for Webhook {
     fn on_bounce(&self, delivery: &Delivery, failure: &Failure) -> BounceVerdict {
         self.record(event("bounced", delivery, &failure.text));
         BounceVerdict::Send
+    }
+
+    fn on_quarantined(&self, delivery: &Delivery, reason: &str) {
+        self.record(event("quarantined", delivery, reason));
     }
 }
 
