@@ -42,6 +42,11 @@ pub enum DnsError {
     /// SERVFAIL, a timeout, a network error: try again later.
     #[error("temporary DNS failure: {0}")]
     Temporary(String),
+    /// The validating resolver (DANE) found the answer bogus: also a
+    /// temporary failure, never taken as "no records". The payload names
+    /// the query ("the MX records of example.com").
+    #[error("temporary DNS failure: DNSSEC validation failed (bogus) for {0}")]
+    Bogus(String),
 }
 
 /// An MX record.
@@ -271,6 +276,7 @@ impl From<DnsError> for DnsFailure {
             DnsError::NoSuchName => Self::NoSuchName,
             DnsError::NoRecords => Self::Temporary("no records".into()),
             DnsError::Temporary(reason) => Self::Temporary(reason),
+            DnsError::Bogus(_) => Self::Temporary(error.to_string()),
         }
     }
 }
@@ -326,7 +332,7 @@ fn count<T>(kind: DnsKind, result: &Result<T, DnsError>) {
         Ok(_) => DnsResult::Found,
         Err(DnsError::NoSuchName) => DnsResult::NxDomain,
         Err(DnsError::NoRecords) => DnsResult::NoData,
-        Err(DnsError::Temporary(_)) => DnsResult::Error,
+        Err(DnsError::Temporary(_) | DnsError::Bogus(_)) => DnsResult::Error,
     };
     metrics().dns(kind, result);
 }

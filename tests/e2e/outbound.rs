@@ -28,6 +28,25 @@ async fn log_line(gw: &GatewayProcess, needle: &str) -> Result<String> {
     find().context("gone")
 }
 
+/// A downstream that refuses `gone` mailboxes for good (550 5.1.1) and
+/// accepts the rest, the sender's side (`back.test`) where bounces go, and
+/// a gateway setup relaying between them with hourly retries.
+async fn bouncing(gone: &[&str]) -> Result<(SinkServer, SinkServer, Setup)> {
+    let dest = SinkServer::start().await?;
+    let refused: Vec<String> = gone.iter().map(|g| (*g).to_owned()).collect();
+    dest.behave(move |b| {
+        for mailbox in &refused {
+            b.rcpt_replies.insert(mailbox.clone(), "550 5.1.1 no such user".into());
+        }
+    });
+    let back = SinkServer::start().await?;
+    let setup = Setup::new()
+        .hourly_retries()
+        .route_to("\"back.test\"", back.addr())
+        .route_all_to(dest.addr());
+    Ok((dest, back, setup))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_reroutes_on_defer_and_hears_of_the_delivery_at_the_other_server() -> Result<()> {
     let busy = SinkServer::start().await?;
@@ -107,20 +126,10 @@ async fn a_plugin_reroutes_on_defer_and_hears_of_the_delivery_at_the_other_serve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliver_holds_and_bounces_and_bounce_suppresses_or_explains() -> Result<()> {
-    let dest = SinkServer::start().await?;
-    dest.behave(|b| {
-        b.rcpt_replies
-            .insert("gone@dest.test".into(), "550 5.1.1 no such user".into());
-        b.rcpt_replies
-            .insert("moved@dest.test".into(), "550 5.1.1 no such user".into());
-    });
-    let back = SinkServer::start().await?;
+    let (dest, back, setup) = bouncing(&["gone@dest.test", "moved@dest.test"]).await?;
     let dir = tempfile::tempdir()?;
-    let setup = Setup::new()
+    let setup = setup
         .admin()?
-        .hourly_retries()
-        .route_to("\"back.test\"", back.addr())
-        .route_all_to(dest.addr())
         .plugin(&plugin(
             "holder",
             "\"deliver\"",
@@ -272,18 +281,10 @@ async fn webhook_receiver() -> Result<(std::net::SocketAddr, std::sync::Arc<std:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_plugin_posts_deliveries_and_bounces_in_batches() -> Result<()> {
     let (hook, bodies) = webhook_receiver().await?;
-    let dest = SinkServer::start().await?;
-    dest.behave(|b| {
-        b.rcpt_replies
-            .insert("gone@dest.test".into(), "550 5.1.1 no such user".into());
-    });
-    let back = SinkServer::start().await?;
+    let (dest, back, setup) = bouncing(&["gone@dest.test"]).await?;
     let dir = tempfile::tempdir()?;
-    let config = Setup::new()
-        .hourly_retries()
+    let config = setup
         .delivery("concurrency = 1")
-        .route_to("\"back.test\"", back.addr())
-        .route_all_to(dest.addr())
         .plugin(&format!(
             "name = \"webhook\"\npath = \"{}\"\nstages = [\"bounce\", \"delivered\"]\n\
              capabilities = [\"http\", \"clock\", \"log\", \"metrics\"]\nhttp_allow = [\"http://{hook}/\"]\n\
@@ -331,23 +332,13 @@ async fn the_webhook_plugin_posts_deliveries_and_bounces_in_batches() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_suppression_plugin_refuses_an_address_that_hard_bounced_until_an_operator_lifts_it() -> Result<()> {
-    let dest = SinkServer::start().await?;
-    dest.behave(|b| {
-        b.rcpt_replies
-            .insert("gone@dest.test".into(), "550 5.1.1 no such user".into());
-    });
-    let back = SinkServer::start().await?;
+    let (_dest, back, setup) = bouncing(&["gone@dest.test"]).await?;
     let dir = tempfile::tempdir()?;
-    let setup = Setup::new()
-        .admin()?
-        .hourly_retries()
-        .route_to("\"back.test\"", back.addr())
-        .route_all_to(dest.addr())
-        .plugin(&format!(
-            "name = \"suppression\"\npath = \"{}\"\nstages = [\"rcpt\", \"bounce\"]\n\
+    let setup = setup.admin()?.plugin(&format!(
+        "name = \"suppression\"\npath = \"{}\"\nstages = [\"rcpt\", \"bounce\"]\n\
              capabilities = [\"kv\", \"log\", \"metrics\"]\n",
-            mailgate_tests::plugins::SUPPRESSION
-        ));
+        mailgate_tests::plugins::SUPPRESSION
+    ));
     let admin = setup.admin_address().context("no admin address")?;
     let config = setup.write(dir.path())?;
     let gw = GatewayProcess::start(&binary(), &config).await?;

@@ -44,7 +44,7 @@ pub async fn open(
         if let (Some(reports), Destination::Mx(domain), DeliveryError::Dns { error, .. }) =
             (settings.tls_reports.as_deref(), destination, e)
             && dane.is_some()
-            && super::dane::is_bogus(error)
+            && matches!(error, DnsError::Bogus(_))
         {
             let failure = Failure {
                 result: ResultType::DnssecInvalid,

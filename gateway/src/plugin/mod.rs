@@ -20,10 +20,11 @@ mod message;
 mod outbound;
 mod outcome;
 mod output;
+mod replay;
 mod state;
 pub mod transcript;
 
-pub use outbound::replay as replay_outbound;
+pub use replay::replay_outbound;
 
 pub use chain::{Chain, ChainSession, StageCall};
 pub use convert::Verdict;

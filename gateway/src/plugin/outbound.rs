@@ -290,7 +290,7 @@ impl Chain {
     }
 
     /// Tells every plugin of `stage` (a notification, no verdict).
-    async fn notify(
+    pub(super) async fn notify(
         &self,
         stage: OutboundStage,
         delivery: &DeliveryFacts,
@@ -373,57 +373,6 @@ impl Chain {
         }
         Answer::Neutral
     }
-}
-
-/// Replays recorded outbound calls against `chain` (whose host answers
-/// from the transcript), for `mailgate plugin test`.
-pub async fn replay(
-    chain: &Chain,
-    entries: &[super::transcript::RecordedOutbound],
-) -> Vec<super::transcript::Replayed> {
-    let mut report = Vec::new();
-    for entry in entries {
-        let Some(stage) = OutboundStage::named(&entry.stage) else {
-            continue;
-        };
-        let failure = entry.failure.clone().unwrap_or(FailureFacts {
-            code: None,
-            enhanced: None,
-            text: String::new(),
-            permanent: stage == OutboundStage::Bounce,
-        });
-        let facts = &entry.delivery;
-        let described = match stage {
-            OutboundStage::Deliver => chain.on_deliver(facts, None).await.describe(stage),
-            OutboundStage::Defer => chain.on_defer(facts, &failure, None).await.describe(stage),
-            OutboundStage::Bounce => chain.on_bounce(facts, &failure, None).await.describe(stage),
-            OutboundStage::Delivered | OutboundStage::Quarantined => {
-                let faults = chain
-                    .notify(stage, facts, entry.reply.as_deref().unwrap_or(""), None)
-                    .await;
-                match faults.is_empty() {
-                    true => "continue".to_owned(),
-                    false => format!("fault {}", faults.join("; ")),
-                }
-            }
-        };
-        let (verdict, detail) = described.split_once(' ').unwrap_or((described.as_str(), ""));
-        report.push(super::transcript::Replayed {
-            stage: stage.name(),
-            label: format!(
-                "{} {} to {}",
-                stage.name(),
-                facts.recipients.join(","),
-                facts.destination
-            ),
-            verdict: verdict.to_owned(),
-            detail: detail.to_owned(),
-            modifications: Vec::new(),
-            headers: Vec::new(),
-            recorded: entry.outcome.clone(),
-        });
-    }
-    report
 }
 
 /// Calls `stage`'s function on a fresh instance of `plugin`; `results`

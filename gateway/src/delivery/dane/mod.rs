@@ -23,14 +23,6 @@ pub use verify::{DaneVerifier, Matching, Selector, Tlsa, Usage};
 
 use crate::dns::{DnsError, DnsSettings, Mx, Resolver, classify, fqdn};
 
-/// How a bogus answer is described.
-const BOGUS: &str = "DNSSEC validation failed (bogus)";
-
-/// Whether `error` is a bogus answer of the validating resolver.
-pub fn is_bogus(error: &DnsError) -> bool {
-    matches!(error, DnsError::Temporary(reason) if reason.starts_with(BOGUS))
-}
-
 /// What DANE says about one MX host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostTlsa {
@@ -96,6 +88,7 @@ impl Dane {
                 }
                 Err(DnsError::NoRecords | DnsError::NoSuchName) => {}
                 Err(DnsError::Temporary(reason)) => return HostTlsa::Failed(format!("{host}: {reason}")),
+                Err(e @ DnsError::Bogus(_)) => return HostTlsa::Failed(format!("{host}: {e}")),
             }
         }
         if !found || !secure {
@@ -107,6 +100,7 @@ impl Dane {
             Ok(records) => records,
             Err(DnsError::NoRecords | DnsError::NoSuchName) => return HostTlsa::None,
             Err(DnsError::Temporary(reason)) => return HostTlsa::Failed(format!("{owner}: {reason}")),
+            Err(e @ DnsError::Bogus(_)) => return HostTlsa::Failed(format!("{owner}: {e}")),
         };
         if records.is_empty() || records.iter().any(|(_, proof)| *proof != Proof::Secure) {
             return HostTlsa::None;
@@ -142,7 +136,7 @@ impl Dane {
                 .map(|r| (r.data.clone(), r.proof))
                 .collect()),
             Err(NetError::Dns(NetDnsError::DnssecBogus)) => {
-                Err(DnsError::Temporary(format!("{BOGUS} for the {kind} records of {name}")))
+                Err(DnsError::Bogus(format!("the {kind} records of {name}")))
             }
             Err(e) => Err(classify(e)),
         }
