@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod kv;
 pub mod metrics;
 pub mod milter;
+pub mod mta_hooks;
 pub mod net;
 pub mod plugin;
 pub mod plugin_test;

@@ -22,6 +22,7 @@ mod isolation;
 mod limits;
 mod logs;
 mod milters;
+mod mta_hooks;
 mod mta_sts;
 mod mx;
 mod operations;

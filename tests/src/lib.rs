@@ -11,6 +11,7 @@ mod https;
 mod milter;
 mod postfix;
 mod redis;
+mod scanner;
 mod sink;
 mod tls;
 
@@ -25,6 +26,7 @@ pub use https::{HttpsServer, Request as HttpsRequest};
 pub use milter::{OpenDkim, Rspamd, Script, Seen, TestMilter};
 pub use postfix::Postfix;
 pub use redis::RedisServer;
+pub use scanner::MtaHooksScanner;
 pub use sink::{Behavior, Received, SinkServer};
 pub use tls::TestCa;
 

@@ -1,4 +1,5 @@
-//! The `[[plugin]]` entries: wasm components and milters, their stages,
+//! The `[[plugin]]` entries: wasm components, milters and MTA Hooks
+//! scanners, their stages,
 //! listeners, settings, limits and pinned digests.
 
 use std::collections::HashSet;
@@ -12,6 +13,7 @@ use super::raw::{RawConfig, RawKind, RawPlugin, RawStage};
 use super::{Checker, Problem};
 use crate::delivery::tls::TlsConfigs;
 use crate::milter::{MilterAddress, MilterSettings};
+use crate::mta_hooks::ScannerSettings;
 use crate::plugin::{Capability, EntryKind, HttpPolicy, OutboundStage, PluginConfig};
 use crate::smtp::session::Stage;
 
@@ -25,13 +27,27 @@ impl Checker<'_> {
         ];
         let milter_only = [
             ("address", p.address.is_some()),
-            ("timeout", p.timeout.is_some()),
             ("connect_timeout", p.connect_timeout.is_some()),
         ];
-        match p.kind.get_ref() {
+        let scanner_only = [("url", p.url.is_some()), ("token_file", p.token_file.is_some())];
+        let kind = *p.kind.get_ref();
+        if kind != RawKind::Milter {
+            for (key, _) in milter_only.iter().filter(|(_, set)| *set) {
+                self.problem(at, format!("`{key}` is for `kind = \"milter\"` entries"));
+            }
+        }
+        if kind != RawKind::MtaHooks {
+            for (key, _) in scanner_only.iter().filter(|(_, set)| *set) {
+                self.problem(at, format!("`{key}` is for `kind = \"mta-hooks\"` entries"));
+            }
+        }
+        match kind {
             RawKind::Wasm => {
-                for (key, _) in milter_only.iter().filter(|(_, set)| *set) {
-                    self.problem(at, format!("`{key}` is for `kind = \"milter\"` entries"));
+                if p.timeout.is_some() {
+                    self.problem(
+                        at,
+                        "`timeout` is for milters and MTA Hooks scanners; a wasm plugin has `time_budget`",
+                    );
                 }
                 if p.path.is_none() {
                     self.problem(at, "a wasm plugin needs `path`");
@@ -69,7 +85,57 @@ impl Checker<'_> {
                     hostname: hostname.to_owned(),
                 }))
             }
+            RawKind::MtaHooks => {
+                for (key, _) in wasm_only.iter().filter(|(_, set)| *set) {
+                    self.problem(at, format!("`{key}` is for wasm plugins, not MTA Hooks scanners"));
+                }
+                self.scanner(&p.kind, p)
+            }
         }
+    }
+
+    /// An `mta-hooks` entry's settings: its origin and its token.
+    fn scanner(&mut self, kind: &Spanned<RawKind>, p: &RawPlugin) -> EntryKind {
+        let origin = match &p.url {
+            Some(url) => ScannerSettings::origin_of(url.get_ref()).unwrap_or_else(|e| {
+                self.problem(url, e);
+                String::new()
+            }),
+            None => {
+                self.problem(
+                    kind,
+                    "an MTA Hooks scanner needs `url` (its base URL, http:// or https://)",
+                );
+                String::new()
+            }
+        };
+        let token = p.token_file.as_ref().and_then(|file| {
+            let path = self.resolve(file.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(text) if !text.trim().is_empty() && !text.trim().contains(char::is_control) => {
+                    Some(text.trim().to_owned())
+                }
+                Ok(_) => {
+                    let written = file.get_ref().display();
+                    self.problem(
+                        file,
+                        format!("{written} holds no token (one line, no control characters)"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    self.problem(file, format!("cannot read {}: {e}", file.get_ref().display()));
+                    None
+                }
+            }
+        });
+        EntryKind::MtaHooks(Arc::new(ScannerSettings {
+            origin,
+            token,
+            timeout: p
+                .timeout
+                .map_or(Duration::from_secs(10), |d| d.0.max(Duration::from_millis(1))),
+        }))
     }
 
     pub(super) fn plugins(&mut self, raw: &RawConfig, hostname: &str) -> Vec<PluginConfig> {
@@ -89,7 +155,7 @@ impl Checker<'_> {
                 }
                 let kind = self.entry_kind(spanned, p, hostname);
                 let stages = match (&kind, &p.stages) {
-                    (EntryKind::Wasm, Some(stages)) => {
+                    (EntryKind::Wasm | EntryKind::MtaHooks(_), Some(stages)) => {
                         if stages.get_ref().is_empty() {
                             self.problem(stages, "a plugin needs at least one stage");
                         }
@@ -97,6 +163,10 @@ impl Checker<'_> {
                     }
                     (EntryKind::Wasm, None) => {
                         self.problem(spanned, "a wasm plugin needs `stages`");
+                        Vec::new()
+                    }
+                    (EntryKind::MtaHooks(_), None) => {
+                        self.problem(spanned, "an MTA Hooks scanner needs `stages`");
                         Vec::new()
                     }
                     (EntryKind::Milter(_), Some(stages)) => {
@@ -108,9 +178,16 @@ impl Checker<'_> {
                     }
                 };
                 let outbound: Vec<OutboundStage> = match (&kind, &p.stages) {
-                    (EntryKind::Wasm, Some(stages)) => stages.get_ref().iter().filter_map(|&s| stage(s).err()).collect(),
+                    (EntryKind::Wasm | EntryKind::MtaHooks(_), Some(stages)) => {
+                        stages.get_ref().iter().filter_map(|&s| stage(s).err()).collect()
+                    }
                     _ => Vec::new(),
                 };
+                if let (EntryKind::MtaHooks(_), Some(at)) = (&kind, &p.stages)
+                    && outbound.contains(&OutboundStage::Quarantined)
+                {
+                    self.problem(at, "the MTA Hooks draft has no stage for `quarantined`");
+                }
                 let memory = *p.memory_limit_bytes.get_ref();
                 if !(1 << 20..=4 << 30).contains(&memory) {
                     self.problem(&p.memory_limit_bytes, "must be between 1 MiB and 4 GiB");

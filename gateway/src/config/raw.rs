@@ -545,7 +545,7 @@ impl Default for RawPlugins {
 pub struct RawPlugin {
     /// `name`: unique; appears in logs and metrics.
     pub name: Spanned<String>,
-    /// `kind`: `"wasm"` (default) or `"milter"`.
+    /// `kind`: `"wasm"` (default), `"milter"` or `"mta-hooks"`.
     #[serde(default = "default_kind")]
     pub kind: Spanned<RawKind>,
     /// `mode`: `"live"` (default) or `"shadow"` (run and compare, never apply).
@@ -561,17 +561,26 @@ pub struct RawPlugin {
     /// entry runs for; default all of them.
     #[serde(default)]
     pub listeners: Vec<Spanned<String>>,
-    /// `stages`: any of `"connect"`, `"helo"`, `"mail"`, `"rcpt"`, `"data"`;
-    /// wasm only (a milter sees every stage).
+    /// `stages`: any of `"connect"`, `"helo"`, `"mail"`, `"rcpt"`, `"data"`
+    /// and the outbound `"deliver"`, `"defer"`, `"bounce"`, `"delivered"`,
+    /// `"quarantined"`; not for milters (a milter sees every inbound stage).
     pub stages: Option<Spanned<Vec<RawStage>>>,
     /// `address`: the milter's socket, `"inet:HOST:PORT"` or `"unix:/PATH"`;
     /// milter only.
     pub address: Option<Spanned<String>>,
     /// `connect_timeout`: milter only; default `"5s"`.
     pub connect_timeout: Option<HumanDuration>,
-    /// `timeout`: the most one milter answer may take; milter only;
-    /// default `"30s"`.
+    /// `timeout`: the most one milter answer may take (default `"30s"`),
+    /// or one MTA Hooks exchange, discovery and registration included
+    /// (default `"10s"`); milter and mta-hooks only.
     pub timeout: Option<HumanDuration>,
+    /// `url`: an MTA Hooks scanner's base URL (`http://` or `https://`);
+    /// its discovery document is at `/.well-known/mta-hooks`; mta-hooks
+    /// only.
+    pub url: Option<Spanned<String>>,
+    /// `token_file`: a file holding the bearer token sent to an MTA Hooks
+    /// scanner; mta-hooks only.
+    pub token_file: Option<Spanned<PathBuf>>,
     /// `settings`: a table handed to the plugin's `init` as JSON.
     #[serde(default = "no_settings")]
     pub settings: Spanned<toml::Table>,
@@ -612,6 +621,9 @@ pub enum RawKind {
     Wasm,
     /// A milter.
     Milter,
+    /// An MTA Hooks scanner (draft-degennaro-mta-hooks-01).
+    #[serde(rename = "mta-hooks")]
+    MtaHooks,
 }
 
 /// An SMTP stage, as written in `stages`.

@@ -25,37 +25,48 @@ use crate::smtp::dsn::RcptDsn;
 use crate::smtp::session::Stage;
 use crate::smtp::{EnhancedCode, Mailbox, Reply, ReversePath};
 
-/// A chain entry: a wasm plugin or a milter.
+/// A chain entry: a wasm plugin, a milter or an MTA Hooks scanner.
 #[derive(Debug)]
-enum Entry {
+pub(super) enum Entry {
     Wasm(Box<LoadedPlugin>),
     Milter(Box<MilterEntry>),
+    Scanner(Box<ScannerEntry>),
+}
+
+/// An MTA Hooks scanner entry: one registration shared by the chain.
+#[derive(Debug)]
+pub(super) struct ScannerEntry {
+    pub(super) config: PluginConfig,
+    pub(super) scanner: crate::mta_hooks::Scanner,
+    pub(super) metrics: crate::metrics::PluginMetrics,
 }
 
 /// A milter entry: reached per connection, nothing loaded.
 #[derive(Debug)]
-struct MilterEntry {
+pub(super) struct MilterEntry {
     config: PluginConfig,
     settings: Arc<MilterSettings>,
     metrics: crate::metrics::PluginMetrics,
 }
 
 impl Entry {
-    fn config(&self) -> &PluginConfig {
+    pub(super) fn config(&self) -> &PluginConfig {
         match self {
             Self::Wasm(plugin) => &plugin.config,
             Self::Milter(milter) => &milter.config,
+            Self::Scanner(scanner) => &scanner.config,
         }
     }
 
-    fn metrics(&self) -> &crate::metrics::PluginMetrics {
+    pub(super) fn metrics(&self) -> &crate::metrics::PluginMetrics {
         match self {
             Self::Wasm(plugin) => &plugin.metrics,
             Self::Milter(milter) => &milter.metrics,
+            Self::Scanner(scanner) => &scanner.metrics,
         }
     }
 
-    fn is_shadow(&self) -> bool {
+    pub(super) fn is_shadow(&self) -> bool {
         self.config().mode == EntryMode::Shadow
     }
 }
@@ -88,6 +99,23 @@ impl Chain {
                 // answered by its `on_error`, not a start-up failure.
                 plugins.push(Entry::Milter(Box::new(MilterEntry {
                     settings: Arc::clone(settings),
+                    metrics: crate::metrics::metrics().plugin(&config.name),
+                    config,
+                })));
+                continue;
+            }
+            if let EntryKind::MtaHooks(settings) = &config.kind {
+                // Discovered and registered with on first use, for the
+                // same reason.
+                let scanner = crate::mta_hooks::Scanner::new(
+                    Arc::clone(&config.name),
+                    Arc::clone(settings),
+                    &config.stages,
+                    &config.outbound,
+                    Arc::clone(&host.http),
+                );
+                plugins.push(Entry::Scanner(Box::new(ScannerEntry {
+                    scanner,
                     metrics: crate::metrics::metrics().plugin(&config.name),
                     config,
                 })));
@@ -130,15 +158,12 @@ impl Chain {
         &self.routes
     }
 
-    /// The wasm plugins that run at the outbound `stage`, in order.
-    pub(super) fn outbound_plugins(
-        &self,
-        stage: super::outbound::OutboundStage,
-    ) -> impl Iterator<Item = &LoadedPlugin> {
-        self.plugins.iter().filter_map(move |entry| match entry {
-            Entry::Wasm(plugin) if plugin.config.outbound.contains(&stage) => Some(&**plugin),
-            _ => None,
-        })
+    /// The wasm plugins and scanners that run at the outbound `stage`, in
+    /// order.
+    pub(super) fn outbound_entries(&self, stage: super::outbound::OutboundStage) -> impl Iterator<Item = &Entry> {
+        self.plugins
+            .iter()
+            .filter(move |entry| entry.config().outbound.contains(&stage))
     }
 
     /// The plugins' names, in order.
@@ -328,6 +353,7 @@ impl ChainSession {
                     .instrument(span)
                     .await
             }
+            Entry::Scanner(entry) => entry.scanner.inbound(call, ctx).instrument(span).await,
         };
         let seconds = started.elapsed().as_secs_f64();
         match &checked {

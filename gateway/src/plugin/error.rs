@@ -104,6 +104,9 @@ pub enum Fault {
     /// A milter could not be reached, or broke the protocol.
     #[error("milter: {0}")]
     Milter(String),
+    /// An MTA Hooks scanner could not be reached, or broke the protocol.
+    #[error("scanner: {0}")]
+    Scanner(String),
 }
 
 impl Fault {
@@ -117,6 +120,7 @@ impl Fault {
             Self::Init(_) => "init",
             Self::Instantiate(_) => "instantiate",
             Self::Milter(_) => "milter",
+            Self::Scanner(_) => "scanner",
         }
     }
 }

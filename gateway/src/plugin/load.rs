@@ -103,6 +103,8 @@ pub enum EntryKind {
     Wasm,
     /// A milter, reached over the network.
     Milter(Arc<crate::milter::MilterSettings>),
+    /// An MTA Hooks scanner, reached over HTTP.
+    MtaHooks(Arc<crate::mta_hooks::ScannerSettings>),
 }
 
 /// Whether an entry's decisions count.

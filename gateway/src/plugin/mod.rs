@@ -26,6 +26,8 @@ pub mod transcript;
 
 pub use replay::replay_outbound;
 
+pub(crate) use bindings::mailgate::plugin::http::Request as HttpRequest;
+pub(crate) use bindings::mailgate::plugin::types::Header as HttpHeader;
 pub use chain::{Chain, ChainSession, StageCall};
 pub use convert::Verdict;
 pub(crate) use convert::{canonical_line_endings, header_name, mailbox};
@@ -38,7 +40,7 @@ pub use host::{
     DnsKind, DnsRecord, DnsService, HostServices, KvError, KvService, NoDkim, NoDns, NoKv, SealRequest, SignatureCheck,
     SystemClock, Verification,
 };
-pub use http::{HttpClient, HttpPolicy, HttpService, NoHttp, ReplayHttp};
+pub use http::{HttpClient, HttpPolicy, HttpResponse, HttpService, NoHttp, ReplayHttp};
 pub use load::{Capability, EntryKind, EntryMode, InstanceMode, OnError, PluginConfig, sha256_hex};
 pub use message::ParsedMessage;
 pub use outbound::{

@@ -18,11 +18,12 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use wasmtime::component::Val;
 
-use super::chain::Chain;
+use super::chain::{Chain, Entry};
 use super::error::Fault;
 use super::load::{EntryMode, LoadedPlugin, OnError, arm, classify};
 use super::transcript::Journal;
 use crate::delivery::tls::TlsMode;
+use crate::mta_hooks::Outcome as ScanOutcome;
 use crate::queue::RouteOverride;
 
 /// The exported interface.
@@ -240,13 +241,36 @@ pub enum Answer<D> {
     Fault(String),
 }
 
+/// What an outbound call is about: the delivery, and the failure for
+/// `defer` and `bounce`.
+#[derive(Clone, Copy)]
+struct Facts<'a> {
+    delivery: &'a DeliveryFacts,
+    failure: Option<&'a FailureFacts>,
+}
+
 impl Chain {
     /// `on-deliver` for `delivery`; the host's answers go to `journal`
     /// when recording.
     pub async fn on_deliver(&self, delivery: &DeliveryFacts, journal: Option<&Journal>) -> Answer<DeliverDecision> {
         let args = vec![delivery_val(delivery)];
-        self.decide(OutboundStage::Deliver, args, journal, |val| deliver_decision(val, self))
-            .await
+        let facts = Facts {
+            delivery,
+            failure: None,
+        };
+        let scanned = |outcome| match outcome {
+            ScanOutcome::Continue(_) => None,
+            ScanOutcome::Cancel(reason) => Some(DeliverDecision::Bounce(cancelled(reason))),
+        };
+        self.decide(
+            OutboundStage::Deliver,
+            args,
+            facts,
+            journal,
+            |val| deliver_decision(val, self),
+            scanned,
+        )
+        .await
     }
 
     /// `on-defer` for `delivery`, which failed with `failure`.
@@ -257,8 +281,23 @@ impl Chain {
         journal: Option<&Journal>,
     ) -> Answer<DeferDecision> {
         let args = vec![delivery_val(delivery), failure_val(failure)];
-        self.decide(OutboundStage::Defer, args, journal, |val| defer_decision(val, self))
-            .await
+        let facts = Facts {
+            delivery,
+            failure: Some(failure),
+        };
+        let scanned = |outcome| match outcome {
+            ScanOutcome::Continue(_) => None,
+            ScanOutcome::Cancel(reason) => Some(DeferDecision::Bounce(cancelled(reason))),
+        };
+        self.decide(
+            OutboundStage::Defer,
+            args,
+            facts,
+            journal,
+            |val| defer_decision(val, self),
+            scanned,
+        )
+        .await
     }
 
     /// `on-bounce` for `delivery`, which failed with `failure`.
@@ -269,7 +308,17 @@ impl Chain {
         journal: Option<&Journal>,
     ) -> Answer<BounceDecision> {
         let args = vec![delivery_val(delivery), failure_val(failure)];
-        self.decide(OutboundStage::Bounce, args, journal, bounce_decision).await
+        let facts = Facts {
+            delivery,
+            failure: Some(failure),
+        };
+        let scanned = |outcome| match outcome {
+            ScanOutcome::Continue(None) => None,
+            ScanOutcome::Continue(Some(text)) => Some(BounceDecision::Explain(text)),
+            ScanOutcome::Cancel(_) => Some(BounceDecision::Suppress),
+        };
+        self.decide(OutboundStage::Bounce, args, facts, journal, bounce_decision, scanned)
+            .await
     }
 
     /// `on-delivered` for `delivery`, accepted with `reply`; the faults,
@@ -289,7 +338,8 @@ impl Chain {
         self.notify(OutboundStage::Quarantined, delivery, reason, journal).await
     }
 
-    /// Tells every plugin of `stage` (a notification, no verdict).
+    /// Tells every plugin and scanner of `stage` (a notification, no
+    /// verdict).
     pub(super) async fn notify(
         &self,
         stage: OutboundStage,
@@ -299,51 +349,71 @@ impl Chain {
     ) -> Vec<String> {
         let args = vec![delivery_val(delivery), Val::String(text.to_owned())];
         let mut faults = Vec::new();
-        for plugin in self.outbound_plugins(stage) {
+        for entry in self.outbound_entries(stage) {
             let started = std::time::Instant::now();
-            let result = call(plugin, stage, args.clone(), 0, journal).await;
+            let result = match entry {
+                Entry::Wasm(plugin) => call(plugin, stage, args.clone(), 0, journal).await.map(drop),
+                Entry::Scanner(scanner) => scanner
+                    .scanner
+                    .outbound(stage, delivery, None, Some(text))
+                    .await
+                    .map(drop),
+                Entry::Milter(_) => Ok(()),
+            };
             let seconds = started.elapsed().as_secs_f64();
+            let (name, metrics) = (&entry.config().name, entry.metrics());
             match result {
-                Ok(_) => plugin.metrics.call(stage.name(), "continue", seconds),
+                Ok(()) => metrics.call(stage.name(), "continue", seconds),
                 Err(fault) => {
-                    plugin.metrics.call(stage.name(), "fault", seconds);
-                    plugin.metrics.fault(fault.kind());
-                    warn!(plugin = %plugin.config.name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault at an outbound stage; going on as if the plugin were absent");
-                    faults.push(format!("{}: {fault}", plugin.config.name));
+                    metrics.call(stage.name(), "fault", seconds);
+                    metrics.fault(fault.kind());
+                    warn!(plugin = %name, stage = stage.name(), kind = fault.kind(), error = %fault, "plugin fault at an outbound stage; going on as if the plugin were absent");
+                    faults.push(format!("{name}: {fault}"));
                 }
             }
         }
         faults
     }
 
-    /// Whether some plugin runs at `stage`.
+    /// Whether some plugin or scanner runs at `stage`.
     pub fn runs_outbound(&self, stage: OutboundStage) -> bool {
-        self.outbound_plugins(stage).next().is_some()
+        self.outbound_entries(stage).next().is_some()
     }
 
     async fn decide<D: std::fmt::Debug>(
         &self,
         stage: OutboundStage,
         args: Vec<Val>,
+        facts: Facts<'_>,
         journal: Option<&Journal>,
         read: impl Fn(Val) -> Result<Option<D>, String>,
+        scanned: impl Fn(ScanOutcome) -> Option<D>,
     ) -> Answer<D> {
-        for plugin in self.outbound_plugins(stage) {
-            let name = plugin.config.name.to_string();
-            let shadow = plugin.config.mode == EntryMode::Shadow;
+        for entry in self.outbound_entries(stage) {
+            let config = entry.config();
+            let name = config.name.to_string();
+            let shadow = config.mode == EntryMode::Shadow;
             let started = std::time::Instant::now();
-            let decided = match call(plugin, stage, args.clone(), 1, journal).await {
-                Ok(Some(val)) => read(val).map_err(Fault::Illegal),
-                Ok(None) => Err(Fault::Illegal(format!("{} returned nothing", stage.function()))),
-                Err(fault) => Err(fault),
+            let decided = match entry {
+                Entry::Wasm(plugin) => match call(plugin, stage, args.clone(), 1, journal).await {
+                    Ok(Some(val)) => read(val).map_err(Fault::Illegal),
+                    Ok(None) => Err(Fault::Illegal(format!("{} returned nothing", stage.function()))),
+                    Err(fault) => Err(fault),
+                },
+                Entry::Scanner(scanner) => scanner
+                    .scanner
+                    .outbound(stage, facts.delivery, facts.failure, None)
+                    .await
+                    .map(&scanned),
+                Entry::Milter(_) => Ok(None),
             };
             let verdict = match &decided {
                 Ok(Some(_)) => "decided",
                 Ok(None) => "continue",
                 Err(_) => "fault",
             };
-            plugin
-                .metrics
+            entry
+                .metrics()
                 .call(stage.name(), verdict, started.elapsed().as_secs_f64());
             match decided {
                 Ok(Some(decision)) if shadow => {
@@ -355,8 +425,8 @@ impl Chain {
                 }
                 Ok(None) => {}
                 Err(fault) => {
-                    plugin.metrics.fault(fault.kind());
-                    let defer = !shadow && plugin.config.on_error != OnError::Continue;
+                    entry.metrics().fault(fault.kind());
+                    let defer = !shadow && config.on_error != OnError::Continue;
                     warn!(
                         plugin = name,
                         stage = stage.name(),
@@ -373,6 +443,11 @@ impl Chain {
         }
         Answer::Neutral
     }
+}
+
+/// The reason of a scanner's `cancel`.
+fn cancelled(reason: Option<String>) -> String {
+    reason.unwrap_or_else(|| "cancelled by an MTA Hooks scanner".to_owned())
 }
 
 /// Calls `stage`'s function on a fresh instance of `plugin`; `results`
