@@ -41,6 +41,8 @@ forwarding every domain to the sink):
   (`enable_outbound = true`: no queue at all), its fastest relaying mode.
 
 Usage (as root):  bench/relay.py [--relays a,b] [--workloads a,b] [--runs N]
+(MAILGATE_BIN=PATH runs that mailgate binary instead of the release build,
+for comparing two builds with --no-setup.)
 Writes a Markdown table of figures and ratios to stdout and to --out.
 """
 
@@ -150,7 +152,7 @@ smarthost = "127.0.0.1:{sink_port}"
 {extra}
 """)
     return subprocess.Popen(
-        [str(ROOT / "target/release/mailgate"), "run", "--config", str(d / "mailgate.toml")],
+        [os.environ.get("MAILGATE_BIN", str(ROOT / "target/release/mailgate")), "run", "--config", str(d / "mailgate.toml")],
         stdout=subprocess.DEVNULL, stderr=open(d / "log", "wb"), start_new_session=True,
     )
 

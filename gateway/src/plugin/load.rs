@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::task::spawn_blocking;
+use tracing::info;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
@@ -16,6 +17,7 @@ use super::engine::Runtime;
 use super::error::{Fault, PluginError};
 use super::hooks::{Instance, Pre};
 use super::host::HostServices;
+use super::snapshot::{self, NotSnapshotted};
 use super::state::State;
 use crate::smtp::session::Stage;
 
@@ -180,6 +182,8 @@ pub struct LoadedPlugin {
     engine: Engine,
     host: HostServices,
     pre: Pre,
+    /// Instances start from a snapshot taken after `init`.
+    initialized: bool,
     idle: Mutex<Vec<Live>>,
     /// Its counters, by hook and verdict.
     pub metrics: crate::metrics::PluginMetrics,
@@ -219,13 +223,8 @@ impl LoadedPlugin {
                 });
             }
         }
-        let engine = runtime.engine.clone();
-        let compiled = spawn_blocking(move || Component::from_binary(&engine, &bytes)).await;
-        let component = match compiled {
-            Ok(Ok(component)) => component,
-            Ok(Err(e)) => return Err(compile_error(&config, format!("{e:#}"))),
-            Err(e) => return Err(compile_error(&config, e.to_string())),
-        };
+        let compiled = compile(&runtime.engine, bytes.clone()).await;
+        let component = compiled.map_err(|reason| compile_error(&config, reason))?;
         check_capabilities(&runtime.engine, &component, &config)?;
         let mismatch = |e: wasmtime::Error| PluginError::WorldMismatch {
             plugin: plugin.clone(),
@@ -251,6 +250,35 @@ impl LoadedPlugin {
                 )));
             }
         }
+        // Checked against the world first, so that a mismatch is reported
+        // as such rather than as a failed snapshot.
+        runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let (component, initialized) = match config.instances {
+            InstanceMode::Fresh => {
+                let mut store = new_store(&runtime.engine, &config, &host);
+                match snapshot::preinitialize(runtime, &mut store, &bytes, &config.settings, legacy).await {
+                    Ok(snapshot) => {
+                        tracing::debug!(plugin, "pre-initialized: fresh instances start after init");
+                        let compiled = compile(&runtime.engine, snapshot).await;
+                        (compiled.map_err(|reason| compile_error(&config, reason))?, true)
+                    }
+                    Err(NotSnapshotted::Refused(message)) => {
+                        return Err(PluginError::Start {
+                            plugin,
+                            fault: Fault::Init(message),
+                        });
+                    }
+                    Err(NotSnapshotted::Unsupported(reason)) => {
+                        info!(
+                            plugin,
+                            reason, "plugin not pre-initialized: each fresh instance runs init"
+                        );
+                        (component, false)
+                    }
+                }
+            }
+            InstanceMode::Reused => (component, false),
+        };
         let pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = if legacy {
             Pre::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?)
@@ -261,6 +289,7 @@ impl LoadedPlugin {
             engine: runtime.engine.clone(),
             host,
             pre,
+            initialized,
             idle: Mutex::new(Vec::new()),
             metrics: crate::metrics::metrics().plugin(&config.name),
             config,
@@ -274,31 +303,16 @@ impl LoadedPlugin {
     }
 
     /// An instance with `init` done: a warm one in reused mode if any,
-    /// otherwise a new one.
+    /// otherwise a new one (from the pre-initialized snapshot when there
+    /// is one).
     pub async fn instance(&self) -> Result<Live, Fault> {
         if self.config.instances == InstanceMode::Reused
             && let Some(live) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
         {
             return Ok(live);
         }
-        let mut store = Store::new(
-            &self.engine,
-            State::new(
-                Arc::clone(&self.config.name),
-                self.config.memory_limit,
-                self.host.clone(),
-            ),
-        );
-        store.limiter(|state| &mut state.limiter);
-        store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
-                Ok(UpdateDeadline::Interrupt)
-            } else {
-                Ok(UpdateDeadline::Yield(1))
-            }
-        });
+        let mut store = new_store(&self.engine, &self.config, &self.host);
         let budget = self.config.time_budget;
-        arm(&mut store, budget);
         let (plugin, raw) = match self.pre.instantiate(&mut store).await {
             Ok(instantiated) => instantiated,
             Err(e) => {
@@ -308,6 +322,9 @@ impl LoadedPlugin {
                 });
             }
         };
+        if self.initialized {
+            return Ok(Live { store, plugin, raw });
+        }
         arm(&mut store, budget);
         match plugin.init(&mut store, &self.config.settings).await {
             Ok(Ok(())) => Ok(Live { store, plugin, raw }),
@@ -333,6 +350,33 @@ impl LoadedPlugin {
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A store as a transaction's instance gets it: its memory limiter, the
+/// epoch callback that enforces the time budget, the budget armed.
+fn new_store(engine: &Engine, config: &PluginConfig, host: &HostServices) -> Store<State> {
+    let state = State::new(Arc::clone(&config.name), config.memory_limit, host.clone());
+    let mut store = Store::new(engine, state);
+    store.limiter(|state| &mut state.limiter);
+    store.epoch_deadline_callback(|ctx| {
+        if Instant::now() >= ctx.data().deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    arm(&mut store, config.time_budget);
+    store
+}
+
+/// Compiles a component on the blocking pool (or takes it from the cache).
+async fn compile(engine: &Engine, bytes: Vec<u8>) -> Result<Component, String> {
+    let engine = engine.clone();
+    match spawn_blocking(move || Component::from_binary(&engine, &bytes)).await {
+        Ok(Ok(component)) => Ok(component),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Starts the time budget of a call.

@@ -21,6 +21,7 @@ mod outbound;
 mod outcome;
 mod output;
 mod replay;
+mod snapshot;
 mod state;
 pub mod transcript;
 
