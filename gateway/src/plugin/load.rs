@@ -258,7 +258,10 @@ impl LoadedPlugin {
                 let mut store = new_store(&runtime.engine, &config, &host);
                 match snapshot::preinitialize(runtime, &mut store, &bytes, &config.settings, legacy).await {
                     Ok(snapshot) => {
-                        tracing::debug!(plugin, "pre-initialized: fresh instances start after init");
+                        info!(
+                            plugin,
+                            "plugin pre-initialized: fresh instances start from its state after init"
+                        );
                         let compiled = compile(&runtime.engine, snapshot).await;
                         (compiled.map_err(|reason| compile_error(&config, reason))?, true)
                     }
