@@ -129,6 +129,12 @@ impl Spool {
         })
     }
 
+    /// How many `queue/` directory syncs were done: fewer than commits
+    /// when commits share them.
+    pub fn directory_syncs(&self) -> u64 {
+        self.dir_sync.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Starts writing a new message.
     pub fn create(&self) -> SpoolWriter {
         let id = QueueId::generate();
@@ -522,10 +528,14 @@ type SyncResult = Result<(), Arc<io::Error>>;
 #[derive(Debug)]
 struct DirSync {
     requests: mpsc::Sender<oneshot::Sender<SyncResult>>,
+    /// Directory syncs done so far (each covers a batch of commits).
+    done: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DirSync {
     fn start(dir: File) -> Self {
+        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&done);
         // Bounded: a commit waits here if thousands are already queued.
         let (requests, mut rx) = mpsc::channel::<oneshot::Sender<SyncResult>>(4096);
         let dir = Arc::new(dir);
@@ -541,12 +551,13 @@ impl DirSync {
                     Ok(result) => result.map_err(Arc::new),
                     Err(_) => Err(Arc::new(io::Error::other("directory sync task cancelled"))),
                 };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 for waiter in batch.drain(..) {
                     let _ = waiter.send(result.clone());
                 }
             }
         });
-        Self { requests }
+        Self { requests, done }
     }
 
     async fn sync(&self) -> io::Result<()> {
@@ -728,5 +739,46 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 50);
         assert_eq!(spool.scan().unwrap().0.len(), 50);
+        let syncs = spool.directory_syncs();
+        assert!((1..=50).contains(&syncs), "{syncs}");
+    }
+
+    #[tokio::test]
+    async fn waiting_commits_are_covered_by_one_directory_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        // Twenty commits ask before the group-commit task runs: one sync
+        // answers them all.
+        let asks: Vec<_> = (0..20).map(|_| spool.dir_sync.sync()).collect();
+        for answer in futures_join(asks).await {
+            answer.unwrap();
+        }
+        assert_eq!(spool.directory_syncs(), 1);
+        spool.dir_sync.sync().await.unwrap();
+        assert_eq!(spool.directory_syncs(), 2);
+    }
+
+    /// Polls every future, all of them once before any twice, until all
+    /// are done; their outputs in order of completion.
+    async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+        let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+        let mut out = Vec::new();
+        std::future::poll_fn(|cx| {
+            let mut pending = Vec::new();
+            for mut f in pinned.drain(..) {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out.push(v),
+                    std::task::Poll::Pending => pending.push(f),
+                }
+            }
+            pinned = pending;
+            if pinned.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        out
     }
 }
