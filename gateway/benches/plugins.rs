@@ -16,49 +16,26 @@
 
 #![allow(clippy::panic, clippy::expect_used, reason = "a benchmark stops on a setup failure")]
 
+mod common;
+
+use common::plugin;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mailgate::plugin::{
-    Answer, Capability, Chain, DeliveryFacts, HookContext, HostServices, InstanceMode, OnError, OutboundStage,
-    ParsedMessage, PluginConfig, Runtime, RuntimeSettings, StageCall,
+    Answer, Chain, DeliveryFacts, HostServices, InstanceMode, OutboundStage, ParsedMessage, PluginConfig, Runtime,
+    RuntimeSettings, StageCall,
 };
 use mailgate::smtp::command::MailParameters;
-use mailgate::smtp::session::Stage;
 use mailgate::smtp::{Mailbox, ReversePath};
-
-const ALL_STAGES: [Stage; 5] = [Stage::Connect, Stage::Helo, Stage::Mail, Stage::Rcpt, Stage::Data];
 
 struct Scenario {
     label: &'static str,
     plugins: Vec<PluginConfig>,
     transactions: usize,
-}
-
-fn plugin(name: &str, path: &Path, settings: &str, instances: InstanceMode, python: bool) -> PluginConfig {
-    PluginConfig {
-        name: Arc::from(name),
-        kind: mailgate::plugin::EntryKind::Wasm,
-        mode: mailgate::plugin::EntryMode::Live,
-        path: path.to_owned(),
-        stages: ALL_STAGES.to_vec(),
-        outbound: Vec::new(),
-        settings: settings.to_owned(),
-        memory_limit: if python { 256 << 20 } else { 64 << 20 },
-        time_budget: Duration::from_secs(5),
-        on_error: OnError::Tempfail,
-        instances,
-        capabilities: if python {
-            vec![Capability::Log, Capability::Clock]
-        } else {
-            vec![]
-        },
-        sha256: None,
-        listeners: Vec::new(),
-        http: mailgate::plugin::HttpPolicy::default(),
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -76,35 +53,8 @@ struct Measured {
 }
 
 async fn measure(scenario: &Scenario, cache: &Path, message: &Arc<ParsedMessage>) -> Measured {
-    let settings = RuntimeSettings {
-        cache_dir: cache.to_owned(),
-        max_instances: 64,
-        max_memory_bytes: scenario
-            .plugins
-            .iter()
-            .map(|p| p.memory_limit)
-            .max()
-            .unwrap_or(64 << 20),
-    };
-    let runtime = Runtime::new(&settings).expect("the engine starts");
-    let chain = Chain::load(
-        runtime,
-        HostServices::none(),
-        scenario.plugins.clone(),
-        HashSet::from(["sink".to_owned()]),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{}: {e:?}", scenario.label));
-    let ctx = HookContext {
-        client: "192.0.2.1:40000".parse().expect("an address"),
-        listener: Arc::from("bench"),
-        tls: false,
-        helo: Some("client.example".into()),
-        authenticated: None,
-        reverse_path: None,
-        recipients: Vec::new(),
-        metadata: Vec::new(),
-    };
+    let chain = common::chain(scenario.plugins.clone(), cache).await;
+    let ctx = common::context();
     let sender = ReversePath::Mailbox(Mailbox::parse("sender@example.org").expect("a mailbox"));
     let rcpt = Mailbox::parse("rcpt@example.com").expect("a mailbox");
     let rcpt_dsn = mailgate::smtp::dsn::RcptDsn::default();
@@ -157,9 +107,7 @@ fn main() {
     let rust = |name: &str| PathBuf::from(rust_dir).join(format!("{name}.wasm"));
     let python = PathBuf::from(python);
     let cache = std::env::temp_dir().join("mailgate-bench-cache");
-    let router = r#"{"rules": [{"domains": ["*"], "route": "sink"}]}"#;
-    let rewrite = r#"{"rules": [{"set": "X-Relayed-By", "value": "mailgate"}, {"remove": "X-Internal"}]}"#;
-    let spam = r#"{"quarantine_at": 100, "reject_at": 200}"#;
+    let (router, rewrite, spam) = (common::ROUTER, common::REWRITE, common::SPAM);
     let tagger = r#"{"internal_domains": ["example.com"]}"#;
     let scenarios = [
         Scenario {
@@ -209,14 +157,7 @@ fn main() {
             transactions: 5_000,
         },
     ];
-    let message = Arc::new(ParsedMessage::new(
-        b"Received: from client.example ([192.0.2.1])\r\n\tby gw.example; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: sender@example.org\r\nTo: rcpt@example.com\r\nSubject: benchmark\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n"
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n(b'x', 900))
-            .chain(b"\r\n".iter().copied())
-            .collect(),
-    ));
+    let message = common::message();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
