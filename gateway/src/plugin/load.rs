@@ -252,8 +252,8 @@ impl LoadedPlugin {
         }
         // Checked against the world first, so that a mismatch is reported
         // as such rather than as a failed snapshot.
-        runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
-        let (component, initialized) = match config.instances {
+        let mut pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
+        let initialized = match config.instances {
             InstanceMode::Fresh => {
                 let mut store = new_store(&runtime.engine, &config, &host);
                 match snapshot::preinitialize(runtime, &mut store, &bytes, &config.settings, legacy).await {
@@ -263,7 +263,9 @@ impl LoadedPlugin {
                             "plugin pre-initialized: fresh instances start from its state after init"
                         );
                         let compiled = compile(&runtime.engine, snapshot).await;
-                        (compiled.map_err(|reason| compile_error(&config, reason))?, true)
+                        let snapshotted = compiled.map_err(|reason| compile_error(&config, reason))?;
+                        pre = runtime.linker.instantiate_pre(&snapshotted).map_err(mismatch)?;
+                        true
                     }
                     Err(NotSnapshotted::Refused(message)) => {
                         return Err(PluginError::Start {
@@ -276,13 +278,12 @@ impl LoadedPlugin {
                             plugin,
                             reason, "plugin not pre-initialized: each fresh instance runs init"
                         );
-                        (component, false)
+                        false
                     }
                 }
             }
-            InstanceMode::Reused => (component, false),
+            InstanceMode::Reused => false,
         };
-        let pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
         let pre = if legacy {
             Pre::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?)
         } else {

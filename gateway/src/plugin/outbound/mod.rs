@@ -2,8 +2,10 @@
 //! plugins configured for `deliver`, `defer`, `bounce` and `delivered`,
 //! in chain order, with a fresh instance per call (an outbound call is not
 //! part of an SMTP transaction; with `instances = "reused"` a warm one),
-//! under the plugin's time budget and memory limit. The `outbound` export is optional in the world, so it is called
-//! through wasmtime's dynamic component values rather than bindings.
+//! under the plugin's time budget and memory limit, and the MTA Hooks
+//! scanners configured for them. The `outbound` export is optional in the
+//! world, so it is called through wasmtime's dynamic component values
+//! rather than bindings (`values.rs`).
 //!
 //! The first plugin that does not `continue` (or `default`, `send`)
 //! decides; `on-delivered` goes to every plugin. A fault (a trap, a
@@ -12,7 +14,9 @@
 //! absent; with `tempfail` or `reject` the attempt is deferred, so a fault
 //! never loses or bounces a message.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod values;
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
@@ -25,6 +29,7 @@ use super::transcript::Journal;
 use crate::delivery::tls::TlsMode;
 use crate::mta_hooks::Outcome as ScanOutcome;
 use crate::queue::RouteOverride;
+use values::{bounce_decision, defer_decision, deliver_decision, delivery_val, failure_val};
 
 /// The exported interface.
 pub const INTERFACE: &str = "mailgate:plugin/outbound@0.2.0";
@@ -241,36 +246,17 @@ pub enum Answer<D> {
     Fault(String),
 }
 
-/// What an outbound call is about: the delivery, and the failure for
-/// `defer` and `bounce`.
-#[derive(Clone, Copy)]
-struct Facts<'a> {
-    delivery: &'a DeliveryFacts,
-    failure: Option<&'a FailureFacts>,
-}
-
 impl Chain {
     /// `on-deliver` for `delivery`; the host's answers go to `journal`
     /// when recording.
     pub async fn on_deliver(&self, delivery: &DeliveryFacts, journal: Option<&Journal>) -> Answer<DeliverDecision> {
-        let args = vec![delivery_val(delivery)];
-        let facts = Facts {
-            delivery,
-            failure: None,
-        };
         let scanned = |outcome| match outcome {
             ScanOutcome::Continue(_) => None,
             ScanOutcome::Cancel(reason) => Some(DeliverDecision::Bounce(cancelled(reason))),
         };
-        self.decide(
-            OutboundStage::Deliver,
-            args,
-            facts,
-            journal,
-            |val| deliver_decision(val, self),
-            scanned,
-        )
-        .await
+        let read = |val| deliver_decision(val, self);
+        self.decide(OutboundStage::Deliver, delivery, None, journal, read, scanned)
+            .await
     }
 
     /// `on-defer` for `delivery`, which failed with `failure`.
@@ -280,24 +266,13 @@ impl Chain {
         failure: &FailureFacts,
         journal: Option<&Journal>,
     ) -> Answer<DeferDecision> {
-        let args = vec![delivery_val(delivery), failure_val(failure)];
-        let facts = Facts {
-            delivery,
-            failure: Some(failure),
-        };
         let scanned = |outcome| match outcome {
             ScanOutcome::Continue(_) => None,
             ScanOutcome::Cancel(reason) => Some(DeferDecision::Bounce(cancelled(reason))),
         };
-        self.decide(
-            OutboundStage::Defer,
-            args,
-            facts,
-            journal,
-            |val| defer_decision(val, self),
-            scanned,
-        )
-        .await
+        let read = |val| defer_decision(val, self);
+        self.decide(OutboundStage::Defer, delivery, Some(failure), journal, read, scanned)
+            .await
     }
 
     /// `on-bounce` for `delivery`, which failed with `failure`.
@@ -307,17 +282,13 @@ impl Chain {
         failure: &FailureFacts,
         journal: Option<&Journal>,
     ) -> Answer<BounceDecision> {
-        let args = vec![delivery_val(delivery), failure_val(failure)];
-        let facts = Facts {
-            delivery,
-            failure: Some(failure),
-        };
         let scanned = |outcome| match outcome {
             ScanOutcome::Continue(None) => None,
             ScanOutcome::Continue(Some(text)) => Some(BounceDecision::Explain(text)),
             ScanOutcome::Cancel(_) => Some(BounceDecision::Suppress),
         };
-        self.decide(OutboundStage::Bounce, args, facts, journal, bounce_decision, scanned)
+        let read = bounce_decision;
+        self.decide(OutboundStage::Bounce, delivery, Some(failure), journal, read, scanned)
             .await
     }
 
@@ -380,15 +351,20 @@ impl Chain {
         self.outbound_entries(stage).next().is_some()
     }
 
+    /// Asks the entries of `stage` about `delivery` (and its `failure`) in
+    /// order: a plugin's answer is `read`, a scanner's `scanned`; the first
+    /// decision that is not neutral wins.
     async fn decide<D: std::fmt::Debug>(
         &self,
         stage: OutboundStage,
-        args: Vec<Val>,
-        facts: Facts<'_>,
+        delivery: &DeliveryFacts,
+        failure: Option<&FailureFacts>,
         journal: Option<&Journal>,
         read: impl Fn(Val) -> Result<Option<D>, String>,
         scanned: impl Fn(ScanOutcome) -> Option<D>,
     ) -> Answer<D> {
+        let mut args = vec![delivery_val(delivery)];
+        args.extend(failure.map(failure_val));
         for entry in self.outbound_entries(stage) {
             let config = entry.config();
             let name = config.name.to_string();
@@ -402,7 +378,7 @@ impl Chain {
                 },
                 Entry::Scanner(scanner) => scanner
                     .scanner
-                    .outbound(stage, facts.delivery, facts.failure, None)
+                    .outbound(stage, delivery, failure, None)
                     .await
                     .map(&scanned),
                 Entry::Milter(_) => Ok(None),
@@ -489,113 +465,4 @@ async fn call(
         }
         Err(e) => Err(classify(&e, live.store.data(), budget)),
     }
-}
-
-fn delivery_val(d: &DeliveryFacts) -> Val {
-    Val::Record(vec![
-        ("queue-id".into(), Val::String(d.queue_id.clone())),
-        ("reverse-path".into(), Val::String(d.reverse_path.clone())),
-        (
-            "recipients".into(),
-            Val::List(d.recipients.iter().cloned().map(Val::String).collect()),
-        ),
-        ("destination".into(), Val::String(d.destination.clone())),
-        (
-            "route".into(),
-            Val::Option(d.route.clone().map(|r| Box::new(Val::String(r)))),
-        ),
-        ("attempt".into(), Val::U32(d.attempt)),
-        ("age-seconds".into(), Val::U64(d.age_seconds)),
-        ("size".into(), Val::U64(d.size)),
-    ])
-}
-
-fn failure_val(f: &FailureFacts) -> Val {
-    Val::Record(vec![
-        ("code".into(), Val::Option(f.code.map(|c| Box::new(Val::U16(c))))),
-        (
-            "enhanced".into(),
-            Val::Option(f.enhanced.clone().map(|e| Box::new(Val::String(e)))),
-        ),
-        ("text".into(), Val::String(f.text.clone())),
-        ("permanent".into(), Val::Bool(f.permanent)),
-    ])
-}
-
-fn case(val: Val) -> Result<(String, Option<Val>), String> {
-    match val {
-        Val::Variant(name, payload) => Ok((name, payload.map(|b| *b))),
-        other => Err(format!("expected a variant, got {other:?}")),
-    }
-}
-
-fn string(payload: Option<Val>) -> Result<String, String> {
-    match payload {
-        Some(Val::String(s)) => Ok(s),
-        other => Err(format!("expected a string, got {other:?}")),
-    }
-}
-
-fn time(payload: Option<Val>) -> Result<SystemTime, String> {
-    match payload {
-        Some(Val::U64(secs)) => Ok(UNIX_EPOCH + Duration::from_secs(secs)),
-        other => Err(format!("expected seconds, got {other:?}")),
-    }
-}
-
-fn next_hop(payload: Option<Val>, chain: &Chain) -> Result<RouteOverride, String> {
-    let (kind, value) = case(payload.ok_or("expected a next-hop")?)?;
-    let value = string(value)?;
-    let hop = match kind.as_str() {
-        "route" => super::bindings::mailgate::plugin::types::NextHop::Route(value),
-        "smarthost" => super::bindings::mailgate::plugin::types::NextHop::Smarthost(value),
-        other => return Err(format!("unknown next-hop {other:?}")),
-    };
-    super::convert::next_hop(hop, chain.route_names())
-}
-
-fn deliver_decision(val: Val, chain: &Chain) -> Result<Option<DeliverDecision>, String> {
-    let (name, payload) = case(val)?;
-    Ok(Some(match name.as_str() {
-        "continue" => return Ok(None),
-        "reroute" => DeliverDecision::Reroute(next_hop(payload, chain)?),
-        "tls" => DeliverDecision::Tls(match payload {
-            Some(Val::Enum(policy)) => match policy.as_str() {
-                "auto" => TlsMode::Auto,
-                "dane" => TlsMode::Dane,
-                "mta-sts" => TlsMode::MtaSts,
-                "opportunistic" => TlsMode::Opportunistic,
-                "require" => TlsMode::Require,
-                "disabled" => TlsMode::Disabled,
-                other => return Err(format!("unknown tls-policy {other:?}")),
-            },
-            other => return Err(format!("expected a tls-policy, got {other:?}")),
-        }),
-        "hold" => DeliverDecision::Hold(string(payload)?),
-        "defer-until" => DeliverDecision::DeferUntil(time(payload)?),
-        "bounce" => DeliverDecision::Bounce(string(payload)?),
-        other => return Err(format!("unknown deliver-verdict {other:?}")),
-    }))
-}
-
-fn defer_decision(val: Val, chain: &Chain) -> Result<Option<DeferDecision>, String> {
-    let (name, payload) = case(val)?;
-    Ok(Some(match name.as_str() {
-        "default" => return Ok(None),
-        "retry-at" => DeferDecision::RetryAt(time(payload)?),
-        "reroute" => DeferDecision::Reroute(next_hop(payload, chain)?),
-        "bounce" => DeferDecision::Bounce(string(payload)?),
-        other => return Err(format!("unknown defer-verdict {other:?}")),
-    }))
-}
-
-fn bounce_decision(val: Val) -> Result<Option<BounceDecision>, String> {
-    let (name, payload) = case(val)?;
-    Ok(Some(match name.as_str() {
-        "send" => return Ok(None),
-        "suppress" => BounceDecision::Suppress,
-        "explain" => BounceDecision::Explain(string(payload)?),
-        "retry" => BounceDecision::Retry,
-        other => return Err(format!("unknown bounce-verdict {other:?}")),
-    }))
 }
