@@ -106,6 +106,7 @@ pub async fn attempt(
             None => settings.retry.delay(message.state.attempts),
         };
         message.state.next_attempt = Some(SystemTime::now() + wait);
+        spool.forget_content(&message.id);
         if let Err(e) = spool.save_state(&message.id, &message.state).await {
             error!(queue_id = %message.id, error = %e, "cannot save delivery state");
         }

@@ -12,8 +12,10 @@
 //!
 //! Commit order, so that nothing acknowledged is ever lost: write the file
 //! in `incoming/`, `fdatasync` it, rename it into `queue/`, `fsync` the
-//! `queue/` directory, and only then answer 250. Directory fsyncs are shared
-//! by every commit waiting at the time (group commit). State files and
+//! `queue/` directory, and only then answer 250. All of it is one hop to a
+//! blocking thread; directory fsyncs are shared by every commit waiting at
+//! the time (group commit, `group_sync.rs`). The content of small messages
+//! is also kept in memory for their first delivery (`cache.rs`). State files and
 //! removals are not fsynced: they survive a process crash (the page cache
 //! does), and a power loss at worst delivers a message twice.
 
@@ -22,14 +24,18 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::spawn_blocking;
 
 use super::envelope::{DeliveryState, Envelope};
 use super::id::QueueId;
 
+mod cache;
+mod group_sync;
 mod quarantine;
 
+pub use cache::Content;
+use cache::ContentCache;
+use group_sync::GroupSync;
 pub use quarantine::Quarantined;
 
 const MAGIC: &[u8; 4] = b"MGQ1";
@@ -95,7 +101,9 @@ pub struct Spool {
     queue: PathBuf,
     corrupt: PathBuf,
     quarantine: PathBuf,
-    dir_sync: DirSync,
+    queue_sync: Arc<GroupSync>,
+    quarantine_sync: Arc<GroupSync>,
+    cache: ContentCache,
     /// Held while the spool is open: a second gateway on the same spool
     /// would delete this one's messages in progress.
     _lock: File,
@@ -103,8 +111,7 @@ pub struct Spool {
 
 impl Spool {
     /// Opens (creating if needed) the spool at `root`, takes its lock, and
-    /// clears `incoming/`. Must be called inside a tokio runtime (it starts
-    /// the group-commit task).
+    /// clears `incoming/`.
     pub fn open(root: &Path) -> Result<Self, SpoolError> {
         let incoming = root.join("incoming");
         let queue = root.join("queue");
@@ -119,8 +126,11 @@ impl Spool {
             fs::remove_file(&path).map_err(io_error(&path))?;
         }
         let queue_dir = File::open(&queue).map_err(io_error(&queue))?;
+        let quarantine_dir = File::open(&quarantine).map_err(io_error(&quarantine))?;
         Ok(Self {
-            dir_sync: DirSync::start(queue_dir),
+            queue_sync: Arc::new(GroupSync::new(queue_dir)),
+            quarantine_sync: Arc::new(GroupSync::new(quarantine_dir)),
+            cache: ContentCache::default(),
             incoming,
             queue,
             corrupt,
@@ -132,7 +142,7 @@ impl Spool {
     /// How many `queue/` directory syncs were done: fewer than commits
     /// when commits share them.
     pub fn directory_syncs(&self) -> u64 {
-        self.dir_sync.done.load(std::sync::atomic::Ordering::Relaxed)
+        self.queue_sync.done()
     }
 
     /// Starts writing a new message.
@@ -152,14 +162,9 @@ impl Spool {
     /// crash or power loss, and the 250 may be sent.
     pub async fn commit(&self, writer: SpoolWriter, envelope: Envelope) -> Result<StoredMessage, SpoolError> {
         let dest = self.content_path(writer.id());
-        let (id, content_len) = seal(writer, &envelope, &dest).await?;
-        if let Err(source) = self.dir_sync.sync().await {
-            // The client will be told to retry; do not deliver a second copy.
-            let _ = fs::remove_file(&dest);
-            return Err(SpoolError::Io {
-                path: self.queue.clone(),
-                source,
-            });
+        let (id, content_len, content) = seal(writer, &envelope, &dest, &self.queue_sync).await?;
+        if let Some(content) = content {
+            self.cache.keep(&id, content);
         }
         Ok(StoredMessage {
             state: DeliveryState::for_envelope(&envelope),
@@ -174,15 +179,7 @@ impl Spool {
     /// never delivered; an operator can inspect it there.
     pub async fn quarantine(&self, writer: SpoolWriter, envelope: Envelope) -> Result<QueueId, SpoolError> {
         let dest = self.quarantine.join(format!("{}.msg", writer.id()));
-        let (id, _) = seal(writer, &envelope, &dest).await?;
-        let dir = self.quarantine.clone();
-        let synced = spawn_blocking(move || {
-            File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| SpoolError::Io { path: dir, source })
-        })
-        .await;
-        synced.map_err(|_| SpoolError::Cancelled)??;
+        let (id, _, _) = seal(writer, &envelope, &dest, &self.quarantine_sync).await?;
         Ok(id)
     }
 
@@ -238,11 +235,22 @@ impl Spool {
         })
     }
 
-    /// Opens the content of a queued message for reading; reads past
-    /// `content_len` must not happen (the envelope follows).
-    pub async fn open_content(&self, id: &QueueId) -> Result<tokio::fs::File, SpoolError> {
+    /// Opens the content of a queued message for reading, from memory when
+    /// kept; reads past `content_len` must not happen (in the file, the
+    /// envelope follows).
+    pub async fn open_content(&self, id: &QueueId) -> Result<Content, SpoolError> {
+        if let Some(bytes) = self.cache.get(id) {
+            return Ok(Content::Memory(bytes, 0));
+        }
         let path = self.content_path(id);
-        tokio::fs::File::open(&path).await.map_err(io_error(&path))
+        let file = tokio::fs::File::open(&path).await.map_err(io_error(&path))?;
+        Ok(Content::File(file))
+    }
+
+    /// Drops the in-memory copy of a message's content (its attempt is
+    /// over and it waits for a retry; the file stays).
+    pub fn forget_content(&self, id: &QueueId) {
+        self.cache.forget(id);
     }
 
     /// Reads up to `limit` octets of the start of the content (for the
@@ -250,6 +258,10 @@ impl Spool {
     pub async fn read_head(&self, message: &StoredMessage, limit: u64) -> Result<Vec<u8>, SpoolError> {
         let path = self.content_path(&message.id);
         let take = limit.min(message.content_len);
+        if let Some(bytes) = self.cache.get(&message.id) {
+            let take = usize::try_from(take).unwrap_or(usize::MAX).min(bytes.len());
+            return Ok(bytes[..take].to_vec());
+        }
         let result = spawn_blocking(move || -> io::Result<Vec<u8>> {
             let mut out = Vec::new();
             File::open(&path)?.take(take).read_to_end(&mut out)?;
@@ -281,6 +293,7 @@ impl Spool {
 
     /// Removes a message whose every recipient is finished.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.cache.forget(id);
         let message = self.content_path(id);
         let state = self.state_path(id);
         let result = spawn_blocking(move || -> io::Result<()> {
@@ -319,10 +332,17 @@ fn lock_spool(root: &Path) -> Result<File, SpoolError> {
     }
 }
 
-/// The part of a commit shared by the queue and the quarantine: appends the
-/// envelope trailer, syncs the file and renames it to `dest`. The caller
-/// then syncs `dest`'s directory. Returns the id and the content length.
-async fn seal(mut writer: SpoolWriter, envelope: &Envelope, dest: &Path) -> Result<(QueueId, u64), SpoolError> {
+/// A commit into the queue or the quarantine, in one blocking hop: appends
+/// the envelope trailer, syncs the file, renames it to `dest` and syncs
+/// `dest`'s directory (`dir`) with the commits of other sessions. Returns
+/// the id, the content length and, when the whole content was in memory,
+/// the content.
+async fn seal(
+    mut writer: SpoolWriter,
+    envelope: &Envelope,
+    dest: &Path,
+    dir: &Arc<GroupSync>,
+) -> Result<(QueueId, u64, Option<Vec<u8>>), SpoolError> {
     if let Some(source) = writer.failed.take() {
         return Err(SpoolError::Io {
             path: writer.path.clone(),
@@ -334,13 +354,30 @@ async fn seal(mut writer: SpoolWriter, envelope: &Envelope, dest: &Path) -> Resu
         id: writer.id.to_string(),
         reason: e.to_string(),
     })?;
-    let mut tail = std::mem::take(&mut writer.buffer);
-    tail.extend_from_slice(&json);
-    tail.extend_from_slice(&footer(content_len, &json));
-    let (file, tmp, dest) = (writer.file.take(), writer.path.clone(), dest.to_owned());
-    let written = spawn_blocking(move || finish_file(file, &tmp, &dest, &tail)).await;
-    written.map_err(|_| SpoolError::Cancelled)??;
-    Ok((writer.id.clone(), content_len))
+    let buffered = std::mem::take(&mut writer.buffer);
+    let footer = footer(content_len, &json);
+    let mut tail = json;
+    tail.extend_from_slice(&footer);
+    let whole = writer.file.is_none();
+    let (file, tmp, dest, dir) = (
+        writer.file.take(),
+        writer.path.clone(),
+        dest.to_owned(),
+        Arc::clone(dir),
+    );
+    let written = spawn_blocking(move || -> Result<Vec<u8>, SpoolError> {
+        finish_file(file, &tmp, &dest, &buffered, &tail)?;
+        if let Err(source) = dir.sync() {
+            // The client will be told to retry; do not deliver a second copy.
+            let _ = fs::remove_file(&dest);
+            let path = dest.parent().map(Path::to_owned).unwrap_or_default();
+            return Err(SpoolError::Io { path, source });
+        }
+        Ok(buffered)
+    })
+    .await;
+    let buffered = written.map_err(|_| SpoolError::Cancelled)??;
+    Ok((writer.id.clone(), content_len, whole.then_some(buffered)))
 }
 
 fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
@@ -350,14 +387,22 @@ fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
     }
 }
 
-/// Writes the rest of the message, syncs it and moves it into the queue.
-fn finish_file(file: Option<File>, tmp: &Path, dest: &Path, tail: &[u8]) -> Result<(), SpoolError> {
+/// Writes the rest of the message (`buffered` content, then the `tail`),
+/// syncs it and moves it into place.
+fn finish_file(file: Option<File>, tmp: &Path, dest: &Path, buffered: &[u8], tail: &[u8]) -> Result<(), SpoolError> {
     let result = (|| -> io::Result<()> {
         let mut file = match file {
             Some(file) => file,
             None => OpenOptions::new().write(true).create_new(true).open(tmp)?,
         };
-        file.write_all(tail)?;
+        // One write for both parts, as a rule (a regular file takes all).
+        let written = file.write_vectored(&[io::IoSlice::new(buffered), io::IoSlice::new(tail)])?;
+        if written < buffered.len() {
+            file.write_all(&buffered[written..])?;
+            file.write_all(tail)?;
+        } else {
+            file.write_all(&tail[written - buffered.len()..])?;
+        }
         file.sync_data()?;
         fs::rename(tmp, dest)
     })();
@@ -517,59 +562,6 @@ impl Drop for SpoolWriter {
         if self.file.take().is_some() {
             // Best effort: start-up clears incoming/ anyway.
             let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-type SyncResult = Result<(), Arc<io::Error>>;
-
-/// Group commit for the queue directory: every commit that asks while a
-/// sync runs shares the next one.
-#[derive(Debug)]
-struct DirSync {
-    requests: mpsc::Sender<oneshot::Sender<SyncResult>>,
-    /// Directory syncs done so far (each covers a batch of commits).
-    done: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl DirSync {
-    fn start(dir: File) -> Self {
-        let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = Arc::clone(&done);
-        // Bounded: a commit waits here if thousands are already queued.
-        let (requests, mut rx) = mpsc::channel::<oneshot::Sender<SyncResult>>(4096);
-        let dir = Arc::new(dir);
-        tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                let dir = Arc::clone(&dir);
-                let result = match spawn_blocking(move || dir.sync_all()).await {
-                    Ok(result) => result.map_err(Arc::new),
-                    Err(_) => Err(Arc::new(io::Error::other("directory sync task cancelled"))),
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                for waiter in batch.drain(..) {
-                    let _ = waiter.send(result.clone());
-                }
-            }
-        });
-        Self { requests, done }
-    }
-
-    async fn sync(&self) -> io::Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.requests
-            .send(tx)
-            .await
-            .map_err(|_| io::Error::other("directory sync task stopped"))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::new(e.kind(), e.to_string())),
-            Err(_) => Err(io::Error::other("directory sync task stopped")),
         }
     }
 }
@@ -744,41 +736,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_commits_are_covered_by_one_directory_sync() {
+    async fn small_messages_are_delivered_from_memory_until_forgotten() {
+        use tokio::io::AsyncReadExt;
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        // Twenty commits ask before the group-commit task runs: one sync
-        // answers them all.
-        let asks: Vec<_> = (0..20).map(|_| spool.dir_sync.sync()).collect();
-        for answer in futures_join(asks).await {
-            answer.unwrap();
-        }
-        assert_eq!(spool.directory_syncs(), 1);
-        spool.dir_sync.sync().await.unwrap();
-        assert_eq!(spool.directory_syncs(), 2);
+        let mut writer = spool.create();
+        writer.write(b"Subject: kept\r\n\r\nbody\r\n").await;
+        let stored = spool.commit(writer, envelope()).await.unwrap();
+        // The file is the truth: it is complete on disk.
+        assert_eq!(spool.load(&stored.id).unwrap().content_len, stored.content_len);
+        let mut content = spool.open_content(&stored.id).await.unwrap();
+        assert!(matches!(content, Content::Memory(..)));
+        let mut read = Vec::new();
+        content.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, b"Subject: kept\r\n\r\nbody\r\n");
+        assert_eq!(spool.read_head(&stored, 7).await.unwrap(), b"Subject");
+        spool.forget_content(&stored.id);
+        let mut content = spool.open_content(&stored.id).await.unwrap();
+        assert!(matches!(content, Content::File(_)));
+        let mut head = vec![0u8; read.len()];
+        content.read_exact(&mut head).await.unwrap();
+        assert_eq!(head, read);
+        spool.remove(&stored.id).await.unwrap();
+        assert_eq!(spool.cache.bytes(), 0);
     }
 
-    /// Polls every future, all of them once before any twice, until all
-    /// are done; their outputs in order of completion.
-    async fn futures_join<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-        let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
-        let mut out = Vec::new();
-        std::future::poll_fn(|cx| {
-            let mut pending = Vec::new();
-            for mut f in pinned.drain(..) {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out.push(v),
-                    std::task::Poll::Pending => pending.push(f),
-                }
-            }
-            pinned = pending;
-            if pinned.is_empty() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
-        out
+    #[tokio::test]
+    async fn spilled_messages_are_not_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut writer = spool.create();
+        writer.write(&vec![b'x'; SPILL_BYTES + 1]).await;
+        let stored = spool.commit(writer, envelope()).await.unwrap();
+        assert!(matches!(
+            spool.open_content(&stored.id).await.unwrap(),
+            Content::File(_)
+        ));
+        assert_eq!(spool.cache.bytes(), 0);
     }
 }

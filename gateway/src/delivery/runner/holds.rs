@@ -44,6 +44,7 @@ impl Runner {
     pub(super) fn admit(&mut self, message: StoredMessage) {
         if message.state.held.is_some() {
             info!(queue_id = %message.id, action = "hold", "message held on arrival");
+            self.spool.forget_content(&message.id);
             self.held.push(message);
         } else {
             self.ready.push_back(message);
@@ -72,6 +73,7 @@ impl Runner {
             });
             self.save(&message).await;
             info!(queue_id = %message.id, action = "hold", reason, "message held");
+            self.spool.forget_content(&message.id);
             self.held.push(message);
         }
         count

@@ -80,9 +80,10 @@ impl Spool {
     /// chain does not run again), durably: rename, then fsync the queue.
     pub async fn release(&self, id: &QueueId) -> Result<StoredMessage, SpoolError> {
         let (from, to, queue) = (self.quarantine_path(id), self.content_path(id), self.queue.clone());
+        let sync = std::sync::Arc::clone(&self.queue_sync);
         let moved = spawn_blocking(move || {
             fs::rename(&from, &to).map_err(io_error(&from))?;
-            File::open(&queue).and_then(|d| d.sync_all()).map_err(io_error(&queue))
+            sync.sync().map_err(io_error(&queue))
         })
         .await;
         moved.map_err(|_| SpoolError::Cancelled)??;
