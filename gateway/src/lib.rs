@@ -167,7 +167,7 @@ pub async fn run(config: Config, bound: Bound, shutdown: CancellationToken) -> R
         admin,
         admin_control,
     } = bound;
-    let spool = Arc::new(Spool::open(&config.spool_dir)?);
+    let spool = Arc::new(Spool::open_with(&config.spool_dir, config.spool_sync)?);
     let scanned = {
         let spool = Arc::clone(&spool);
         spawn_blocking(move || spool.scan())

@@ -29,6 +29,7 @@ use crate::server::{Generation, Inbound};
 struct Fixed {
     listeners: Vec<(String, SocketAddr)>,
     spool_dir: PathBuf,
+    spool_sync: crate::queue::SpoolSync,
     admin: Option<SocketAddr>,
     log_format: LogFormat,
     kv: KvSettings,
@@ -43,6 +44,7 @@ impl Fixed {
                 .map(|l| (l.name.to_string(), l.address))
                 .collect(),
             spool_dir: config.spool_dir.clone(),
+            spool_sync: config.spool_sync,
             admin: config.admin,
             log_format: config.log_format,
             kv: config.kv.settings().clone(),
@@ -57,6 +59,9 @@ impl Fixed {
         }
         if self.spool_dir != next.spool_dir {
             changed.push("server.spool_dir");
+        }
+        if self.spool_sync != next.spool_sync {
+            changed.push("server.spool_sync");
         }
         if self.admin != next.admin {
             changed.push("admin.address");

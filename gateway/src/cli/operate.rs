@@ -176,7 +176,7 @@ pub(super) async fn kv(path: &std::path::Path, action: KvAction) -> ExitCode {
         KvAction::List { plugin, json } => (KvRequest::List(plugin), json),
         KvAction::Delete { plugin, key } => (KvRequest::Delete(plugin, key), false),
     };
-    let answered = match crate::queue::Spool::open(&config.spool_dir) {
+    let answered = match crate::queue::Spool::open_with(&config.spool_dir, config.spool_sync) {
         // Held while the store is used, so no gateway starts meanwhile.
         Ok(_spool) => {
             let answered = answer(&config.kv, &request).await;
@@ -248,7 +248,7 @@ async fn spool_request(
 /// the spool, opens the spool and asks an offline queue runner.
 async fn queue_answer(config: &Config, request: QueueRequest) -> anyhow::Result<(StatusCode, serde_json::Value)> {
     use anyhow::Context as _;
-    match crate::queue::Spool::open(&config.spool_dir) {
+    match crate::queue::Spool::open_with(&config.spool_dir, config.spool_sync) {
         Ok(spool) => {
             let spool = std::sync::Arc::new(spool);
             let (recovered, problems) = {

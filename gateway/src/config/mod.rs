@@ -58,6 +58,8 @@ pub struct Config {
     pub hostname: String,
     /// The spool directory.
     pub spool_dir: PathBuf,
+    /// How spool commits are made durable.
+    pub spool_sync: crate::queue::SpoolSync,
     /// Log output format.
     pub log_format: LogFormat,
     /// How long shutdown waits for work in flight.
@@ -290,6 +292,7 @@ impl Checker<'_> {
             path: path.to_owned(),
             hostname,
             spool_dir,
+            spool_sync: raw.server.spool_sync,
             log_format: raw.server.log_format,
             shutdown_grace_period: raw.server.shutdown_grace_period.0,
             listeners,

@@ -9,6 +9,7 @@ use toml::Spanned;
 
 use super::units::{HumanDuration, ListenAddress, Network};
 use crate::delivery::tls::TlsMode;
+use crate::queue::SpoolSync;
 use crate::server::ListenerRole;
 use crate::smtp::data::{BareLineEndings, LongLines};
 
@@ -62,6 +63,11 @@ pub struct RawServer {
     /// `spool_dir`: where accepted mail is kept until delivered; default `"/var/spool/mailgate"`.
     /// Relative paths are relative to the configuration file.
     pub spool_dir: Spanned<PathBuf>,
+    /// `spool_sync`: how a commit is made durable before its 250:
+    /// `"filesystem"` (one `syncfs` of the spool's filesystem covers every
+    /// commit waiting at the time) or `"file"` (an `fdatasync` per message
+    /// and a shared directory fsync); default `"filesystem"`.
+    pub spool_sync: SpoolSync,
     /// `max_connections`: inbound connections open at once, over all listeners; default 1000.
     pub max_connections: usize,
     /// `max_connections_per_ip`: connections open at once from one client
@@ -86,6 +92,7 @@ impl Default for RawServer {
         Self {
             hostname: None,
             spool_dir: Spanned::new(0..0, PathBuf::from("/var/spool/mailgate")),
+            spool_sync: SpoolSync::default(),
             max_connections: 1000,
             max_connections_per_ip: 50,
             connection_limit_exempt: None,

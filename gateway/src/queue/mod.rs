@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 pub use envelope::{Client, DeliveryState, Envelope, Hold, Recipient, RecipientStatus, RouteOverride};
 pub use id::QueueId;
 pub use schedule::RetrySchedule;
-pub use spool::{Quarantined, Spool, SpoolError, SpoolWriter, StoredMessage};
+pub use spool::{Quarantined, Spool, SpoolError, SpoolSync, SpoolWriter, StoredMessage};
 
 /// How many newly spooled messages may wait for the delivery engine before
 /// the sessions that spooled them wait too (backpressure).

@@ -1,7 +1,8 @@
-//! Group commit of a directory's entries, done in the committing thread.
+//! Group commit of a directory's entries (and, syncing the whole
+//! filesystem, of the files' data too), done in the committing thread.
 //!
 //! A commit renames its file into the directory, then needs a directory
-//! fsync that *starts* after its rename. Whoever finds no sync running
+//! fsync (or a `syncfs`) that *starts* after its rename. Whoever finds no sync running
 //! starts one; commits that arrive while it runs wait for the next, which
 //! one of them starts, so one fsync covers every commit that arrived during
 //! the previous one. No task or channel sits in between: a commit is a
@@ -16,6 +17,9 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 #[derive(Debug)]
 pub(super) struct GroupSync {
     dir: File,
+    /// Sync the whole filesystem (`syncfs`), files included, not only the
+    /// directory.
+    pub(super) whole_filesystem: bool,
     state: Mutex<State>,
     finished: Condvar,
     /// Syncs done so far (each covers a batch of commits).
@@ -36,9 +40,10 @@ struct State {
 }
 
 impl GroupSync {
-    pub(super) fn new(dir: File) -> Self {
+    pub(super) fn new(dir: File, whole_filesystem: bool) -> Self {
         Self {
             dir,
+            whole_filesystem,
             state: Mutex::default(),
             finished: Condvar::new(),
             done: AtomicU64::new(0),
@@ -78,7 +83,11 @@ impl GroupSync {
             state.started += 1;
             let generation = state.started;
             drop(state);
-            let result = self.dir.sync_all();
+            let result = if self.whole_filesystem {
+                rustix::fs::syncfs(&self.dir).map_err(io::Error::from)
+            } else {
+                self.dir.sync_all()
+            };
             self.done.fetch_add(1, Ordering::Relaxed);
             state = self.lock();
             state.running = false;
@@ -100,7 +109,7 @@ mod tests {
     #[test]
     fn commits_waiting_on_a_running_sync_share_the_next_one() {
         let dir = tempfile::tempdir().unwrap();
-        let group = Arc::new(GroupSync::new(File::open(dir.path()).unwrap()));
+        let group = Arc::new(GroupSync::new(File::open(dir.path()).unwrap(), false));
         // A sync is running (held by the test): twenty commits arrive.
         {
             let mut state = group.lock();
@@ -136,7 +145,7 @@ mod tests {
     #[test]
     fn a_failed_sync_fails_the_commits_it_covers_only() {
         let dir = tempfile::tempdir().unwrap();
-        let group = GroupSync::new(File::open(dir.path()).unwrap());
+        let group = GroupSync::new(File::open(dir.path()).unwrap(), false);
         group.lock().failed = Some((0, io::ErrorKind::Other, "earlier".into()));
         group.sync().unwrap();
         group.lock().failed = Some((5, io::ErrorKind::Other, "disk gone".into()));
