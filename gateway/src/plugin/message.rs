@@ -1,9 +1,11 @@
-//! The message plugins see at DATA: the content parsed once with
-//! mail-parser, shared by every plugin of the chain, and lent to each guest
-//! as a `message` resource. Plugins pull what they need (headers, part
-//! summaries, decoded text, body chunks); nothing is copied up front.
+//! The message plugins see at DATA: the content, parsed with mail-parser
+//! the first time a plugin asks for the parsed view (and only once), shared
+//! by every plugin of the chain, and lent to each guest as a `message`
+//! resource. Plugins pull what they need (headers, part summaries, decoded
+//! text, body chunks); nothing is copied up front, and a chain whose
+//! plugins only read the raw size never parses.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
 
@@ -14,7 +16,7 @@ type MaybeMessage<'a> = Option<mail_parser::Message<'a>>;
 self_cell::self_cell!(
     /// The raw content and its parse, kept together.
     struct Parsed {
-        owner: Vec<u8>,
+        owner: Arc<Vec<u8>>,
         #[covariant]
         dependent: MaybeMessage,
     }
@@ -22,27 +24,48 @@ self_cell::self_cell!(
     impl {Debug}
 );
 
-/// A received message, parsed.
+/// A received message, parsed when first needed.
 #[derive(Debug)]
 pub struct ParsedMessage {
-    parsed: Parsed,
+    raw: Arc<Vec<u8>>,
+    parsed: OnceLock<Parsed>,
 }
 
 impl ParsedMessage {
-    /// Parses `content` (the message as spooled, trace header included).
+    /// Takes `content` (the message as spooled, trace header included);
+    /// it is parsed on first use.
     pub fn new(content: Vec<u8>) -> Self {
         Self {
-            parsed: Parsed::new(content, |raw| MessageParser::default().parse(raw.as_slice())),
+            raw: Arc::new(content),
+            parsed: OnceLock::new(),
         }
+    }
+
+    /// Parses now (for a large message, on a blocking thread, before a
+    /// plugin asks from the runtime).
+    pub fn parse_now(&self) {
+        let _ = self.message();
+    }
+
+    /// Whether the parse was done.
+    pub fn is_parsed(&self) -> bool {
+        self.parsed.get().is_some()
     }
 
     /// The raw content.
     pub fn raw(&self) -> &[u8] {
-        self.parsed.borrow_owner()
+        self.raw.as_slice()
     }
 
     fn message(&self) -> Option<&mail_parser::Message<'_>> {
-        self.parsed.borrow_dependent().as_ref()
+        self.parsed
+            .get_or_init(|| {
+                Parsed::new(Arc::clone(&self.raw), |raw| {
+                    MessageParser::default().parse(raw.as_slice())
+                })
+            })
+            .borrow_dependent()
+            .as_ref()
     }
 
     /// Size in octets.
@@ -206,6 +229,16 @@ mod tests {
         assert_eq!(text.transfer_encoding, "quoted-printable");
         assert_eq!(message.text(pdf.index), None);
         assert_eq!(message.text(999), None);
+    }
+
+    #[test]
+    fn parses_only_when_the_parsed_view_is_asked_for() {
+        let message = ParsedMessage::new(MIME.to_vec());
+        assert_eq!(message.size(), MIME.len() as u64);
+        assert_eq!(message.raw(), MIME);
+        assert!(!message.is_parsed(), "size and raw content need no parse");
+        assert_eq!(message.header("x-long"), ["one two"]);
+        assert!(message.is_parsed());
     }
 
     #[test]

@@ -363,15 +363,21 @@ fn session_decider(reply: &Reply) -> &'static str {
     }
 }
 
-/// Messages up to this size are parsed for plugins on the runtime; larger
-/// ones on the blocking pool.
+/// Messages up to this size are parsed for plugins when one asks (on the
+/// runtime); larger ones are parsed at once on the blocking pool.
 const PARSE_INLINE_BYTES: usize = 256 * 1024;
 
 async fn parse(content: Vec<u8>) -> Option<Arc<ParsedMessage>> {
-    if content.len() <= PARSE_INLINE_BYTES {
-        return Some(Arc::new(ParsedMessage::new(content)));
+    let message = Arc::new(ParsedMessage::new(content));
+    if message.raw().len() <= PARSE_INLINE_BYTES {
+        return Some(message);
     }
-    spawn_blocking(move || Arc::new(ParsedMessage::new(content))).await.ok()
+    spawn_blocking(move || {
+        message.parse_now();
+        message
+    })
+    .await
+    .ok()
 }
 
 impl Connection {
