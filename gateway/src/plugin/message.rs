@@ -48,7 +48,8 @@ impl ParsedMessage {
     }
 
     /// Whether the parse was done.
-    pub fn is_parsed(&self) -> bool {
+    #[cfg(test)]
+    fn is_parsed(&self) -> bool {
         self.parsed.get().is_some()
     }
 

@@ -35,17 +35,16 @@ use super::id::QueueId;
 mod cache;
 mod group_sync;
 mod quarantine;
+mod writer;
 
 pub use cache::Content;
 use cache::ContentCache;
 use group_sync::GroupSync;
 pub use quarantine::Quarantined;
+pub use writer::SpoolWriter;
 
 const MAGIC: &[u8; 4] = b"MGQ1";
 const FOOTER_LEN: u64 = 20;
-/// Content is buffered in memory up to this size, then written out, so a
-/// small message costs one write and large ones stay bounded in memory.
-const SPILL_BYTES: usize = 128 * 1024;
 
 /// Errors of the spool.
 #[derive(Debug, thiserror::Error)]
@@ -171,15 +170,7 @@ impl Spool {
 
     /// Starts writing a new message.
     pub fn create(&self) -> SpoolWriter {
-        let id = QueueId::generate();
-        SpoolWriter {
-            path: self.incoming.join(id.as_str()),
-            id,
-            file: None,
-            buffer: Vec::new(),
-            written: 0,
-            failed: None,
-        }
+        SpoolWriter::new(&self.incoming)
     }
 
     /// Makes the message durable: after this returns `Ok`, it survives a
@@ -280,12 +271,12 @@ impl Spool {
     /// Reads up to `limit` octets of the start of the content (for the
     /// headers quoted in a bounce).
     pub async fn read_head(&self, message: &StoredMessage, limit: u64) -> Result<Vec<u8>, SpoolError> {
-        let path = self.content_path(&message.id);
         let take = limit.min(message.content_len);
         if let Some(bytes) = self.cache.get(&message.id) {
             let take = usize::try_from(take).unwrap_or(usize::MAX).min(bytes.len());
             return Ok(bytes[..take].to_vec());
         }
+        let path = self.content_path(&message.id);
         let result = spawn_blocking(move || -> io::Result<Vec<u8>> {
             let mut out = Vec::new();
             File::open(&path)?.take(take).read_to_end(&mut out)?;
@@ -499,110 +490,11 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     out
 }
 
-/// A message being written into `incoming/`. Dropped without commit, it
-/// removes its file.
-#[derive(Debug)]
-pub struct SpoolWriter {
-    id: QueueId,
-    path: PathBuf,
-    file: Option<File>,
-    buffer: Vec<u8>,
-    written: u64,
-    failed: Option<io::Error>,
-}
-
-impl SpoolWriter {
-    /// The queue id the message will have.
-    pub fn id(&self) -> &QueueId {
-        &self.id
-    }
-
-    /// Octets written so far.
-    pub fn len(&self) -> u64 {
-        self.written + self.buffer.len() as u64
-    }
-
-    /// True when nothing was written yet.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Everything written so far (to give plugins the message).
-    pub async fn contents(&self) -> Result<Vec<u8>, SpoolError> {
-        let mut content = match &self.file {
-            None => Vec::new(),
-            Some(_) => {
-                let path = self.path.clone();
-                let read = spawn_blocking(move || fs::read(&path)).await;
-                read.map_err(|_| SpoolError::Cancelled)?.map_err(io_error(&self.path))?
-            }
-        };
-        content.extend_from_slice(&self.buffer);
-        Ok(content)
-    }
-
-    /// Replaces everything written so far with `content` (a plugin's edits),
-    /// keeping the queue id.
-    pub async fn rewrite(&mut self, content: &[u8]) {
-        if self.file.take().is_some() {
-            let _ = fs::remove_file(&self.path);
-        }
-        self.buffer.clear();
-        self.written = 0;
-        self.write(content).await;
-    }
-
-    /// Appends content. An I/O error is kept and reported by `commit`, so
-    /// the session can read the client's data to the end and answer 451.
-    pub async fn write(&mut self, bytes: &[u8]) {
-        if self.failed.is_some() {
-            return;
-        }
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= SPILL_BYTES {
-            self.spill().await;
-        }
-    }
-
-    async fn spill(&mut self) {
-        let file = self.file.take();
-        let buffer = std::mem::take(&mut self.buffer);
-        let path = self.path.clone();
-        let result = spawn_blocking(move || -> io::Result<(File, Vec<u8>)> {
-            let mut file = match file {
-                Some(file) => file,
-                None => OpenOptions::new().write(true).create_new(true).open(&path)?,
-            };
-            file.write_all(&buffer)?;
-            Ok((file, buffer))
-        })
-        .await;
-        match result {
-            Ok(Ok((file, mut buffer))) => {
-                self.written += buffer.len() as u64;
-                buffer.clear();
-                self.buffer = buffer;
-                self.file = Some(file);
-            }
-            Ok(Err(error)) => self.failed = Some(error),
-            Err(_) => self.failed = Some(io::Error::other("spool write task cancelled")),
-        }
-    }
-}
-
-impl Drop for SpoolWriter {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            // Best effort: start-up clears incoming/ anyway.
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
 
+    use super::writer::SPILL_BYTES;
     use super::*;
     use crate::queue::{Recipient, RecipientStatus};
     use crate::smtp::command::BodyType;
