@@ -16,7 +16,9 @@
 //! started after the rename (the default), or with `spool_sync = "file"` an
 //! `fdatasync` of the file before the rename and an fsync of `queue/`
 //! after it. Either sync is shared by every commit waiting at the time
-//! (group commit, `group_sync.rs`), and a commit is one hop to a blocking
+//! (group commit, `group_sync.rs`). By default a commit is a job for the
+//! spool's I/O thread (`committer.rs`), which batches the commits queued
+//! at the time under one sync; with `"file"` it is one hop to a blocking
 //! thread. The content of small messages is also kept in memory for their
 //! first delivery (`cache.rs`). State files and
 //! removals are not fsynced: they survive a process crash (the page cache
@@ -33,12 +35,14 @@ use super::envelope::{DeliveryState, Envelope};
 use super::id::QueueId;
 
 mod cache;
+mod committer;
 mod group_sync;
 mod quarantine;
 mod writer;
 
 pub use cache::Content;
 use cache::ContentCache;
+use committer::{CommitJob, Committer};
 use group_sync::GroupSync;
 pub use quarantine::Quarantined;
 pub use writer::SpoolWriter;
@@ -105,6 +109,9 @@ pub struct Spool {
     quarantine: PathBuf,
     queue_sync: Arc<GroupSync>,
     quarantine_sync: Arc<GroupSync>,
+    /// The I/O thread: removals, and the queue's commits with
+    /// `spool_sync = "filesystem"`.
+    committer: Committer,
     cache: ContentCache,
     /// Held while the spool is open: a second gateway on the same spool
     /// would delete this one's messages in progress.
@@ -150,8 +157,10 @@ impl Spool {
         }
         let queue_dir = File::open(&queue).map_err(io_error(&queue))?;
         let quarantine_dir = File::open(&quarantine).map_err(io_error(&quarantine))?;
+        let queue_sync = Arc::new(GroupSync::new(queue_dir, sync == SpoolSync::Filesystem));
         Ok(Self {
-            queue_sync: Arc::new(GroupSync::new(queue_dir, sync == SpoolSync::Filesystem)),
+            committer: Committer::start(Arc::clone(&queue_sync)).map_err(io_error(root))?,
+            queue_sync,
             quarantine_sync: Arc::new(GroupSync::new(quarantine_dir, sync == SpoolSync::Filesystem)),
             cache: ContentCache::default(),
             incoming,
@@ -177,9 +186,14 @@ impl Spool {
     /// crash or power loss, and the 250 may be sent.
     pub async fn commit(&self, writer: SpoolWriter, envelope: Envelope) -> Result<StoredMessage, SpoolError> {
         let dest = self.content_path(writer.id());
-        let (id, content_len, content) = seal(writer, &envelope, &dest, &self.queue_sync).await?;
-        if let Some(content) = content {
-            self.cache.keep(&id, content);
+        let (id, content_len, whole, job) = prepare(writer, &envelope, dest)?;
+        let buffered = if self.queue_sync.whole_filesystem {
+            self.committer.commit(job).await?
+        } else {
+            seal(job, &self.queue_sync).await?
+        };
+        if whole {
+            self.cache.keep(&id, buffered);
         }
         Ok(StoredMessage {
             state: DeliveryState::for_envelope(&envelope),
@@ -194,7 +208,8 @@ impl Spool {
     /// never delivered; an operator can inspect it there.
     pub async fn quarantine(&self, writer: SpoolWriter, envelope: Envelope) -> Result<QueueId, SpoolError> {
         let dest = self.quarantine.join(format!("{}.msg", writer.id()));
-        let (id, _, _) = seal(writer, &envelope, &dest, &self.quarantine_sync).await?;
+        let (id, _, _, job) = prepare(writer, &envelope, dest)?;
+        seal(job, &self.quarantine_sync).await?;
         Ok(id)
     }
 
@@ -309,14 +324,8 @@ impl Spool {
     /// Removes a message whose every recipient is finished.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.cache.forget(id);
-        let message = self.content_path(id);
-        let state = self.state_path(id);
-        let result = spawn_blocking(move || -> io::Result<()> {
-            ignore_missing(fs::remove_file(&message))?;
-            ignore_missing(fs::remove_file(&state))
-        })
-        .await
-        .map_err(|_| SpoolError::Cancelled)?;
+        let paths = vec![self.content_path(id), self.state_path(id)];
+        let result = self.committer.remove(paths).await?;
         result.map_err(io_error(&self.content_path(id)))
     }
 
@@ -347,17 +356,14 @@ fn lock_spool(root: &Path) -> Result<File, SpoolError> {
     }
 }
 
-/// A commit into the queue or the quarantine, in one blocking hop: appends
-/// the envelope trailer, syncs the file, renames it to `dest` and syncs
-/// `dest`'s directory (`dir`) with the commits of other sessions. Returns
-/// the id, the content length and, when the whole content was in memory,
-/// the content.
-async fn seal(
+/// Takes a received message apart for its commit: its id, content length,
+/// whether the whole content was in memory, and the job that writes the
+/// rest of it with the envelope trailer and moves it to `dest`.
+fn prepare(
     mut writer: SpoolWriter,
     envelope: &Envelope,
-    dest: &Path,
-    dir: &Arc<GroupSync>,
-) -> Result<(QueueId, u64, Option<Vec<u8>>), SpoolError> {
+    dest: PathBuf,
+) -> Result<(QueueId, u64, bool, CommitJob), SpoolError> {
     if let Some(source) = writer.failed.take() {
         return Err(SpoolError::Io {
             path: writer.path.clone(),
@@ -369,18 +375,34 @@ async fn seal(
         id: writer.id.to_string(),
         reason: e.to_string(),
     })?;
-    let buffered = std::mem::take(&mut writer.buffer);
     let footer = footer(content_len, &json);
     let mut tail = json;
     tail.extend_from_slice(&footer);
     let whole = writer.file.is_none();
-    let (file, tmp, dest, dir) = (
-        writer.file.take(),
-        writer.path.clone(),
-        dest.to_owned(),
-        Arc::clone(dir),
-    );
+    let job = CommitJob {
+        file: writer.file.take(),
+        tmp: writer.path.clone(),
+        dest,
+        buffered: std::mem::take(&mut writer.buffer),
+        tail,
+    };
+    Ok((writer.id.clone(), content_len, whole, job))
+}
+
+/// A commit in one blocking hop (with `spool_sync = "file"`, and into the
+/// quarantine): writes the job's file, syncs it if `dir` syncs directories
+/// only, renames it and syncs `dir` with the commits of other sessions.
+/// Returns the content it was given.
+async fn seal(job: CommitJob, dir: &Arc<GroupSync>) -> Result<Vec<u8>, SpoolError> {
+    let dir = Arc::clone(dir);
     let written = spawn_blocking(move || -> Result<Vec<u8>, SpoolError> {
+        let CommitJob {
+            file,
+            tmp,
+            dest,
+            buffered,
+            tail,
+        } = job;
         finish_file(file, &tmp, &dest, &buffered, &tail, !dir.whole_filesystem)?;
         if let Err(source) = dir.sync() {
             // The client will be told to retry; do not deliver a second copy.
@@ -391,8 +413,7 @@ async fn seal(
         Ok(buffered)
     })
     .await;
-    let buffered = written.map_err(|_| SpoolError::Cancelled)??;
-    Ok((writer.id.clone(), content_len, whole.then_some(buffered)))
+    written.map_err(|_| SpoolError::Cancelled)?
 }
 
 fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
