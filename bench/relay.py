@@ -18,6 +18,10 @@ per relay and workload:
   carries the time its connection was opened, and the sink records it in
   the dump (`X-Mail-Args`). Latency = arrival - that time.
 
+The paced workload (`1k-100ps`) has no `smtp-source`: its messages are all
+probes, 100 per second, so p50 and p99 there are the latency of a relay
+that is not saturated.
+
 The direct `smtp-source` -> `smtp-sink` run (relay `direct`) is the ceiling:
 what the load generator and the sink manage on this machine with no relay
 in between. It is measured with the same dumping sink, and once more with a
@@ -76,7 +80,12 @@ WORKLOADS = {
     "1k-20s": (1024, 20, 1, 10000),
     "100k-20s": (102400, 20, 1, 2000),
     "1k-10rcpt": (1024, 20, 10, 4000),
+    # Paced, not saturating: 2000 messages at 100 per second, each on its
+    # own connection, every one of them a timed probe (sessions = 0).
+    "1k-100ps": (1024, 0, 1, 2000),
 }
+# Rate of the paced workloads, messages per second.
+PACED = {"1k-100ps": 100}
 RELAYS = ["direct", "direct-nodump", "mailgate", "mailgate-plugins", "postfix", "haraka", "haraka-forward"]
 # Also available: mailgate-noreuse (outbound connection reuse off) and
 # mailgate-plugins-reused (the plugins with instances = "reused").
@@ -334,8 +343,11 @@ class Probes:
     """Injects timestamped probe messages at a fixed rate on their own
     connections while the load runs."""
 
-    def __init__(self, port: int, size: int):
+    def __init__(self, port: int, size: int, rate: float = 0, count: int = 0):
         self.port = port
+        self.rate = rate or PROBES_PER_SECOND
+        # With a count, stops by itself after that many (a paced workload).
+        self.count = count
         self.body = ("Subject: probe\r\n\r\n" + ("x" * 76 + "\r\n") * max(1, size // 78)).encode()
         self.sent = 0
         self.failed = 0
@@ -355,9 +367,9 @@ class Probes:
                 self.failed += 1
 
     def loop(self):
-        interval = 1 / PROBES_PER_SECOND
+        interval = 1 / self.rate
         next_at = time.monotonic()
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not (self.count and len(self.threads) >= self.count):
             t = threading.Thread(target=self.one, daemon=True)
             t.start()
             self.threads.append(t)
@@ -450,7 +462,8 @@ def measure(relay: str, port: int, sink_port: int, workload: str, work: Path, pi
         arrivals.start()
     sink = subprocess.Popen(sink_cmd)
     wait_port(sink_port)
-    probes = None if nodump else Probes(port, size)
+    paced = PACED.get(workload, 0)
+    probes = None if nodump else Probes(port, size, paced, messages if paced else 0)
     cpu0 = cpu_seconds(pid) if pid else 0.0
     sys0 = system_cpu()
     start = time.time_ns()
@@ -460,7 +473,11 @@ def measure(relay: str, port: int, sink_port: int, workload: str, work: Path, pi
               "-f", "sender@bench.test", "-t", "rcpt@dest.test"]
     if rcpts > 1:
         source += ["-r", str(rcpts)]
-    run([*source, f"127.0.0.1:{port}"])
+    if paced:
+        # Every message is a probe: wait for the probes to be sent.
+        probes.runner.join()
+    else:
+        run([*source, f"127.0.0.1:{port}"])
     injected = time.time_ns()
     if probes:
         probes.finish()
@@ -469,7 +486,7 @@ def measure(relay: str, port: int, sink_port: int, workload: str, work: Path, pi
         # smtp-source talked to the sink itself: done when it is.
         result.update(arrived=messages, expected=messages, rate=messages / ((injected - start) / 1e9))
     else:
-        expected = messages + probes.sent
+        expected = probes.sent + (0 if paced else messages)
         last, seen = time.monotonic(), 0
         while True:
             n = len(arrivals.times)
@@ -521,7 +538,7 @@ def report(results, relays, workloads, runs) -> str:
     for w in workloads:
         for r in relays:
             rows = [x for x in results if x["relay"] == r and x["workload"] == w]
-            if not rows:
+            if not rows or "rate" not in rows[0]:
                 continue
             arrived = "; ".join(f"{x['arrived']}/{x['expected']}" for x in rows)
             p50, p99 = med(r, w, "p50"), med(r, w, "p99")
@@ -538,12 +555,14 @@ def report(results, relays, workloads, runs) -> str:
              ("mailgate-plugins-reused", "haraka")]
     present = {x["relay"] for x in results}
     pairs = [(a, b) for a, b in pairs if a in present and b in present]
-    if not pairs:
+    if not pairs or all(w in PACED for w in workloads):
         return "\n".join(out) + "\n"
     out.append("\nRatios of throughput (per run, then the median over runs):\n")
     out.append("| workload | " + " | ".join(f"{a} / {b}" for a, b in pairs) + " |")
     out.append("|---|" + "---|" * len(pairs))
     for w in workloads:
+        if w in PACED:
+            continue  # paced: every relay keeps up, only latency compares
         cells = []
         for a, b in pairs:
             ratios = []
@@ -585,6 +604,8 @@ def main():
         for i in range(args.runs):
             for w in workloads:
                 for r in relays:
+                    if w in PACED and r == "direct-nodump":
+                        continue  # no probes, so nothing to time
                     res = measure(r, ports[r], sink_port, w, work, relay_set.pids.get(r))
                     res["run"] = i
                     results.append(res)
