@@ -98,36 +98,46 @@ fn run(queued: &mpsc::Receiver<Job>, sync: &GroupSync) {
     }
 }
 
-/// Commits first, removals next (they need no sync), then one sync for
-/// every commit written, then the answers.
+/// Commits first, then one sync for every commit written and their
+/// answers, and removals last: they need no sync, and an unlink can wait
+/// for the device (on a filesystem mounted with `discard`), which clients
+/// waiting for their 250 should not.
 fn do_batch(batch: impl Iterator<Item = Job>, sync: &GroupSync) {
     let mut written = Vec::new();
+    let mut removals = Vec::new();
     for job in batch {
         match job {
             Job::Commit(job, reply) => {
-                match finish_file(
-                    job.file,
-                    &job.tmp,
-                    &job.dest,
-                    &job.buffered,
-                    &job.tail,
-                    !sync.whole_filesystem,
-                ) {
-                    Ok(()) => written.push((job.dest, job.buffered, reply)),
+                let CommitJob {
+                    file,
+                    tmp,
+                    dest,
+                    buffered,
+                    tail,
+                } = job;
+                match finish_file(file, &tmp, &dest, &buffered, &tail, !sync.whole_filesystem) {
+                    Ok(()) => written.push((dest, buffered, reply)),
                     Err(error) => {
                         let _ = reply.send(Err(error));
                     }
                 }
             }
-            Job::Remove(paths, reply) => {
-                let result = paths.iter().try_for_each(|path| ignore_missing(fs::remove_file(path)));
-                let _ = reply.send(result);
-            }
+            Job::Remove(paths, reply) => removals.push((paths, reply)),
         }
     }
-    if written.is_empty() {
-        return;
+    if !written.is_empty() {
+        answer_commits(written, sync);
     }
+    for (paths, reply) in removals {
+        let result = paths.iter().try_for_each(|path| ignore_missing(fs::remove_file(path)));
+        let _ = reply.send(result);
+    }
+}
+
+type Written = (PathBuf, Vec<u8>, oneshot::Sender<Result<Vec<u8>, SpoolError>>);
+
+/// Syncs the commits written, then answers them.
+fn answer_commits(written: Vec<Written>, sync: &GroupSync) {
     match sync.sync() {
         Ok(()) => {
             for (_, buffered, reply) in written {
