@@ -1,10 +1,9 @@
 //! The wasmtime engine and linker shared by every plugin: component model,
-//! pooling allocator, epoch interruption driven by a dedicated ticker
-//! thread, and the on-disk compilation cache.
+//! pooling allocator, epoch interruption driven by the ticker thread
+//! (`ticker.rs`), and the on-disk compilation cache.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -12,9 +11,7 @@ use wasmtime::{Cache, CacheConfig, Config, Enabled, Engine, InstanceAllocationSt
 use super::bindings;
 use super::error::PluginError;
 use super::state::State;
-
-/// How often the epoch advances: the granularity of time budgets.
-pub const TICK: Duration = Duration::from_millis(1);
+use super::ticker::Ticker;
 
 /// Engine-wide plugin settings (`[plugins]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +32,14 @@ pub struct Runtime {
     pub linker: Linker<State>,
     /// What it was built for.
     pub settings: RuntimeSettings,
+    /// Advances the epoch while calls are armed.
+    pub ticker: Arc<Ticker>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker.stop();
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -91,35 +96,13 @@ impl Runtime {
         // Plugins built against 0.1.0 link to its names (see `compat.rs`).
         bindings::v0_1::Plugin::add_to_linker::<State, HasSelf<State>>(&mut linker, |state| state)
             .map_err(engine_error)?;
-        start_ticker(&engine)?;
+        let ticker =
+            Ticker::start(&engine).map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Arc::new(Self {
             engine,
+            ticker,
             linker,
             settings: settings.clone(),
         }))
     }
-}
-
-/// Advances the epoch every tick on a thread of its own, not a runtime
-/// worker: a guest that spins must be interrupted even when every worker
-/// is busy running guests. The thread ends when the engine is dropped.
-fn start_ticker(engine: &Engine) -> Result<(), PluginError> {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("mailgate-epoch".into())
-        .spawn(move || {
-            loop {
-                #[allow(
-                    clippy::disallowed_methods,
-                    reason = "a dedicated ticker thread, not a runtime worker"
-                )]
-                std::thread::sleep(TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => break,
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))
 }

@@ -19,6 +19,7 @@ use super::hooks::{Instance, Pre};
 use super::host::HostServices;
 use super::snapshot::{self, NotSnapshotted};
 use super::state::State;
+use super::ticker::Ticker;
 use crate::smtp::session::Stage;
 
 /// Warm instances kept per plugin in `reused` mode.
@@ -180,6 +181,7 @@ pub struct LoadedPlugin {
     /// Its configuration.
     pub config: PluginConfig,
     engine: Engine,
+    ticker: Arc<Ticker>,
     host: HostServices,
     pre: Pre,
     /// Instances start from a snapshot taken after `init`.
@@ -255,7 +257,7 @@ impl LoadedPlugin {
         let mut pre = runtime.linker.instantiate_pre(&component).map_err(mismatch)?;
         let initialized = match config.instances {
             InstanceMode::Fresh => {
-                let mut store = new_store(&runtime.engine, &config, &host);
+                let mut store = new_store(&runtime.engine, &runtime.ticker, &config, &host);
                 match snapshot::preinitialize(runtime, &mut store, &bytes, &config.settings, legacy).await {
                     Ok(snapshot) => {
                         info!(
@@ -291,6 +293,7 @@ impl LoadedPlugin {
         };
         let loaded = Self {
             engine: runtime.engine.clone(),
+            ticker: Arc::clone(&runtime.ticker),
             host,
             pre,
             initialized,
@@ -315,7 +318,7 @@ impl LoadedPlugin {
         {
             return Ok(live);
         }
-        let mut store = new_store(&self.engine, &self.config, &self.host);
+        let mut store = new_store(&self.engine, &self.ticker, &self.config, &self.host);
         let budget = self.config.time_budget;
         let (plugin, raw) = match self.pre.instantiate(&mut store).await {
             Ok(instantiated) => instantiated,
@@ -358,8 +361,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A store as a transaction's instance gets it: its memory limiter, the
 /// epoch callback that enforces the time budget, the budget armed.
-fn new_store(engine: &Engine, config: &PluginConfig, host: &HostServices) -> Store<State> {
-    let state = State::new(Arc::clone(&config.name), config.memory_limit, host.clone());
+fn new_store(engine: &Engine, ticker: &Arc<Ticker>, config: &PluginConfig, host: &HostServices) -> Store<State> {
+    let mut state = State::new(Arc::clone(&config.name), config.memory_limit, host.clone());
+    state.ticker = Some(Arc::clone(ticker));
     let mut store = Store::new(engine, state);
     store.limiter(|state| &mut state.limiter);
     store.epoch_deadline_callback(|ctx| {
@@ -385,8 +389,13 @@ async fn compile(engine: &Engine, bytes: Vec<u8>) -> Result<Component, String> {
 
 /// Starts the time budget of a call.
 pub fn arm(store: &mut Store<State>, budget: Duration) {
-    store.data_mut().output.clear();
-    store.data_mut().deadline = Instant::now() + budget;
+    let deadline = Instant::now() + budget;
+    let state = store.data_mut();
+    state.output.clear();
+    state.deadline = deadline;
+    if let Some(ticker) = &state.ticker {
+        ticker.keep_until(deadline);
+    }
     store.set_epoch_deadline(1);
 }
 

@@ -23,6 +23,7 @@ mod output;
 mod replay;
 mod snapshot;
 mod state;
+mod ticker;
 pub mod transcript;
 
 pub use replay::replay_outbound;

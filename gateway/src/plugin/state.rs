@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::host::{DnsAnswer, DnsKind, HostServices, SealRequest};
 use super::output::Output;
+use super::ticker::Ticker;
 use super::transcript::{HostCall, Journal};
 
 /// Store data of one plugin instance.
@@ -40,6 +41,9 @@ pub struct State {
     pub output: Output,
     /// An ARC seal asked for during the current call (`dkim.seal`).
     pub seal: Option<SealRequest>,
+    /// The epoch ticker, told of every armed call (none in tests that
+    /// never interrupt).
+    pub ticker: Option<Arc<Ticker>>,
 }
 
 impl State {
@@ -68,6 +72,7 @@ impl State {
             journal: None,
             output,
             seal: None,
+            ticker: None,
         }
     }
 
