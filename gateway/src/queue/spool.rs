@@ -24,10 +24,11 @@
 //! removals are not fsynced: they survive a process crash (the page cache
 //! does), and a power loss at worst delivers a message twice.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::task::spawn_blocking;
 
@@ -42,7 +43,7 @@ mod writer;
 
 pub use cache::Content;
 use cache::ContentCache;
-use committer::{CommitJob, Committer};
+use committer::{CommitJob, Committer, unsynced};
 use group_sync::GroupSync;
 pub use quarantine::Quarantined;
 pub use writer::SpoolWriter;
@@ -113,6 +114,9 @@ pub struct Spool {
     /// `spool_sync = "filesystem"`.
     committer: Committer,
     cache: ContentCache,
+    /// Messages committed by this process that have no state file yet:
+    /// their removal skips the state file's `unlink`.
+    stateless: Mutex<HashSet<QueueId>>,
     /// Held while the spool is open: a second gateway on the same spool
     /// would delete this one's messages in progress.
     _lock: File,
@@ -163,6 +167,7 @@ impl Spool {
             queue_sync,
             quarantine_sync: Arc::new(GroupSync::new(quarantine_dir, sync == SpoolSync::Filesystem)),
             cache: ContentCache::default(),
+            stateless: Mutex::default(),
             incoming,
             queue,
             corrupt,
@@ -195,6 +200,7 @@ impl Spool {
         if whole {
             self.cache.keep(&id, buffered);
         }
+        self.stateless().insert(id.clone());
         Ok(StoredMessage {
             state: DeliveryState::for_envelope(&envelope),
             id,
@@ -304,6 +310,7 @@ impl Spool {
 
     /// Records delivery state (atomic replace, not fsynced; see the module doc).
     pub async fn save_state(&self, id: &QueueId, state: &DeliveryState) -> Result<(), SpoolError> {
+        self.stateless().remove(id);
         let path = self.state_path(id);
         let json = serde_json::to_vec(state).map_err(|e| SpoolError::Corrupt {
             id: id.to_string(),
@@ -324,9 +331,16 @@ impl Spool {
     /// Removes a message whose every recipient is finished.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.cache.forget(id);
-        let paths = vec![self.content_path(id), self.state_path(id)];
+        let mut paths = vec![self.content_path(id)];
+        if !self.stateless().remove(id) {
+            paths.push(self.state_path(id));
+        }
         let result = self.committer.remove(paths).await?;
         result.map_err(io_error(&self.content_path(id)))
+    }
+
+    fn stateless(&self) -> MutexGuard<'_, HashSet<QueueId>> {
+        self.stateless.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The file holding a queued message; its first `content_len` octets are the content.
@@ -396,20 +410,8 @@ fn prepare(
 async fn seal(job: CommitJob, dir: &Arc<GroupSync>) -> Result<Vec<u8>, SpoolError> {
     let dir = Arc::clone(dir);
     let written = spawn_blocking(move || -> Result<Vec<u8>, SpoolError> {
-        let CommitJob {
-            file,
-            tmp,
-            dest,
-            buffered,
-            tail,
-        } = job;
-        finish_file(file, &tmp, &dest, &buffered, &tail, !dir.whole_filesystem)?;
-        if let Err(source) = dir.sync() {
-            // The client will be told to retry; do not deliver a second copy.
-            let _ = fs::remove_file(&dest);
-            let path = dest.parent().map(Path::to_owned).unwrap_or_default();
-            return Err(SpoolError::Io { path, source });
-        }
+        let (dest, buffered) = job.write(!dir.whole_filesystem)?;
+        dir.sync().map_err(|source| unsynced(&dest, source))?;
         Ok(buffered)
     })
     .await;
@@ -646,6 +648,37 @@ mod tests {
         state.recipients[0] = RecipientStatus::Delivered;
         spool.save_state(&stored.id, &state).await.unwrap();
         assert_eq!(spool.load(&stored.id).unwrap().state, state);
+        spool.remove(&stored.id).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn only_messages_given_a_state_have_a_state_file_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut writer = spool.create();
+            writer.write(b"x\r\n").await;
+            ids.push(spool.commit(writer, envelope()).await.unwrap());
+        }
+        assert!(spool.stateless().contains(&ids[0].id) && spool.stateless().contains(&ids[1].id));
+        spool.save_state(&ids[1].id, &ids[1].state).await.unwrap();
+        assert!(!spool.stateless().contains(&ids[1].id), "it has a state file now");
+        for stored in &ids {
+            spool.remove(&stored.id).await.unwrap();
+        }
+        assert!(spool.stateless().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
+        // A message found at start-up may have a state file: it is not
+        // taken for stateless.
+        let mut writer = spool.create();
+        writer.write(b"x\r\n").await;
+        let stored = spool.commit(writer, envelope()).await.unwrap();
+        spool.save_state(&stored.id, &stored.state).await.unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.stateless().is_empty());
         spool.remove(&stored.id).await.unwrap();
         assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
     }

@@ -18,7 +18,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -41,6 +41,24 @@ pub(super) struct CommitJob {
     pub(super) buffered: Vec<u8>,
     /// The envelope and footer.
     pub(super) tail: Vec<u8>,
+}
+
+impl CommitJob {
+    /// Writes the rest of the file (synced first when `sync_file`) and
+    /// moves it into place; returns where it is and the content given.
+    pub(super) fn write(self, sync_file: bool) -> Result<(PathBuf, Vec<u8>), SpoolError> {
+        finish_file(self.file, &self.tmp, &self.dest, &self.buffered, &self.tail, sync_file)?;
+        Ok((self.dest, self.buffered))
+    }
+}
+
+/// A commit whose sync failed: its file is removed (the client will be
+/// told to retry; a second copy must not be delivered) and the error names
+/// the directory.
+pub(super) fn unsynced(dest: &Path, source: io::Error) -> SpoolError {
+    let _ = fs::remove_file(dest);
+    let path = dest.parent().map(Path::to_owned).unwrap_or_default();
+    SpoolError::Io { path, source }
 }
 
 enum Job {
@@ -107,21 +125,12 @@ fn do_batch(batch: impl Iterator<Item = Job>, sync: &GroupSync) {
     let mut removals = Vec::new();
     for job in batch {
         match job {
-            Job::Commit(job, reply) => {
-                let CommitJob {
-                    file,
-                    tmp,
-                    dest,
-                    buffered,
-                    tail,
-                } = job;
-                match finish_file(file, &tmp, &dest, &buffered, &tail, !sync.whole_filesystem) {
-                    Ok(()) => written.push((dest, buffered, reply)),
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
-                    }
+            Job::Commit(job, reply) => match job.write(!sync.whole_filesystem) {
+                Ok((dest, buffered)) => written.push((dest, buffered, reply)),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
                 }
-            }
+            },
             Job::Remove(paths, reply) => removals.push((paths, reply)),
         }
     }
@@ -146,11 +155,8 @@ fn answer_commits(written: Vec<Written>, sync: &GroupSync) {
         }
         Err(error) => {
             for (dest, _, reply) in written {
-                // The client will be told to retry; do not deliver a second copy.
-                let _ = fs::remove_file(&dest);
-                let path = dest.parent().map(PathBuf::from).unwrap_or_default();
                 let source = io::Error::new(error.kind(), error.to_string());
-                let _ = reply.send(Err(SpoolError::Io { path, source }));
+                let _ = reply.send(Err(unsynced(&dest, source)));
             }
         }
     }
