@@ -36,12 +36,6 @@ pub struct Runtime {
     pub ticker: Arc<Ticker>,
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticker.stop();
-    }
-}
-
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime").finish_non_exhaustive()

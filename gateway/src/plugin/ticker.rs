@@ -23,15 +23,21 @@ use wasmtime::{Engine, EngineWeak};
 /// How often the epoch advances: the granularity of time budgets.
 pub const TICK: Duration = Duration::from_millis(1);
 
+/// The handle of the ticker thread: the runtime, each loaded plugin and
+/// each store hold one, and the thread ends when the last is dropped
+/// (whoever still runs a guest keeps it ticking).
+#[derive(Debug)]
+pub struct Ticker(Arc<Shared>);
+
 /// What the arming side and the ticker thread share.
 #[derive(Debug)]
-pub struct Ticker {
+struct Shared {
     origin: Instant,
     /// Ticks are needed until this many milliseconds after `origin`.
     busy_until: AtomicU64,
     /// The thread sleeps (or is about to) until woken.
     parked: AtomicBool,
-    /// The runtime is gone: the thread ends.
+    /// Every handle is gone: the thread ends.
     stopped: AtomicBool,
     thread: OnceLock<Thread>,
     /// Epoch increments so far (for the tests).
@@ -39,10 +45,10 @@ pub struct Ticker {
 }
 
 impl Ticker {
-    /// Starts the thread for `engine`; it ends when [`Ticker::stop`] is
-    /// called or the engine is dropped.
+    /// Starts the thread for `engine`; it ends when the last handle is
+    /// dropped or the engine is.
     pub fn start(engine: &Engine) -> std::io::Result<Arc<Self>> {
-        let ticker = Arc::new(Self {
+        let shared = Arc::new(Shared {
             origin: Instant::now(),
             busy_until: AtomicU64::new(0),
             parked: AtomicBool::new(false),
@@ -50,42 +56,46 @@ impl Ticker {
             thread: OnceLock::new(),
             ticks: AtomicU64::new(0),
         });
-        let shared = Arc::clone(&ticker);
+        let running = Arc::clone(&shared);
         let weak = engine.weak();
         let handle = std::thread::Builder::new()
             .name("mailgate-epoch".into())
-            .spawn(move || shared.run(&weak))?;
-        let _ = ticker.thread.set(handle.thread().clone());
-        Ok(ticker)
+            .spawn(move || running.run(&weak))?;
+        let _ = shared.thread.set(handle.thread().clone());
+        Ok(Arc::new(Self(shared)))
     }
 
     /// A call may run until `deadline`: tick until a tick past it.
     pub fn keep_until(&self, deadline: Instant) {
-        let until = self.millis(deadline).saturating_add(2 * tick_millis());
-        self.busy_until.fetch_max(until, SeqCst);
-        if self.parked.load(SeqCst) {
-            self.wake();
+        let shared = &self.0;
+        let until = shared.millis(deadline).saturating_add(2 * tick_millis());
+        shared.busy_until.fetch_max(until, SeqCst);
+        if shared.parked.load(SeqCst) {
+            shared.wake();
         }
-    }
-
-    /// Ends the thread.
-    pub fn stop(&self) {
-        self.stopped.store(true, SeqCst);
-        self.wake();
     }
 
     /// Epoch increments so far.
     #[cfg(test)]
     pub fn ticks(&self) -> u64 {
-        self.ticks.load(SeqCst)
+        self.0.ticks.load(SeqCst)
     }
 
     /// True while the thread sleeps for want of armed calls.
     #[cfg(test)]
     pub fn is_parked(&self) -> bool {
-        self.parked.load(SeqCst)
+        self.0.parked.load(SeqCst)
     }
+}
 
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, SeqCst);
+        self.0.wake();
+    }
+}
+
+impl Shared {
     fn wake(&self) {
         if let Some(thread) = self.thread.get() {
             thread.unpark();
@@ -158,7 +168,6 @@ mod tests {
         });
         let after = ticker.ticks();
         assert!(after > asleep + 5, "{asleep} -> {after}");
-        ticker.stop();
     }
 
     /// The point of it all: after the ticker went to sleep, a guest that
@@ -224,12 +233,16 @@ mod tests {
     }
 
     #[test]
-    fn the_thread_ends_when_stopped_even_asleep() {
+    fn the_thread_ends_with_the_last_handle_even_asleep() {
         let engine = Engine::default();
         let ticker = Ticker::start(&engine).unwrap();
         wait_for("first sleep", || ticker.is_parked());
-        ticker.stop();
+        let shared = Arc::clone(&ticker.0);
+        let second = Arc::clone(&ticker);
+        drop(ticker);
+        assert!(!shared.stopped.load(SeqCst), "a handle is left");
+        drop(second);
         // The thread holds the only other reference; it drops it on exit.
-        wait_for("thread exit", || Arc::strong_count(&ticker) == 1);
+        wait_for("thread exit", || Arc::strong_count(&shared) == 1);
     }
 }
