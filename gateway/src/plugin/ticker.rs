@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Engine, EngineWeak};
 
+/// How often the epoch advances, in milliseconds.
+const TICK_MS: u64 = 1;
 /// How often the epoch advances: the granularity of time budgets.
-pub const TICK: Duration = Duration::from_millis(1);
+pub const TICK: Duration = Duration::from_millis(TICK_MS);
 
 /// The handle of the ticker thread: the runtime, each loaded plugin and
 /// each store hold one, and the thread ends when the last is dropped
@@ -68,7 +70,7 @@ impl Ticker {
     /// A call may run until `deadline`: tick until a tick past it.
     pub fn keep_until(&self, deadline: Instant) {
         let shared = &self.0;
-        let until = shared.millis(deadline).saturating_add(2 * tick_millis());
+        let until = shared.millis(deadline).saturating_add(2 * TICK_MS);
         shared.busy_until.fetch_max(until, SeqCst);
         if shared.parked.load(SeqCst) {
             shared.wake();
@@ -134,10 +136,6 @@ impl Shared {
             }
         }
     }
-}
-
-fn tick_millis() -> u64 {
-    u64::try_from(TICK.as_millis()).unwrap_or(1).max(1)
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::spawn_blocking;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, error, field, info, info_span, warn};
+use tracing::{Instrument, Span, error, field, info_span, warn};
 
+mod decision_log;
 mod transfer;
 
 use super::filters::{Disposition, Filters, TransactionEdits};
@@ -26,6 +27,7 @@ use crate::plugin::ParsedMessage;
 use crate::queue::{Client, Envelope, Recipient, SpoolWriter};
 use crate::smtp::Reply;
 use crate::smtp::session::{AuthOutcome, ConnectionInfo, Decision, QueueOutcome, Session, Stage, Step};
+use decision_log::{MessageLog, log_refusal, refusal, session_decider};
 use transfer::{ChunkEnd, DataEnd};
 
 /// A command line longer than this is not buffered: it is skipped up to its
@@ -272,94 +274,6 @@ fn content_end(
         let _entered = span.enter();
         log.decided_by = Some(session_decider(reply).to_owned());
         log.emit(reply);
-    }
-}
-
-/// `mailgate_messages_total`'s result for a refusal.
-fn refusal(reply: &Reply) -> &'static str {
-    if reply.code() >= 500 { "rejected" } else { "tempfailed" }
-}
-
-/// The one info line per message outcome (STYLE section 7): the only log
-/// line that names envelope addresses.
-struct MessageLog {
-    id: String,
-    size: u64,
-    from: String,
-    rcpts: usize,
-    outcome: &'static str,
-    /// Why it was quarantined or refused.
-    reason: Option<String>,
-    /// Who refused it: a plugin, a policy or a limit.
-    decided_by: Option<String>,
-}
-
-impl MessageLog {
-    fn new(writer: &SpoolWriter, session: &Session, outcome: &'static str) -> Self {
-        let txn = session.transaction();
-        Self {
-            id: writer.id().to_string(),
-            size: writer.len(),
-            from: txn.map(|t| t.reverse_path.to_string()).unwrap_or_default(),
-            rcpts: txn.map_or(0, |t| t.recipients.len()),
-            outcome,
-            reason: None,
-            decided_by: None,
-        }
-    }
-
-    fn emit(&self, reply: &Reply) {
-        let Self {
-            id,
-            size,
-            from,
-            rcpts,
-            outcome,
-            reason,
-            decided_by,
-        } = self;
-        info!(
-            queue_id = %id,
-            from = %from,
-            rcpts,
-            size,
-            outcome,
-            reply = %reply,
-            reason = reason.as_ref().map(field::display),
-            decided_by = decided_by.as_deref(),
-            "message {outcome}"
-        );
-    }
-}
-
-/// The log line for a refusal before DATA (Postfix's `NOQUEUE: reject`):
-/// the stage, the client, the envelope so far, the reply and who decided.
-fn log_refusal(stage: &str, session: &Session, to: Option<&str>, reply: &Reply, decided_by: &str) {
-    let txn = session.transaction();
-    info!(
-        stage,
-        client = %session.connection().peer.ip(),
-        helo = session.hello().map(|h| field::display(&h.name)),
-        from = txn.map(|t| field::display(&t.reverse_path)),
-        to = to.map(field::display),
-        rcpts = txn.map_or(0, |t| t.recipients.len()),
-        outcome = refusal(reply),
-        reply = %reply,
-        decided_by,
-        "refused"
-    );
-}
-
-/// Who refuses a command the session itself refused: the limit behind its
-/// status code, else the protocol.
-fn session_decider(reply: &Reply) -> &'static str {
-    match reply.enhanced().map(|e| e.to_string()).as_deref() {
-        Some("4.5.3") => "limit max_recipients",
-        Some("5.3.4") => "limit max_message_bytes",
-        Some("5.4.6") => "limit max_hops",
-        Some("5.7.10") => "policy requiretls",
-        Some("5.6.0") => "policy bare_line_endings or long_lines",
-        _ => "protocol",
     }
 }
 
