@@ -96,7 +96,7 @@ pub async fn attempt(
     let age = age(&message);
     notices.extend(notify::delay(spool, settings, &mut message, age).await);
     let next = if message.state.is_finished() {
-        if let Err(e) = spool.remove(&message.id).await {
+        if let Err(e) = spool.discard(&message.id) {
             error!(queue_id = %message.id, error = %e, "cannot remove delivered message from the spool");
         }
         Next::Done

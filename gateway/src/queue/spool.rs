@@ -330,13 +330,26 @@ impl Spool {
 
     /// Removes a message whose every recipient is finished.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        let result = self.committer.remove(self.forget(id)).await?;
+        result.map_err(io_error(&self.content_path(id)))
+    }
+
+    /// Removes a delivered message without waiting for its files to go (a
+    /// failure is logged by the spool's I/O thread). A crash before they
+    /// go delivers the message again, as one between the delivery and
+    /// `remove` would.
+    pub fn discard(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.committer.discard(self.forget(id))
+    }
+
+    /// Forgets a message that is to be removed; its files.
+    fn forget(&self, id: &QueueId) -> Vec<PathBuf> {
         self.cache.forget(id);
         let mut paths = vec![self.content_path(id)];
         if !self.stateless().remove(id) {
             paths.push(self.state_path(id));
         }
-        let result = self.committer.remove(paths).await?;
-        result.map_err(io_error(&self.content_path(id)))
+        paths
     }
 
     fn stateless(&self) -> MutexGuard<'_, HashSet<QueueId>> {
@@ -681,6 +694,27 @@ mod tests {
         assert!(spool.stateless().is_empty());
         spool.remove(&stored.id).await.unwrap();
         assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn discarded_messages_leave_without_a_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut stored = Vec::new();
+        for _ in 0..3 {
+            let mut writer = spool.create();
+            writer.write(b"x\r\n").await;
+            stored.push(spool.commit(writer, envelope()).await.unwrap());
+        }
+        spool.save_state(&stored[1].id, &stored[1].state).await.unwrap();
+        spool.discard(&stored[0].id).unwrap();
+        spool.discard(&stored[1].id).unwrap();
+        assert!(spool.cache.get(&stored[0].id).is_none(), "forgotten at once");
+        // Jobs are done in order: once a later removal is answered, the
+        // discards before it are done.
+        spool.remove(&stored[2].id).await.unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
+        assert!(spool.stateless().is_empty());
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use tokio::sync::oneshot;
+use tracing::error;
 
 use super::group_sync::GroupSync;
 use super::{SpoolError, finish_file, ignore_missing};
@@ -63,7 +64,8 @@ pub(super) fn unsynced(dest: &Path, source: io::Error) -> SpoolError {
 
 enum Job {
     Commit(CommitJob, oneshot::Sender<Result<Vec<u8>, SpoolError>>),
-    Remove(Vec<PathBuf>, oneshot::Sender<io::Result<()>>),
+    /// Files to remove; the answer, if the caller waits for one.
+    Remove(Vec<PathBuf>, Option<oneshot::Sender<io::Result<()>>>),
 }
 
 /// The handle of the I/O thread; the thread ends when this is dropped,
@@ -93,8 +95,13 @@ impl Committer {
     /// Removes `paths`, a missing one being no error.
     pub(super) async fn remove(&self, paths: Vec<PathBuf>) -> Result<io::Result<()>, SpoolError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Remove(paths, reply))?;
+        self.send(Job::Remove(paths, Some(reply)))?;
         answer.await.map_err(|_| SpoolError::Cancelled)
+    }
+
+    /// Removes `paths` without waiting: a failure is logged by the thread.
+    pub(super) fn discard(&self, paths: Vec<PathBuf>) -> Result<(), SpoolError> {
+        self.send(Job::Remove(paths, None))
     }
 
     fn send(&self, job: Job) -> Result<(), SpoolError> {
@@ -139,7 +146,17 @@ fn do_batch(batch: impl Iterator<Item = Job>, sync: &GroupSync) {
     }
     for (paths, reply) in removals {
         let result = paths.iter().try_for_each(|path| ignore_missing(fs::remove_file(path)));
-        let _ = reply.send(result);
+        match reply {
+            Some(reply) => {
+                let _ = reply.send(result);
+            }
+            None => {
+                if let Err(error) = result {
+                    let path = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
+                    error!(path, %error, "cannot remove a delivered message from the spool");
+                }
+            }
+        }
     }
 }
 
@@ -215,7 +232,7 @@ mod tests {
             Job::Commit(bad, bad_reply),
             Job::Remove(
                 vec![dir.path().join("queue/old"), dir.path().join("queue/missing")],
-                gone_reply,
+                Some(gone_reply),
             ),
             Job::Commit(job(dir.path(), "good"), good_reply),
         ];
@@ -228,7 +245,7 @@ mod tests {
 
         let (reply, mut answer) = oneshot::channel();
         do_batch(
-            vec![Job::Remove(vec![dir.path().join("queue/good")], reply)].into_iter(),
+            vec![Job::Remove(vec![dir.path().join("queue/good")], Some(reply))].into_iter(),
             &sync,
         );
         answer.try_recv().unwrap().unwrap();
