@@ -558,6 +558,13 @@ mod tests {
         }
     }
 
+    /// A three-octet message, committed.
+    async fn small(spool: &Spool) -> StoredMessage {
+        let mut writer = spool.create();
+        writer.write(b"x\r\n").await;
+        spool.commit(writer, envelope()).await.unwrap()
+    }
+
     #[tokio::test]
     async fn committed_messages_are_found_by_scan() {
         for sync in [SpoolSync::Filesystem, SpoolSync::File] {
@@ -653,9 +660,7 @@ mod tests {
     async fn state_is_kept_and_removal_clears_both_files() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut writer = spool.create();
-        writer.write(b"x\r\n").await;
-        let stored = spool.commit(writer, envelope()).await.unwrap();
+        let stored = small(&spool).await;
         let mut state = stored.state.clone();
         state.attempts = 3;
         state.recipients[0] = RecipientStatus::Delivered;
@@ -671,9 +676,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let mut writer = spool.create();
-            writer.write(b"x\r\n").await;
-            ids.push(spool.commit(writer, envelope()).await.unwrap());
+            ids.push(small(&spool).await);
         }
         assert!(spool.stateless().contains(&ids[0].id) && spool.stateless().contains(&ids[1].id));
         spool.save_state(&ids[1].id, &ids[1].state).await.unwrap();
@@ -685,9 +688,7 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
         // A message found at start-up may have a state file: it is not
         // taken for stateless.
-        let mut writer = spool.create();
-        writer.write(b"x\r\n").await;
-        let stored = spool.commit(writer, envelope()).await.unwrap();
+        let stored = small(&spool).await;
         spool.save_state(&stored.id, &stored.state).await.unwrap();
         drop(spool);
         let spool = Spool::open(dir.path()).unwrap();
@@ -702,9 +703,7 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let mut stored = Vec::new();
         for _ in 0..3 {
-            let mut writer = spool.create();
-            writer.write(b"x\r\n").await;
-            stored.push(spool.commit(writer, envelope()).await.unwrap());
+            stored.push(small(&spool).await);
         }
         spool.save_state(&stored[1].id, &stored[1].state).await.unwrap();
         spool.discard(&stored[0].id).unwrap();
@@ -721,9 +720,7 @@ mod tests {
     async fn corrupt_entries_are_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut writer = spool.create();
-        writer.write(b"x\r\n").await;
-        let stored = spool.commit(writer, envelope()).await.unwrap();
+        let stored = small(&spool).await;
         let path = dir.path().join("queue").join(format!("{}.msg", stored.id));
         let mut bytes = fs::read(&path).unwrap();
         let n = bytes.len();
