@@ -674,10 +674,7 @@ mod tests {
     async fn only_messages_given_a_state_have_a_state_file_removed() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            ids.push(small(&spool).await);
-        }
+        let ids = [small(&spool).await, small(&spool).await];
         assert!(spool.stateless().contains(&ids[0].id) && spool.stateless().contains(&ids[1].id));
         spool.save_state(&ids[1].id, &ids[1].state).await.unwrap();
         assert!(!spool.stateless().contains(&ids[1].id), "it has a state file now");
@@ -701,10 +698,7 @@ mod tests {
     async fn discarded_messages_leave_without_a_wait() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut stored = Vec::new();
-        for _ in 0..3 {
-            stored.push(small(&spool).await);
-        }
+        let stored = [small(&spool).await, small(&spool).await, small(&spool).await];
         spool.save_state(&stored[1].id, &stored[1].state).await.unwrap();
         spool.discard(&stored[0].id).unwrap();
         spool.discard(&stored[1].id).unwrap();
