@@ -145,17 +145,17 @@ fn do_batch(batch: impl Iterator<Item = Job>, sync: &GroupSync) {
         answer_commits(written, sync);
     }
     for (paths, reply) in removals {
-        let result = paths.iter().try_for_each(|path| ignore_missing(fs::remove_file(path)));
-        match reply {
-            Some(reply) => {
-                let _ = reply.send(result);
+        let result = paths
+            .iter()
+            .try_for_each(|path| ignore_missing(fs::remove_file(path)).map_err(|error| (path, error)));
+        match (reply, result) {
+            (Some(reply), result) => {
+                let _ = reply.send(result.map_err(|(_, error)| error));
             }
-            None => {
-                if let Err(error) = result {
-                    let path = paths.first().map(|p| p.display().to_string()).unwrap_or_default();
-                    error!(path, %error, "cannot remove a delivered message from the spool");
-                }
+            (None, Err((path, error))) => {
+                error!(path = %path.display(), %error, "cannot remove a delivered message from the spool");
             }
+            (None, Ok(())) => {}
         }
     }
 }
