@@ -74,7 +74,10 @@ pub use types::{
 };
 
 /// A filter plugin. Every hook defaults to [`Verdict::Continue`]; implement
-/// the ones for the stages the plugin is configured to run at.
+/// the ones for the stages the plugin is configured to run at. An inbound
+/// hook left to its default tells the gateway so on its first call, and the
+/// gateway stops calling it: configuring a plugin for more stages than it
+/// implements costs nothing.
 pub trait Plugin: Sized + 'static {
     /// Builds the plugin from its settings (the `[plugin.settings]` table).
     /// An error here at start-up stops the gateway with the message.
@@ -97,6 +100,7 @@ pub trait Plugin: Sized + 'static {
     /// ```
     fn on_connect(&self, txn: &Transaction) -> Verdict {
         let _ = txn;
+        default_hook();
         Verdict::Continue
     }
 
@@ -115,6 +119,7 @@ pub trait Plugin: Sized + 'static {
     /// ```
     fn on_helo(&self, name: &str, txn: &Transaction) -> Verdict {
         let _ = (name, txn);
+        default_hook();
         Verdict::Continue
     }
 
@@ -140,6 +145,7 @@ pub trait Plugin: Sized + 'static {
     /// ```
     fn on_mail_from(&self, from: &ReversePath, params: &MailParameters, txn: &Transaction) -> Verdict {
         let _ = (from, params, txn);
+        default_hook();
         Verdict::Continue
     }
 
@@ -161,6 +167,7 @@ pub trait Plugin: Sized + 'static {
     /// ```
     fn on_rcpt_to(&self, rcpt: &Mailbox, txn: &Transaction) -> Verdict {
         let _ = (rcpt, txn);
+        default_hook();
         Verdict::Continue
     }
 
@@ -183,6 +190,7 @@ pub trait Plugin: Sized + 'static {
     /// ```
     fn on_data(&self, message: &Message, txn: &Transaction) -> Verdict {
         let _ = (message, txn);
+        default_hook();
         Verdict::Continue
     }
 
@@ -217,6 +225,16 @@ pub trait Plugin: Sized + 'static {
     fn on_quarantined(&self, delivery: &outbound::Delivery, reason: &str) {
         let _ = (delivery, reason);
     }
+}
+
+/// Tells the gateway that the calling hook is a default, which does
+/// nothing (`mailgate:plugin/defaults`): it stops calling that hook of the
+/// plugin, so a stage the plugin is configured for but does not implement
+/// costs nothing after its first call. Off WebAssembly (unit tests) it does
+/// nothing.
+fn default_hook() {
+    #[cfg(target_arch = "wasm32")]
+    bindings::mailgate::plugin::defaults::default_hook();
 }
 
 /// Exports a [`Plugin`] implementation as the component's hooks.

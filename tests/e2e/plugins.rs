@@ -5,11 +5,12 @@
 
 use std::path::Path;
 
-use anyhow::Result;
-use mailgate_tests::plugins::{FAULTY, SCRIPTED};
-use mailgate_tests::{Gateway, Setup, SinkServer, SmtpClient, TestReply, stuff, wait_until};
+use anyhow::{Context, Result};
+use mailgate_tests::plugins::{FAULTY, PROBE, SCRIPTED};
+use mailgate_tests::{Gateway, GatewayProcess, Setup, SinkServer, SmtpClient, TestReply, stuff, wait_until};
 
-use crate::WAIT;
+use crate::operations::Scrape;
+use crate::{WAIT, binary};
 
 /// A `[[plugin]]` body for the scripted test plugin.
 pub fn scripted(name: &str, stages: &str, settings: &str) -> String {
@@ -742,5 +743,78 @@ async fn each_listener_runs_its_own_chain() -> Result<()> {
         error.contains("`plugin[0].listeners[0]`: no [[listener]] is named \"mxx\""),
         "{error}"
     );
+    Ok(())
+}
+
+/// A hook the plugin leaves to the SDK's default says so on its first call
+/// (`mailgate:plugin/defaults`) and is not called again; hooks the plugin
+/// implements are called every time, even when they answer `continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_left_to_the_sdk_default_are_called_once() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let all = "\"connect\", \"helo\", \"mail\", \"rcpt\", \"data\"";
+    let setup = Setup::new()
+        .admin()?
+        .route_all_to(sink.addr())
+        // Implements only on_data, where it uses these capabilities.
+        .plugin(&format!(
+            "name = \"probe\"\npath = \"{PROBE}\"\nstages = [{all}]\ncapabilities = [\"dns\", \"kv\", \"metrics\", \"http\"]\nhttp_allow = [\"http://127.0.0.1:9/\"]\n"
+        ))
+        // Implements every hook; with no settings each answers `continue`.
+        .plugin(&scripted("every", all, ""));
+    let dir = tempfile::tempdir()?;
+    let config = setup.write(dir.path())?;
+    let gateway = GatewayProcess::start(&binary(), &config).await?;
+    let admin = setup.admin_address().context("no admin address")?;
+    for messages in [1, 2] {
+        let mut client = SmtpClient::greeted(gateway.addr).await?;
+        for n in 0..messages {
+            let content = format!("Subject: message {n}\r\n\r\nx\r\n");
+            let reply = client
+                .send_message("a@x.test", &["b@y.test"], content.as_bytes())
+                .await?;
+            assert_eq!(reply.code, 250, "{}", reply.text());
+        }
+        client.expect("QUIT", 221).await?;
+    }
+    wait_until(WAIT, || sink.count() == 3).await?;
+
+    let scrape = Scrape::take(admin).await?;
+    let calls = |plugin: &str, hook: &str| {
+        scrape.value(
+            "mailgate_plugin_calls_total",
+            &[("plugin", plugin), ("hook", hook), ("verdict", "continue")],
+        )
+    };
+    // 2 connections, 2 greetings, 3 transactions.
+    let expected = [
+        ("connect", 2.0),
+        ("helo", 2.0),
+        ("mail", 3.0),
+        ("rcpt", 3.0),
+        ("data", 3.0),
+    ];
+    for (hook, count) in expected {
+        assert_eq!(
+            calls("every", hook),
+            count,
+            "the implemented {hook} hook is called every time"
+        );
+        let probe = if hook == "data" { count } else { 1.0 };
+        assert_eq!(calls("probe", hook), probe, "probe's {hook} hook");
+    }
+    let said: Vec<String> = gateway
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("plugin does not implement this hook"))
+        .collect();
+    assert_eq!(said.len(), 4, "one line per default hook: {said:#?}");
+    for hook in ["connect", "helo", "mail", "rcpt"] {
+        assert!(
+            said.iter()
+                .any(|l| l.contains("plugin=\"probe\"") && l.contains(&format!("stage=\"{hook}\""))),
+            "{hook}: {said:#?}"
+        );
+    }
     Ok(())
 }

@@ -69,6 +69,12 @@ impl Entry {
     pub(super) fn is_shadow(&self) -> bool {
         self.config().mode == EntryMode::Shadow
     }
+
+    /// True when the entry is called at `stage` on `listener`: configured
+    /// for it, and not a wasm hook known to do nothing.
+    fn calls(&self, stage: Stage, listener: &str) -> bool {
+        self.config().runs(stage, listener) && !matches!(self, Self::Wasm(plugin) if plugin.defaults.skips(stage))
+    }
 }
 
 /// The plugins, in chain order.
@@ -148,9 +154,11 @@ impl Chain {
         &self.host
     }
 
-    /// True when some plugin runs at `stage`.
+    /// True when some plugin runs at `stage`: when none does (none is
+    /// configured for it, or each one's hook does nothing), the stage
+    /// needs no context, no parse and no instance.
     pub fn runs_at(&self, stage: Stage, listener: &str) -> bool {
-        self.plugins.iter().any(|p| p.config().runs(stage, listener))
+        self.plugins.iter().any(|p| p.calls(stage, listener))
     }
 
     /// The route names plugins may route to.
@@ -249,7 +257,7 @@ impl ChainSession {
         let mut faults = Vec::new();
         let chain = Arc::clone(&self.chain);
         for (index, plugin) in chain.plugins.iter().enumerate() {
-            if !plugin.config().runs(stage, &ctx.listener) || plugin.is_shadow() {
+            if !plugin.calls(stage, &ctx.listener) || plugin.is_shadow() {
                 continue;
             }
             let checked = self.consult(&chain, index, call, ctx, &wit_ctx).await;
@@ -376,7 +384,7 @@ impl ChainSession {
         let wit_ctx = convert::context(ctx);
         let chain = Arc::clone(&self.chain);
         for (index, entry) in chain.plugins.iter().enumerate() {
-            if !entry.is_shadow() || !entry.config().runs(stage, &ctx.listener) {
+            if !entry.is_shadow() || !entry.calls(stage, &ctx.listener) {
                 continue;
             }
             let answer = self.consult(&chain, index, call, ctx, &wit_ctx).await;
@@ -417,9 +425,12 @@ impl ChainSession {
         }
         let budget = plugin.config.time_budget;
         arm(&mut live.store, budget);
+        live.store.data_mut().default_hook = false;
         let result = live.plugin.call(&mut live.store, call, wit_ctx).await;
         match result {
             Ok(outcome) => {
+                let said = live.store.data().default_hook;
+                plugin.defaults.note(&plugin.config.name, call.stage(), said, &outcome);
                 let seal = live.store.data_mut().seal.take();
                 if let Some(slot) = self.live.get_mut(index) {
                     *slot = Some(live);

@@ -13,6 +13,7 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use super::bindings::{PluginPre, v0_1};
+use super::defaults::DefaultHooks;
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
 use super::hooks::{Instance, Pre};
@@ -187,6 +188,8 @@ pub struct LoadedPlugin {
     /// Instances start from a snapshot taken after `init`.
     initialized: bool,
     idle: Mutex<Vec<Live>>,
+    /// Its hooks found to do nothing, no longer called.
+    pub(super) defaults: DefaultHooks,
     /// Its counters, by hook and verdict.
     pub metrics: crate::metrics::PluginMetrics,
 }
@@ -298,6 +301,7 @@ impl LoadedPlugin {
             pre,
             initialized,
             idle: Mutex::new(Vec::new()),
+            defaults: DefaultHooks::default(),
             metrics: crate::metrics::metrics().plugin(&config.name),
             config,
         };
@@ -432,11 +436,13 @@ fn compile_error(config: &PluginConfig, reason: String) -> PluginError {
 }
 
 /// A plugin may import WASI (given with no files, env or network), the
-/// shared types, and the capabilities it was granted; nothing else.
+/// shared types, `defaults`, and the capabilities it was granted; nothing
+/// else.
 fn check_capabilities(engine: &Engine, component: &Component, config: &PluginConfig) -> Result<(), PluginError> {
     for (name, _) in component.component_type().imports(engine) {
         let ungranted = name.starts_with("mailgate:plugin/")
             && !name.starts_with("mailgate:plugin/types@")
+            && !name.starts_with("mailgate:plugin/defaults@")
             && !config.capabilities.iter().any(|c| name.starts_with(c.interface()));
         if ungranted {
             let granted: Vec<String> = config.capabilities.iter().map(|c| c.name().to_owned()).collect();

@@ -8,6 +8,7 @@ mod bindings;
 mod chain;
 mod compat;
 mod convert;
+mod defaults;
 mod edit;
 mod engine;
 mod error;

@@ -41,6 +41,8 @@ pub struct State {
     pub output: Output,
     /// An ARC seal asked for during the current call (`dkim.seal`).
     pub seal: Option<SealRequest>,
+    /// The call in progress said its hook does nothing (`defaults`).
+    pub default_hook: bool,
     /// The epoch ticker, told of every armed call (none in tests that
     /// never interrupt).
     pub ticker: Option<Arc<Ticker>>,
@@ -72,6 +74,7 @@ impl State {
             journal: None,
             output,
             seal: None,
+            default_hook: false,
             ticker: None,
         }
     }

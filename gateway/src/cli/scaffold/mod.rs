@@ -30,6 +30,7 @@ pub const WIT: &[(&str, &str)] = &[
     ("dkim.wit", include_str!("../../../../wit/dkim.wit")),
     ("http.wit", include_str!("../../../../wit/http.wit")),
     ("outbound.wit", include_str!("../../../../wit/outbound.wit")),
+    ("defaults.wit", include_str!("../../../../wit/defaults.wit")),
 ];
 
 /// The Rust SDK's sources, for a Rust project's `mailgate-plugin-sdk/`.
