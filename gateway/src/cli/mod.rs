@@ -10,11 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
+use logging::init_logging;
 use operate::{kv, quarantine, queue, reload};
 
+mod logging;
 mod operate;
 mod scaffold;
 
@@ -743,18 +744,5 @@ fn raise_file_limit(max_connections: usize) {
             max_connections,
             "the open-file limit leaves too little room for server.max_connections; raise it (LimitNOFILE=)"
         );
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
