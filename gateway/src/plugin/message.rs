@@ -7,7 +7,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
+use mail_parser::{HeaderName, HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use super::bindings::mailgate::plugin::types::{Header, Part};
 
@@ -60,11 +60,7 @@ impl ParsedMessage {
 
     fn message(&self) -> Option<&mail_parser::Message<'_>> {
         self.parsed
-            .get_or_init(|| {
-                Parsed::new(Arc::clone(&self.raw), |raw| {
-                    MessageParser::default().parse(raw.as_slice())
-                })
-            })
+            .get_or_init(|| Parsed::new(Arc::clone(&self.raw), |raw| parser().parse(raw.as_slice())))
             .borrow_dependent()
             .as_ref()
     }
@@ -165,6 +161,45 @@ impl ParsedMessage {
     }
 }
 
+/// The parser: mail-parser's default parse of each header, except for the
+/// fields whose structure `header_text` does not use (addresses, dates,
+/// `Received`), which are kept raw instead of being parsed and thrown
+/// away. Plugins see the same values (see the test against the default
+/// parser); a message's trace fields and address lists cost no parse.
+fn parser() -> &'static MessageParser {
+    static PARSER: OnceLock<MessageParser> = OnceLock::new();
+    PARSER.get_or_init(|| {
+        let unstructured = [
+            HeaderName::Subject,
+            HeaderName::Comments,
+            HeaderName::ContentDescription,
+            HeaderName::ContentLocation,
+            HeaderName::ContentTransferEncoding,
+        ];
+        let ids = [
+            HeaderName::MessageId,
+            HeaderName::References,
+            HeaderName::InReplyTo,
+            HeaderName::ReturnPath,
+            HeaderName::ContentId,
+            HeaderName::ResentMessageId,
+        ];
+        let mut parser = MessageParser::new()
+            .default_header_raw()
+            .header_content_type(HeaderName::ContentType)
+            .header_content_type(HeaderName::ContentDisposition)
+            .header_comma_separated(HeaderName::Keywords)
+            .header_comma_separated(HeaderName::ContentLanguage);
+        for name in unstructured {
+            parser = parser.header_text(name);
+        }
+        for name in ids {
+            parser = parser.header_id(name);
+        }
+        parser
+    })
+}
+
 /// A header's value as text: decoded for unstructured fields, otherwise
 /// the raw value unfolded and trimmed.
 fn header_text(raw: &[u8], header: &mail_parser::Header<'_>) -> String {
@@ -202,6 +237,31 @@ mod tests {
     use super::*;
 
     const MIME: &[u8] = b"Received: from a\r\n\tby b; date\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\nX-Long: one\r\n two\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\npreamble\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9\r\n--b\r\nContent-Type: application/pdf; name=\"x.pdf\"\r\nContent-Disposition: attachment; filename=\"x.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--b--\r\n";
+
+    #[test]
+    fn plugins_see_what_the_default_parse_gives() {
+        let message = b"Received: from a.example (a.example [192.0.2.1])\r\n\tby b.example with ESMTP id 1; Sat, 5 Dec 2026 10:00:00 +0000\r\n\
+From: =?utf-8?q?J=C3=B6rg?= <j@a.example>, \"B, C\" <b@a.example>\r\n\
+To: undisclosed-recipients:;\r\nCc: x@\xff.example\r\nReply-To: <r@a.example>\r\nSender: s@a.example\r\n\
+Date: Sat, 5 Dec 2026 10:00:00 +0000 (UTC)\r\nResent-Date: garbage\r\n\
+Message-ID: <id1@a.example>\r\nReferences: <r1@a> <r2@a>\r\n In-Reply-To: broken\r\nIn-Reply-To: <r2@a>\r\n\
+Return-Path: <>\r\nKeywords: one, =?utf-8?q?tw=C3=B6?=\r\nContent-Language: en, de\r\n\
+List-Id: Some list <list.a.example>\r\nList-Unsubscribe: <mailto:u@a.example>\r\n\
+Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n and more\r\nComments: =?iso-8859-1?q?caf=E9?=\r\n\
+X-Custom: raw =?utf-8?q?not-decoded?=\r\n\twith fold\r\nX-Empty:\r\nX-Bytes: \xfe\xff\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=\"utf-8\"\r\nContent-ID: <c@a>\r\n\r\nbody\r\n";
+        let ours = ParsedMessage::new(message.to_vec());
+        let default = MessageParser::default().parse(message.as_slice()).expect("a parse");
+        let expected: Vec<(String, String)> = default.parts[0]
+            .headers
+            .iter()
+            .map(|h| (h.name.as_str().to_owned(), header_text(message, h)))
+            .collect();
+        let seen: Vec<(String, String)> = ours.headers().into_iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(seen.len(), 24);
+        assert_eq!(seen, expected);
+        assert_eq!(ours.text(0), default.body_text(0).map(|t| t.into_owned()));
+    }
 
     #[test]
     fn exposes_headers_decoded_and_unfolded() {
