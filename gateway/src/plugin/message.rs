@@ -184,19 +184,14 @@ fn parser() -> &'static MessageParser {
             HeaderName::ContentId,
             HeaderName::ResentMessageId,
         ];
-        let mut parser = MessageParser::new()
+        let parser = MessageParser::new()
             .default_header_raw()
             .header_content_type(HeaderName::ContentType)
             .header_content_type(HeaderName::ContentDisposition)
             .header_comma_separated(HeaderName::Keywords)
             .header_comma_separated(HeaderName::ContentLanguage);
-        for name in unstructured {
-            parser = parser.header_text(name);
-        }
-        for name in ids {
-            parser = parser.header_id(name);
-        }
-        parser
+        let parser = unstructured.into_iter().fold(parser, MessageParser::header_text);
+        ids.into_iter().fold(parser, MessageParser::header_id)
     })
 }
 

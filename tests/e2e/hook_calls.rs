@@ -1,0 +1,151 @@
+//! Which hooks the chain calls: each listener its own chain, and a hook a
+//! plugin leaves to the SDK's default only once (`mailgate:plugin/defaults`).
+
+use anyhow::{Context, Result};
+use mailgate_tests::plugins::PROBE;
+use mailgate_tests::{GatewayProcess, Setup, SinkServer, SmtpClient, wait_until};
+
+use crate::operations::Scrape;
+use crate::plugins::scripted;
+use crate::{WAIT, binary};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_runs_its_own_chain() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let stamp = |name: &str, value: &str, listeners: &str| {
+        scripted(
+            name,
+            "\"data\"",
+            &format!(
+                "{listeners}\n[plugin.settings.data]\nmodifications = [{{ kind = \"add-header\", name = \"X-Chain\", value = \"{value}\" }}]\n"
+            ),
+        )
+    };
+    let setup = Setup::new()
+        .listener("submission", "")
+        .plugin(&stamp("everywhere", "all", ""))
+        .plugin(&stamp("mx-only", "mx", "listeners = [\"test\"]"))
+        .plugin(&stamp("submission-only", "submission", "listeners = [\"submission\"]"))
+        .route_all_to(sink.addr());
+    let dir = tempfile::tempdir()?;
+    let config = setup.write(dir.path())?;
+    let output = crate::mailgate_check(&config, None)?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("listener test (127.0.0.1:0): everywhere [data] -> mx-only [data]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("listener submission (127.0.0.1:0): everywhere [data] -> submission-only [data]"),
+        "{stdout}"
+    );
+
+    let gw = setup.start().await?;
+    for (listener, id) in [("test", "via-mx"), ("submission", "via-submission")] {
+        let content = format!("Subject: {id}\r\n\r\nhi\r\n");
+        SmtpClient::deliver(gw.listener(listener), "a@x.test", &["b@y.test"], content.as_bytes()).await?;
+    }
+    wait_until(WAIT, || sink.count() == 2).await?;
+    for message in sink.messages() {
+        let text = message.text();
+        let chain = mailgate_tests::header_values(&text, "X-Chain");
+        if text.contains("Subject: via-mx") {
+            assert_eq!(chain, ["all", "mx"]);
+        } else {
+            assert_eq!(chain, ["all", "submission"]);
+        }
+    }
+
+    // A listener that does not exist is a configuration error at its key.
+    let error = match Setup::new()
+        .plugin(&stamp("typo", "x", "listeners = [\"mxx\"]"))
+        .start()
+        .await
+    {
+        Ok(_) => anyhow::bail!("an unknown listener was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        error.contains("`plugin[0].listeners[0]`: no [[listener]] is named \"mxx\""),
+        "{error}"
+    );
+    Ok(())
+}
+
+/// A hook the plugin leaves to the SDK's default says so on its first call
+/// (`mailgate:plugin/defaults`) and is not called again; hooks the plugin
+/// implements are called every time, even when they answer `continue`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_left_to_the_sdk_default_are_called_once() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let all = "\"connect\", \"helo\", \"mail\", \"rcpt\", \"data\"";
+    let setup = Setup::new()
+        .admin()?
+        .route_all_to(sink.addr())
+        // Implements only on_data, where it uses these capabilities.
+        .plugin(&format!(
+            "name = \"probe\"\npath = \"{PROBE}\"\nstages = [{all}]\ncapabilities = [\"dns\", \"kv\", \"metrics\", \"http\"]\nhttp_allow = [\"http://127.0.0.1:9/\"]\n"
+        ))
+        // Implements every hook; with no settings each answers `continue`.
+        .plugin(&scripted("every", all, ""));
+    let dir = tempfile::tempdir()?;
+    let config = setup.write(dir.path())?;
+    let gateway = GatewayProcess::start(&binary(), &config).await?;
+    let admin = setup.admin_address().context("no admin address")?;
+    for messages in [1, 2] {
+        let mut client = SmtpClient::greeted(gateway.addr).await?;
+        for n in 0..messages {
+            let content = format!("Subject: message {n}\r\n\r\nx\r\n");
+            let reply = client
+                .send_message("a@x.test", &["b@y.test"], content.as_bytes())
+                .await?;
+            assert_eq!(reply.code, 250, "{}", reply.text());
+        }
+        client.expect("QUIT", 221).await?;
+    }
+    wait_until(WAIT, || sink.count() == 3).await?;
+
+    let scrape = Scrape::take(admin).await?;
+    let calls = |plugin: &str, hook: &str| {
+        scrape.value(
+            "mailgate_plugin_calls_total",
+            &[("plugin", plugin), ("hook", hook), ("verdict", "continue")],
+        )
+    };
+    // 2 connections, 2 greetings, 3 transactions.
+    let expected = [
+        ("connect", 2.0),
+        ("helo", 2.0),
+        ("mail", 3.0),
+        ("rcpt", 3.0),
+        ("data", 3.0),
+    ];
+    for (hook, count) in expected {
+        assert_eq!(
+            calls("every", hook),
+            count,
+            "the implemented {hook} hook is called every time"
+        );
+        let probe = if hook == "data" { count } else { 1.0 };
+        assert_eq!(calls("probe", hook), probe, "probe's {hook} hook");
+    }
+    let said: Vec<String> = gateway
+        .log()
+        .into_iter()
+        .filter(|line| line.contains("plugin does not implement this hook"))
+        .collect();
+    assert_eq!(said.len(), 4, "one line per default hook: {said:#?}");
+    for hook in ["connect", "helo", "mail", "rcpt"] {
+        assert!(
+            said.iter()
+                .any(|l| l.contains("plugin=\"probe\"") && l.contains(&format!("stage=\"{hook}\""))),
+            "{hook}: {said:#?}"
+        );
+    }
+    Ok(())
+}
