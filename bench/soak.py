@@ -165,14 +165,37 @@ smarthost = "127.0.0.1:{downstream_port}"
         self.process.wait(timeout=30)
 
     def queued(self):
+        """Messages with a file of their own in queue/, plus the records of
+        segments/ not listed in their segment's .done file."""
         queue = self.spool / "queue"
-        if not queue.exists():
-            return 0
-        return sum(1 for p in queue.iterdir() if p.name.endswith(".msg"))
+        files = sum(1 for p in queue.iterdir() if p.name.endswith(".msg")) if queue.exists() else 0
+        segments = self.spool / "segments"
+        records = 0
+        for log in sorted(segments.glob("*.log")) if segments.exists() else []:
+            done_file = log.with_suffix(".done")
+            done = set(done_file.read_text().split()) if done_file.exists() else set()
+            records += sum(1 for ident in segment_ids(log.read_bytes()) if ident not in done)
+        return files + records
 
     def incoming(self):
         incoming = self.spool / "incoming"
         return sum(1 for _ in incoming.iterdir()) if incoming.exists() else 0
+
+
+def segment_ids(data):
+    """The ids of a segment's whole records (gateway/src/queue/spool/segments.rs:
+    "MGR1", id length u8, content length u64, envelope length u32, CRC u32,
+    id, content, envelope)."""
+    at = 0
+    while at + 21 <= len(data) and data[at:at + 4] == b"MGR1":
+        id_len = data[at + 4]
+        content_len = int.from_bytes(data[at + 5:at + 13], "little")
+        json_len = int.from_bytes(data[at + 13:at + 17], "little")
+        end = at + 21 + id_len + content_len + json_len
+        if end > len(data):
+            break
+        yield data[at + 21:at + 21 + id_len].decode()
+        at = end
 
 
 async def send_one(port, ident, size):

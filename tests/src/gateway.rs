@@ -3,6 +3,7 @@
 //! `GatewayProcess`: the real binary as a child process, for the tests
 //! that kill it.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -398,15 +399,49 @@ impl Drop for Gateway {
     }
 }
 
-/// Messages in a spool's queue directory.
+/// Messages queued in a spool: files of their own in `queue/`, and the
+/// records of `segments/SEQ.log` not listed in `SEQ.done`.
 pub fn count_queued(spool: &Path) -> usize {
-    std::fs::read_dir(spool.join("queue"))
+    let files = std::fs::read_dir(spool.join("queue"))
         .map(|dir| {
             dir.filter_map(Result::ok)
                 .filter(|e| e.file_name().to_string_lossy().ends_with(".msg"))
                 .count()
         })
-        .unwrap_or(0)
+        .unwrap_or(0);
+    let logs = std::fs::read_dir(spool.join("segments"))
+        .map(|dir| dir.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_else(|_| Vec::new());
+    let records: usize = logs
+        .iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .map(|log| {
+            let done = std::fs::read_to_string(log.with_extension("done")).unwrap_or_default();
+            let done: HashSet<&str> = done.lines().collect();
+            let bytes = std::fs::read(log).unwrap_or_default();
+            segment_ids(&bytes).filter(|id| !done.contains(id.as_str())).count()
+        })
+        .sum();
+    files + records
+}
+
+/// The ids of a segment's whole records, in the format documented in
+/// `gateway/src/queue/spool/segments.rs`: `MGR1`, id length (u8), content
+/// length (u64), envelope length (u32), CRC-32, then the id, the content
+/// and the envelope.
+fn segment_ids(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let head = bytes.get(at..at + 21).filter(|h| h.starts_with(b"MGR1"))?;
+        let id_len = usize::from(head[4]);
+        let content_len = usize::try_from(u64::from_le_bytes(head[5..13].try_into().ok()?)).ok()?;
+        let json_len = usize::try_from(u32::from_le_bytes(head[13..17].try_into().ok()?)).ok()?;
+        let id = bytes.get(at + 21..at + 21 + id_len)?;
+        let end = at + 21 + id_len + content_len + json_len;
+        (end <= bytes.len()).then_some(())?;
+        at = end;
+        Some(String::from_utf8_lossy(id).into_owned())
+    })
 }
 
 /// The real `mailgate` binary as a child process.

@@ -232,9 +232,11 @@ async fn deliver_group(
         Some(NextHop::Maildir(dir)) => {
             let mut outcomes = Vec::with_capacity(recipients.len());
             for rcpt in recipients {
+                let (source, offset) = spool.content_at(&message.id);
                 let drop = MaildirDrop {
                     dir: dir.clone(),
-                    source: spool.content_path(&message.id),
+                    source,
+                    offset,
                     content_len: message.content_len,
                     reverse_path: message.envelope.reverse_path.clone(),
                     recipient: rcpt.address.clone(),

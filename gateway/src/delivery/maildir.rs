@@ -5,7 +5,7 @@
 //! section 4.4).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,9 +20,11 @@ static SEQUENCE: AtomicU64 = AtomicU64::new(0);
 pub struct MaildirDrop {
     /// The maildir (its `tmp`, `new`, `cur` are created if missing).
     pub dir: PathBuf,
-    /// The spooled message file.
+    /// The spooled message file (its own, or its segment).
     pub source: PathBuf,
-    /// Octets of content at the start of `source`.
+    /// Where the content starts in `source`.
+    pub offset: u64,
+    /// Octets of content from there.
     pub content_len: u64,
     /// The envelope sender, for `Return-Path`.
     pub reverse_path: ReversePath,
@@ -53,7 +55,9 @@ impl MaildirDrop {
                 "Return-Path: <{}>\nDelivered-To: {}\n",
                 self.reverse_path, self.recipient
             )?;
-            let mut source = File::open(&self.source)?.take(self.content_len);
+            let mut source = File::open(&self.source)?;
+            source.seek(SeekFrom::Start(self.offset))?;
+            let mut source = source.take(self.content_len);
             let mut chunk = vec![0u8; 64 * 1024];
             loop {
                 let n = source.read(&mut chunk)?;
@@ -103,10 +107,12 @@ mod tests {
     fn drops_a_file_with_lf_endings() {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("msg");
-        fs::write(&source, b"Subject: hi\r\n\r\nbody\r\nENVELOPE").unwrap();
+        // As in a segment: other octets before the content, the envelope after it.
+        fs::write(&source, b"RECORDHEADSubject: hi\r\n\r\nbody\r\nENVELOPE").unwrap();
         let drop = MaildirDrop {
             dir: dir.path().join("maildir"),
             source,
+            offset: 10,
             content_len: 21,
             reverse_path: ReversePath::Mailbox(Mailbox::parse("a@x.test").unwrap()),
             recipient: Mailbox::parse("b@y.test").unwrap(),

@@ -4,15 +4,21 @@
 //!
 //! - `incoming/ID`: a message being received. Never delivered; removed at
 //!   start-up (its client got no 250).
-//! - `queue/ID.msg`: an accepted message: the content, then the envelope as
-//!   JSON, then a 20-octet footer (`MGQ1`, content length, envelope length,
-//!   CRC-32 of the envelope).
+//! - `segments/SEQ.log`: accepted messages received in memory (under 128
+//!   KiB), appended by the spool's I/O thread with the default
+//!   `spool_sync = "filesystem"`, and `SEQ.done`, those that left
+//!   (`segments.rs`).
+//! - `queue/ID.msg`: an accepted message with a file of its own (a large
+//!   one, one committed with `spool_sync = "file"`, one released from the
+//!   quarantine, or one waiting for a retry): the content, then the
+//!   envelope as JSON, then a 20-octet footer (`MGQ1`, content length,
+//!   envelope length, CRC-32 of the envelope).
 //! - `queue/ID.state`: delivery state, replaced atomically after attempts.
 //! - `corrupt/`: entries that could not be read, kept for an operator.
 //!
-//! Commit order, so that nothing acknowledged is ever lost: write the file
-//! in `incoming/`, rename it into `queue/`, make both durable, and only then
-//! answer 250. Durable means a `syncfs` of the spool's filesystem that
+//! Commit order, so that nothing acknowledged is ever lost: append the
+//! record to the active segment, or write the file in `incoming/` and
+//! rename it into `queue/`; make that durable, and only then answer 250. Durable means a `syncfs` of the spool's filesystem that
 //! started after the rename (the default), or with `spool_sync = "file"` an
 //! `fdatasync` of the file before the rename and an fsync of `queue/`
 //! after it. Either sync is shared by every commit waiting at the time
@@ -39,13 +45,15 @@ mod cache;
 mod committer;
 mod group_sync;
 mod quarantine;
+mod segments;
 mod writer;
 
 pub use cache::Content;
 use cache::ContentCache;
-use committer::{CommitJob, Committer, unsynced};
+use committer::{CommitJob, Committer, Removal, unsynced};
 use group_sync::GroupSync;
 pub use quarantine::Quarantined;
+use segments::Segments;
 pub use writer::SpoolWriter;
 
 const MAGIC: &[u8; 4] = b"MGQ1";
@@ -114,6 +122,8 @@ pub struct Spool {
     /// `spool_sync = "filesystem"`.
     committer: Committer,
     cache: ContentCache,
+    /// The segment log and where each of its messages is.
+    segments: Arc<Segments>,
     /// Messages committed by this process that have no state file yet:
     /// their removal skips the state file's `unlink`.
     stateless: Mutex<HashSet<QueueId>>,
@@ -162,8 +172,11 @@ impl Spool {
         let queue_dir = File::open(&queue).map_err(io_error(&queue))?;
         let quarantine_dir = File::open(&quarantine).map_err(io_error(&quarantine))?;
         let queue_sync = Arc::new(GroupSync::new(queue_dir, sync == SpoolSync::Filesystem));
+        let segments = root.join("segments");
+        let segments = Arc::new(Segments::open(segments.clone(), corrupt.clone()).map_err(io_error(&segments))?);
         Ok(Self {
-            committer: Committer::start(Arc::clone(&queue_sync)).map_err(io_error(root))?,
+            committer: Committer::start(Arc::clone(&queue_sync), Arc::clone(&segments)).map_err(io_error(root))?,
+            segments,
             queue_sync,
             quarantine_sync: Arc::new(GroupSync::new(quarantine_dir, sync == SpoolSync::Filesystem)),
             cache: ContentCache::default(),
@@ -190,7 +203,7 @@ impl Spool {
     /// Makes the message durable: after this returns `Ok`, it survives a
     /// crash or power loss, and the 250 may be sent.
     pub async fn commit(&self, writer: SpoolWriter, envelope: Envelope) -> Result<StoredMessage, SpoolError> {
-        let dest = self.content_path(writer.id());
+        let dest = self.file_path(writer.id());
         let (id, content_len, whole, job) = prepare(writer, &envelope, dest)?;
         let buffered = if self.queue_sync.whole_filesystem {
             self.committer.commit(job).await?
@@ -219,9 +232,30 @@ impl Spool {
         Ok(id)
     }
 
-    /// Reads every queued message back (at start-up). Unreadable entries are
-    /// moved to `corrupt/` and reported beside the good ones.
+    /// Reads every queued message back (at start-up), from the files of
+    /// `queue/` and the segments. Unreadable entries are moved (damaged
+    /// segments copied) to `corrupt/` and reported beside the good ones.
     pub fn scan(&self) -> Result<(Vec<StoredMessage>, Vec<SpoolError>), SpoolError> {
+        let (mut messages, mut problems) = self.scan_files()?;
+        // A message found in both moved out of its segment just before a
+        // crash; its file is the copy that counts.
+        let moved = messages.iter().map(|m| m.id.clone()).collect();
+        let (found, damaged) = self.segments.scan(&moved).map_err(io_error(self.segments.dir()))?;
+        problems.extend(damaged);
+        for found in found {
+            messages.push(StoredMessage {
+                state: self.state_or_default(&found.id, &found.envelope),
+                id: found.id,
+                envelope: found.envelope,
+                content_len: found.content_len,
+            });
+        }
+        messages.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok((messages, problems))
+    }
+
+    /// The messages with a file of their own.
+    fn scan_files(&self) -> Result<(Vec<StoredMessage>, Vec<SpoolError>), SpoolError> {
         let mut messages = Vec::new();
         let mut problems = Vec::new();
         for entry in fs::read_dir(&self.queue).map_err(io_error(&self.queue))? {
@@ -236,39 +270,46 @@ impl Spool {
                     }
                 }
             } else if let Some(id) = name.strip_suffix(".state").and_then(QueueId::parse) {
-                if !self.content_path(&id).exists() {
+                if !self.file_path(&id).exists() && self.segments.slot(&id).is_none() {
                     let _ = fs::remove_file(&path);
                 }
             } else if name.ends_with(".state.tmp") {
                 let _ = fs::remove_file(&path);
             }
         }
-        messages.sort_by(|a, b| a.id.cmp(&b.id));
         Ok((messages, problems))
     }
 
     /// Reads one queued message's envelope and state.
     pub fn load(&self, id: &QueueId) -> Result<StoredMessage, SpoolError> {
-        let path = self.content_path(id);
-        let mut file = File::open(&path).map_err(io_error(&path))?;
-        let (content_len, envelope) = read_trailer(&mut file).map_err(|reason| SpoolError::Corrupt {
-            id: id.to_string(),
-            reason,
-        })?;
-        let state_path = self.state_path(id);
-        let state = match fs::read(&state_path) {
+        let (content_len, envelope) = match self.segments.slot(id) {
+            Some(slot) => (slot.content_len, self.segments.envelope(id, slot)?),
+            None => {
+                let path = self.file_path(id);
+                let mut file = File::open(&path).map_err(io_error(&path))?;
+                read_trailer(&mut file).map_err(|reason| SpoolError::Corrupt {
+                    id: id.to_string(),
+                    reason,
+                })?
+            }
+        };
+        Ok(StoredMessage {
+            state: self.state_or_default(id, &envelope),
+            id: id.clone(),
+            envelope,
+            content_len,
+        })
+    }
+
+    /// The state file's delivery state, or the envelope's initial one.
+    fn state_or_default(&self, id: &QueueId, envelope: &Envelope) -> DeliveryState {
+        match fs::read(self.state_path(id)) {
             Ok(bytes) => serde_json::from_slice::<DeliveryState>(&bytes)
                 .ok()
                 .filter(|s| s.recipients.len() == envelope.recipients.len()),
             Err(_) => None,
         }
-        .unwrap_or_else(|| DeliveryState::for_envelope(&envelope));
-        Ok(StoredMessage {
-            id: id.clone(),
-            envelope,
-            state,
-            content_len,
-        })
+        .unwrap_or_else(|| DeliveryState::for_envelope(envelope))
     }
 
     /// Opens the content of a queued message for reading, from memory when
@@ -278,8 +319,12 @@ impl Spool {
         if let Some(bytes) = self.cache.get(id) {
             return Ok(Content::Memory(bytes, 0));
         }
-        let path = self.content_path(id);
-        let file = tokio::fs::File::open(&path).await.map_err(io_error(&path))?;
+        let (path, offset) = self.content_at(id);
+        let mut file = tokio::fs::File::open(&path).await.map_err(io_error(&path))?;
+        if offset > 0 {
+            use tokio::io::AsyncSeekExt as _;
+            file.seek(SeekFrom::Start(offset)).await.map_err(io_error(&path))?;
+        }
         Ok(Content::File(file))
     }
 
@@ -297,19 +342,26 @@ impl Spool {
             let take = usize::try_from(take).unwrap_or(usize::MAX).min(bytes.len());
             return Ok(bytes[..take].to_vec());
         }
-        let path = self.content_path(&message.id);
+        let (path, offset) = self.content_at(&message.id);
+        let source = path.clone();
         let result = spawn_blocking(move || -> io::Result<Vec<u8>> {
+            let mut file = File::open(&source)?;
+            file.seek(SeekFrom::Start(offset))?;
             let mut out = Vec::new();
-            File::open(&path)?.take(take).read_to_end(&mut out)?;
+            file.take(take).read_to_end(&mut out)?;
             Ok(out)
         })
         .await
         .map_err(|_| SpoolError::Cancelled)?;
-        result.map_err(io_error(&self.content_path(&message.id)))
+        result.map_err(io_error(&path))
     }
 
-    /// Records delivery state (atomic replace, not fsynced; see the module doc).
+    /// Records delivery state (atomic replace, not fsynced; see the module
+    /// doc). A message in a segment first moves out to a file of its own.
     pub async fn save_state(&self, id: &QueueId, state: &DeliveryState) -> Result<(), SpoolError> {
+        if let Some(slot) = self.segments.slot(id) {
+            self.move_out(id, slot).await?;
+        }
         self.stateless().remove(id);
         let path = self.state_path(id);
         let json = serde_json::to_vec(state).map_err(|e| SpoolError::Corrupt {
@@ -331,7 +383,7 @@ impl Spool {
     /// Removes a message whose every recipient is finished.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         let result = self.committer.remove(self.forget(id)).await?;
-        result.map_err(io_error(&self.content_path(id)))
+        result.map_err(io_error(&self.file_path(id)))
     }
 
     /// Removes a delivered message without waiting for its files to go (a
@@ -342,22 +394,36 @@ impl Spool {
         self.committer.discard(self.forget(id))
     }
 
-    /// Forgets a message that is to be removed; its files.
-    fn forget(&self, id: &QueueId) -> Vec<PathBuf> {
+    /// Forgets a message that is to be removed; its files and record.
+    fn forget(&self, id: &QueueId) -> Removal {
         self.cache.forget(id);
-        let mut paths = vec![self.content_path(id)];
-        if !self.stateless().remove(id) {
-            paths.push(self.state_path(id));
+        let mut removal = Removal::default();
+        match self.segments.take(id) {
+            Some(segment) => removal.record = Some((id.clone(), segment)),
+            None => removal.paths.push(self.file_path(id)),
         }
-        paths
+        if !self.stateless().remove(id) {
+            removal.paths.push(self.state_path(id));
+        }
+        removal
     }
 
     fn stateless(&self) -> MutexGuard<'_, HashSet<QueueId>> {
         self.stateless.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The file holding a queued message; its first `content_len` octets are the content.
-    pub fn content_path(&self, id: &QueueId) -> PathBuf {
+    /// The file holding a queued message and where its content starts:
+    /// its segment, at its record's offset, or its own file, at 0. The
+    /// `content_len` octets from there are the content.
+    pub fn content_at(&self, id: &QueueId) -> (PathBuf, u64) {
+        match self.segments.slot(id) {
+            Some(slot) => (self.segments.log_path(slot.segment), slot.offset),
+            None => (self.file_path(id), 0),
+        }
+    }
+
+    /// The file of its own a queued message has or would have.
+    fn file_path(&self, id: &QueueId) -> PathBuf {
         self.queue.join(format!("{id}.msg"))
     }
 
@@ -407,6 +473,7 @@ fn prepare(
     tail.extend_from_slice(&footer);
     let whole = writer.file.is_none();
     let job = CommitJob {
+        id: writer.id.clone(),
         file: writer.file.take(),
         tmp: writer.path.clone(),
         dest,
@@ -536,7 +603,7 @@ mod tests {
     use crate::smtp::command::BodyType;
     use crate::smtp::{Mailbox, ReversePath};
 
-    fn envelope() -> Envelope {
+    pub(super) fn envelope() -> Envelope {
         Envelope {
             reverse_path: ReversePath::Mailbox(Mailbox::parse("a@x.test").unwrap()),
             recipients: vec![
@@ -559,7 +626,7 @@ mod tests {
     }
 
     /// A three-octet message, committed.
-    async fn small(spool: &Spool) -> StoredMessage {
+    pub(super) async fn small(spool: &Spool) -> StoredMessage {
         let mut writer = spool.create();
         writer.write(b"x\r\n").await;
         spool.commit(writer, envelope()).await.unwrap()
@@ -713,7 +780,8 @@ mod tests {
     #[tokio::test]
     async fn corrupt_entries_are_set_aside() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::open(dir.path()).unwrap();
+        // A file of its own; damaged segments: `segments::tests`.
+        let spool = Spool::open_with(dir.path(), SpoolSync::File).unwrap();
         let stored = small(&spool).await;
         let path = dir.path().join("queue").join(format!("{}.msg", stored.id));
         let mut bytes = fs::read(&path).unwrap();

@@ -1,20 +1,23 @@
-//! The spool's I/O thread: one thread that writes and renames committed
-//! messages and removes finished ones, in batches.
+//! The spool's I/O thread: one thread that writes committed messages (the
+//! ones received in memory appended to the segment log in one write, the
+//! others written and renamed into `queue/`) and removes finished ones, in
+//! batches.
 //!
 //! Handing each commit to the blocking pool costs a thread wake-up per
 //! message, and with the default `spool_sync = "filesystem"` every one of
 //! those threads then sleeps until the shared `syncfs` wakes it again: two
 //! context switches per message on top of the work. Here the async side
 //! queues a job and waits on a oneshot; the thread takes every job queued
-//! at the time, writes and renames the commits, runs one sync (through the
-//! queue's [`GroupSync`], so its count and its error handling are shared)
-//! and then answers them all. The order that makes a 250 safe is kept:
-//! a commit is answered only after a sync that started after its rename.
+//! at the time, writes the commits, runs one sync (through the queue's
+//! [`GroupSync`], so its count and its error handling are shared) and then
+//! answers them all. The order that makes a 250 safe is kept: a commit is
+//! answered only after a sync that started after its write and rename.
 //!
 //! With `spool_sync = "file"` commits do not come here: each needs its own
 //! `fdatasync`, and those run in parallel on the blocking pool, where the
 //! device can merge them; a single thread would do them one by one.
-//! Removals come here in both modes (they need no sync).
+//! Removals come here in both modes (they need no sync): files are
+//! unlinked, records of a segment marked done (`segments.rs`).
 
 use std::fs::{self, File};
 use std::io;
@@ -26,14 +29,18 @@ use tokio::sync::oneshot;
 use tracing::error;
 
 use super::group_sync::GroupSync;
-use super::{SpoolError, finish_file, ignore_missing};
+use super::segments::{Appender, Record, Segments};
+use super::{FOOTER_LEN, SpoolError, finish_file, ignore_missing};
+use crate::queue::id::QueueId;
 
 /// Jobs taken in one batch at most, so answers are not held back for long
 /// behind a burst.
 const MAX_BATCH: usize = 256;
 
-/// A message to write (its content and trailer) and move into the queue.
+/// A message to write (its content and trailer) and move into the queue,
+/// or, when its content is all in memory, to append to the segment log.
 pub(super) struct CommitJob {
+    pub(super) id: QueueId,
     /// The file in `incoming/` when the content spilled.
     pub(super) file: Option<File>,
     pub(super) tmp: PathBuf,
@@ -51,6 +58,11 @@ impl CommitJob {
         finish_file(self.file, &self.tmp, &self.dest, &self.buffered, &self.tail, sync_file)?;
         Ok((self.dest, self.buffered))
     }
+
+    /// The envelope JSON of the tail.
+    fn json(&self) -> &[u8] {
+        &self.tail[..self.tail.len().saturating_sub(FOOTER_LEN as usize)]
+    }
 }
 
 /// A commit whose sync failed: its file is removed (the client will be
@@ -62,10 +74,18 @@ pub(super) fn unsynced(dest: &Path, source: io::Error) -> SpoolError {
     SpoolError::Io { path, source }
 }
 
+/// What removing a message takes: files to unlink (a missing one being no
+/// error) and its record in a segment to mark done.
+#[derive(Debug, Default)]
+pub(super) struct Removal {
+    pub(super) paths: Vec<PathBuf>,
+    pub(super) record: Option<(QueueId, u64)>,
+}
+
 enum Job {
     Commit(CommitJob, oneshot::Sender<Result<Vec<u8>, SpoolError>>),
-    /// Files to remove; the answer, if the caller waits for one.
-    Remove(Vec<PathBuf>, Option<oneshot::Sender<io::Result<()>>>),
+    /// A removal; the answer, if the caller waits for one.
+    Remove(Removal, Option<oneshot::Sender<io::Result<()>>>),
 }
 
 /// The handle of the I/O thread; the thread ends when this is dropped,
@@ -75,33 +95,45 @@ pub(super) struct Committer {
     jobs: mpsc::Sender<Job>,
 }
 
+/// What the I/O thread works with.
+struct Io {
+    sync: Arc<GroupSync>,
+    segments: Arc<Segments>,
+    appender: Appender,
+}
+
 impl Committer {
     /// Starts the thread; its commits are made durable by `sync`.
-    pub(super) fn start(sync: Arc<GroupSync>) -> io::Result<Self> {
+    pub(super) fn start(sync: Arc<GroupSync>, segments: Arc<Segments>) -> io::Result<Self> {
         let (jobs, queued) = mpsc::channel();
+        let mut io = Io {
+            sync,
+            segments,
+            appender: Appender::default(),
+        };
         std::thread::Builder::new()
             .name("mailgate-spool".into())
-            .spawn(move || run(&queued, &sync))?;
+            .spawn(move || run(&queued, &mut io))?;
         Ok(Self { jobs })
     }
 
-    /// Writes, renames and syncs `job`; returns the content it was given.
+    /// Writes and syncs `job`; returns the content it was given.
     pub(super) async fn commit(&self, job: CommitJob) -> Result<Vec<u8>, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Commit(job, reply))?;
         answer.await.map_err(|_| SpoolError::Cancelled)?
     }
 
-    /// Removes `paths`, a missing one being no error.
-    pub(super) async fn remove(&self, paths: Vec<PathBuf>) -> Result<io::Result<()>, SpoolError> {
+    /// Carries out `removal`.
+    pub(super) async fn remove(&self, removal: Removal) -> Result<io::Result<()>, SpoolError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Remove(paths, Some(reply)))?;
+        self.send(Job::Remove(removal, Some(reply)))?;
         answer.await.map_err(|_| SpoolError::Cancelled)
     }
 
-    /// Removes `paths` without waiting: a failure is logged by the thread.
-    pub(super) fn discard(&self, paths: Vec<PathBuf>) -> Result<(), SpoolError> {
-        self.send(Job::Remove(paths, None))
+    /// Carries out `removal` without waiting: a failure is logged by the thread.
+    pub(super) fn discard(&self, removal: Removal) -> Result<(), SpoolError> {
+        self.send(Job::Remove(removal, None))
     }
 
     fn send(&self, job: Job) -> Result<(), SpoolError> {
@@ -109,7 +141,7 @@ impl Committer {
     }
 }
 
-fn run(queued: &mpsc::Receiver<Job>, sync: &GroupSync) {
+fn run(queued: &mpsc::Receiver<Job>, io: &mut Io) {
     let mut batch = Vec::new();
     while let Ok(first) = queued.recv() {
         batch.push(first);
@@ -119,35 +151,47 @@ fn run(queued: &mpsc::Receiver<Job>, sync: &GroupSync) {
                 Err(_) => break,
             }
         }
-        do_batch(batch.drain(..), sync);
+        do_batch(batch.drain(..), io);
     }
 }
 
-/// Commits first, then one sync for every commit written and their
-/// answers, and removals last: they need no sync, and an unlink can wait
-/// for the device (on a filesystem mounted with `discard`), which clients
-/// waiting for their 250 should not.
-fn do_batch(batch: impl Iterator<Item = Job>, sync: &GroupSync) {
+/// Where a commit was written.
+enum Written {
+    File(PathBuf),
+    Record(QueueId),
+}
+
+type Reply = oneshot::Sender<Result<Vec<u8>, SpoolError>>;
+
+/// Commits first (the ones kept in memory appended to the segment log in
+/// one write), then one sync for every commit written and their answers,
+/// and removals last: they need no sync, and an unlink can wait for the
+/// device (on a filesystem mounted with `discard`), which clients waiting
+/// for their 250 should not.
+fn do_batch(batch: impl Iterator<Item = Job>, io: &mut Io) {
     let mut written = Vec::new();
+    let mut appended = Vec::new();
     let mut removals = Vec::new();
     for job in batch {
         match job {
-            Job::Commit(job, reply) => match job.write(!sync.whole_filesystem) {
-                Ok((dest, buffered)) => written.push((dest, buffered, reply)),
+            Job::Commit(job, reply) if job.file.is_none() => appended.push((job, reply)),
+            Job::Commit(job, reply) => match job.write(!io.sync.whole_filesystem) {
+                Ok((dest, buffered)) => written.push((Written::File(dest), buffered, reply)),
                 Err(error) => {
                     let _ = reply.send(Err(error));
                 }
             },
-            Job::Remove(paths, reply) => removals.push((paths, reply)),
+            Job::Remove(removal, reply) => removals.push((removal, reply)),
         }
     }
-    if !written.is_empty() {
-        answer_commits(written, sync);
+    if !appended.is_empty() {
+        append(appended, io, &mut written);
     }
-    for (paths, reply) in removals {
-        let result = paths
-            .iter()
-            .try_for_each(|path| ignore_missing(fs::remove_file(path)).map_err(|error| (path, error)));
+    if !written.is_empty() {
+        answer_commits(written, io);
+    }
+    for (removal, reply) in removals {
+        let result = remove(&removal, io);
         match (reply, result) {
             (Some(reply), result) => {
                 let _ = reply.send(result.map_err(|(_, error)| error));
@@ -160,20 +204,73 @@ fn do_batch(batch: impl Iterator<Item = Job>, sync: &GroupSync) {
     }
 }
 
-type Written = (PathBuf, Vec<u8>, oneshot::Sender<Result<Vec<u8>, SpoolError>>);
+/// Appends the commits kept in memory to the segment log.
+fn append(jobs: Vec<(CommitJob, Reply)>, io: &mut Io, written: &mut Vec<(Written, Vec<u8>, Reply)>) {
+    let records: Vec<Record<'_>> = jobs
+        .iter()
+        .map(|(job, _)| Record {
+            id: &job.id,
+            content: &job.buffered,
+            json: job.json(),
+        })
+        .collect();
+    match io.appender.append(&io.segments, &records) {
+        Ok(_) => {
+            for (job, reply) in jobs {
+                written.push((Written::Record(job.id), job.buffered, reply));
+            }
+        }
+        Err(error) => {
+            let path = io.segments.dir().to_owned();
+            for (_, reply) in jobs {
+                let source = io::Error::new(error.kind(), error.to_string());
+                let _ = reply.send(Err(SpoolError::Io {
+                    path: path.clone(),
+                    source,
+                }));
+            }
+        }
+    }
+}
 
-/// Syncs the commits written, then answers them.
-fn answer_commits(written: Vec<Written>, sync: &GroupSync) {
-    match sync.sync() {
+/// Marks a removed message's record done, then unlinks its files.
+fn remove(removal: &Removal, io: &mut Io) -> Result<(), (PathBuf, io::Error)> {
+    if let Some((id, segment)) = &removal.record {
+        io.appender
+            .done(&io.segments, id, *segment)
+            .map_err(|error| (io.segments.dir().to_owned(), error))?;
+    }
+    removal
+        .paths
+        .iter()
+        .try_for_each(|path| ignore_missing(fs::remove_file(path)).map_err(|error| (path.clone(), error)))
+}
+
+/// Syncs the commits written, then answers them. When the sync fails,
+/// what was written is taken back: files removed, records marked done.
+fn answer_commits(written: Vec<(Written, Vec<u8>, Reply)>, io: &mut Io) {
+    match io.sync.sync() {
         Ok(()) => {
             for (_, buffered, reply) in written {
                 let _ = reply.send(Ok(buffered));
             }
         }
         Err(error) => {
-            for (dest, _, reply) in written {
+            for (target, _, reply) in written {
                 let source = io::Error::new(error.kind(), error.to_string());
-                let _ = reply.send(Err(unsynced(&dest, source)));
+                let failed = match target {
+                    Written::File(dest) => unsynced(&dest, source),
+                    Written::Record(id) => {
+                        if let Some(segment) = io.segments.take(&id) {
+                            let _ = io.appender.done(&io.segments, &id, segment);
+                        }
+                        SpoolError::Io {
+                            path: io.segments.dir().to_owned(),
+                            source,
+                        }
+                    }
+                };
+                let _ = reply.send(Err(failed));
             }
         }
     }
@@ -181,89 +278,141 @@ fn answer_commits(written: Vec<Written>, sync: &GroupSync) {
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
-    fn job(dir: &std::path::Path, name: &str) -> CommitJob {
+    /// A commit of `content`: kept in memory, or spilled to a file in
+    /// `incoming/` (as a large message is).
+    fn job(dir: &Path, content: &str, spilled: bool) -> CommitJob {
+        let id = QueueId::generate();
+        let tmp = dir.join("incoming").join(id.as_str());
+        let file = spilled.then(|| OpenOptions::new().write(true).create_new(true).open(&tmp).unwrap());
         CommitJob {
-            file: None,
-            tmp: dir.join("incoming").join(name),
-            dest: dir.join("queue").join(name),
-            buffered: name.as_bytes().to_vec(),
-            tail: b"|tail".to_vec(),
+            dest: dir.join("queue").join(format!("{id}.msg")),
+            id,
+            file,
+            tmp,
+            buffered: content.as_bytes().to_vec(),
+            tail: [&b"{}"[..], &[0; FOOTER_LEN as usize]].concat(),
         }
     }
 
-    fn dirs() -> (tempfile::TempDir, Arc<GroupSync>) {
+    fn io() -> (tempfile::TempDir, Io) {
         let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("incoming")).unwrap();
-        fs::create_dir(dir.path().join("queue")).unwrap();
+        for sub in ["incoming", "queue", "corrupt"] {
+            fs::create_dir(dir.path().join(sub)).unwrap();
+        }
         let sync = Arc::new(GroupSync::new(File::open(dir.path().join("queue")).unwrap(), true));
-        (dir, sync)
+        let segments = Segments::open(dir.path().join("segments"), dir.path().join("corrupt")).unwrap();
+        let io = Io {
+            sync,
+            segments: Arc::new(segments),
+            appender: Appender::default(),
+        };
+        (dir, io)
     }
 
     #[test]
-    fn one_sync_covers_a_batch_and_answers_come_after_it() {
-        let (dir, sync) = dirs();
+    fn one_write_and_one_sync_cover_a_batch_and_answers_come_after_it() {
+        let (dir, mut io) = io();
         let mut answers = Vec::new();
-        let jobs = (0..30).map(|i| {
-            let (reply, answer) = oneshot::channel();
-            answers.push(answer);
-            Job::Commit(job(dir.path(), &format!("m{i}")), reply)
-        });
-        do_batch(jobs.collect::<Vec<_>>().into_iter(), &sync);
-        assert_eq!(sync.done(), 1, "one sync for the thirty commits");
-        for (i, mut answer) in answers.into_iter().enumerate() {
+        let mut ids = Vec::new();
+        let jobs: Vec<_> = (0..30)
+            .map(|i| {
+                let (reply, answer) = oneshot::channel();
+                answers.push(answer);
+                let job = job(dir.path(), &format!("m{i}"), false);
+                ids.push(job.id.clone());
+                Job::Commit(job, reply)
+            })
+            .collect();
+        do_batch(jobs.into_iter(), &mut io);
+        assert_eq!(io.sync.done(), 1, "one sync for the thirty commits");
+        let logs = fs::read_dir(dir.path().join("segments")).unwrap().count();
+        assert_eq!(logs, 1, "one segment, no file per message");
+        assert_eq!(fs::read_dir(dir.path().join("queue")).unwrap().count(), 0);
+        for (i, (mut answer, id)) in answers.into_iter().zip(&ids).enumerate() {
             assert_eq!(answer.try_recv().unwrap().unwrap(), format!("m{i}").into_bytes());
-            let on_disk = fs::read(dir.path().join("queue").join(format!("m{i}"))).unwrap();
-            assert_eq!(on_disk, format!("m{i}|tail").into_bytes());
+            let slot = io.segments.slot(id).unwrap();
+            let on_disk = io
+                .segments
+                .read(slot.segment, slot.offset, slot.content_len + slot.json_len);
+            assert_eq!(on_disk.unwrap(), format!("m{i}{{}}").into_bytes());
         }
     }
 
     #[test]
     fn a_failed_write_fails_its_commit_only_and_removals_need_no_sync() {
-        let (dir, sync) = dirs();
-        let mut bad = job(dir.path(), "bad");
-        bad.tmp = dir.path().join("no-such-dir").join("bad");
+        let (dir, mut io) = io();
+        let mut bad = job(dir.path(), "bad", true);
+        bad.dest = dir.path().join("no-such-dir").join("bad");
         let (bad_reply, mut bad_answer) = oneshot::channel();
         let (good_reply, mut good_answer) = oneshot::channel();
+        let (kept_reply, mut kept_answer) = oneshot::channel();
         fs::write(dir.path().join("queue").join("old"), b"x").unwrap();
         let (gone_reply, mut gone_answer) = oneshot::channel();
+        let good = job(dir.path(), "good", true);
+        let good_dest = good.dest.clone();
+        let kept = job(dir.path(), "kept", false);
+        let kept_id = kept.id.clone();
+        let removal = Removal {
+            paths: vec![dir.path().join("queue/old"), dir.path().join("queue/missing")],
+            record: None,
+        };
         let batch = vec![
             Job::Commit(bad, bad_reply),
-            Job::Remove(
-                vec![dir.path().join("queue/old"), dir.path().join("queue/missing")],
-                Some(gone_reply),
-            ),
-            Job::Commit(job(dir.path(), "good"), good_reply),
+            Job::Remove(removal, Some(gone_reply)),
+            Job::Commit(good, good_reply),
+            Job::Commit(kept, kept_reply),
         ];
-        do_batch(batch.into_iter(), &sync);
+        do_batch(batch.into_iter(), &mut io);
         assert!(matches!(bad_answer.try_recv().unwrap(), Err(SpoolError::Io { .. })));
         assert!(good_answer.try_recv().unwrap().is_ok());
+        assert!(kept_answer.try_recv().unwrap().is_ok());
+        assert_eq!(
+            fs::read(&good_dest).unwrap(),
+            [&b"good{}"[..], &[0; FOOTER_LEN as usize]].concat()
+        );
         gone_answer.try_recv().unwrap().unwrap();
         assert!(!dir.path().join("queue/old").exists());
-        assert_eq!(sync.done(), 1);
+        assert_eq!(io.sync.done(), 1, "one sync for the file and the record");
 
         let (reply, mut answer) = oneshot::channel();
-        do_batch(
-            vec![Job::Remove(vec![dir.path().join("queue/good")], Some(reply))].into_iter(),
-            &sync,
-        );
+        let segment = io.segments.take(&kept_id).unwrap();
+        let removal = Removal {
+            paths: vec![good_dest.clone()],
+            record: Some((kept_id.clone(), segment)),
+        };
+        do_batch(vec![Job::Remove(removal, Some(reply))].into_iter(), &mut io);
         answer.try_recv().unwrap().unwrap();
-        assert_eq!(sync.done(), 1, "a batch of removals alone does not sync");
+        assert!(!good_dest.exists());
+        let done = fs::read_to_string(dir.path().join(format!("segments/{segment:016}.done"))).unwrap();
+        assert_eq!(done, format!("{kept_id}\n"), "the record is marked done");
+        assert_eq!(io.sync.done(), 1, "a batch of removals alone does not sync");
     }
 
     #[tokio::test]
     async fn the_thread_answers_and_ends_with_its_handle() {
-        let (dir, sync) = dirs();
-        let committer = Committer::start(Arc::clone(&sync)).unwrap();
-        let content = committer.commit(job(dir.path(), "m")).await.unwrap();
+        let (dir, io) = io();
+        let sync = Arc::clone(&io.sync);
+        let committer = Committer::start(Arc::clone(&sync), Arc::clone(&io.segments)).unwrap();
+        let job = job(dir.path(), "m", true);
+        let dest = job.dest.clone();
+        let content = committer.commit(job).await.unwrap();
         assert_eq!(content, b"m");
-        let removed = committer.remove(vec![dir.path().join("queue/m")]).await.unwrap();
+        let removed = committer
+            .remove(Removal {
+                paths: vec![dest.clone()],
+                record: None,
+            })
+            .await
+            .unwrap();
         removed.unwrap();
-        assert!(!dir.path().join("queue/m").exists());
+        assert!(!dest.exists());
         drop(committer);
         // The thread holds the last other reference to the sync until it ends.
-        while Arc::strong_count(&sync) > 1 {
+        while Arc::strong_count(&sync) > 2 {
             tokio::task::yield_now().await;
         }
     }

@@ -79,7 +79,7 @@ impl Spool {
     /// Moves a quarantined message into the queue, as it was accepted (the
     /// chain does not run again), durably: rename, then fsync the queue.
     pub async fn release(&self, id: &QueueId) -> Result<StoredMessage, SpoolError> {
-        let (from, to, queue) = (self.quarantine_path(id), self.content_path(id), self.queue.clone());
+        let (from, to, queue) = (self.quarantine_path(id), self.file_path(id), self.queue.clone());
         let sync = std::sync::Arc::clone(&self.queue_sync);
         let moved = spawn_blocking(move || {
             fs::rename(&from, &to).map_err(io_error(&from))?;
