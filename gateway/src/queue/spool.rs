@@ -18,9 +18,10 @@
 //!
 //! Commit order, so that nothing acknowledged is ever lost: append the
 //! record to the active segment, or write the file in `incoming/` and
-//! rename it into `queue/`; make that durable, and only then answer 250. Durable means a `syncfs` of the spool's filesystem that
-//! started after the rename (the default), or with `spool_sync = "file"` an
-//! `fdatasync` of the file before the rename and an fsync of `queue/`
+//! rename it into `queue/`; make that durable, and only then answer 250.
+//! Durable means a `syncfs` of the spool's filesystem that started after
+//! the write or the rename (the default), or with `spool_sync = "file"`
+//! an `fdatasync` of the file before the rename and an fsync of `queue/`
 //! after it. Either sync is shared by every commit waiting at the time
 //! (group commit, `group_sync.rs`). By default a commit is a job for the
 //! spool's I/O thread (`committer.rs`), which batches the commits queued
@@ -270,7 +271,9 @@ impl Spool {
                     }
                 }
             } else if let Some(id) = name.strip_suffix(".state").and_then(QueueId::parse) {
-                if !self.file_path(&id).exists() && self.segments.slot(&id).is_none() {
+                // A message in a segment has no state file: it moves out
+                // to a file of its own before its first state is saved.
+                if !self.file_path(&id).exists() {
                     let _ = fs::remove_file(&path);
                 }
             } else if name.ends_with(".state.tmp") {
@@ -382,8 +385,7 @@ impl Spool {
 
     /// Removes a message whose every recipient is finished.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let result = self.committer.remove(self.forget(id)).await?;
-        result.map_err(io_error(&self.file_path(id)))
+        self.committer.remove(self.forget(id)).await?
     }
 
     /// Removes a delivered message without waiting for its files to go (a

@@ -85,7 +85,7 @@ pub(super) struct Removal {
 enum Job {
     Commit(CommitJob, oneshot::Sender<Result<Vec<u8>, SpoolError>>),
     /// A removal; the answer, if the caller waits for one.
-    Remove(Removal, Option<oneshot::Sender<io::Result<()>>>),
+    Remove(Removal, Option<oneshot::Sender<Result<(), SpoolError>>>),
 }
 
 /// The handle of the I/O thread; the thread ends when this is dropped,
@@ -125,7 +125,7 @@ impl Committer {
     }
 
     /// Carries out `removal`.
-    pub(super) async fn remove(&self, removal: Removal) -> Result<io::Result<()>, SpoolError> {
+    pub(super) async fn remove(&self, removal: Removal) -> Result<Result<(), SpoolError>, SpoolError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Remove(removal, Some(reply)))?;
         answer.await.map_err(|_| SpoolError::Cancelled)
@@ -194,7 +194,7 @@ fn do_batch(batch: impl Iterator<Item = Job>, io: &mut Io) {
         let result = remove(&removal, io);
         match (reply, result) {
             (Some(reply), result) => {
-                let _ = reply.send(result.map_err(|(_, error)| error));
+                let _ = reply.send(result.map_err(|(path, source)| SpoolError::Io { path, source }));
             }
             (None, Err((path, error))) => {
                 error!(path = %path.display(), %error, "cannot remove a delivered message from the spool");
