@@ -12,7 +12,7 @@ use tracing::info;
 use wasmtime::component::Component;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
-use super::bindings::{PluginPre, v0_1};
+use super::bindings::v0_1;
 use super::defaults::DefaultHooks;
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
@@ -292,7 +292,7 @@ impl LoadedPlugin {
         let pre = if legacy {
             Pre::V0_1(v0_1::PluginPre::new(pre).map_err(mismatch)?)
         } else {
-            Pre::Current(PluginPre::new(pre).map_err(mismatch)?)
+            Pre::current(pre).map_err(mismatch)?
         };
         let loaded = Self {
             engine: runtime.engine.clone(),
@@ -305,8 +305,10 @@ impl LoadedPlugin {
             metrics: crate::metrics::metrics().plugin(&config.name),
             config,
         };
+        // The first instance is made warm whatever the mode: it checks the
+        // types of every hook now, not at a fresh instance's first call.
         let first = loaded
-            .instance()
+            .make(true)
             .await
             .map_err(|fault| PluginError::Start { plugin, fault })?;
         loaded.release(first);
@@ -317,14 +319,19 @@ impl LoadedPlugin {
     /// otherwise a new one (from the pre-initialized snapshot when there
     /// is one).
     pub async fn instance(&self) -> Result<Live, Fault> {
-        if self.config.instances == InstanceMode::Reused
-            && let Some(live) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop()
-        {
+        let warm = self.config.instances == InstanceMode::Reused;
+        if warm && let Some(live) = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop() {
             return Ok(live);
         }
+        self.make(warm).await
+    }
+
+    /// A new instance; `warm` ones have every hook type-checked at once
+    /// (see `hooks.rs`).
+    async fn make(&self, warm: bool) -> Result<Live, Fault> {
         let mut store = new_store(&self.engine, &self.ticker, &self.config, &self.host);
         let budget = self.config.time_budget;
-        let (plugin, raw) = match self.pre.instantiate(&mut store).await {
+        let (plugin, raw) = match self.pre.instantiate(&mut store, warm).await {
             Ok(instantiated) => instantiated,
             Err(e) => {
                 return Err(match classify(&e, store.data(), budget) {
