@@ -50,6 +50,23 @@ impl Scrape {
             .sum()
     }
 
+    /// Scrapes until the sample `name` with `labels` reaches `at_least`;
+    /// fails after [`WAIT`].
+    pub(crate) async fn once(admin: SocketAddr, name: &str, labels: &[(&str, &str)], at_least: f64) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let scrape = Self::take(admin).await?;
+            if scrape.value(name, labels) >= at_least {
+                return Ok(scrape);
+            }
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{name} {labels:?} did not reach {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn has(&self, name: &str) -> bool {
         self.0.samples.iter().any(|s| s.metric.starts_with(name))
     }
@@ -134,16 +151,13 @@ async fn metrics_count_a_delivery_a_plugin_reject_and_a_fault() -> Result<()> {
     client.expect("RSET", 250).await?;
     wait_until(WAIT, || sink.count() == 1).await?;
     // The attempt is counted once the spool is updated, just after the sink's 250.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let after = loop {
-        let scrape = Scrape::take(admin).await?;
-        if scrape.value("mailgate_delivery_attempts_total", &[("result", "delivered")]) >= 1.0
-            || tokio::time::Instant::now() > deadline
-        {
-            break scrape;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let after = Scrape::once(
+        admin,
+        "mailgate_delivery_attempts_total",
+        &[("result", "delivered")],
+        1.0,
+    )
+    .await?;
 
     type Expected<'a> = (&'a str, &'a [(&'a str, &'a str)], f64);
     let expected: &[Expected] = &[

@@ -157,7 +157,6 @@ impl Lazy {
     where
         P: ComponentNamedList + Lower + Send + Sync,
         R: Lift + Send + Sync + 'static,
-        (R,): ComponentNamedList + Lift + Send + Sync + 'static,
     {
         let hook = self.raw.get_typed_func::<P, (R,)>(&mut store, index)?;
         let (result,) = hook.call_async(&mut store, params).await?;
