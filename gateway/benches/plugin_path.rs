@@ -2,7 +2,8 @@
 //! for each example plugin (and the three together, as `bench/relay.py`
 //! runs them), a new instance with its first call of the hooks it
 //! implements, those calls on a warm instance, and a whole five-stage
-//! transaction with fresh instances (the default) and with reused ones. The
+//! transaction with fresh instances (the default) and with reused ones, and
+//! (for spam-score and the chain) a fresh transaction of 100 KB. The
 //! hooks a plugin leaves to the SDK's default are called once, then skipped
 //! (`mailgate:plugin/defaults`), so the warm calls are the ones it
 //! implements: `on-rcpt` for the router, `on-data` for the others.
@@ -149,6 +150,11 @@ fn plugin_path(c: &mut Criterion) {
         .expect("a runtime");
     let cache = std::env::temp_dir().join("mailgate-bench-cache");
     let message = common::message();
+    // The relay benchmark's 100 KB workload, and the same size of prose.
+    let large = [
+        ("100k", common::large_message(100 << 10, false)),
+        ("100k-prose", common::large_message(100 << 10, true)),
+    ];
     let ctx = common::context();
     let mut group = c.benchmark_group("plugin_path");
     group.measurement_time(Duration::from_secs(3));
@@ -169,6 +175,21 @@ fn plugin_path(c: &mut Criterion) {
             });
             if instances == InstanceMode::Reused {
                 continue;
+            }
+            // What a plugin's scan of the text costs (spam-score reads it all).
+            for (size, message) in large.iter().filter(|_| name == "spam-score" || name == "chain-of-3") {
+                group.bench_function(BenchmarkId::new(format!("transaction-{size}/{mode}"), name), |b| {
+                    b.to_async(&rt).iter_custom(|iters| {
+                        let (chain, message) = (Arc::clone(&chain), Arc::clone(message));
+                        async move {
+                            let started = Instant::now();
+                            for _ in 0..iters {
+                                transaction(&chain, &message).await;
+                            }
+                            started.elapsed()
+                        }
+                    });
+                });
             }
             // A new instance (from the pool, with the post-init snapshot)
             // and its first calls.

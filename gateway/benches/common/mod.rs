@@ -1,6 +1,6 @@
 //! What the plugin benchmarks share: a plugin's configuration, the hook
-//! context, the 1 KB message, the example plugins' settings and a chain
-//! loaded from them.
+//! context, the messages, the example plugins' settings and a chain loaded
+//! from them.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -78,14 +78,35 @@ pub fn context() -> HookContext {
     }
 }
 
+/// The header of the benchmark messages, with its trace field.
+const HEADER: &[u8] = b"Received: from client.example ([192.0.2.1])\r\n\tby gw.example; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: sender@example.org\r\nTo: rcpt@example.com\r\nSubject: benchmark\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n";
+
 /// A 1 KB message with its trace field.
 pub fn message() -> Arc<ParsedMessage> {
-    Arc::new(ParsedMessage::new(
-        b"Received: from client.example ([192.0.2.1])\r\n\tby gw.example; Mon, 1 Jan 2024 00:00:00 +0000\r\nFrom: sender@example.org\r\nTo: rcpt@example.com\r\nSubject: benchmark\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <1@example.org>\r\n\r\n"
-            .iter()
-            .copied()
-            .chain(std::iter::repeat_n(b'x', 900))
-            .chain(b"\r\n".iter().copied())
-            .collect(),
-    ))
+    let mut content = HEADER.to_vec();
+    content.extend(std::iter::repeat_n(b'x', 900));
+    content.extend_from_slice(b"\r\n");
+    Arc::new(ParsedMessage::new(content))
+}
+
+/// A message with a body of `size` bytes: lines of X as `smtp-source -l`
+/// sends them (the relay benchmark's 100 KB workload), or, with `prose`,
+/// English text, which gives a scan fewer bytes to skip.
+#[allow(dead_code, reason = "the plugin_path benchmark uses it, the plugins one does not")]
+pub fn large_message(size: usize, prose: bool) -> Arc<ParsedMessage> {
+    const PROSE: &str = "Please find the minutes of this week's meeting attached; \
+        the next one is on Monday at ten, in the usual room. ";
+    let mut content = HEADER.to_vec();
+    let mut line = 1;
+    while content.len() < HEADER.len() + size {
+        let text = if prose {
+            PROSE.to_owned()
+        } else {
+            format!("{line}{}", "X".repeat(78))
+        };
+        content.extend_from_slice(text.trim_end().as_bytes());
+        content.extend_from_slice(b"\r\n");
+        line += 1;
+    }
+    Arc::new(ParsedMessage::new(content))
 }

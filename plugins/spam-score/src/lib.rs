@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 use mailgate_plugin_sdk::{Message, Plugin, Settings, Transaction, Verdict, export_plugin};
 use serde::Deserialize;
 
+mod phrases;
+use phrases::Phrases;
+
 /// The settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SpamScore {
+struct SpamSettings {
     /// Quarantine at or above this score; default 5.0.
     #[serde(default = "default_quarantine")]
     quarantine_at: f64,
@@ -27,6 +30,21 @@ pub struct SpamScore {
     /// ignoring case. They add to the built-in list.
     #[serde(default)]
     keywords: BTreeMap<String, f64>,
+}
+
+/// The filter: its settings, and the phrases it looks for, built once at
+/// `init` (so a fresh instance starts with them from the snapshot).
+#[derive(Debug)]
+pub struct SpamScore {
+    quarantine_at: f64,
+    reject_at: f64,
+    add_headers: bool,
+    /// Per pattern of `matcher` (by ID): the tests it fires, with their
+    /// weights; `None` for the URL schemes.
+    tests: Vec<Option<Vec<(String, f64)>>>,
+    /// The phrases (lower case) and `http://`, `https://`, found in one
+    /// pass over the text, ignoring the case of ASCII letters.
+    matcher: Phrases,
 }
 
 fn default_quarantine() -> f64 {
@@ -59,6 +77,9 @@ const DANGEROUS_ENDINGS: &[&str] = &[
     ".ps1", ".iso",
 ];
 
+/// The URL schemes whose hosts are looked at.
+const URL_SCHEMES: [&str; 2] = ["http://", "https://"];
+
 /// Hosts of URL shorteners.
 const SHORTENERS: &[&str] = &["bit.ly", "tinyurl.com", "goo.gl", "t.co", "ow.ly", "is.gd", "buff.ly"];
 
@@ -89,11 +110,57 @@ pub struct Score {
 impl SpamScore {
     /// Parses and checks the settings.
     pub fn from_settings(settings: &Settings) -> Result<Self, String> {
-        let score: SpamScore = settings.parse()?;
-        if score.quarantine_at > score.reject_at {
+        let settings: SpamSettings = settings.parse()?;
+        if settings.quarantine_at > settings.reject_at {
             return Err("quarantine_at must not be above reject_at".into());
         }
-        Ok(score)
+        // One pattern per distinct phrase (in lower case), with the tests
+        // it fires, in the order of the lists; then the URL schemes.
+        let mut patterns: Vec<String> = Vec::new();
+        let mut tests: Vec<Option<Vec<(String, f64)>>> = Vec::new();
+        let extra = settings.keywords.iter().map(|(k, v)| (k.as_str(), *v));
+        for (phrase, weight) in BUILT_IN_KEYWORDS.iter().copied().chain(extra) {
+            let name = format!(
+                "KW_{}",
+                phrase.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+            );
+            let lower = phrase.to_lowercase();
+            match patterns.iter().position(|p| *p == lower) {
+                Some(at) => tests[at].get_or_insert_with(Vec::new).push((name, weight)),
+                None => {
+                    patterns.push(lower);
+                    tests.push(Some(vec![(name, weight)]));
+                }
+            }
+        }
+        for scheme in URL_SCHEMES {
+            patterns.push(scheme.to_owned());
+            tests.push(None);
+        }
+        let matcher = Phrases::new(&patterns);
+        Ok(Self {
+            quarantine_at: settings.quarantine_at,
+            reject_at: settings.reject_at,
+            add_headers: settings.add_headers,
+            tests,
+            matcher,
+        })
+    }
+
+    /// Which patterns occur in `text` (ASCII letters in any case, others in
+    /// lower case), by ID, and the hosts of its URLs, in one pass.
+    fn scan(&self, text: &str) -> (Vec<bool>, Vec<String>) {
+        let mut found = vec![false; self.tests.len()];
+        let mut hosts = Vec::new();
+        self.matcher.find(text.as_bytes(), |id, end| {
+            if self.tests[id].is_none() {
+                // After a scheme, which is ASCII: `end` is a character
+                // boundary.
+                hosts.extend(text.get(end..).and_then(url_host));
+            }
+            found[id] = true;
+        });
+        (found, hosts)
     }
 
     /// Scores a sample.
@@ -113,20 +180,12 @@ impl SpamScore {
         if sample.subject.contains("!!!") {
             hit("SUBJ_EXCLAIM", 1.0);
         }
-        let haystack = format!("{}\n{}", sample.subject, sample.texts.join("\n")).to_lowercase();
-        let extra = self.keywords.iter().map(|(k, v)| (k.as_str(), *v));
-        for (phrase, weight) in BUILT_IN_KEYWORDS.iter().copied().chain(extra) {
-            if haystack.contains(&phrase.to_lowercase()) {
-                hit(
-                    &format!(
-                        "KW_{}",
-                        phrase.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
-                    ),
-                    weight,
-                );
+        let (found, hosts) = self.scan(&haystack(sample));
+        for (tests, _) in self.tests.iter().zip(&found).filter(|(_, found)| **found) {
+            for (name, weight) in tests.iter().flatten() {
+                hit(name, *weight);
             }
         }
-        let hosts = url_hosts(&haystack);
         if hosts.len() > 10 {
             hit("MANY_URLS", 1.5);
         }
@@ -153,25 +212,30 @@ impl SpamScore {
     }
 }
 
-/// Host names of the http and https URLs in `text` (lower case).
-pub fn url_hosts(text: &str) -> Vec<String> {
-    let mut hosts = Vec::new();
-    for scheme in ["http://", "https://"] {
-        let mut rest = text;
-        while let Some(at) = rest.find(scheme) {
-            let after = &rest[at + scheme.len()..];
-            let end = after
-                .find(|c: char| {
-                    c == '/' || c == ':' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>()".contains(c)
-                })
-                .unwrap_or(after.len());
-            if end > 0 {
-                hosts.push(after[..end].to_lowercase());
-            }
-            rest = after;
+/// The subject and the texts, one per line, as the phrase matcher reads
+/// them: it ignores the case of ASCII letters, so an ASCII text is read as
+/// it is, and any other is put in lower case first.
+fn haystack(sample: &Sample) -> String {
+    let mut text =
+        String::with_capacity(sample.subject.len() + sample.texts.iter().map(|t| t.len() + 1).sum::<usize>());
+    text.push_str(&sample.subject);
+    text.push('\n');
+    for (i, part) in sample.texts.iter().enumerate() {
+        if i > 0 {
+            text.push('\n');
         }
+        text.push_str(part);
     }
-    hosts
+    if text.is_ascii() { text } else { text.to_lowercase() }
+}
+
+/// The host at the start of `after`, what follows a URL's scheme (lower
+/// case), if it is not empty.
+fn url_host(after: &str) -> Option<String> {
+    let end = after
+        .find(|c: char| c == '/' || c == ':' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>()".contains(c))
+        .unwrap_or(after.len());
+    (end > 0).then(|| after[..end].to_lowercase())
 }
 
 fn sample(message: &Message) -> Sample {
@@ -288,10 +352,57 @@ mod tests {
 
     #[test]
     fn url_hosts_are_extracted() {
-        assert_eq!(
-            url_hosts("see http://a.example/x, https://B.example:8443/y and http://c.example"),
-            ["a.example", "c.example", "b.example"]
-        );
+        let text = "see http://a.example/x, HTTPS://B.example:8443/y, http:// and http://c.example";
+        assert_eq!(filter().scan(text).1, ["a.example", "b.example", "c.example"]);
+    }
+
+    /// The one-pass scan finds what a search for each phrase in the lower
+    /// case text finds, whatever the case and the script.
+    #[test]
+    fn phrases_are_found_as_by_a_search_for_each() {
+        let filter = SpamScore::from_settings(&Settings::from_json(
+            r#"{"keywords": {"Winner": 0.5, "ÉTÉ GRATUIT": 2.0, "now": 0.25}}"#,
+        ))
+        .unwrap();
+        for (subject, text) in [
+            ("", "nothing here"),
+            ("Act NOW", "a WINNER takes it all"),
+            ("Été gratuit", "été gratuit, click   here"),
+            ("x", "VIAGRA-viagra bitcoinbitcoin 100% FREE"),
+            ("İstanbul", "wire\ntransfer, limited time offer"),
+        ] {
+            let sample = Sample {
+                subject: subject.into(),
+                texts: vec![text.into(), "second part".into()],
+                ..Sample::default()
+            };
+            let expected: Vec<String> = BUILT_IN_KEYWORDS
+                .iter()
+                .copied()
+                .chain([("Winner", 0.5), ("now", 0.25), ("ÉTÉ GRATUIT", 2.0)])
+                .filter(|(phrase, _)| {
+                    format!("{subject}\n{text}\nsecond part")
+                        .to_lowercase()
+                        .contains(&phrase.to_lowercase())
+                })
+                .map(|(phrase, _)| {
+                    format!(
+                        "KW_{}",
+                        phrase.to_uppercase().replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    )
+                })
+                .collect();
+            let mut fired: Vec<String> = filter
+                .score(&sample)
+                .tests
+                .into_iter()
+                .filter(|t| t.starts_with("KW_"))
+                .collect();
+            let mut expected = expected;
+            fired.sort();
+            expected.sort();
+            assert_eq!(fired, expected, "{subject:?} / {text:?}");
+        }
     }
 
     #[test]
