@@ -25,7 +25,8 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
     }
     let (head, body) = split(content);
     let mut fields = fields(head);
-    let mut body = body.to_vec();
+    // The body is copied once, into the result, unless a plugin replaced it.
+    let mut body = body;
     for m in mods {
         match m {
             Modification::AddHeader(field) => fields.push(render(field)),
@@ -61,7 +62,7 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
                 fields.retain(|f| !has_name(f, &field.name));
                 fields.push(render(field));
             }
-            Modification::ReplaceBody(new) => body.clone_from(new),
+            Modification::ReplaceBody(new) => body = new,
             _ => {}
         }
     }
@@ -70,7 +71,7 @@ pub fn rewrite(content: &[u8], mods: &[Modification]) -> Option<Vec<u8>> {
         out.extend_from_slice(&field);
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     Some(out)
 }
 
