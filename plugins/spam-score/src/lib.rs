@@ -376,7 +376,7 @@ mod tests {
                 texts: vec![text.into(), "second part".into()],
                 ..Sample::default()
             };
-            let expected: Vec<String> = BUILT_IN_KEYWORDS
+            let mut expected: Vec<String> = BUILT_IN_KEYWORDS
                 .iter()
                 .copied()
                 .chain([("Winner", 0.5), ("now", 0.25), ("ÉTÉ GRATUIT", 2.0)])
@@ -398,7 +398,6 @@ mod tests {
                 .into_iter()
                 .filter(|t| t.starts_with("KW_"))
                 .collect();
-            let mut expected = expected;
             fired.sort();
             expected.sort();
             assert_eq!(fired, expected, "{subject:?} / {text:?}");
