@@ -41,7 +41,7 @@ async fn control_endpoints_need_a_token_and_metrics_stay_open() -> Result<()> {
     SmtpClient::deliver(gw.addr, "a@x.test", &["b@y.test"], b"Subject: held back\r\n\r\nhi\r\n").await?;
     wait_until(WAIT, || gw.queued() == 1).await?;
     // Its first attempt (to a closed port) is over when it is counted.
-    crate::operations::Scrape::once(
+    crate::scrape::Scrape::once(
         admin,
         "mailgate_delivery_attempts_total",
         &[("result", "deferred")],

@@ -16,7 +16,7 @@ use mailgate_tests::{
 };
 
 use crate::WAIT;
-use crate::operations::Scrape;
+use crate::scrape::Scrape;
 
 /// Every value of header `name` in a message, in order.
 fn headers(text: &str, name: &str) -> Vec<String> {

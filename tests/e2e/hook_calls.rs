@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use mailgate_tests::plugins::PROBE;
 use mailgate_tests::{GatewayProcess, Setup, SinkServer, SmtpClient, wait_until};
 
-use crate::operations::Scrape;
 use crate::plugins::scripted;
+use crate::scrape::Scrape;
 use crate::{WAIT, binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

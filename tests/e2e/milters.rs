@@ -9,7 +9,7 @@ use mailgate_tests::{
     DnsServer, Gateway, OpenDkim, Rspamd, Script, Setup, SinkServer, SmtpClient, TestMilter, header_values, wait_until,
 };
 
-use crate::operations::Scrape;
+use crate::scrape::Scrape;
 use crate::{WAIT, binary};
 
 /// A gateway relaying everything to a new sink, with `entries` as its chain.

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use mailgate_tests::{MtaHooksScanner, Setup, SinkServer, SmtpClient, header_values, wait_until};
 
 use crate::WAIT;
-use crate::operations::Scrape;
+use crate::scrape::Scrape;
 
 fn scanner(name: &str, url: &str, stages: &str, extra: &str) -> String {
     format!("name = \"{name}\"\nkind = \"mta-hooks\"\nurl = \"{url}\"\nstages = [{stages}]\n{extra}\n")

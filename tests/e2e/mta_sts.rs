@@ -11,7 +11,7 @@ use hickory_proto::rr::RecordType;
 use mailgate_tests::{DnsServer, Gateway, HttpsServer, Setup, SinkServer, SmtpClient, TestCa, dsn_parts, wait_until};
 
 use crate::WAIT;
-use crate::operations::Scrape;
+use crate::scrape::Scrape;
 
 /// A recipient domain with its MX host on loopback, its `_mta-sts` record
 /// and its policy host, and a gateway delivering to it.

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use mailgate_tests::{GatewayProcess, Setup, SinkServer, SmtpClient, header_values, stuff, wait_until};
 
-use crate::operations::Scrape;
+use crate::scrape::Scrape;
 use crate::{WAIT, binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,6 +107,7 @@ mod tests {
 
     use super::*;
     use crate::plugin::engine::RuntimeSettings;
+    use crate::plugin::hooks::HookExports;
     use crate::plugin::host::HostServices;
 
     /// A component whose `init` sets a global to 7 and whose `bump` reports
@@ -168,7 +169,7 @@ mod tests {
                 .expect("instance");
             if !snapshotted {
                 let hooks = instance
-                    .get_export_index(&mut store, None, "mailgate:plugin/hooks@0.2.0")
+                    .get_export_index(&mut store, None, HookExports::INTERFACE)
                     .expect("hooks");
                 let init = instance
                     .get_export_index(&mut store, Some(&hooks), "init")
