@@ -15,7 +15,7 @@ use super::convert::{self, Verdict};
 use super::engine::Runtime;
 use super::error::{Fault, PluginError};
 use super::host::{HostServices, SealRequest};
-use super::load::{EntryKind, EntryMode, Live, LoadedPlugin, OnError, PluginConfig, arm, classify};
+use super::load::{EntryKind, EntryMode, Live, LoadedPlugin, OnError, PluginConfig, arm, classify, disarm};
 use super::message::ParsedMessage;
 use super::outcome::{Decision, HookContext, Modification, StageResult};
 use super::transcript::Journal;
@@ -427,6 +427,7 @@ impl ChainSession {
         arm(&mut live.store, budget);
         live.store.data_mut().default_hook = false;
         let result = live.plugin.call(&mut live.store, call, wit_ctx).await;
+        disarm(&mut live.store);
         match result {
             Ok(outcome) => {
                 let said = live.store.data().default_hook;

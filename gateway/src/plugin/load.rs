@@ -340,11 +340,14 @@ impl LoadedPlugin {
                 });
             }
         };
+        disarm(&mut store);
         if self.initialized {
             return Ok(Live { store, plugin, raw });
         }
         arm(&mut store, budget);
-        match plugin.init(&mut store, &self.config.settings).await {
+        let init = plugin.init(&mut store, &self.config.settings).await;
+        disarm(&mut store);
+        match init {
             Ok(Ok(())) => Ok(Live { store, plugin, raw }),
             Ok(Err(message)) => Err(Fault::Init(message)),
             Err(e) => Err(classify(&e, store.data(), budget)),
@@ -404,10 +407,13 @@ pub fn arm(store: &mut Store<State>, budget: Duration) {
     let state = store.data_mut();
     state.output.clear();
     state.deadline = deadline;
-    if let Some(ticker) = &state.ticker {
-        ticker.keep_until(deadline);
-    }
+    state.armed = state.ticker.as_ref().map(|ticker| ticker.arm(deadline));
     store.set_epoch_deadline(1);
+}
+
+/// The call armed last has returned: the ticker need not tick for it.
+pub fn disarm(store: &mut Store<State>) {
+    store.data_mut().armed = None;
 }
 
 /// Names a failed call: memory exhaustion (the limiter saw it), a timeout

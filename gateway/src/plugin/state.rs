@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::host::{DnsAnswer, DnsKind, HostServices, SealRequest};
 use super::output::Output;
-use super::ticker::Ticker;
+use super::ticker::{Armed, Ticker};
 use super::transcript::{HostCall, Journal};
 
 /// Store data of one plugin instance.
@@ -46,6 +46,8 @@ pub struct State {
     /// The epoch ticker, told of every armed call (none in tests that
     /// never interrupt).
     pub ticker: Option<Arc<Ticker>>,
+    /// The call in progress, counted by the ticker until it returns.
+    pub armed: Option<Armed>,
 }
 
 impl State {
@@ -76,6 +78,7 @@ impl State {
             seal: None,
             default_hook: false,
             ticker: None,
+            armed: None,
         }
     }
 

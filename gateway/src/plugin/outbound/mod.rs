@@ -24,7 +24,7 @@ use wasmtime::component::Val;
 
 use super::chain::{Chain, Entry};
 use super::error::Fault;
-use super::load::{EntryMode, LoadedPlugin, OnError, arm, classify};
+use super::load::{EntryMode, LoadedPlugin, OnError, arm, classify, disarm};
 use super::transcript::Journal;
 use crate::delivery::tls::TlsMode;
 use crate::mta_hooks::Outcome as ScanOutcome;
@@ -454,6 +454,7 @@ async fn call(
     let mut out = vec![Val::Bool(false); results];
     let started = std::time::Instant::now();
     let result = func.call_async(&mut live.store, &args, &mut out).await;
+    disarm(&mut live.store);
     debug!(plugin = %plugin.config.name, stage = stage.name(), elapsed = ?started.elapsed(), "outbound hook");
     match result {
         Ok(()) => {
