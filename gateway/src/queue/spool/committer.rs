@@ -24,6 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::error;
@@ -143,7 +144,11 @@ impl Committer {
 
 fn run(queued: &mpsc::Receiver<Job>, io: &mut Io) {
     let mut batch = Vec::new();
+    let mut pacer = Pacer::default();
     while let Ok(first) = queued.recv() {
+        if matches!(first, Job::Commit(..)) {
+            pacer.wait();
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queued.try_recv() {
@@ -151,7 +156,48 @@ fn run(queued: &mpsc::Receiver<Job>, io: &mut Io) {
                 Err(_) => break,
             }
         }
-        do_batch(batch.drain(..), io);
+        if let Some(took) = do_batch(batch.drain(..), io) {
+            pacer.synced(took);
+        }
+    }
+}
+
+/// The longest a commit waits before its sync for more commits to share it.
+const MAX_GAP: Duration = Duration::from_millis(1);
+
+/// Spaces the syncs out under load: a batch of commits that comes right
+/// after a sync waits, before its own sync starts, until as long as that
+/// sync took has passed since it ended (at most [`MAX_GAP`]), so that the
+/// commits of more sessions share it. Without the gap, under load a sync
+/// starts the moment the previous one ends and covers the one or two
+/// commits written during it; a `syncfs` costs the thread about 80 us of
+/// CPU (BENCHMARKS.md, section 1). A commit that comes after a quiet
+/// moment waits for nothing.
+#[derive(Debug, Default)]
+struct Pacer {
+    /// When the last sync ended and how long it took.
+    last: Option<(Instant, Duration)>,
+}
+
+impl Pacer {
+    /// A sync that took `took` has just ended.
+    fn synced(&mut self, took: Duration) {
+        self.last = Some((Instant::now(), took));
+    }
+
+    /// How long a commit that comes at `now` should wait.
+    fn gap(&self, now: Instant) -> Duration {
+        self.last
+            .map(|(ended, took)| took.min(MAX_GAP).saturating_sub(now.saturating_duration_since(ended)))
+            .unwrap_or_default()
+    }
+
+    fn wait(&self) {
+        let gap = self.gap(Instant::now());
+        if !gap.is_zero() {
+            #[allow(clippy::disallowed_methods, reason = "the spool's own thread, not a runtime worker")]
+            std::thread::sleep(gap);
+        }
     }
 }
 
@@ -168,7 +214,9 @@ type Reply = oneshot::Sender<Result<Vec<u8>, SpoolError>>;
 /// and removals last: they need no sync, and an unlink can wait for the
 /// device (on a filesystem mounted with `discard`), which clients waiting
 /// for their 250 should not.
-fn do_batch(batch: impl Iterator<Item = Job>, io: &mut Io) {
+///
+/// Returns how long the sync took, if there was one.
+fn do_batch(batch: impl Iterator<Item = Job>, io: &mut Io) -> Option<Duration> {
     let mut written = Vec::new();
     let mut appended = Vec::new();
     let mut removals = Vec::new();
@@ -187,9 +235,11 @@ fn do_batch(batch: impl Iterator<Item = Job>, io: &mut Io) {
     if !appended.is_empty() {
         append(appended, io, &mut written);
     }
-    if !written.is_empty() {
+    let synced = (!written.is_empty()).then(|| {
+        let started = Instant::now();
         answer_commits(written, io);
-    }
+        started.elapsed()
+    });
     for (removal, reply) in removals {
         let result = remove(&removal, io);
         match (reply, result) {
@@ -202,6 +252,7 @@ fn do_batch(batch: impl Iterator<Item = Job>, io: &mut Io) {
             (None, Ok(())) => {}
         }
     }
+    synced
 }
 
 /// Appends the commits kept in memory to the segment log.
@@ -281,6 +332,29 @@ mod tests {
     use std::fs::OpenOptions;
 
     use super::*;
+
+    #[test]
+    fn a_commit_waits_after_a_sync_as_long_as_it_took_at_most_a_millisecond() {
+        let ms = Duration::from_millis;
+        let us = Duration::from_micros;
+        let mut pacer = Pacer::default();
+        let start = Instant::now();
+        assert_eq!(pacer.gap(start), Duration::ZERO, "no sync yet");
+        // A sync of 400 us ended at `ended`: the gap is what is left of 400 us.
+        pacer.last = Some((start, us(400)));
+        assert_eq!(pacer.gap(start), us(400));
+        assert_eq!(pacer.gap(start + us(150)), us(250));
+        assert_eq!(pacer.gap(start + us(400)), Duration::ZERO);
+        assert_eq!(pacer.gap(start + ms(50)), Duration::ZERO, "after a quiet moment");
+        // A slow sync (a disk that takes 30 ms) costs a commit 1 ms at most.
+        pacer.last = Some((start, ms(30)));
+        assert_eq!(pacer.gap(start), MAX_GAP);
+        assert_eq!(pacer.gap(start + us(600)), us(400));
+        // `synced` records the sync just ended.
+        pacer.synced(us(300));
+        assert!(pacer.gap(Instant::now()) <= us(300));
+        assert!(pacer.gap(Instant::now() + ms(1)).is_zero());
+    }
 
     /// A commit of `content`: kept in memory, or spilled to a file in
     /// `incoming/` (as a large message is).
