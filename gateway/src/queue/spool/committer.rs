@@ -163,11 +163,11 @@ fn run(queued: &mpsc::Receiver<Job>, io: &mut Io) {
 }
 
 /// The longest a commit waits before its sync for more commits to share it.
-const MAX_GAP: Duration = Duration::from_millis(1);
+const MAX_GAP: Duration = Duration::from_millis(2);
 
 /// Spaces the syncs out under load: a batch of commits that comes right
-/// after a sync waits, before its own sync starts, until as long as that
-/// sync took has passed since it ended (at most [`MAX_GAP`]), so that the
+/// after a sync waits, before its own sync starts, until twice as long as
+/// that sync took has passed since it ended (at most [`MAX_GAP`]), so that the
 /// commits of more sessions share it. Without the gap, under load a sync
 /// starts the moment the previous one ends and covers the one or two
 /// commits written during it; a `syncfs` costs the thread about 80 us of
@@ -188,7 +188,11 @@ impl Pacer {
     /// How long a commit that comes at `now` should wait.
     fn gap(&self, now: Instant) -> Duration {
         self.last
-            .map(|(ended, took)| took.min(MAX_GAP).saturating_sub(now.saturating_duration_since(ended)))
+            .map(|(ended, took)| {
+                took.saturating_mul(2)
+                    .min(MAX_GAP)
+                    .saturating_sub(now.saturating_duration_since(ended))
+            })
             .unwrap_or_default()
     }
 
@@ -334,25 +338,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_commit_waits_after_a_sync_as_long_as_it_took_at_most_a_millisecond() {
+    fn a_commit_waits_after_a_sync_twice_as_long_as_it_took_at_most_2_ms() {
         let ms = Duration::from_millis;
         let us = Duration::from_micros;
         let mut pacer = Pacer::default();
         let start = Instant::now();
         assert_eq!(pacer.gap(start), Duration::ZERO, "no sync yet");
-        // A sync of 400 us ended at `ended`: the gap is what is left of 400 us.
+        // A sync of 400 us ended at `start`: the gap is what is left of 800 us.
         pacer.last = Some((start, us(400)));
-        assert_eq!(pacer.gap(start), us(400));
-        assert_eq!(pacer.gap(start + us(150)), us(250));
-        assert_eq!(pacer.gap(start + us(400)), Duration::ZERO);
+        assert_eq!(pacer.gap(start), us(800));
+        assert_eq!(pacer.gap(start + us(150)), us(650));
+        assert_eq!(pacer.gap(start + us(800)), Duration::ZERO);
         assert_eq!(pacer.gap(start + ms(50)), Duration::ZERO, "after a quiet moment");
-        // A slow sync (a disk that takes 30 ms) costs a commit 1 ms at most.
+        // A slow sync (a disk that takes 30 ms) costs a commit 2 ms at most.
         pacer.last = Some((start, ms(30)));
         assert_eq!(pacer.gap(start), MAX_GAP);
-        assert_eq!(pacer.gap(start + us(600)), us(400));
+        assert_eq!(pacer.gap(start + us(600)), us(1400));
         // `synced` records the sync just ended.
         pacer.synced(us(300));
-        assert!(pacer.gap(Instant::now()) <= us(300));
+        assert!(pacer.gap(Instant::now()) <= us(600));
         assert!(pacer.gap(Instant::now() + ms(1)).is_zero());
     }
 
