@@ -76,7 +76,7 @@ struct Shared {
 
 impl Ticker {
     /// Starts the thread for `engine`; it ends when the last handle is
-    /// dropped or the engine is.
+    /// dropped (or at its next tick once the engine is gone).
     pub fn start(engine: &Engine) -> std::io::Result<Arc<Self>> {
         let shared = Arc::new(Shared {
             origin: Instant::now(),
@@ -186,9 +186,6 @@ impl Shared {
                 std::thread::park_timeout(NAP);
             } else {
                 std::thread::park();
-            }
-            if engine.upgrade().is_none() {
-                return;
             }
         }
     }
