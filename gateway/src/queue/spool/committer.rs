@@ -114,7 +114,7 @@ impl Committer {
         };
         std::thread::Builder::new()
             .name("mailgate-spool".into())
-            .spawn(move || run(&queued, &mut io))?;
+            .spawn(move || run(&queued, &mut io, &mut Pacer::default()))?;
         Ok(Self { jobs })
     }
 
@@ -142,19 +142,15 @@ impl Committer {
     }
 }
 
-fn run(queued: &mpsc::Receiver<Job>, io: &mut Io) {
+fn run(queued: &mpsc::Receiver<Job>, io: &mut Io, pacer: &mut Pacer) {
     let mut batch = Vec::new();
-    let mut pacer = Pacer::default();
     while let Ok(first) = queued.recv() {
-        if matches!(first, Job::Commit(..)) {
-            pacer.wait();
-        }
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queued.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+        take_queued(queued, &mut batch);
+        // Removals need no sync and do not wait; a batch with a commit
+        // waits for the gap, and what came meanwhile shares its sync.
+        if batch.iter().any(|job| matches!(job, Job::Commit(..))) && pacer.wait() {
+            take_queued(queued, &mut batch);
         }
         if let Some(took) = do_batch(batch.drain(..), io) {
             pacer.synced(took);
@@ -162,13 +158,24 @@ fn run(queued: &mpsc::Receiver<Job>, io: &mut Io) {
     }
 }
 
+/// Adds the jobs queued meanwhile to `batch`, up to [`MAX_BATCH`].
+fn take_queued(queued: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
+    while batch.len() < MAX_BATCH {
+        match queued.try_recv() {
+            Ok(job) => batch.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
 /// The longest a commit waits before its sync for more commits to share it.
 const MAX_GAP: Duration = Duration::from_millis(2);
 
-/// Spaces the syncs out under load: a batch of commits that comes right
-/// after a sync waits, before its own sync starts, until twice as long as
-/// that sync took has passed since it ended (at most [`MAX_GAP`]), so that the
-/// commits of more sessions share it. Without the gap, under load a sync
+/// Spaces the syncs out under load: a batch with a commit (removals may
+/// come before it) that comes right after a sync waits, before its own
+/// sync starts, until twice as long as that sync took has passed since it
+/// ended (at most [`MAX_GAP`]), so that the commits of more sessions share
+/// it: what was queued meanwhile joins the batch. Without the gap, under load a sync
 /// starts the moment the previous one ends and covers the one or two
 /// commits written during it; a `syncfs` costs the thread about 80 us of
 /// CPU (BENCHMARKS.md, section 1). A commit that comes after a quiet
@@ -177,6 +184,8 @@ const MAX_GAP: Duration = Duration::from_millis(2);
 struct Pacer {
     /// When the last sync ended and how long it took.
     last: Option<(Instant, Duration)>,
+    /// Gaps waited so far.
+    waits: u64,
 }
 
 impl Pacer {
@@ -196,12 +205,16 @@ impl Pacer {
             .unwrap_or_default()
     }
 
-    fn wait(&self) {
+    /// Waits for the gap; true if there was one.
+    fn wait(&mut self) -> bool {
         let gap = self.gap(Instant::now());
-        if !gap.is_zero() {
-            #[allow(clippy::disallowed_methods, reason = "the spool's own thread, not a runtime worker")]
-            std::thread::sleep(gap);
+        if gap.is_zero() {
+            return false;
         }
+        #[allow(clippy::disallowed_methods, reason = "the spool's own thread, not a runtime worker")]
+        std::thread::sleep(gap);
+        self.waits += 1;
+        true
     }
 }
 
@@ -358,6 +371,41 @@ mod tests {
         pacer.synced(us(300));
         assert!(pacer.gap(Instant::now()) <= us(600));
         assert!(pacer.gap(Instant::now() + ms(1)).is_zero());
+    }
+
+    #[test]
+    fn a_batch_with_a_commit_waits_for_the_gap_even_behind_a_removal() {
+        let (dir, mut io) = io();
+        let (jobs, queued) = mpsc::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let removal = Removal {
+            paths: vec![dir.path().join("queue/delivered")],
+            record: None,
+        };
+        jobs.send(Job::Remove(removal, None)).unwrap();
+        jobs.send(Job::Commit(job(dir.path(), "m", false), reply)).unwrap();
+        drop(jobs);
+        // A sync of 1 ms has just ended: the gap is 2 ms.
+        let mut pacer = Pacer {
+            last: Some((Instant::now(), Duration::from_millis(1))),
+            waits: 0,
+        };
+        run(&queued, &mut io, &mut pacer);
+        assert_eq!(pacer.waits, 1, "the batch waited for the gap");
+        assert_eq!(io.sync.done(), 1, "one sync for the batch");
+        answer.try_recv().unwrap().unwrap();
+
+        // Removals alone need no sync: they do not wait.
+        let (jobs, queued) = mpsc::channel();
+        let removal = Removal {
+            paths: vec![dir.path().join("queue/other")],
+            record: None,
+        };
+        jobs.send(Job::Remove(removal, None)).unwrap();
+        drop(jobs);
+        pacer.last = Some((Instant::now(), Duration::from_millis(1)));
+        run(&queued, &mut io, &mut pacer);
+        assert_eq!(pacer.waits, 1, "no wait for removals");
     }
 
     /// A commit of `content`: kept in memory, or spilled to a file in
