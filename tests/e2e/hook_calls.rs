@@ -149,3 +149,57 @@ async fn hooks_left_to_the_sdk_default_are_called_once() -> Result<()> {
     }
     Ok(())
 }
+
+/// The context switches of the gateway's epoch threads (`mailgate-epoch`,
+/// one per plugin engine): how often they woke.
+fn epoch_wakeups(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?.path();
+        if std::fs::read_to_string(task.join("comm"))?.trim() != "mailgate-epoch" {
+            continue;
+        }
+        threads += 1;
+        let status = std::fs::read_to_string(task.join("status"))?;
+        for line in status.lines() {
+            if let Some(n) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += n.trim().parse::<u64>()?;
+            }
+        }
+    }
+    anyhow::ensure!(threads > 0, "no mailgate-epoch thread in process {pid}");
+    Ok(total)
+}
+
+/// A hook call counts for the epoch ticker only while it runs: once it
+/// has returned, the ticker naps (10 ms) instead of ticking every
+/// millisecond, though the instance lives on until its transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returned_call_is_not_ticked_for_while_its_instance_lives() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&scripted("held", "\"rcpt\"", ""))
+        .write(dir.path())?;
+    let gateway = GatewayProcess::start(&binary(), &config).await?;
+    let pid = gateway.pid().context("no pid")?;
+    let mut client = SmtpClient::greeted(gateway.addr).await?;
+    client.expect("MAIL FROM:<a@x.test>", 250).await?;
+    client.expect("RCPT TO:<b@y.test>", 250).await?;
+    // The transaction is open: the plugin's instance, whose call has
+    // returned, lives on. Ticking, the thread would wake about 500 times.
+    let before = epoch_wakeups(pid)?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let woke = epoch_wakeups(pid)? - before;
+    assert!(woke < 150, "the epoch thread woke {woke} times in 500 ms");
+    client.expect("DATA", 354).await?;
+    client.send(b"Subject: held\r\n\r\nx\r\n.\r\n").await?;
+    client.expect_reply(250).await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    Ok(())
+}
