@@ -175,9 +175,9 @@ const MAX_GAP: Duration = Duration::from_millis(2);
 /// come before it) that comes right after a sync waits, before its own
 /// sync starts, until twice as long as that sync took has passed since it
 /// ended (at most [`MAX_GAP`]), so that the commits of more sessions share
-/// it: what was queued meanwhile joins the batch. Without the gap, under load a sync
-/// starts the moment the previous one ends and covers the one or two
-/// commits written during it; a `syncfs` costs the thread about 80 us of
+/// it: what was queued meanwhile joins the batch. Without the gap, under
+/// load a sync starts the moment the previous one ends and covers the one
+/// or two commits written during it; a `syncfs` costs the thread about 80 us of
 /// CPU (BENCHMARKS.md, section 1). A commit that comes after a quiet
 /// moment waits for nothing.
 #[derive(Debug, Default)]
@@ -385,9 +385,11 @@ mod tests {
         jobs.send(Job::Remove(removal, None)).unwrap();
         jobs.send(Job::Commit(job(dir.path(), "m", false), reply)).unwrap();
         drop(jobs);
-        // A sync of 1 ms has just ended: the gap is 2 ms.
+        // A sync of 1 ms: the gap is 2 ms. Its end is put a minute ahead,
+        // so that a slow machine cannot be past the gap when the batch comes.
+        let ahead = Instant::now() + Duration::from_secs(60);
         let mut pacer = Pacer {
-            last: Some((Instant::now(), Duration::from_millis(1))),
+            last: Some((ahead, Duration::from_millis(1))),
             waits: 0,
         };
         run(&queued, &mut io, &mut pacer);
@@ -403,7 +405,7 @@ mod tests {
         };
         jobs.send(Job::Remove(removal, None)).unwrap();
         drop(jobs);
-        pacer.last = Some((Instant::now(), Duration::from_millis(1)));
+        pacer.last = Some((ahead, Duration::from_millis(1)));
         run(&queued, &mut io, &mut pacer);
         assert_eq!(pacer.waits, 1, "no wait for removals");
     }
