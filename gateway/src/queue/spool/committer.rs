@@ -172,14 +172,14 @@ fn take_queued(queued: &mpsc::Receiver<Job>, batch: &mut Vec<Job>) {
 const MAX_GAP: Duration = Duration::from_millis(2);
 
 /// Spaces the syncs out under load: a batch with a commit (removals may
-/// come before it) that comes right after a sync waits, before its own
-/// sync starts, until twice as long as that sync took has passed since it
-/// ended (at most [`MAX_GAP`]), so that the commits of more sessions share
-/// it: what was queued meanwhile joins the batch. Without the gap, under
-/// load a sync starts the moment the previous one ends and covers the one
-/// or two commits written during it; a `syncfs` costs the thread about 80 us of
-/// CPU (BENCHMARKS.md, section 1). A commit that comes after a quiet
-/// moment waits for nothing.
+/// come before it) that comes right after a sync waits, before its own sync
+/// starts, until twice as long as that sync took has passed since it ended
+/// (at most [`MAX_GAP`]), so that the commits of more sessions share it:
+/// what was queued meanwhile joins the batch. Without the gap, under load a
+/// sync starts the moment the previous one ends and covers the one or two
+/// commits written during it; a `syncfs` costs the thread about 80 us of
+/// CPU (BENCHMARKS.md, section 1). A commit that comes after a quiet moment
+/// waits for nothing.
 #[derive(Debug, Default)]
 struct Pacer {
     /// When the last sync ended and how long it took.
