@@ -203,3 +203,41 @@ async fn a_returned_call_is_not_ticked_for_while_its_instance_lives() -> Result<
     wait_until(WAIT, || sink.count() == 1).await?;
     Ok(())
 }
+
+/// Instances kept warm (`instances = "reused"`) wait in the pool with no
+/// call armed: once the latest budget has passed, the epoch thread sleeps
+/// until woken, both with the instance made at start-up idle and with the
+/// same instance idle again after a transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_warm_instances_are_not_ticked_for() -> Result<()> {
+    let sink = SinkServer::start().await?;
+    let dir = tempfile::tempdir()?;
+    let config = Setup::new()
+        .route_all_to(sink.addr())
+        .plugin(&scripted(
+            "warm",
+            "\"rcpt\"",
+            "instances = \"reused\"\ntime_budget = \"50ms\"",
+        ))
+        .write(dir.path())?;
+    let gateway = GatewayProcess::start(&binary(), &config).await?;
+    let pid = gateway.pid().context("no pid")?;
+    // Past the 50 ms budget and a 10 ms nap the thread sleeps for good;
+    // ticking for an idle instance, it would wake about 500 times.
+    let quiet = || async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let before = epoch_wakeups(pid)?;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        anyhow::Ok(epoch_wakeups(pid)? - before)
+    };
+    let woke = quiet().await?;
+    assert!(woke < 20, "after start-up the epoch thread woke {woke} times in 500 ms");
+    SmtpClient::deliver(gateway.addr, "a@x.test", &["b@y.test"], b"Subject: warm\r\n\r\nx\r\n").await?;
+    wait_until(WAIT, || sink.count() == 1).await?;
+    let woke = quiet().await?;
+    assert!(
+        woke < 20,
+        "after a transaction the epoch thread woke {woke} times in 500 ms"
+    );
+    Ok(())
+}

@@ -355,9 +355,11 @@ impl LoadedPlugin {
     }
 
     /// Ends an instance's use for a transaction: kept warm in reused mode,
-    /// dropped otherwise.
+    /// dropped otherwise. A warm one waits with no call armed, so that the
+    /// epoch ticker never ticks for an idle instance.
     pub fn release(&self, mut live: Live) {
         if self.config.instances == InstanceMode::Reused {
+            disarm(&mut live.store);
             live.store.data_mut().end_transaction();
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
             if idle.len() < MAX_IDLE {
