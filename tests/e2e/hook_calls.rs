@@ -175,6 +175,13 @@ fn epoch_wakeups(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// How often the gateway's epoch threads wake in the next 500 ms.
+async fn epoch_wakeups_in_500_ms(pid: u32) -> Result<u64> {
+    let before = epoch_wakeups(pid)?;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    Ok(epoch_wakeups(pid)? - before)
+}
+
 /// A hook call counts for the epoch ticker only while it runs: once it
 /// has returned, the ticker naps (10 ms) instead of ticking every
 /// millisecond, though the instance lives on until its transaction ends.
@@ -193,9 +200,7 @@ async fn a_returned_call_is_not_ticked_for_while_its_instance_lives() -> Result<
     client.expect("RCPT TO:<b@y.test>", 250).await?;
     // The transaction is open: the plugin's instance, whose call has
     // returned, lives on. Ticking, the thread would wake about 500 times.
-    let before = epoch_wakeups(pid)?;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let woke = epoch_wakeups(pid)? - before;
+    let woke = epoch_wakeups_in_500_ms(pid).await?;
     assert!(woke < 150, "the epoch thread woke {woke} times in 500 ms");
     client.expect("DATA", 354).await?;
     client.send(b"Subject: held\r\n\r\nx\r\n.\r\n").await?;
@@ -224,17 +229,14 @@ async fn idle_warm_instances_are_not_ticked_for() -> Result<()> {
     let pid = gateway.pid().context("no pid")?;
     // Past the 50 ms budget and a 10 ms nap the thread sleeps for good;
     // ticking for an idle instance, it would wake about 500 times.
-    let quiet = || async {
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let before = epoch_wakeups(pid)?;
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        anyhow::Ok(epoch_wakeups(pid)? - before)
-    };
-    let woke = quiet().await?;
+    let past_the_budget = std::time::Duration::from_millis(200);
+    tokio::time::sleep(past_the_budget).await;
+    let woke = epoch_wakeups_in_500_ms(pid).await?;
     assert!(woke < 20, "after start-up the epoch thread woke {woke} times in 500 ms");
     SmtpClient::deliver(gateway.addr, "a@x.test", &["b@y.test"], b"Subject: warm\r\n\r\nx\r\n").await?;
     wait_until(WAIT, || sink.count() == 1).await?;
-    let woke = quiet().await?;
+    tokio::time::sleep(past_the_budget).await;
+    let woke = epoch_wakeups_in_500_ms(pid).await?;
     assert!(
         woke < 20,
         "after a transaction the epoch thread woke {woke} times in 500 ms"
