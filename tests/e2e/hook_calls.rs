@@ -175,6 +175,15 @@ fn epoch_wakeups(pid: u32) -> Result<u64> {
     Ok(total)
 }
 
+/// The gateway in a process of its own (so that its epoch threads can be
+/// counted in `/proc`), relaying to `sink` through `plugin`; and its pid.
+async fn process_with(sink: &SinkServer, dir: &std::path::Path, plugin: &str) -> Result<(GatewayProcess, u32)> {
+    let config = Setup::new().route_all_to(sink.addr()).plugin(plugin).write(dir)?;
+    let gateway = GatewayProcess::start(&binary(), &config).await?;
+    let pid = gateway.pid().context("no pid")?;
+    Ok((gateway, pid))
+}
+
 /// How often the gateway's epoch threads wake in the next 500 ms.
 async fn epoch_wakeups_in_500_ms(pid: u32) -> Result<u64> {
     let before = epoch_wakeups(pid)?;
@@ -189,12 +198,7 @@ async fn epoch_wakeups_in_500_ms(pid: u32) -> Result<u64> {
 async fn a_returned_call_is_not_ticked_for_while_its_instance_lives() -> Result<()> {
     let sink = SinkServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = Setup::new()
-        .route_all_to(sink.addr())
-        .plugin(&scripted("held", "\"rcpt\"", ""))
-        .write(dir.path())?;
-    let gateway = GatewayProcess::start(&binary(), &config).await?;
-    let pid = gateway.pid().context("no pid")?;
+    let (gateway, pid) = process_with(&sink, dir.path(), &scripted("held", "\"rcpt\"", "")).await?;
     let mut client = SmtpClient::greeted(gateway.addr).await?;
     client.expect("MAIL FROM:<a@x.test>", 250).await?;
     client.expect("RCPT TO:<b@y.test>", 250).await?;
@@ -217,16 +221,8 @@ async fn a_returned_call_is_not_ticked_for_while_its_instance_lives() -> Result<
 async fn idle_warm_instances_are_not_ticked_for() -> Result<()> {
     let sink = SinkServer::start().await?;
     let dir = tempfile::tempdir()?;
-    let config = Setup::new()
-        .route_all_to(sink.addr())
-        .plugin(&scripted(
-            "warm",
-            "\"rcpt\"",
-            "instances = \"reused\"\ntime_budget = \"50ms\"",
-        ))
-        .write(dir.path())?;
-    let gateway = GatewayProcess::start(&binary(), &config).await?;
-    let pid = gateway.pid().context("no pid")?;
+    let warm = scripted("warm", "\"rcpt\"", "instances = \"reused\"\ntime_budget = \"50ms\"");
+    let (gateway, pid) = process_with(&sink, dir.path(), &warm).await?;
     // Past the 50 ms budget and a 10 ms nap the thread sleeps for good;
     // ticking for an idle instance, it would wake about 500 times.
     let past_the_budget = std::time::Duration::from_millis(200);
